@@ -1,0 +1,229 @@
+"""One typed configuration schema for the command line, YAML files and Python.
+
+:class:`RunConfig` is frozen and validated by pydantic. Unknown keys and wrong
+types raise :class:`~pipeline.errors.ConfigError` with a one-line message
+naming the dotted key, e.g. ``config key 'flatfield.outptu' is unknown``.
+
+Use :func:`load_config` to build a config from a YAML file, a mapping, CLI
+``--set key=value`` overrides, or any mix of them (later ones win).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BadPixelConfig(_Section):
+    """Bad-pixel detection (ASTM E2597 classes) and replacement."""
+
+    detect: bool = True
+    dead_below: float = Field(0.1, gt=0, lt=1, description="flat response / local median below this: dead")
+    under_below: float = Field(0.7, gt=0, lt=1, description="... below this: under-responding")
+    over_above: float = Field(1.3, gt=1, description="... above this: over-responding")
+    hot_sigma: float = Field(10.0, gt=0, description="dark level above local median by this many robust sigmas: hot")
+    noisy_factor: float = Field(3.0, gt=1, description="temporal dark noise / median dark noise above this: noisy")
+    window: int = Field(9, ge=3, description="odd side of the local-median window, pixels")
+    replace: bool = Field(True, description="replace bad pixels by the median of good neighbours")
+
+    @field_validator("window")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("must be odd")
+        return v
+
+
+class FlatFieldConfig(_Section):
+    """Dark subtraction, gain (flat-field) normalisation, bad pixels, saturation."""
+
+    enabled: bool = True
+    dark_statistic: Literal["mean", "median"] = "mean"
+    flat_statistic: Literal["mean", "median"] = "mean"
+    flat_exposure_ratio: float = Field(
+        1.0, gt=0, description="exposure of the frames divided by the exposure of the flats"
+    )
+    output: Literal["counts", "transmission", "attenuation"] = "counts"
+    saturation_level: float | None = Field(
+        None, description="raw level at or above which a pixel is saturated; None: dtype maximum for integers"
+    )
+    saturated: Literal["nan", "keep"] = "nan"
+    bad_pixels: BadPixelConfig = BadPixelConfig()
+
+
+class AfterglowConfig(_Section):
+    """Reserved: afterglow/lag correction (not in this version)."""
+
+    enabled: bool = False
+    model: str | None = None
+
+
+class DenoiseConfig(_Section):
+    """Reserved: spatial/temporal denoising (not in this version)."""
+
+    enabled: bool = False
+    method: str | None = None
+
+
+class MTFConfig(_Section):
+    """Reserved: per-frame slanted-edge MTF (not in this version)."""
+
+    enabled: bool = False
+    roi: tuple[int, int, int, int] | None = None
+
+
+class ExecutionConfig(_Section):
+    """How the work is scheduled."""
+
+    device: Literal["cpu", "gpu", "auto"] = "cpu"
+    chunk_frames: int | Literal["auto"] = "auto"
+    chunk_bytes: int = Field(64 * 2**20, gt=0, description="target bytes of one float32 block when chunk_frames is auto")
+    scheduler: Literal["threads", "synchronous", "processes"] = "threads"
+    num_workers: int | None = Field(None, ge=1)
+
+    @field_validator("chunk_frames")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return v
+
+
+class OutputConfig(_Section):
+    """How the output Zarr array is written."""
+
+    codec: Literal["zstd", "lz4", "none"] = "zstd"
+    level: int = Field(1, ge=0, le=22)
+
+
+class RunConfig(_Section):
+    """The whole run: one section per stage plus execution and output."""
+
+    flatfield: FlatFieldConfig = FlatFieldConfig()
+    afterglow: AfterglowConfig = AfterglowConfig()
+    denoise: DenoiseConfig = DenoiseConfig()
+    mtf: MTFConfig = MTFConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def _one_line(exc: ValidationError, model: type[BaseModel]) -> str:
+    msgs = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, err["loc"][:-1])
+            hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+            msgs.append(f"config key '{key}' is unknown{hint}")
+        else:
+            got = err.get("input")
+            got_s = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+            msgs.append(f"config key '{key}': {err['msg'].lower()}{got_s}")
+    return "; ".join(msgs)
+
+
+def _allowed_keys(model: type[BaseModel], loc) -> list[str]:
+    m: Any = model
+    for part in loc:
+        field = getattr(m, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        m = field.annotation
+    return sorted(getattr(m, "model_fields", {}).keys())
+
+
+def _deep_merge(base: dict, extra: Mapping) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(item: str) -> dict:
+    """Turn ``'a.b.c=value'`` into ``{'a': {'b': {'c': value}}}`` (value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    out: Any = value
+    for p in reversed(parts):
+        out = {p: out}
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML config file into a mapping (empty file: empty mapping)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist; pass an existing YAML file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{p}' is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def load_config(
+    source: "RunConfig | Mapping | str | Path | None" = None,
+    *,
+    overrides: "Mapping | list[str] | None" = None,
+) -> RunConfig:
+    """Build a validated :class:`RunConfig`.
+
+    Parameters
+    ----------
+    source : RunConfig, mapping, path or None
+        A ready config, a mapping of sections, or a YAML file. ``None`` gives
+        the defaults (the same values as ``configs/default.yaml``).
+    overrides : mapping or list of str, optional
+        Applied on top: a nested mapping or CLI-style ``"section.key=value"``
+        strings.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first bad key, e.g. ``config key 'flatfield.outptu' is unknown``.
+    """
+    if isinstance(source, RunConfig):
+        data = source.model_dump()
+    elif source is None:
+        data = {}
+    elif isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        data = read_yaml(source)
+    if overrides:
+        items = [parse_override(o) for o in overrides] if isinstance(overrides, list) else [overrides]
+        for item in items:
+            data = _deep_merge(data, item)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, RunConfig)) from None
+
+
+def dump_yaml(config: RunConfig) -> str:
+    """The fully resolved config as YAML text (what ``configs/default.yaml`` holds for defaults)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,36 @@
+"""Error types of the pipeline.
+
+Every error subclasses a built-in (so ``except ValueError`` still works) and
+its message is one line that names the offending thing and says what to change.
+The command line prints that line and exits non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error the pipeline raises on purpose."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A configuration key is unknown, mistyped or out of range."""
+
+
+class DataError(PipelineError, ValueError):
+    """An input dataset is missing, malformed or inconsistent."""
+
+
+class CalibrationError(PipelineError, ValueError):
+    """Calibration data (darks, flats, saved calibration) is missing or unusable."""
+
+
+class OutputExistsError(PipelineError, FileExistsError):
+    """The output path exists and overwriting was not asked for."""
+
+
+class BackendError(PipelineError, RuntimeError):
+    """The requested compute backend (e.g. CuPy on a GPU) is not usable."""
+
+
+class NotAvailableError(PipelineError, NotImplementedError):
+    """A reserved feature (config section) that this version does not provide yet."""

@@ -1,0 +1,251 @@
+"""Zarr v3 storage: the only module that imports zarr.
+
+Data contract (a Zarr v3 group)
+-------------------------------
+``frames``  (T, H, W) uint16 or float32, the camera video, chunked along T.
+``darks``   (Nd, H, W) beam-off frames (optional when a calibration is given).
+``flats``   (Nf, H, W) open-beam frames (optional when a calibration is given).
+attributes ``pixel_pitch_mm`` and ``frame_rate_hz``.
+
+Inputs are always opened read-only. Outputs are written into ``OUT.partial``
+and renamed to ``OUT`` only when complete, so an interrupted run never leaves
+a half-written ``OUT`` and an existing ``OUT`` survives until the new one is whole.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from ..errors import CalibrationError, DataError, OutputExistsError
+
+FRAME_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float32, np.float64)
+
+
+def _codecs(codec: str, level: int):
+    if codec == "zstd":
+        return [zarr.codecs.ZstdCodec(level=level)]
+    if codec == "lz4":
+        return [zarr.codecs.BloscCodec(cname="lz4", clevel=max(level, 1), shuffle="shuffle")]
+    return None
+
+
+class FrameReader:
+    """Array-like view of a Zarr array for Dask; read errors name the frame range."""
+
+    def __init__(self, array, label: str):
+        self._a = array
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+        self.label = label
+
+    def __getitem__(self, key):
+        try:
+            return np.asarray(self._a[key])
+        except Exception as exc:
+            t = key[0] if isinstance(key, tuple) else key
+            if isinstance(t, slice):
+                start, stop, _ = t.indices(self.shape[0])
+                where = f"frames {start}-{stop - 1}"
+            else:
+                where = f"frame {t}"
+            raise DataError(
+                f"cannot read {where} of {self.label} ({type(exc).__name__}: {exc}); "
+                "the chunk is corrupt or unreadable: restore it from a copy or re-ingest the recording"
+            ) from None
+
+
+@dataclass
+class InputDataset:
+    """An opened input dataset (read-only)."""
+
+    path: Path
+    frames: object
+    darks: object | None
+    flats: object | None
+    attrs: dict
+
+    @property
+    def shape(self):
+        return tuple(self.frames.shape)
+
+    def reader(self) -> FrameReader:
+        return FrameReader(self.frames, f"{self.path}/frames")
+
+
+def _open_group(path: Path, what: str):
+    if not path.exists():
+        raise DataError(f"{what} '{path}' does not exist; check the path (create one with 'xray-pipeline simulate')")
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as exc:
+        raise DataError(f"{what} '{path}' is not a readable Zarr group ({type(exc).__name__}); "
+                        "convert the recording with 'xray-pipeline ingest' or check the path") from None
+
+
+def open_input(path: str | Path) -> InputDataset:
+    """Open and validate an input dataset (read-only).
+
+    Raises :class:`DataError` naming the problem: missing path, no ``frames``,
+    wrong dimensionality or dtype, or darks/flats whose frame size differs.
+    """
+    p = Path(path)
+    g = _open_group(p, "input")
+    if "frames" not in g:
+        raise DataError(f"input '{p}' has no 'frames' array; a dataset needs frames (T, H, W)")
+    frames = g["frames"]
+    if frames.ndim != 3:
+        raise DataError(f"input '{p}/frames' has shape {tuple(frames.shape)}; expected (T, H, W)")
+    if np.dtype(frames.dtype) not in [np.dtype(d) for d in FRAME_DTYPES]:
+        raise DataError(f"input '{p}/frames' has dtype {frames.dtype}; expected uint16 or float32")
+    out = {}
+    for name in ("darks", "flats"):
+        a = g[name] if name in g else None
+        if a is not None:
+            if a.ndim != 3 or tuple(a.shape[1:]) != tuple(frames.shape[1:]):
+                raise DataError(
+                    f"input '{p}/{name}' has shape {tuple(a.shape)} but frames are {tuple(frames.shape)}; "
+                    f"{name} must be (N, {frames.shape[1]}, {frames.shape[2]})"
+                )
+            if a.shape[0] < 1:
+                raise DataError(f"input '{p}/{name}' holds no frames; record at least one or drop the array")
+        out[name] = a
+    return InputDataset(p, frames, out["darks"], out["flats"], dict(g.attrs))
+
+
+def check_output_path(output: str | Path, *, overwrite: bool, inputs=()) -> Path:
+    """Refuse an output that exists (without ``overwrite``) or that is one of the inputs."""
+    out = Path(output).resolve()
+    for i in inputs:
+        if i is None:
+            continue
+        ip = Path(i).resolve()
+        if out == ip or ip in out.parents or out in ip.parents:
+            raise OutputExistsError(f"output '{output}' overlaps the input '{i}'; choose another output path")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output '{output}' already exists; pass --overwrite to replace it or choose another path")
+    return out
+
+
+class OutputWriter:
+    """A new Zarr v3 group written at ``PATH.partial`` and moved to ``PATH`` on :meth:`commit`."""
+
+    def __init__(self, path: str | Path, *, overwrite: bool = False, inputs=()):
+        self.final = check_output_path(path, overwrite=overwrite, inputs=inputs)
+        self.partial = self.final.with_name(self.final.name + ".partial")
+        if self.partial.exists():
+            shutil.rmtree(self.partial)
+        self.group = zarr.open_group(str(self.partial), mode="w-", zarr_format=3)
+
+    def create(self, name: str, shape, dtype, *, chunks=None, codec: str = "zstd", level: int = 1, fill_value=0):
+        """Create an array in the output group (chunks default to the whole array)."""
+        return self.group.create_array(
+            name, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks or shape),
+            compressors=_codecs(codec, level), fill_value=fill_value,
+        )
+
+    def write(self, name: str, data, **kw):
+        """Create an array holding ``data`` (small arrays: calibration maps, curves)."""
+        data = np.asarray(data)
+        arr = self.create(name, data.shape, data.dtype, **kw)
+        arr[...] = data
+        return arr
+
+    def set_attrs(self, attrs: dict, path: str = ""):
+        node = self.group if not path else self.group.require_group(path)
+        node.attrs.update(_jsonable(attrs))
+
+    def commit(self) -> Path:
+        """Move the finished group into place (replacing an old output only now)."""
+        old = None
+        if self.final.exists():
+            old = self.final.with_name(self.final.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            self.final.rename(old)
+        self.partial.rename(self.final)
+        if old is not None:
+            shutil.rmtree(old)
+        return self.final
+
+    def abort(self):
+        """Remove the partial output (the final path is untouched)."""
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def read_array(path: str | Path, name: str) -> np.ndarray:
+    """Read a whole (small) array of a group."""
+    g = _open_group(Path(path), "dataset")
+    if name not in g:
+        raise DataError(f"'{path}' has no array '{name}'")
+    return np.asarray(g[name][...])
+
+
+def read_attrs(path: str | Path, group: str = "") -> dict:
+    g = _open_group(Path(path), "dataset")
+    node = g[group] if group else g
+    return dict(node.attrs)
+
+
+CALIBRATION_ARRAYS = ("dark", "gain", "bad_pixels")
+
+
+def load_calibration(path: str | Path, frame_shape) -> tuple[dict, dict]:
+    """Load a saved calibration group: ``(arrays, attrs)``; checks it matches ``frame_shape``."""
+    p = Path(path)
+    if not p.exists():
+        raise CalibrationError(f"calibration '{p}' does not exist; create it with 'xray-pipeline calibrate'")
+    g = _open_group(p, "calibration")
+    missing = [n for n in CALIBRATION_ARRAYS if n not in g]
+    if missing or g.attrs.get("kind") != "xray-pipeline calibration":
+        raise CalibrationError(f"'{p}' is not a calibration made by 'xray-pipeline calibrate' "
+                               f"(missing {', '.join(missing) or 'its kind attribute'})")
+    arrays = {n: np.asarray(g[n][...]) for n in CALIBRATION_ARRAYS}
+    if tuple(arrays["gain"].shape) != tuple(frame_shape):
+        raise CalibrationError(f"calibration '{p}' is for {tuple(arrays['gain'].shape)} frames "
+                               f"but the input frames are {tuple(frame_shape)}; use a matching calibration")
+    return arrays, dict(g.attrs)
+
+
+def describe(path: str | Path) -> dict:
+    """A plain description of any Zarr group: arrays (shape, dtype, chunks, codecs) and attributes."""
+    g = _open_group(Path(path), "dataset")
+    out = {"path": str(path), "attributes": dict(g.attrs), "arrays": {}, "groups": []}
+
+    def walk(node, prefix):
+        for name, child in node.members():
+            full = f"{prefix}{name}"
+            if isinstance(child, zarr.Array):
+                out["arrays"][full] = {
+                    "shape": list(child.shape), "dtype": str(child.dtype), "chunks": list(child.chunks),
+                    "compressors": [type(c).__name__ for c in (child.compressors or ())],
+                    "nbytes": int(np.prod(child.shape)) * np.dtype(child.dtype).itemsize,
+                }
+            else:
+                out["groups"].append(full)
+                walk(child, full + "/")
+
+    walk(g, "")
+    return out

@@ -1,0 +1,380 @@
+"""Flat-field correction: dark subtraction, gain normalisation, bad pixels, saturation.
+
+All functions take and return arrays of one backend (NumPy or CuPy, from
+:func:`pipeline.backend.get_xp`) and keep detector units: uint16 counts become
+float32 counts, never a silent rescale to [0, 1].
+
+Model
+-----
+A raw frame is ``I = D + G * S`` with ``D`` the dark map, ``G`` the per-pixel
+gain and ``S`` the signal. Flats (open beam, no object) give
+``F - D = G * S0``. The normalised gain map is ``g = (F - D) / mean(F - D)``
+(mean over good pixels), so
+
+* ``counts``:        ``(I - D) / g``                 (signal in mean-pixel counts)
+* ``transmission``:  ``(I - D) / (r * (F - D))``     (``r``: frame/flat exposure ratio)
+* ``attenuation``:   ``-log(transmission)``
+
+Denominators are never zero: pixels whose flat signal is not positive are
+flagged dead and given gain 1 before they are replaced from their neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import get_ndimage, get_xp
+
+# Bad-pixel class bits (ASTM E2597 classes); a pixel may carry several.
+DEAD = 1
+HOT = 2
+NOISY = 4
+OVER = 8
+UNDER = 16
+BAD_PIXEL_CLASSES = {"dead": DEAD, "hot": HOT, "noisy": NOISY, "over": OVER, "under": UNDER}
+
+# Robust sigma from the median absolute deviation of a normal distribution.
+_MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Everything flat-field correction needs, all (H, W) maps on one backend.
+
+    Attributes
+    ----------
+    dark : array, float32
+        Dark (offset) map in raw counts.
+    gain : array, float32
+        Normalised gain map, mean 1 over good pixels; 1 where the flat signal is not positive.
+    flat_level : float
+        Mean open-beam signal ``mean(F - D)`` over good pixels, raw counts at flat exposure.
+    exposure_ratio : float
+        Exposure of the frames divided by the exposure of the flats.
+    bad_pixels : array, uint8
+        Bad-pixel class bits (``DEAD | HOT | NOISY | OVER | UNDER``); 0 is good.
+    """
+
+    dark: object
+    gain: object
+    flat_level: float
+    exposure_ratio: float
+    bad_pixels: object
+
+
+def compute_calibration(
+    dark_map,
+    flat_map,
+    *,
+    dark_noise=None,
+    exposure_ratio: float = 1.0,
+    detect: bool = True,
+    dead_below: float = 0.1,
+    under_below: float = 0.7,
+    over_above: float = 1.3,
+    hot_sigma: float = 10.0,
+    noisy_factor: float = 3.0,
+    window: int = 9,
+) -> Calibration:
+    """Build a :class:`Calibration` from dark and flat statistic maps.
+
+    Parameters
+    ----------
+    dark_map, flat_map : array (H, W)
+        Per-pixel mean (or median) of the dark and the flat frames, raw counts.
+    dark_noise : array (H, W), optional
+        Per-pixel temporal standard deviation of the darks; enables the ``noisy`` class.
+    exposure_ratio : float
+        Exposure of the frames divided by that of the flats.
+    detect : bool
+        Detect bad pixels (otherwise only non-positive flat pixels are flagged dead).
+    dead_below, under_below, over_above, hot_sigma, noisy_factor, window
+        Thresholds, see :func:`detect_bad_pixels`.
+
+    Returns
+    -------
+    Calibration
+    """
+    xp = get_xp(flat_map)
+    dark = xp.asarray(dark_map, dtype=xp.float32)
+    signal = xp.asarray(flat_map, dtype=xp.float32) - dark
+    if detect:
+        bad = detect_bad_pixels(
+            dark,
+            signal,
+            dark_noise=dark_noise,
+            dead_below=dead_below,
+            under_below=under_below,
+            over_above=over_above,
+            hot_sigma=hot_sigma,
+            noisy_factor=noisy_factor,
+            window=window,
+        )
+    else:
+        bad = xp.zeros(signal.shape, dtype=xp.uint8)
+    bad = bad | xp.where(signal > 0, 0, DEAD).astype(xp.uint8)
+    good = bad == 0
+    if not bool(good.any()):
+        raise ValueError("every pixel is flagged bad: check that the flats are open-beam frames above the darks")
+    level = float(signal[good].mean(dtype=xp.float64))
+    gain = xp.where(signal > 0, signal / np.float32(level), np.float32(1)).astype(xp.float32)
+    return Calibration(dark=dark, gain=gain, flat_level=level, exposure_ratio=float(exposure_ratio), bad_pixels=bad)
+
+
+def detect_bad_pixels(
+    dark_map,
+    flat_signal,
+    *,
+    dark_noise=None,
+    dead_below: float = 0.1,
+    under_below: float = 0.7,
+    over_above: float = 1.3,
+    hot_sigma: float = 10.0,
+    noisy_factor: float = 3.0,
+    window: int = 9,
+):
+    """Classify bad pixels into the ASTM E2597 classes.
+
+    Responses are compared with a local median (``window`` x ``window``) so
+    smooth shading and vignetting are not mistaken for defects.
+
+    Parameters
+    ----------
+    dark_map : array (H, W)
+        Mean dark level.
+    flat_signal : array (H, W)
+        Mean flat minus mean dark.
+    dark_noise : array (H, W), optional
+        Temporal standard deviation of the darks.
+    dead_below, under_below, over_above : float
+        Thresholds on ``flat_signal / local_median(flat_signal)``: dead below
+        ``dead_below``, under-responding below ``under_below``, over-responding
+        above ``over_above``.
+    hot_sigma : float
+        Hot: dark level above its local median by more than this many robust
+        (MAD) sigmas of the dark map.
+    noisy_factor : float
+        Noisy: temporal dark noise above this multiple of its median.
+    window : int
+        Odd side length of the local median window.
+
+    Returns
+    -------
+    array (H, W) uint8
+        Class bits, 0 for good pixels.
+    """
+    xp = get_xp(flat_signal)
+    ndi = get_ndimage(xp)
+    sig = xp.asarray(flat_signal, dtype=xp.float32)
+    local = ndi.median_filter(sig, size=window, mode="reflect")
+    ratio = sig / xp.where(local > 0, local, np.float32(np.inf))
+    bad = xp.zeros(sig.shape, dtype=xp.uint8)
+    bad |= xp.where(ratio < dead_below, DEAD, 0).astype(xp.uint8)
+    bad |= xp.where((ratio >= dead_below) & (ratio < under_below), UNDER, 0).astype(xp.uint8)
+    bad |= xp.where(ratio > over_above, OVER, 0).astype(xp.uint8)
+
+    dark = xp.asarray(dark_map, dtype=xp.float32)
+    excess = dark - ndi.median_filter(dark, size=window, mode="reflect")
+    sigma = _MAD_TO_SIGMA * float(xp.median(xp.abs(excess - xp.median(excess))))
+    sigma = max(sigma, 1e-3)
+    bad |= xp.where(excess > hot_sigma * sigma, HOT, 0).astype(xp.uint8)
+
+    if dark_noise is not None:
+        noise = xp.asarray(dark_noise, dtype=xp.float32)
+        typical = max(float(xp.median(noise)), 1e-6)
+        bad |= xp.where(noise > noisy_factor * typical, NOISY, 0).astype(xp.uint8)
+    return bad
+
+
+def neighbour_table(bad_pixels, *, radius: int = 1, max_radius: int = 4):
+    """Index table for replacing bad pixels by the median of good neighbours.
+
+    For each bad pixel, the good pixels in the (2r+1)^2 square around it are
+    used, growing ``r`` from ``radius`` until at least one good neighbour is
+    found (up to ``max_radius``).
+
+    Parameters
+    ----------
+    bad_pixels : array (H, W)
+        Non-zero where a pixel is bad.
+
+    Returns
+    -------
+    targets : array (N,) int64
+        Flat indices of the bad pixels.
+    neighbours : array (N, K) int64
+        Flat indices of their good neighbours, ``-1`` where unused.
+    """
+    xp = get_xp(bad_pixels)
+    bad = np.asarray(_host(bad_pixels)) != 0
+    h, w = bad.shape
+    ys, xs = np.nonzero(bad)
+    k_max = (2 * max_radius + 1) ** 2
+    table = np.full((ys.size, k_max), -1, dtype=np.int64)
+    width = np.zeros(ys.size, dtype=np.int64)
+    pending = np.ones(ys.size, dtype=bool)
+    for r in range(radius, max_radius + 1):
+        if not pending.any():
+            break
+        dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+        keep = (dy != 0) | (dx != 0)
+        dy, dx = dy[keep], dx[keep]
+        idx = np.nonzero(pending)[0]
+        ny = ys[idx, None] + dy[None, :]
+        nx = xs[idx, None] + dx[None, :]
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        nyc, nxc = np.clip(ny, 0, h - 1), np.clip(nx, 0, w - 1)
+        ok = inside & ~bad[nyc, nxc]
+        flat = np.where(ok, nyc * w + nxc, -1)
+        # Compact the good neighbours to the left of each row.
+        order = np.argsort(~ok, axis=1, kind="stable")
+        flat = np.take_along_axis(flat, order, axis=1)
+        table[idx, : flat.shape[1]] = flat
+        width[idx] = ok.sum(axis=1)
+        pending[idx] = width[idx] == 0
+    k = max(int(width.max(initial=0)), 1)
+    targets = ys.astype(np.int64) * w + xs
+    return xp.asarray(targets), xp.asarray(table[:, :k])
+
+
+def replace_bad_pixels(frames, targets, neighbours, *, out=None):
+    """Replace bad pixels by the median of their good neighbours, frame by frame.
+
+    Parameters
+    ----------
+    frames : array (T, H, W) or (H, W), float
+    targets, neighbours : arrays from :func:`neighbour_table`
+    out : array, optional
+        Where to write; may be ``frames`` itself.
+
+    Returns
+    -------
+    array like ``frames``
+    """
+    xp = get_xp(frames)
+    if out is None:
+        out = frames.copy()
+    elif out is not frames:
+        out[...] = frames
+    if targets.size == 0:
+        return out
+    stack = out.reshape((-1, out.shape[-2] * out.shape[-1]))
+    vals = stack[:, xp.maximum(neighbours, 0)]  # (T, N, K)
+    vals = xp.where(neighbours[None] >= 0, vals, xp.nan)
+    if neighbours.shape[1] == 1:
+        med = vals[..., 0]
+    else:
+        med = xp.nanmedian(vals, axis=-1)
+    stack[:, targets] = med.astype(out.dtype)  # a pixel with no good neighbour within reach stays NaN
+    return out
+
+
+def flat_field(frames, dark, gain, *, scale: float = 1.0, out=None):
+    """Dark-subtract and gain-normalise frames: ``(frames - dark) / (gain * scale)``.
+
+    Parameters
+    ----------
+    frames : array (T, H, W) or (H, W), any real dtype
+        Raw frames in counts.
+    dark : array (H, W) float32
+        Dark map.
+    gain : array (H, W) float32
+        Normalised gain map (strictly positive; see :func:`compute_calibration`).
+    scale : float
+        Extra divisor (e.g. ``exposure_ratio * flat_level`` for transmission).
+    out : array float32, optional
+
+    Returns
+    -------
+    array float32
+    """
+    xp = get_xp(frames)
+    denom = gain if scale == 1.0 else gain * np.float32(scale)
+    if out is None:
+        out = xp.empty(frames.shape, dtype=xp.float32)
+    xp.subtract(frames, dark, out=out, dtype=xp.float32)
+    xp.divide(out, denom, out=out)
+    return out
+
+
+def to_attenuation(transmission, *, floor: float = 1e-6, out=None):
+    """``-log(max(transmission, floor))``: line integral of attenuation (float32)."""
+    xp = get_xp(transmission)
+    if out is None:
+        out = xp.empty(transmission.shape, dtype=xp.float32)
+    xp.maximum(transmission, np.float32(floor), out=out)
+    xp.log(out, out=out)
+    xp.negative(out, out=out)
+    return out
+
+
+def correct_frames(
+    frames,
+    calibration: Calibration,
+    *,
+    output: str = "counts",
+    replace: bool = True,
+    table=None,
+    saturation_level: float | None = None,
+    mark_saturated: bool = True,
+    attenuation_floor: float = 1e-6,
+):
+    """The whole flat-field correction of a block of raw frames.
+
+    Steps: dark subtraction and gain division; bad pixels replaced by the
+    median of good neighbours; saturated pixels (raw value at or above
+    ``saturation_level``) set to NaN; optional conversion to transmission or
+    attenuation.
+
+    Parameters
+    ----------
+    frames : array (T, H, W)
+        Raw frames.
+    calibration : Calibration
+    output : {'counts', 'transmission', 'attenuation'}
+    replace : bool
+        Replace bad pixels (needs ``table``; built here if ``None``).
+    table : tuple, optional
+        ``(targets, neighbours)`` from :func:`neighbour_table`, to reuse across blocks.
+    saturation_level : float, optional
+        Raw level that marks saturation; ``None`` disables the check.
+    mark_saturated : bool
+        Set saturated pixels to NaN.
+    attenuation_floor : float
+        Smallest transmission taken before the logarithm.
+
+    Returns
+    -------
+    array (T, H, W) float32
+    """
+    xp = get_xp(frames)
+    scale = 1.0 if output == "counts" else calibration.exposure_ratio * calibration.flat_level
+    out = flat_field(frames, calibration.dark, calibration.gain, scale=scale)
+    if replace:
+        if table is None:
+            table = neighbour_table(calibration.bad_pixels)
+        replace_bad_pixels(out, *table, out=out)
+    if mark_saturated and saturation_level is not None:
+        sat = frames >= saturation_level
+        out[sat] = xp.nan
+    if output == "attenuation":
+        to_attenuation(out, floor=attenuation_floor, out=out)
+    return out
+
+
+def estimate_memory(frame_shape, n_frames: int, in_itemsize: int = 2) -> int:
+    """Peak bytes :func:`correct_frames` needs for a block, beyond its input.
+
+    The float32 output, the saturation mask (1 byte per pixel) and the gathered
+    neighbour values (small) dominate.
+    """
+    pixels = int(np.prod(frame_shape)) * int(n_frames)
+    return pixels * (4 + 1)
+
+
+def _host(a):
+    from ..backend import to_host
+
+    return to_host(a)

@@ -1,0 +1,512 @@
+"""Physics-based synthetic scintillator-detector video with ground truth.
+
+Chain (one frame ``k``)::
+
+    scene (slanted edge, line-pair bars, sliding circuit board)
+      -> X-ray fluence q * (1 - absorbance)            [quanta / pixel]
+      -> Poisson quanta
+      -> scintillator blur (Gaussian core + exponential scatter tail)
+      -> afterglow (multi-exponential lag, exact recursion)
+      -> camera: pixel gain (shading, PRNU, defects) * counts_per_quantum
+         + dark offset + dark current (shot noise) + read noise
+      -> uint16 with saturation
+
+The static scene (edge and bars) is rendered in closed form: each pixel holds
+the exact integral, over its area, of the scene convolved with the line-spread
+function (LSF). For a straight edge at angle theta the system MTF is therefore
+known exactly::
+
+    MTF(f) = MTF_lsf(f) * |sinc(f cos theta) * sinc(f sin theta)|
+
+with ``MTF_lsf(f) = (1 - w) exp(-2 pi^2 sigma^2 f^2) + w / (1 + (2 pi lambda f)^2)``.
+
+The mean image is exact; the quantum noise is drawn at that mean rate and
+blurred with the same (discrete) MTF, so its variance is
+``q * sum(h^2)`` per pixel before the afterglow and the camera. The afterglow
+state starts at the steady state of frame 0 (the scene was static before the
+recording started), so flats and a static scene carry the DC lag gain
+``1 + sum_n a_n r_n / (1 - r_n)`` with ``r_n = exp(-1 / (frame_rate * tau_n))``.
+
+This module is pure NumPy/SciPy; it yields arrays and metadata and knows
+nothing of Zarr (``pipeline.api.simulate`` writes them).
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from typing import Iterator
+
+import numpy as np
+import scipy.fft as sfft
+from scipy.optimize import brentq
+from scipy.special import ndtr
+
+from .ops.flatfield import DEAD, HOT, NOISY, OVER, UNDER
+
+_SQRT2PI = math.sqrt(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------- presets
+@dataclass(frozen=True)
+class ScintillatorPreset:
+    """A scintillator screen: its blur and its afterglow.
+
+    The blur is a Gaussian core plus an exponential (light-scattering) tail of
+    weight ``tail_weight`` and length ``tail_length_mm``; the core width is
+    solved so that the LSF's MTF falls to 0.2 at ``mtf20_lp_per_mm``.
+    """
+
+    name: str
+    description: str
+    mtf20_lp_per_mm: float
+    tail_weight: float
+    tail_length_mm: float
+    afterglow_amplitudes: tuple[float, ...]
+    afterglow_tau_s: tuple[float, ...]
+
+    @property
+    def sigma_mm(self) -> float:
+        return _solve_sigma(self.mtf20_lp_per_mm, self.tail_weight, self.tail_length_mm)
+
+    def mtf(self, f_lp_per_mm):
+        """Analytic MTF of the scintillator's LSF at ``f`` (lp/mm)."""
+        return lsf_mtf(np.asarray(f_lp_per_mm, dtype=np.float64), self.sigma_mm, self.tail_weight, self.tail_length_mm)
+
+
+def lsf_mtf(f, sigma, tail_weight, tail_length):
+    """MTF of the Gaussian-plus-exponential-tail LSF (f and lengths in reciprocal units)."""
+    f = np.asarray(f, dtype=np.float64)
+    core = np.exp(-2.0 * (math.pi * sigma * f) ** 2)
+    tail = 1.0 / (1.0 + (2.0 * math.pi * tail_length * f) ** 2)
+    return (1.0 - tail_weight) * core + tail_weight * tail
+
+
+@lru_cache(maxsize=None)
+def _solve_sigma(f20: float, w: float, lam: float) -> float:
+    def g(s):
+        return float(lsf_mtf(f20, s, w, lam)) - 0.2
+
+    if w / (1.0 + (2 * math.pi * lam * f20) ** 2) >= 0.2:
+        raise ValueError("scatter tail alone keeps the MTF above 0.2; lower tail_weight or lengthen the tail")
+    return brentq(g, 1e-9, 10.0 / f20, xtol=1e-15, rtol=1e-14)
+
+
+PRESETS: dict[str, ScintillatorPreset] = {
+    "eu-gc": ScintillatorPreset(
+        "eu-gc",
+        "CsPbBr3:Eu perovskite glass-ceramic (Ma et al. 2021): low scattering, MTF20 = 15.0 lp/mm",
+        15.0, 0.10, 0.020, (0.010, 0.003), (0.015, 0.120),
+    ),
+    "gc": ScintillatorPreset(
+        "gc",
+        "CsPbBr3 glass-ceramic without Eu: MTF20 = 4.1 lp/mm",
+        4.1, 0.25, 0.080, (0.015, 0.005), (0.015, 0.120),
+    ),
+    "nc-film": ScintillatorPreset(
+        "nc-film",
+        "CsPbBr3 nanocrystal film (~100 um, strong scattering): MTF20 = 1.5 lp/mm",
+        1.5, 0.40, 0.250, (0.030, 0.010), (0.020, 0.200),
+    ),
+}
+
+
+# --------------------------------------------------------------------------- LSF integrals
+def _g1_g2(x, sigma, w, lam):
+    """First and second antiderivatives of the ESF (Gaussian core + Laplace tail)."""
+    z = x / sigma
+    phi = np.exp(-0.5 * z * z) / _SQRT2PI
+    cdf = ndtr(z)
+    g1 = x * cdf + sigma * phi
+    g2 = 0.5 * (x * x + sigma * sigma) * cdf + 0.5 * x * sigma * phi
+    e = np.exp(-np.abs(x) / lam)
+    pos = x >= 0
+    t1 = np.where(pos, x + 0.5 * lam * e, 0.5 * lam * e)
+    t2 = np.where(pos, 0.5 * x * x - 0.5 * lam * lam * e + lam * lam, 0.5 * lam * lam * e)
+    return (1 - w) * g1 + w * t1, (1 - w) * g2 + w * t2
+
+
+def pixel_esf(d, a, b, sigma, w, lam):
+    """Blurred half-plane indicator averaged over a unit pixel.
+
+    ``d`` is the signed distance (pixels) of the pixel centre from the edge,
+    positive inside; ``a``, ``b`` = ``|cos|``, ``|sin|`` of the normal's angle
+    (the pixel's extent projected on the normal is a trapezoid of these two
+    widths). Exact: the ESF convolved with both boxes, through the ESF's
+    second antiderivative.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    a, b = max(a, b), min(a, b)
+    if b < 1e-9:
+        g1p, _ = _g1_g2(d + a / 2, sigma, w, lam)
+        g1m, _ = _g1_g2(d - a / 2, sigma, w, lam)
+        return (g1p - g1m) / a
+    s = [(+1, d + (a + b) / 2), (-1, d + (a - b) / 2), (-1, d - (a - b) / 2), (+1, d - (a + b) / 2)]
+    total = np.zeros_like(d)
+    for sign, x in s:
+        total += sign * _g1_g2(x, sigma, w, lam)[1]
+    return total / (a * b)
+
+
+def _box_profile(coords, lo, hi, sigma, w, lam):
+    """Blurred, pixel-integrated indicator of the interval [lo, hi] along one axis."""
+    return pixel_esf(coords - lo, 1.0, 0.0, sigma, w, lam) - pixel_esf(coords - hi, 1.0, 0.0, sigma, w, lam)
+
+
+def _overlap(coords, lo, hi):
+    """Length of the overlap of pixel [c-1/2, c+1/2] with [lo, hi] (area integration, no blur)."""
+    return np.clip(np.minimum(coords + 0.5, hi) - np.maximum(coords - 0.5, lo), 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- spec
+@dataclass(frozen=True)
+class SimulationSpec:
+    """Everything that defines a simulated recording (all defaults documented in the README)."""
+
+    preset: str = "eu-gc"
+    frames: int = 64
+    height: int = 256
+    width: int = 256
+    seed: int = 0
+    pixel_pitch_mm: float = 0.01
+    frame_rate_hz: float = 50.0
+    quanta_per_pixel: float = 1000.0
+    counts_per_quantum: float = 8.0
+    n_darks: int = 20
+    n_flats: int = 20
+    edge_angle_deg: float = 5.0
+    edge_transmission: float = 0.1
+    bar_transmission: float = 0.2
+    speed_px_per_frame: float = 1.0
+    read_noise: float = 3.0
+    dark_offset: float = 100.0
+    dark_offset_spread: float = 2.0
+    dark_current: float = 5.0
+    prnu: float = 0.02
+    shading: float = 0.15
+    bad_fraction: float = 0.0005
+    truth_frames: bool = True
+    chunk_frames: int = 16
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset '{self.preset}'; choose one of {', '.join(PRESETS)}")
+        if self.frames < 1 or self.height < 32 or self.width < 32:
+            raise ValueError("need frames >= 1 and a frame size of at least 32 x 32 pixels")
+        if not 0 < self.edge_angle_deg < 45:
+            raise ValueError("edge_angle_deg must lie in (0, 45)")
+
+
+@dataclass
+class Simulation:
+    """A simulated recording: metadata, calibration frames, truth and a frame generator."""
+
+    spec: SimulationSpec
+    attrs: dict
+    darks: np.ndarray
+    flats: np.ndarray
+    truth_maps: dict
+    truth_attrs: dict
+    _frames_fn: object = field(repr=False, default=None)
+
+    def iter_chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """Yield ``(start, raw_uint16_block, truth_block_or_None)`` in time order."""
+        return self._frames_fn()
+
+
+class _Detector:
+    """Fixed per-recording detector state: pixel gain, dark maps, defects, blur filter."""
+
+    def __init__(self, spec: SimulationSpec):
+        self.spec = spec
+        p = PRESETS[spec.preset]
+        pitch = spec.pixel_pitch_mm
+        self.sigma = p.sigma_mm / pitch
+        self.w = p.tail_weight
+        self.lam = p.tail_length_mm / pitch
+        dt = 1.0 / spec.frame_rate_hz
+        self.a = np.asarray(p.afterglow_amplitudes, dtype=np.float64)
+        self.r = np.exp(-dt / np.asarray(p.afterglow_tau_s, dtype=np.float64))
+        self.lag_gain = 1.0 + float(np.sum(self.a * self.r / (1 - self.r)))
+        h, w = spec.height, spec.width
+        ss = np.random.SeedSequence(spec.seed)
+        (self.ss_layout, self.ss_darks, self.ss_flats, self.ss_frames) = ss.spawn(4)
+        rng = np.random.default_rng(self.ss_layout)
+
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+        rr2 = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2
+        gain = (1.0 - spec.shading * rr2 / 2.0) * (1.0 + spec.prnu * rng.standard_normal((h, w)))
+        offset = spec.dark_offset + spec.dark_offset_spread * rng.standard_normal((h, w))
+        current = np.full((h, w), spec.dark_current)
+        read = np.full((h, w), spec.read_noise)
+        bad = np.zeros((h, w), dtype=np.uint8)
+        n_each = int(round(spec.bad_fraction * h * w))
+        picks = rng.choice(h * w, size=5 * n_each, replace=False).reshape(5, n_each) if n_each else np.zeros((5, 0), int)
+        flat_gain, flat_cur, flat_read, flat_bad = gain.reshape(-1), current.reshape(-1), read.reshape(-1), bad.reshape(-1)
+        flat_gain[picks[0]] = 0.0
+        flat_bad[picks[0]] = DEAD
+        flat_gain[picks[1]] *= rng.uniform(0.2, 0.55, n_each)
+        flat_bad[picks[1]] = UNDER
+        flat_gain[picks[2]] *= rng.uniform(1.6, 2.5, n_each)
+        flat_bad[picks[2]] = OVER
+        flat_cur[picks[3]] += rng.uniform(300.0, 3000.0, n_each)
+        flat_bad[picks[3]] = HOT
+        flat_read[picks[4]] *= rng.uniform(8.0, 15.0, n_each)
+        flat_bad[picks[4]] = NOISY
+        self.gain = gain.astype(np.float32)
+        self.offset = offset.astype(np.float32)
+        self.current = current.astype(np.float32)
+        self.read = read.astype(np.float32)
+        self.bad = bad
+        self.mean_good_gain = float(self.gain[bad == 0].mean(dtype=np.float64))
+
+        fy = sfft.fftfreq(h)[:, None]
+        fx = sfft.rfftfreq(w)[None, :]
+        rho = np.sqrt(fy * fy + fx * fx)
+        self.blur_tf = lsf_mtf(rho, self.sigma, self.w, self.lam).astype(np.float32)
+        # sum of squared kernel weights = mean |H|^2 over the full (two-sided) grid
+        full = lsf_mtf(np.sqrt(sfft.fftfreq(h)[:, None] ** 2 + sfft.fftfreq(w)[None, :] ** 2), self.sigma, self.w, self.lam)
+        self.noise_power = float(np.mean(full**2))
+
+    # --- pieces of the chain
+    def blur(self, stack: np.ndarray) -> np.ndarray:
+        """Blur (..., H, W) with the scintillator MTF (periodic, float32)."""
+        spec = sfft.rfft2(stack, workers=-1)
+        spec *= self.blur_tf
+        return sfft.irfft2(spec, s=stack.shape[-2:], workers=-1).astype(np.float32, copy=False)
+
+    def quanta(self, mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Blurred light (in quanta) for a stack of noise-free blurred fluence images."""
+        lam = np.maximum(mean, 0.0)
+        noise = rng.poisson(lam).astype(np.float32)
+        noise -= lam
+        return mean + self.blur(noise)
+
+    def lag(self, x: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """Apply the afterglow recursion in place over a (T, H, W) block; ``state`` (N, H, W) updated."""
+        for k in range(x.shape[0]):
+            xk = x[k].copy()
+            for n in range(self.a.size):
+                x[k] += state[n]
+                state[n] += np.float32(self.a[n]) * xk
+                state[n] *= np.float32(self.r[n])
+        return x
+
+    def steady_state(self, x0: np.ndarray) -> np.ndarray:
+        return np.stack([np.float32(a * r / (1 - r)) * x0 for a, r in zip(self.a, self.r)]).astype(np.float32)
+
+    def camera(self, light: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Light (quanta) -> raw uint16 counts with gain, dark, noise and saturation."""
+        sig = light * (self.gain * np.float32(self.spec.counts_per_quantum))
+        sig += self.offset
+        # dark-current shot noise (Gaussian, variance = mean) plus read noise
+        sig += self.current
+        sig += rng.standard_normal(sig.shape, dtype=np.float32) * np.sqrt(self.current + self.read**2)
+        np.rint(sig, out=sig)
+        np.clip(sig, 0, 65535, out=sig)
+        return sig.astype(np.uint16)
+
+
+class _Scene:
+    """The static absorbance (closed form) and the moving board (per frame)."""
+
+    def __init__(self, spec: SimulationSpec, det: _Detector):
+        h, w = spec.height, spec.width
+        s, tw, lam = det.sigma, det.w, det.lam
+        ys = np.arange(h, dtype=np.float64)
+        xs = np.arange(w, dtype=np.float64)
+        self.attrs: dict = {}
+
+        # slanted edge: plate on the right of a near-vertical line through the region centre
+        y0, y1, x0, x1 = int(0.06 * h), int(0.52 * h), int(0.04 * w), int(0.48 * w)
+        theta = math.radians(spec.edge_angle_deg)
+        yc, xc = (y0 + y1 - 1) / 2, (x0 + x1 - 1) / 2
+        nx, ny = math.cos(theta), -math.sin(theta)
+        d = (xs[None, :] - xc) * nx + (ys[:, None] - yc) * ny
+        edge = pixel_esf(d, abs(nx), abs(ny), s, tw, lam)
+        win = _box_profile(ys, y0 - 0.5, y1 - 0.5, s, tw, lam)[:, None] * _box_profile(xs, x0 - 0.5, x1 - 0.5, s, tw, lam)[None, :]
+        absorb = (1.0 - spec.edge_transmission) * edge * win
+        self.attrs["edge"] = {
+            "region_yx": [y0, y1, x0, x1],
+            "center_yx": [yc, xc],
+            "normal_xy": [nx, ny],
+            "angle_deg": spec.edge_angle_deg,
+            "transmission": spec.edge_transmission,
+            "note": "absorbing plate where (x - xc) * nx + (y - yc) * ny > 0; angle from the vertical (columns)",
+        }
+
+        # line-pair bars: vertical bars, groups of 3 line pairs, greedy rows from fine to coarse
+        by0, by1, bx0, bx1 = int(0.06 * h), int(0.52 * h), int(0.52 * w), int(0.96 * w)
+        candidates = [25, 20, 18, 16, 15, 14, 12, 10, 8, 6, 5, 4, 3, 2, 1.5, 1]
+        nyq = 0.5 / spec.pixel_pitch_mm
+        rows = 2
+        row_h = (by1 - by0) / rows
+        groups = []
+        row, cursor = 0, float(bx0)
+        for f in candidates:
+            if f > 0.9 * nyq:
+                continue
+            bw = 0.5 / f / spec.pixel_pitch_mm  # bar width, pixels
+            gap = max(4.0, 2 * bw)
+            if cursor + 5 * bw > bx1:
+                row += 1
+                cursor = float(bx0)
+                if row >= rows or cursor + 5 * bw > bx1:
+                    break
+            gy0 = by0 + row * row_h + 0.1 * row_h
+            gy1 = gy0 + 0.8 * row_h
+            prof_y = _box_profile(ys, gy0 - 0.5, gy1 - 0.5, s, tw, lam)
+            prof_x = np.zeros(w)
+            for i in range(3):
+                lo = cursor + 2 * i * bw - 0.5
+                prof_x += _box_profile(xs, lo, lo + bw, s, tw, lam)
+            absorb += (1.0 - spec.bar_transmission) * prof_y[:, None] * prof_x[None, :]
+            groups.append({"lp_per_mm": f, "bar_width_px": bw, "region_yx": [gy0, gy1, cursor, cursor + 5 * bw]})
+            cursor += 5 * bw + gap
+        self.attrs["bars"] = {"transmission": spec.bar_transmission, "groups": groups,
+                              "note": "3 absorbing bars per group, bar width = space width = 1/(2 f)"}
+        self.static = absorb.astype(np.float32)
+
+        # sliding circuit board (rectangles only: board, pads, traces), moves along x
+        my0, my1, mx0, mx1 = int(0.58 * h), int(0.94 * h), int(0.04 * w), int(0.96 * w)
+        bh, bwid = 0.8 * (my1 - my0), 0.35 * (mx1 - mx0)
+        top = my0 + 0.1 * (my1 - my0)
+        rects = [(top, top + bh, 0.0, bwid, 0.3)]  # (y0, y1, x0, x1, absorbance) relative to board x
+        for i in range(3):
+            for j in range(4):
+                py = top + (0.15 + 0.25 * i) * bh
+                px = (0.1 + 0.22 * j) * bwid
+                rects.append((py, py + 0.12 * bh, px, px + 0.1 * bwid, 0.4))
+        for i in range(2):
+            ty = top + (0.26 + 0.25 * i) * bh
+            rects.append((ty, ty + max(2.0, 0.02 * bh), 0.05 * bwid, 0.95 * bwid, 0.3))
+        self.rects = rects
+        self.travel = (mx0, mx1 - bwid)
+        self.ys, self.xs = ys, xs
+        self.attrs["board"] = {"region_yx": [my0, my1, mx0, mx1], "width_px": bwid,
+                               "speed_px_per_frame": spec.speed_px_per_frame,
+                               "note": "slides back and forth along x (triangle wave)"}
+
+    def board_x(self, k: int, speed: float) -> float:
+        lo, hi = self.travel
+        span = max(hi - lo, 1e-9)
+        pos = (speed * k) % (2 * span)
+        return lo + (pos if pos <= span else 2 * span - pos)
+
+    def board(self, k: int, speed: float, shape) -> np.ndarray:
+        """Unblurred, pixel-area-integrated absorbance of the board at frame k."""
+        out = np.zeros(shape, dtype=np.float32)
+        x_off = self.board_x(k, speed)
+        for y0, y1, x0, x1, c in self.rects:
+            ya, yb = max(int(math.floor(y0)), 0), min(int(math.ceil(y1)) + 1, shape[0])
+            xa, xb = max(int(math.floor(x0 + x_off)), 0), min(int(math.ceil(x1 + x_off)) + 1, shape[1])
+            if ya >= yb or xa >= xb:
+                continue
+            oy = _overlap(self.ys[ya:yb], y0 - 0.5, y1 - 0.5)
+            ox = _overlap(self.xs[xa:xb], x0 + x_off - 0.5, x1 + x_off - 0.5)
+            out[ya:yb, xa:xb] += np.float32(c) * (oy[:, None] * ox[None, :]).astype(np.float32)
+        return out
+
+
+def system_mtf_edge(f_cy_per_px, preset: ScintillatorPreset, pixel_pitch_mm: float, angle_deg: float):
+    """Analytic presampled MTF of the rendered edge: LSF MTF times the pixel aperture along the normal."""
+    f = np.asarray(f_cy_per_px, dtype=np.float64)
+    t = math.radians(angle_deg)
+    return preset.mtf(f / pixel_pitch_mm) * np.abs(np.sinc(f * math.cos(t)) * np.sinc(f * math.sin(t)))
+
+
+def build(spec: SimulationSpec) -> Simulation:
+    """Prepare a simulated recording (calibration frames now, video frames lazily)."""
+    det = _Detector(spec)
+    scene = _Scene(spec, det)
+    q = np.float32(spec.quanta_per_pixel)
+    h, w = spec.height, spec.width
+    preset = PRESETS[spec.preset]
+
+    def static_mean(n):
+        return np.broadcast_to(q * (1 - scene.static), (n, h, w)).astype(np.float32)
+
+    # darks: no beam; flats: open beam at steady state
+    darks = det.camera(np.zeros((spec.n_darks, h, w), np.float32), np.random.default_rng(det.ss_darks))
+    rng_f = np.random.default_rng(det.ss_flats)
+    open_beam = np.full((spec.n_flats, h, w), q, dtype=np.float32)
+    light = det.quanta(open_beam, rng_f)
+    det.lag(light, det.steady_state(np.full((h, w), q, np.float32)))
+    flats = det.camera(light, rng_f)
+
+    chunk = max(1, spec.chunk_frames)
+    starts = list(range(0, spec.frames, chunk))
+    seeds = det.ss_frames.spawn(len(starts))
+
+    def mean_block(start):
+        n = min(chunk, spec.frames - start)
+        m = static_mean(n)
+        moving = np.stack([scene.board(start + i, spec.speed_px_per_frame, (h, w)) for i in range(n)])
+        m -= q * det.blur(moving)
+        return m
+
+    def pre_lag(i):
+        start = starts[i]
+        rng = np.random.default_rng(seeds[i])
+        mean = mean_block(start)
+        return start, mean, det.quanta(mean, rng), rng
+
+    truth_scale = np.float32(spec.counts_per_quantum * det.mean_good_gain)
+
+    def frames_fn():
+        first = mean_block(0)[0]
+        state = det.steady_state(first)
+        tstate = state.copy()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pending = [pool.submit(pre_lag, i) for i in range(min(2, len(starts)))]
+            nxt = len(pending)
+            while pending:
+                start, mean, light, rng = pending.pop(0).result()
+                if nxt < len(starts):
+                    pending.append(pool.submit(pre_lag, nxt))
+                    nxt += 1
+                det.lag(light, state)
+                raw = det.camera(light, rng)
+                truth = None
+                if spec.truth_frames:
+                    truth = det.lag(mean, tstate) * truth_scale
+                yield start, raw, truth
+
+    f = np.linspace(0.0, 2.0, 1025)
+    truth_maps = {
+        "gain": det.gain,
+        "dark_offset": det.offset,
+        "dark_current": det.current,
+        "read_noise": det.read,
+        "bad_pixels": det.bad,
+        "mtf_frequencies_cy_per_px": f,
+        "mtf_lsf": preset.mtf(f / spec.pixel_pitch_mm),
+        "mtf_edge": system_mtf_edge(f, preset, spec.pixel_pitch_mm, spec.edge_angle_deg),
+    }
+    truth_attrs = {
+        "spec": asdict(spec),
+        "preset": {**asdict(preset), "sigma_mm": preset.sigma_mm},
+        "mtf20_lsf_lp_per_mm": preset.mtf20_lp_per_mm,
+        "afterglow": {"amplitudes": list(map(float, det.a)), "tau_s": list(preset.afterglow_tau_s),
+                      "ratios_per_frame": list(map(float, det.r)), "dc_gain": det.lag_gain,
+                      "initial_state": "steady state of frame 0"},
+        "noise_power_factor": det.noise_power,
+        "bad_pixel_classes": {"dead": DEAD, "hot": HOT, "noisy": NOISY, "over": OVER, "under": UNDER},
+        "frames_meaning": "noise-free expected output of a perfect flat-field correction in 'counts' mode: "
+                          "counts_per_quantum * mean(good pixel gain) * afterglow(blurred fluence)",
+        "mean_good_gain": det.mean_good_gain,
+        **scene.attrs,
+    }
+    attrs = {
+        "pixel_pitch_mm": spec.pixel_pitch_mm,
+        "frame_rate_hz": spec.frame_rate_hz,
+        "source": f"xray-pipeline simulator, preset {spec.preset}, seed {spec.seed}",
+    }
+    return Simulation(spec, attrs, darks, flats, truth_maps, truth_attrs, frames_fn)
+
+
+def with_overrides(spec: SimulationSpec, **kw) -> SimulationSpec:
+    """A copy of ``spec`` with some fields changed (validated again)."""
+    return replace(spec, **kw)
