@@ -117,18 +117,35 @@ class RunConfig(_Section):
 
 
 def _one_line(exc: ValidationError, model: type[BaseModel]) -> str:
-    msgs = []
+    """One line per bad key: union branches are folded into one message."""
+    by_key: dict[str, list[str]] = {}
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
+        parts, m = [], model
+        for p in err["loc"]:
+            fields = getattr(m, "model_fields", None)
+            if fields is None or p not in fields:
+                if err["type"] == "extra_forbidden" and p == err["loc"][-1]:
+                    parts.append(str(p))
+                break
+            parts.append(str(p))
+            m = fields[p].annotation
+        key = ".".join(parts)
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, err["loc"][:-1])
             hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
-            msgs.append(f"config key '{key}' is unknown{hint}")
+            by_key.setdefault(key, []).append(f"is unknown{hint}")
+            continue
+        got = err.get("input")
+        got_s = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+        msg = err["msg"][0].lower() + err["msg"][1:]
+        by_key.setdefault(key, []).append(f"{msg}{got_s}")
+    out = []
+    for key, msgs in by_key.items():
+        if msgs[0].startswith("is unknown"):
+            out.append(f"config key '{key}' {msgs[0]}")
         else:
-            got = err.get("input")
-            got_s = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-            msgs.append(f"config key '{key}': {err['msg'].lower()}{got_s}")
-    return "; ".join(msgs)
+            out.append(f"config key '{key}': " + " or ".join(dict.fromkeys(msgs)))
+    return "; ".join(out)
 
 
 def _allowed_keys(model: type[BaseModel], loc) -> list[str]:

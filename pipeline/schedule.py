@@ -14,21 +14,6 @@ from typing import Callable
 import dask
 import dask.array as da
 import numpy as np
-from dask.callbacks import Callback
-
-
-class _Progress(Callback):
-    """Counts finished blocks of one named layer and reports frames done."""
-
-    def __init__(self, layer: str, block_frames: list[int], report: Callable[[int], None]):
-        super().__init__()
-        self.layer = layer
-        self.sizes = block_frames
-        self.report = report
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        if isinstance(key, tuple) and key and key[0] == self.layer:
-            self.report(self.sizes[key[1]])
 
 
 def process_frames(
@@ -41,7 +26,10 @@ def process_frames(
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Apply ``block_fn`` to every block of ``chunk_frames`` frames and store into ``target``.
+    """Apply ``block_fn`` to every block of ``chunk_frames`` frames and write it into ``target``.
+
+    Each Dask task reads one block, runs the stage chain on it and writes the
+    result into its own chunk of ``target``; no two tasks touch the same chunk.
 
     Parameters
     ----------
@@ -52,23 +40,28 @@ def process_frames(
     block_fn : callable
         Pure function of one (t, H, W) block returning the (t, H, W) result.
     progress : callable, optional
-        Called with the number of frames of each finished block.
+        Called with the number of frames of each block once it is written.
     """
     t, h, w = source.shape
     x = da.from_array(source, chunks=(chunk_frames, h, w), asarray=False, lock=False,
                       meta=np.empty((0, 0, 0), dtype=source.dtype))
-    name = f"xray-stages-{dask.base.tokenize(x.name, block_fn)}"
-    y = x.map_blocks(block_fn, dtype=np.float32, name=name, meta=np.empty((0, 0, 0), dtype=np.float32))
-    sizes = list(y.chunks[0])
+
+    def run_block(block, block_info=None):
+        t0, t1 = block_info[0]["array-location"][0]
+        target[t0:t1] = block_fn(block)
+        if progress is not None:
+            progress(t1 - t0)
+        return np.ones((1, 1, 1), dtype=np.int8)
+
+    name = f"xray-stages-{dask.base.tokenize(x.name, block_fn, target.shape)}"
+    done = x.map_blocks(run_block, dtype=np.int8, chunks=((1,) * x.numblocks[0], (1,), (1,)), name=name,
+                        meta=np.empty((0, 0, 0), dtype=np.int8))
     kw = {"scheduler": scheduler}
     if num_workers and scheduler != "synchronous":
         kw["num_workers"] = num_workers
-    cb = _Progress(name, sizes, progress) if progress else None
-    if cb is not None:
-        with cb:
-            da.store(y, target, lock=False, compute=True, **kw)
-    else:
-        da.store(y, target, lock=False, compute=True, **kw)
+    total = int(done.sum().compute(**kw))
+    if total != x.numblocks[0]:  # pragma: no cover - a dask contract violation
+        raise RuntimeError(f"only {total} of {x.numblocks[0]} blocks were written")
 
 
 def frame_statistics(source, *, statistic: str = "mean", with_std: bool = False, block_frames: int = 8,

@@ -203,6 +203,12 @@ def read_array(path: str | Path, name: str) -> np.ndarray:
     return np.asarray(g[name][...])
 
 
+def read_frame(path: str | Path, name: str, index: int) -> np.ndarray:
+    """Read one frame ``index`` of a (T, H, W) array of a group."""
+    g = _open_group(Path(path), "dataset")
+    return np.asarray(g[name][index])
+
+
 def read_attrs(path: str | Path, group: str = "") -> dict:
     g = _open_group(Path(path), "dataset")
     node = g[group] if group else g

@@ -216,6 +216,25 @@ class Simulation:
         return self._frames_fn()
 
 
+def lag_forward(x: np.ndarray, amplitudes, ratios, state: np.ndarray) -> np.ndarray:
+    """Add afterglow to a (T, H, W) block in place: ``y_k = x_k + sum_n L_n``, ``L_n <- r_n (L_n + a_n x_k)``.
+
+    ``state`` (N, H, W) holds the lag images ``L_n`` before the block and is
+    updated to those after it, so consecutive blocks chain exactly.
+    Equivalent to ``y_k = x_k + sum_{j>=1} sum_n a_n r_n^j x_{k-j}`` (plus the
+    initial state's decay).
+    """
+    a = [np.float32(v) for v in amplitudes]
+    r = [np.float32(v) for v in ratios]
+    for k in range(x.shape[0]):
+        xk = x[k].copy()
+        for n in range(len(a)):
+            x[k] += state[n]
+            state[n] += a[n] * xk
+            state[n] *= r[n]
+    return x
+
+
 class _Detector:
     """Fixed per-recording detector state: pixel gain, dark maps, defects, blur filter."""
 
@@ -285,14 +304,7 @@ class _Detector:
         return mean + self.blur(noise)
 
     def lag(self, x: np.ndarray, state: np.ndarray) -> np.ndarray:
-        """Apply the afterglow recursion in place over a (T, H, W) block; ``state`` (N, H, W) updated."""
-        for k in range(x.shape[0]):
-            xk = x[k].copy()
-            for n in range(self.a.size):
-                x[k] += state[n]
-                state[n] += np.float32(self.a[n]) * xk
-                state[n] *= np.float32(self.r[n])
-        return x
+        return lag_forward(x, self.a, self.r, state)
 
     def steady_state(self, x0: np.ndarray) -> np.ndarray:
         return np.stack([np.float32(a * r / (1 - r)) * x0 for a, r in zip(self.a, self.r)]).astype(np.float32)
@@ -474,7 +486,7 @@ def build(spec: SimulationSpec) -> Simulation:
                     truth = det.lag(mean, tstate) * truth_scale
                 yield start, raw, truth
 
-    f = np.linspace(0.0, 2.0, 1025)
+    f = np.linspace(0.0, 2.0, 4097)
     truth_maps = {
         "gain": det.gain,
         "dark_offset": det.offset,

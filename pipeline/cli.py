@@ -1,0 +1,213 @@
+"""Command line: ``xray-pipeline simulate | calibrate | run | demo | info | config``.
+
+The only module that prints or exits. Errors the pipeline raises on purpose
+become one line on stderr and exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import PipelineError
+
+
+class _Bar:
+    """A progress bar on stderr, created at the first update (so errors come first), only on a terminal."""
+
+    def __init__(self, total: int, desc: str, quiet: bool):
+        self.total, self.desc = total, desc
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bar = None
+
+    def update(self, n: int):
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="frame", file=sys.stderr, leave=False,
+                            dynamic_ncols=True)
+        self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _bar(total: int, desc: str, quiet: bool):
+    b = _Bar(total, desc, quiet)
+    return b, b.update
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="xray-pipeline")
+def cli():
+    """Process dynamic X-ray imaging videos from scintillator detectors."""
+
+
+@cli.command()
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--preset", type=click.Choice(["eu-gc", "gc", "nc-film"]), default="eu-gc", show_default=True,
+              help="scintillator: MTF20 15.0 / 4.1 / 1.5 lp/mm")
+@click.option("--frames", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--size", type=(click.IntRange(min=32), click.IntRange(min=32)), default=(256, 256), show_default=True,
+              metavar="H W")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dose", type=click.FloatRange(min=0, min_open=True), default=1000.0, show_default=True,
+              help="open-beam X-ray quanta per pixel per frame")
+@click.option("--pixel-pitch", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+              help="mm at the scintillator plane")
+@click.option("--frame-rate", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True, help="Hz")
+@click.option("--no-truth-frames", is_flag=True, help="skip truth/frames (halves the disk space)")
+@click.option("--overwrite", is_flag=True, help="replace OUTPUT if it exists")
+@click.option("--quiet", "-q", is_flag=True)
+def simulate(output, preset, frames, size, seed, dose, pixel_pitch, frame_rate, no_truth_frames, overwrite, quiet):
+    """Write a simulated scintillator-detector video with ground truth to OUTPUT (Zarr v3)."""
+    from .api import simulate as _simulate
+
+    bar, update = _bar(frames, "simulate", quiet)
+    path = _simulate(output, preset=preset, frames=frames, size=tuple(size), seed=seed, overwrite=overwrite,
+                     progress=update, quanta_per_pixel=dose, pixel_pitch_mm=pixel_pitch, frame_rate_hz=frame_rate,
+                     truth_frames=not no_truth_frames)
+    bar.close()
+    click.echo(f"simulated {frames} frames of {size[0]} x {size[1]} ({preset}) -> {path}")
+
+
+def _config_options(f):
+    f = click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+                     help="YAML config (defaults: configs/default.yaml)")(f)
+    f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="override one config key, e.g. --set flatfield.output=attenuation")(f)
+    return f
+
+
+@cli.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@_config_options
+@click.option("--overwrite", is_flag=True)
+def calibrate(input, output, config_file, overrides, overwrite):
+    """Compute dark, gain and bad-pixel maps from INPUT's darks/flats; save to OUTPUT."""
+    from .api import calibrate as _calibrate, save_calibration
+    from .config import load_config
+    from .io.zarr_store import check_output_path
+
+    cfg = load_config(config_file, overrides=list(overrides))
+    check_output_path(output, overwrite=overwrite, inputs=[input])
+    cal = _calibrate(input, cfg)
+    path = save_calibration(cal, output, overwrite=overwrite, source=str(input))
+    import numpy as np
+
+    click.echo(f"calibration -> {path} (flat level {cal.flat_level:.1f} counts, "
+               f"{int(np.count_nonzero(cal.bad_pixels))} bad pixels)")
+
+
+@cli.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@_config_options
+@click.option("--calibration", type=click.Path(path_type=Path), default=None, help="saved calibration group")
+@click.option("--chunk-frames", type=click.IntRange(min=1), default=None, help="frames per block")
+@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default=None)
+@click.option("--overwrite", is_flag=True, help="replace OUTPUT if it exists (only once the new one is complete)")
+@click.option("--quiet", "-q", is_flag=True)
+def run(input, output, config_file, overrides, calibration, chunk_frames, device, overwrite, quiet):
+    """Correct the video INPUT (Zarr) and write OUTPUT (Zarr)."""
+    from .api import run as _run
+    from .config import load_config
+    from .io.zarr_store import open_input
+
+    extra = list(overrides)
+    if chunk_frames:
+        extra.append(f"execution.chunk_frames={chunk_frames}")
+    if device:
+        extra.append(f"execution.device={device}")
+    cfg = load_config(config_file, overrides=extra)
+    total = open_input(input).shape[0]
+    bar, update = _bar(total, "run", quiet)
+    try:
+        res = _run(input, output, cfg, calibration=calibration, overwrite=overwrite, progress=update)
+    finally:
+        bar.close()
+    click.echo(f"{res.frames} frames in {res.seconds:.2f} s ({res.frames_per_second:.1f} frames/s) -> {res.output}")
+
+
+@cli.command()
+@click.argument("outdir", type=click.Path(path_type=Path), default=Path("demo-output"))
+@click.option("--preset", type=click.Choice(["eu-gc", "gc", "nc-film"]), default="eu-gc", show_default=True)
+@click.option("--frames", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--size", type=(click.IntRange(min=64), click.IntRange(min=64)), default=(512, 512), show_default=True,
+              metavar="H W")
+@click.option("--overwrite", is_flag=True, help="replace the datasets of an earlier demo in OUTDIR")
+@click.option("--quiet", "-q", is_flag=True)
+def demo(outdir, preset, frames, size, overwrite, quiet):
+    """Simulate, correct, and write PNGs and summary.txt into OUTDIR."""
+    from .api import demo as _demo
+
+    bar, update = _bar(frames, "run", quiet)
+    res = _demo(outdir, preset=preset, frames=frames, size=tuple(size), overwrite=overwrite, progress=update)
+    bar.close()
+    click.echo(res["text"], nl=False)
+    click.echo(f"written to {outdir}/")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def info(path, as_json):
+    """Describe a dataset: arrays (shape, dtype, chunks, codecs) and attributes."""
+    from .api import info as _info
+
+    d = _info(path)
+    if as_json:
+        click.echo(json.dumps(d, indent=2, default=str))
+        return
+    click.echo(f"{d['path']}")
+    for name, a in sorted(d["arrays"].items()):
+        shape = " x ".join(map(str, a["shape"]))
+        chunks = " x ".join(map(str, a["chunks"]))
+        click.echo(f"  {name:32s} {shape:>20s}  {a['dtype']:8s} chunks {chunks:16s} "
+                   f"{a['nbytes'] / 2**20:9.1f} MiB  {','.join(a['compressors']) or 'raw'}")
+    for k, v in d["attributes"].items():
+        text = json.dumps(v, default=str)
+        click.echo(f"  @{k} = {text if len(text) < 100 else text[:97] + '...'}")
+
+
+@cli.command("config")
+@_config_options
+def config_cmd(config_file, overrides):
+    """Print the fully resolved config as YAML (defaults, then --config, then --set)."""
+    from .config import dump_yaml, load_config
+
+    click.echo(dump_yaml(load_config(config_file, overrides=list(overrides))), nl=False)
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``xray-pipeline`` console script."""
+    try:
+        cli.main(args=argv, prog_name="xray-pipeline", standalone_mode=False)
+    except PipelineError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("interrupted: nothing was written to the output path (partial results removed)", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing was written to the output path (partial results removed)", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except OSError as exc:
+        click.echo(f"error: {exc.strerror or exc} ({exc.filename or ''}); check the path and free space", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

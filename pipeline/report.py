@@ -1,0 +1,81 @@
+"""Figures and text summaries (matplotlib, headless). No computation beyond display scaling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _window(img, lo=1.0, hi=99.0):
+    finite = img[np.isfinite(img)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    a, b = np.percentile(finite, [lo, hi])
+    return float(a), float(b if b > a else a + 1)
+
+
+def frame_comparison(raw, corrected, path, *, title_raw="raw (counts)", title_corr="corrected"):
+    """Side-by-side raw and corrected frame, each with its own 1-99 % intensity window."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8), constrained_layout=True)
+    for ax, img, title in ((axes[0], raw, title_raw), (axes[1], corrected, title_corr)):
+        vmin, vmax = _window(np.asarray(img, dtype=np.float64))
+        im = ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(title)
+        ax.set_axis_off()
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def bad_pixel_map(bad_bits, path, classes: dict[str, int]):
+    """Map of bad pixels coloured by class (first matching bit)."""
+    plt = _plt()
+    from matplotlib.colors import ListedColormap
+
+    names = list(classes)
+    label = np.zeros(bad_bits.shape, dtype=np.int16)
+    for i, name in enumerate(names, start=1):
+        label[(label == 0) & ((bad_bits & classes[name]) != 0)] = i
+    colours = ["#202020", "#e41a1c", "#ff7f00", "#984ea3", "#4daf4a", "#377eb8"][: len(names) + 1]
+    fig, ax = plt.subplots(figsize=(6, 5.4), constrained_layout=True)
+    ax.imshow(label, cmap=ListedColormap(colours), vmin=0, vmax=len(colours) - 1, interpolation="nearest")
+    counts = {n: int(np.count_nonzero(bad_bits & classes[n])) for n in names}
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i + 1]) for i in range(len(names))]
+    ax.legend(handles, [f"{n} ({counts[n]})" for n in names], loc="upper right", fontsize=8, framealpha=0.8)
+    ax.set_title(f"bad pixels: {int(np.count_nonzero(bad_bits))} of {bad_bits.size}")
+    ax.set_axis_off()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def gain_map(gain, path):
+    """The normalised gain (flat-field) map."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5), constrained_layout=True)
+    vmin, vmax = _window(np.asarray(gain, np.float64), 0.5, 99.5)
+    im = ax.imshow(gain, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="relative gain")
+    ax.set_title("gain map (mean 1 over good pixels)")
+    ax.set_axis_off()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def summary_text(lines: dict) -> str:
+    """Aligned 'key: value' lines."""
+    width = max(len(k) for k in lines)
+    return "\n".join(f"{k.ljust(width)} : {v}" for k, v in lines.items()) + "\n"

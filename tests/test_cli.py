@@ -1,0 +1,98 @@
+"""The command line end to end, in a temporary directory, through the real entry point."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import run_cli
+
+
+def _one_line_error(proc):
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    assert len(err) == 1 and err[0].startswith("error: "), proc.stderr
+    return err[0]
+
+
+def test_end_to_end(tmp_path):
+    sim, cal, out = tmp_path / "sim.zarr", tmp_path / "cal.zarr", tmp_path / "out.zarr"
+    p = run_cli("simulate", sim, "--frames", 12, "--size", 64, 96, "--preset", "gc", "-q")
+    assert p.returncode == 0, p.stderr
+    p = run_cli("info", sim, "--json")
+    d = json.loads(p.stdout)
+    assert d["arrays"]["frames"]["shape"] == [12, 64, 96] and d["attributes"]["pixel_pitch_mm"] == 0.01
+    p = run_cli("calibrate", sim, cal)
+    assert p.returncode == 0, p.stderr
+    p = run_cli("run", sim, out, "--calibration", cal, "--set", "flatfield.output=transmission", "-q")
+    assert p.returncode == 0, p.stderr
+    assert "12 frames in" in p.stdout and "frames/s" in p.stdout
+    g = zarr.open_group(str(out), mode="r")
+    assert g["frames"].dtype == np.float32 and g["frames"].shape == (12, 64, 96)
+    prov = g.attrs["provenance"]
+    for key in ("version", "config", "input", "start", "end", "device"):
+        assert key in prov
+    assert prov["config"]["flatfield"]["output"] == "transmission"
+    # transmission of the open beam is about 1
+    truth = zarr.open_group(str(sim), mode="r")["truth/frames"][:]
+    open_beam = truth > 0.999 * truth.max()
+    assert np.nanmean(g["frames"][:][open_beam]) == pytest.approx(1.0, abs=0.01)
+    p = run_cli("config", "--set", "execution.chunk_frames=3")
+    assert "chunk_frames: 3" in p.stdout
+
+
+def test_errors_are_one_line(tmp_path, sim_small):
+    e = _one_line_error(run_cli("run", sim_small, tmp_path / "o.zarr", "--set", "flatfield.outptu=counts"))
+    assert "flatfield.outptu" in e
+    e = _one_line_error(run_cli("run", sim_small, tmp_path / "o.zarr", "--set", "execution.chunk_frames=many"))
+    assert "execution.chunk_frames" in e
+    e = _one_line_error(run_cli("run", tmp_path / "missing.zarr", tmp_path / "o.zarr"))
+    assert "missing.zarr" in e and "does not exist" in e
+    bad = tmp_path / "mismatch.zarr"
+    g = zarr.open_group(str(bad), mode="w")
+    g.create_array("frames", shape=(4, 32, 32), dtype="uint16")
+    g.create_array("darks", shape=(2, 32, 31), dtype="uint16")
+    g.create_array("flats", shape=(2, 32, 32), dtype="uint16")
+    e = _one_line_error(run_cli("run", bad, tmp_path / "o.zarr"))
+    assert "darks" in e and "(2, 32, 31)" in e
+    nocal = tmp_path / "nocal.zarr"
+    g = zarr.open_group(str(nocal), mode="w")
+    g.create_array("frames", shape=(4, 32, 32), dtype="uint16")
+    e = _one_line_error(run_cli("run", nocal, tmp_path / "o.zarr"))
+    assert "darks" in e and "--calibration" in e
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_existing_output_is_never_overwritten_without_flag(tmp_path, sim_small):
+    out = tmp_path / "out.zarr"
+    out.mkdir()
+    (out / "precious.txt").write_text("user data")
+    e = _one_line_error(run_cli("run", sim_small, out))
+    assert "--overwrite" in e
+    assert (out / "precious.txt").read_text() == "user data"
+    e = _one_line_error(run_cli("run", sim_small, sim_small, "--overwrite"))
+    assert "overlaps the input" in e
+    p = run_cli("run", sim_small, out, "--overwrite", "-q")
+    assert p.returncode == 0, p.stderr
+    assert not (out / "precious.txt").exists() and zarr.open_group(str(out), mode="r")["frames"].shape[0] == 48
+
+
+def test_demo_writes_pngs_and_summary(tmp_path):
+    p = run_cli("demo", tmp_path / "d", "--frames", 8, "--size", 128, 128, "-q")
+    assert p.returncode == 0, p.stderr
+    for name in ("frame_raw_vs_corrected.png", "bad_pixels.png", "gain_map.png", "summary.txt"):
+        f = tmp_path / "d" / name
+        assert f.exists() and f.stat().st_size > 0
+    assert "recall" in p.stdout
+    _one_line_error(run_cli("demo", tmp_path / "d", "--frames", 8, "--size", 128, 128, "-q"))  # no silent overwrite
+
+
+def test_import_pulls_in_neither_dask_nor_cupy():
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline; print('dask' in sys.modules, 'cupy' in sys.modules, 'zarr' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "False"]
