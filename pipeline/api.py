@@ -312,7 +312,7 @@ def demo(
         "throughput": f"{result.frames_per_second:.1f} frames/s ({result.seconds:.2f} s)",
         "bad pixels found": f"{int(np.count_nonzero(detected))} (recall {recall:.3f}, precision {precision:.3f} vs truth)",
         "open-beam non-uniformity": f"raw {rel(raw.astype(np.float64)) * 100:.2f} % -> corrected {rel(corr) * 100:.2f} % "
-                                    f"(truth {rel(truth) * 100:.2f} %, quantum noise)",
+                                    f"(truth {rel(truth) * 100:.2f} %; the rest is quantum noise)",
         "corrected - truth": f"mean {float(np.nanmean(corr - truth)):+.2f} counts, rms {float(np.sqrt(np.nanmean((corr - truth) ** 2))):.2f} counts",
         "outputs": ", ".join(str(p.name) for p in files.values()),
     }

@@ -42,3 +42,10 @@ def test_corrected_video_recovers_truth(sim_small, one_chunk):
     assert abs(np.nanmean(resid)) < 0.002 * truth.mean()
     raw_rel = np.std(g["frames"][0].astype(float) / truth[0])
     assert np.nanstd(resid / truth) < 0.5 * raw_rel  # gain non-uniformity is gone, noise remains
+
+
+def test_process_scheduler_equals_threads(sim_small, one_chunk, tmp_path):
+    out = tmp_path / "p.zarr"
+    pipeline.run(sim_small, out, overrides=["execution.chunk_frames=16", "execution.scheduler=processes",
+                                            "execution.num_workers=2"])
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["frames"][:], one_chunk)
