@@ -10,7 +10,7 @@ functions load their machinery on first use::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _API = {"run", "simulate", "calibrate", "save_calibration", "load_calibration", "info", "RunResult"}
 

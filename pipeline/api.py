@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .backend import describe_device, resolve_device
 from .config import RunConfig, load_config
 from .errors import CalibrationError, DataError, PipelineError
