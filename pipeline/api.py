@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -25,9 +25,10 @@ from ._version import __version__
 from .backend import describe_device, resolve_device
 from .config import RunConfig, load_config
 from .errors import CalibrationError, DataError, PipelineError
-from .io import zarr_store
+from .io import models, zarr_store
+from .ops import afterglow as ag
 from .ops.flatfield import Calibration, compute_calibration
-from .schedule import frame_statistics, process_frames
+from .schedule import frame_means, frame_statistics, process_frames
 from .simulator import SimulationSpec, build
 from .stages import build_chain
 
@@ -42,6 +43,7 @@ class RunResult:
     frames_per_second: float
     stages: tuple[str, ...]
     bad_pixels: int
+    ghost: dict | None = None
 
 
 def _now() -> str:
@@ -57,8 +59,14 @@ def choose_chunk_frames(config: RunConfig, frame_shape, n_frames: int) -> int:
 
 
 # --------------------------------------------------------------------------- calibration
-def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig | dict | None = None) -> Calibration:
+def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig | dict | None = None,
+              *, afterglow_model: "models.AfterglowModel | None" = None) -> Calibration:
     """Compute the flat-field calibration from a dataset's darks and flats.
+
+    With an afterglow model, the flat signal is divided by the model's DC lag
+    gain ``G`` first: flats are recorded at steady state and hold ``G`` times
+    the prompt signal, while the afterglow stage restores the prompt signal.
+    Transmission is then the same with or without the stage.
 
     Raises :class:`CalibrationError` when darks or flats are missing.
     """
@@ -76,13 +84,19 @@ def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig
                                       statistic=ff.dark_statistic, with_std=True, scheduler=sched)
     flat, _ = frame_statistics(zarr_store.FrameReader(ds.flats, f"{ds.path}/flats"),
                                statistic=ff.flat_statistic, scheduler=sched)
+    lag_gain = 1.0
+    if afterglow_model is not None:
+        g = np.asarray(ag.dc_gain(afterglow_model.amplitudes, afterglow_model.ratios), dtype=np.float32)
+        flat = dark + (flat - dark) / g
+        lag_gain = float(np.mean(g))
     bp = ff.bad_pixels
     try:
-        return compute_calibration(
+        cal = compute_calibration(
             dark, flat, dark_noise=dark_std, exposure_ratio=ff.flat_exposure_ratio, detect=bp.detect,
             dead_below=bp.dead_below, under_below=bp.under_below, over_above=bp.over_above,
             hot_sigma=bp.hot_sigma, noisy_factor=bp.noisy_factor, window=bp.window,
         )
+        return replace(cal, lag_dc_gain=lag_gain)
     except ValueError as exc:
         raise CalibrationError(f"calibration from '{ds.path}' failed: {exc}") from None
 
@@ -96,6 +110,7 @@ def save_calibration(cal: Calibration, path: str | Path, *, overwrite: bool = Fa
         w.write("bad_pixels", np.asarray(cal.bad_pixels, np.uint8))
         w.set_attrs({"kind": "xray-pipeline calibration", "flat_level": cal.flat_level,
                      "exposure_ratio": cal.exposure_ratio, "source": str(source), "created": _now(),
+                     "lag_dc_gain_removed": float(cal.lag_dc_gain),
                      "version": __version__,
                      "bad_pixel_bits": {"dead": 1, "hot": 2, "noisy": 4, "over": 8, "under": 16}})
     except BaseException:
@@ -110,7 +125,41 @@ def load_calibration(path: str | Path, frame_shape) -> Calibration:
     if not np.all(np.isfinite(gain)) or np.any(gain <= 0):
         raise CalibrationError(f"calibration '{path}' has non-positive or non-finite gain values; recompute it")
     return Calibration(dark=arrays["dark"].astype(np.float32), gain=gain, flat_level=float(attrs["flat_level"]),
-                       exposure_ratio=float(attrs.get("exposure_ratio", 1.0)), bad_pixels=arrays["bad_pixels"])
+                       exposure_ratio=float(attrs.get("exposure_ratio", 1.0)), bad_pixels=arrays["bad_pixels"],
+                       lag_dc_gain=float(attrs.get("lag_dc_gain_removed", 1.0)))
+
+
+def _match_lag_gain(cal: Calibration, model, path) -> Calibration:
+    """Make a saved calibration's flat level agree with the afterglow model's DC gain (uniform amplitudes)."""
+    had = float(cal.lag_dc_gain)
+    if model is None:
+        want = 1.0
+    elif np.ndim(model.amplitudes) > 1:
+        if abs(had - 1.0) < 1e-12:
+            raise CalibrationError(f"calibration '{path}' was made without the per-pixel afterglow model; "
+                                   "recompute it with 'xray-pipeline calibrate --set afterglow.model=MODEL.json'")
+        return cal
+    else:
+        want = float(ag.dc_gain(model.amplitudes, model.ratios))
+    if abs(had - want) < 1e-9:
+        return cal
+    return replace(cal, flat_level=cal.flat_level * had / want, lag_dc_gain=want)
+
+
+def load_afterglow(config: RunConfig, ds: "zarr_store.InputDataset"):
+    """The afterglow model the config names, checked against the data (or None)."""
+    if not config.afterglow.model:
+        return None
+    model = models.load_model(config.afterglow.model, ds.shape[1:])
+    if config.afterglow.check_frame_rate:
+        fr = ds.attrs.get("frame_rate_hz")
+        if fr is None:
+            raise DataError(f"input '{ds.path}' has no frame_rate_hz attribute to check the afterglow model against; "
+                            "add it (xray-pipeline ingest --frame-rate) or set afterglow.check_frame_rate: false")
+        if abs(float(fr) - model.frame_rate_hz) > 1e-6 * model.frame_rate_hz:
+            raise CalibrationError(f"afterglow model '{model.path}' was fitted at {model.frame_rate_hz:g} Hz but "
+                                   f"'{ds.path}' was recorded at {float(fr):g} Hz; refit the model at the data's frame rate")
+    return model
 
 
 # --------------------------------------------------------------------------- run
@@ -153,14 +202,16 @@ def run(
     writer_check = zarr_store.check_output_path(output, overwrite=overwrite, inputs=[input, calibration])
     start_wall, start = _now(), time.perf_counter()
 
+    model = load_afterglow(cfg, ds)
     cal = None
     cal_source = None
     if cfg.flatfield.enabled:
         if calibration is not None:
-            cal, cal_source = load_calibration(calibration, (h, w)), str(calibration)
+            cal = _match_lag_gain(load_calibration(calibration, (h, w)), model, calibration)
+            cal_source = str(calibration)
         else:
-            cal, cal_source = calibrate(ds, cfg), f"{input} (darks, flats)"
-    chain = build_chain(cfg, cal, ds.frames.dtype)
+            cal, cal_source = calibrate(ds, cfg, afterglow_model=model), f"{input} (darks, flats)"
+    chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model)
     chunk = choose_chunk_frames(cfg, (h, w), t)
 
     writer = zarr_store.OutputWriter(writer_check, overwrite=overwrite, inputs=[input, calibration])
@@ -173,6 +224,11 @@ def run(
             writer.write("calibration/bad_pixels", np.asarray(cal.bad_pixels, np.uint8))
             writer.write("calibration/gain", np.asarray(cal.gain, np.float32))
         seconds = time.perf_counter() - start
+        ghost = None
+        if model is not None and ds.has_truth and cfg.flatfield.output == "counts":
+            ghost = ghost_report(ds, target, model, chunk)
+            writer.write("ghost/before", ghost.pop("before"))
+            writer.write("ghost/after", ghost.pop("after"))
         attrs = {k: v for k, v in ds.attrs.items() if k in ("pixel_pitch_mm", "frame_rate_hz")}
         attrs["provenance"] = {
             "package": "xray-pipeline",
@@ -182,6 +238,8 @@ def run(
             "input_shape": [t, h, w],
             "input_dtype": str(ds.frames.dtype),
             "calibration": cal_source,
+            "afterglow_model": str(Path(cfg.afterglow.model).resolve()) if model is not None else None,
+            "ghost": ghost,
             "stages": chain.names,
             "chunk_frames": chunk,
             "start": start_wall,
@@ -198,7 +256,130 @@ def run(
         raise
     final = writer.commit()
     nbad = int(np.count_nonzero(cal.bad_pixels)) if cal is not None else 0
-    return RunResult(final, t, seconds, t / seconds if seconds > 0 else float("inf"), tuple(chain.names), nbad)
+    return RunResult(final, t, seconds, t / seconds if seconds > 0 else float("inf"), tuple(chain.names), nbad, ghost)
+
+
+def ghost_report(ds: "zarr_store.InputDataset", corrected, model, chunk: int) -> dict:
+    """Ghost behind the moving object, before and after afterglow removal, against the simulator's truth.
+
+    "Before" is the flat-field-only result, rebuilt exactly from the corrected
+    frames by the forward model (the correction is linear and invertible).
+    Per frame: mean of (result - truth) over pixels uncovered by the object in
+    the last few frames, as a fraction of the object's contrast.
+    """
+    tr = ds.truth_attrs
+    open_level = float(tr["open_level"])
+    contrast = float(tr.get("board", {}).get("absorbance", 0.3)) * open_level
+    window = int(min(50, max(5, 5 * max(model.tau_s) * model.frame_rate_hz)))
+    t = ds.shape[0]
+    before, after = np.full(t, np.nan), np.full(t, np.nan)
+    state = since = None
+    truth = ds.truth_frames
+    for t0 in range(0, t, chunk):
+        t1 = min(t0 + chunk, t)
+        x = np.nan_to_num(np.asarray(corrected[t0:t1], dtype=np.float32))
+        ref = np.asarray(truth[t0:t1], dtype=np.float32)
+        if state is None:
+            state = ag.steady_state(x[0] * np.float32(np.mean(ag.dc_gain(model.amplitudes, model.ratios))),
+                                    model.amplitudes, model.ratios)
+        lagged, state = ag.add_lag(x, model.amplitudes, model.ratios, state)
+        mask, since = ag.trail_mask(ref, since, background=0.999 * open_level,
+                                    threshold=open_level - 0.5 * contrast, window=window)
+        with np.errstate(invalid="ignore"):
+            after[t0:t1] = ag.ghost_residual(x, ref, mask, contrast=contrast)
+            before[t0:t1] = ag.ghost_residual(lagged, ref, mask, contrast=contrast)
+    ok = np.isfinite(before) & np.isfinite(after)
+    e_before = float(np.sum(before[ok] ** 2))
+    e_after = float(np.sum(after[ok] ** 2))
+    return {
+        "before": before, "after": after,
+        "frames_with_trail": int(ok.sum()),
+        "mean_abs_before": float(np.mean(np.abs(before[ok]))) if ok.any() else None,
+        "mean_abs_after": float(np.mean(np.abs(after[ok]))) if ok.any() else None,
+        "energy_reduction": (e_before / e_after) if e_after > 0 else None,
+        "unit": "fraction of the object's contrast",
+    }
+
+
+# --------------------------------------------------------------------------- afterglow fit
+def fit_afterglow(
+    calibration: str | Path,
+    output: str | Path,
+    *,
+    plot: str | Path | None = None,
+    per_pixel: bool = False,
+    max_terms: int = 4,
+    skip: int | None = None,
+    roi: tuple[int, int, int, int] | None = None,
+    frame_rate_hz: float | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Fit the afterglow model from a falling-step recording and save MODEL.json.
+
+    The recording's ``frames`` hold the beam on at steady state, then off;
+    ``darks`` are subtracted when present (otherwise an offset is fitted).
+
+    Returns the saved document (plus the :class:`~pipeline.ops.afterglow.StepFit` under ``"fit"``).
+    """
+    ds = zarr_store.open_input(calibration)
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise zarr_store.OutputExistsError(f"'{out}' already exists; pass --overwrite to replace it or choose another path")
+    fr = frame_rate_hz if frame_rate_hz is not None else ds.attrs.get("frame_rate_hz")
+    if fr is None:
+        raise DataError(f"'{calibration}' has no frame_rate_hz attribute; pass --frame-rate HZ")
+    t, h, w = ds.shape
+    if roi is not None:
+        y0, y1, x0, x1 = roi
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise DataError(f"roi {roi} lies outside the {h} x {w} frames")
+    reader = ds.reader()
+    means = frame_means(reader, roi=roi)
+    dark_map = None
+    if ds.darks is not None:
+        dark_map, _ = frame_statistics(zarr_store.FrameReader(ds.darks, f"{ds.path}/darks"))
+        region = dark_map if roi is None else dark_map[roi[0]:roi[1], roi[2]:roi[3]]
+        means = means - float(region.mean(dtype=np.float64))
+    try:
+        fit = ag.fit_falling_step(means, float(fr), max_terms=max_terms, skip=skip, fit_offset=dark_map is None)
+    except ValueError as exc:
+        raise CalibrationError(f"afterglow fit of '{calibration}': {exc}") from None
+    amap = None
+    if per_pixel:
+        if dark_map is None:
+            raise CalibrationError(f"per-pixel afterglow maps need darks in '{calibration}'")
+        kc = fit.cutoff_frame
+        on = np.asarray(reader[max(kc // 2, 0): max(kc - 1, 1)], dtype=np.float32).mean(axis=0) - dark_map
+        n_after = int(min(t - kc, max(8, 5 * max(fit.tau_s) * float(fr))))
+        after = np.asarray(reader[kc: kc + n_after], dtype=np.float32) - dark_map
+        amap = ag.fit_amplitude_maps(after, on, fit.tau_s, float(fr), first_frame=fit.skipped_frames)
+    resid = (fit.data - fit.model) if fit.data is not None else np.zeros(1)
+    doc = {
+        "version": __version__,
+        "source": str(Path(calibration).resolve()),
+        "created": _now(),
+        "model": "y_k = x_k + sum_n L_n,k ; L_n,k+1 = r_n (L_n,k + a_n x_k) ; r_n = exp(-1 / (frame_rate_hz tau_n))",
+        "frame_rate_hz": float(fr),
+        "tau_s": [float(v) for v in fit.tau_s],
+        "amplitudes": [float(v) for v in fit.amplitudes],
+        "step_amplitudes": [float(v) for v in fit.step_amplitudes],
+        "dc_gain": fit.dc_gain,
+        "figures": {**fit.figures(), "unit": "fraction of the steady signal in a frame starting that long after cut-off"},
+        "fit": {
+            "criterion": "NNLS spectrum over 80 log-spaced time constants, bounded least-squares refinement of 1-4 terms, "
+                         "number of terms by minimum BIC",
+            "cutoff_frame": fit.cutoff_frame, "skipped_frames": fit.skipped_frames, "points": fit.n_points,
+            "residual_rms": float(np.sqrt(np.mean(resid**2))), "noise_rms": fit.noise / fit.steady_level,
+            "steady_level_counts": fit.steady_level, "offset_counts": fit.offset, "bic": fit.bic,
+            "roi": list(roi) if roi else None, "darks_subtracted": dark_map is not None,
+        },
+    }
+    path = models.save_model(out, doc, amplitude_map=amap, overwrite=overwrite)
+    if plot:
+        from . import report
+
+        report.afterglow_fit(fit, plot)
+    return {**doc, "path": path, "fit_result": fit}
 
 
 # --------------------------------------------------------------------------- simulate

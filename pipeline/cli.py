@@ -64,16 +64,36 @@ def cli():
               help="mm at the scintillator plane")
 @click.option("--frame-rate", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True, help="Hz")
 @click.option("--no-truth-frames", is_flag=True, help="skip truth/frames (halves the disk space)")
+@click.option("--scene", type=click.Choice(["default", "open"]), default="default", show_default=True,
+              help="open: no object (flat field), e.g. for afterglow calibration")
+@click.option("--beam-off-frame", type=click.IntRange(min=1), default=None,
+              help="cut the beam off from this frame on (a falling step for 'afterglow fit')")
+@click.option("--ramp-frames", type=click.IntRange(min=0), default=0, show_default=True,
+              help="frames of linear beam ramp-down before --beam-off-frame")
+@click.option("--afterglow", "afterglow_terms", default=None, metavar="A:TAU_S[,A:TAU_S...]",
+              help="afterglow terms instead of the preset's, e.g. 0.01:0.015,0.003:0.12")
 @click.option("--overwrite", is_flag=True, help="replace OUTPUT if it exists")
 @click.option("--quiet", "-q", is_flag=True)
-def simulate(output, preset, frames, size, seed, dose, pixel_pitch, frame_rate, no_truth_frames, overwrite, quiet):
+def simulate(output, preset, frames, size, seed, dose, pixel_pitch, frame_rate, no_truth_frames, scene,
+             beam_off_frame, ramp_frames, afterglow_terms, overwrite, quiet):
     """Write a simulated scintillator-detector video with ground truth to OUTPUT (Zarr v3)."""
     from .api import simulate as _simulate
 
+    extra = {}
+    if afterglow_terms:
+        try:
+            pairs = [tuple(float(v) for v in term.split(":")) for term in afterglow_terms.split(",")]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter("expected A:TAU_S pairs separated by commas, e.g. 0.01:0.015,0.003:0.12",
+                                     param_hint="--afterglow") from None
+        extra = {"afterglow_amplitudes": tuple(p[0] for p in pairs), "afterglow_tau_s": tuple(p[1] for p in pairs)}
     bar, update = _bar(frames, "simulate", quiet)
     path = _simulate(output, preset=preset, frames=frames, size=tuple(size), seed=seed, overwrite=overwrite,
                      progress=update, quanta_per_pixel=dose, pixel_pitch_mm=pixel_pitch, frame_rate_hz=frame_rate,
-                     truth_frames=not no_truth_frames)
+                     truth_frames=not no_truth_frames, scene=scene, beam_off_frame=beam_off_frame,
+                     ramp_frames=ramp_frames, **extra)
     bar.close()
     click.echo(f"simulated {frames} frames of {size[0]} x {size[1]} ({preset}) -> {path}")
 
@@ -135,6 +155,41 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
     finally:
         bar.close()
     click.echo(f"{res.frames} frames in {res.seconds:.2f} s ({res.frames_per_second:.1f} frames/s) -> {res.output}")
+    if res.ghost and res.ghost.get("mean_abs_before") is not None:
+        gh = res.ghost
+        click.echo(f"ghost behind the moving object (vs truth, {gh['frames_with_trail']} frames): "
+                   f"{gh['mean_abs_before'] * 100:.3f} % of contrast before, {gh['mean_abs_after'] * 100:.3f} % after "
+                   f"afterglow removal (energy reduced {gh['energy_reduction']:.0f}x)")
+
+
+@cli.group()
+def afterglow():
+    """Afterglow / lag: fit the model from a beam-off (falling-step) recording."""
+
+
+@afterglow.command("fit")
+@click.argument("calibration", type=click.Path(path_type=Path))
+@click.option("--out", "output", type=click.Path(path_type=Path), required=True, help="MODEL.json to write")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of data, fit and residual")
+@click.option("--per-pixel", is_flag=True, help="also fit per-pixel amplitude maps (non-uniform screens)")
+@click.option("--max-terms", type=click.IntRange(1, 4), default=4, show_default=True)
+@click.option("--skip", type=click.IntRange(min=0), default=None, help="frames after cut-off to leave out (ramp); default: auto")
+@click.option("--roi", type=(int, int, int, int), default=None, metavar="Y0 Y1 X0 X1", help="region to average")
+@click.option("--frame-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Hz, when the recording lacks frame_rate_hz")
+@click.option("--overwrite", is_flag=True)
+def afterglow_fit(calibration, output, plot, per_pixel, max_terms, skip, roi, frame_rate, overwrite):
+    """Fit the multi-exponential lag model from CALIBRATION (beam on to steady state, then off)."""
+    from .api import fit_afterglow
+
+    doc = fit_afterglow(calibration, output, plot=plot, per_pixel=per_pixel, max_terms=max_terms, skip=skip,
+                        roi=roi, frame_rate_hz=frame_rate, overwrite=overwrite)
+    terms = ", ".join(f"a={a:.4g} tau={t * 1e3:.4g} ms" for a, t in zip(doc["amplitudes"], doc["tau_s"]))
+    f = doc["figures"]
+    click.echo(f"{len(doc['tau_s'])} term(s): {terms}; DC gain {doc['dc_gain']:.4f}")
+    click.echo(f"lag left after cut-off: 1st frame {f['lag_first_frame'] * 100:.3f} %, 3 ms {f['afterglow_3ms'] * 100:.3f} %, "
+               f"10 ms {f['afterglow_10ms'] * 100:.3f} %, 100 ms {f['afterglow_100ms'] * 100:.4f} %")
+    click.echo(f"fit residual rms {doc['fit']['residual_rms']:.2e} (noise {doc['fit']['noise_rms']:.2e}) -> {doc['path']}")
 
 
 @cli.command()

@@ -61,10 +61,13 @@ class FlatFieldConfig(_Section):
 
 
 class AfterglowConfig(_Section):
-    """Reserved: afterglow/lag correction (not in this version)."""
+    """Afterglow / lag removal with a fitted model (``xray-pipeline afterglow fit``); on when ``model`` is set."""
 
-    enabled: bool = False
-    model: str | None = None
+    model: str | None = Field(None, description="MODEL.json from 'xray-pipeline afterglow fit'; null: stage off")
+    initial_state: Literal["steady", "zero"] = Field(
+        "steady", description="lag before frame 0: steady (scene static before recording) or zero (beam just switched on)"
+    )
+    check_frame_rate: bool = Field(True, description="refuse a model fitted at another frame rate than the data's")
 
 
 class DenoiseConfig(_Section):

@@ -79,3 +79,30 @@ def summary_text(lines: dict) -> str:
     """Aligned 'key: value' lines."""
     width = max(len(k) for k in lines)
     return "\n".join(f"{k.ljust(width)} : {v}" for k, v in lines.items()) + "\n"
+
+
+def afterglow_fit(fit, path):
+    """Falling-step data, fitted model and residual (log axis), from a ``StepFit``."""
+    plt = _plt()
+    m = np.arange(fit.data.size) + fit.skipped_frames
+    t_ms = m / fit.frame_rate_hz * 1e3
+    fig, (ax, axr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]},
+                                  constrained_layout=True)
+    pos = fit.data > 0
+    ax.semilogy(t_ms[pos], fit.data[pos], "o", ms=3, label="data (fraction of steady signal)")
+    ax.semilogy(t_ms, np.maximum(fit.model, 1e-12), "-", label=f"fit: {len(fit.tau_s)} term(s)")
+    for A, tau in zip(fit.step_amplitudes, fit.tau_s):
+        ax.semilogy(t_ms, A * np.exp(-m / (tau * fit.frame_rate_hz)), ":", lw=1,
+                    label=f"A={A:.2e}, tau={tau * 1e3:.3g} ms")
+    floor = max(float(np.min(fit.data[pos])) if pos.any() else 1e-6, 1e-7) / 3
+    ax.set_ylim(bottom=floor)
+    ax.set_ylabel("signal / steady signal")
+    ax.set_title(f"afterglow after beam cut-off (frame {fit.cutoff_frame}, {fit.frame_rate_hz:g} Hz)")
+    ax.legend(fontsize=8)
+    axr.plot(t_ms, fit.data - fit.model, ".", ms=3)
+    axr.axhline(0, color="k", lw=0.8)
+    axr.set_xlabel("time after cut-off (ms)")
+    axr.set_ylabel("residual")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

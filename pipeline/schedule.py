@@ -1,35 +1,72 @@
 """Dask scheduling: the only module that imports dask.
 
-Frames are read from the input in blocks of ``chunk_frames`` along T, each
-block goes through the stage chain, and the result is stored into a
-pre-created Zarr array whose chunks are exactly those blocks, so no two tasks
-ever write into the same Zarr chunk. Memory stays bounded by a few blocks per
-worker thread whatever the length of the video.
+One Dask graph per run. For block ``c`` (``chunk_frames`` frames along T):
+
+    head[c]      read the raw block, stateless stages       (parallel)
+    sf[i][c]     stateful stage i: needs head/sf[i-1][c] and its own state of block c-1
+    write[c]     tail stages, write into the output's own chunk c    (parallel)
+
+Only the stateful recursion (a few multiply-adds per pixel and frame) runs in
+time order; reading, decoding, flat-field, tail stages, encoding and writing
+stay parallel. This was chosen over "zero-state blocks in parallel, then a
+linear fix-up" because the fix-up needs a second pass over every block (the
+upstream stages computed twice, or the output re-read), while the ordered
+recursion costs little: see benchmarks/results/afterglow_cpu.md.
+
+Each output chunk is written by exactly one task (output chunks = blocks), so
+no two tasks ever touch the same Zarr chunk. Memory stays bounded by a few
+blocks per worker whatever the length of the video.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Callable
 
 import dask
-import dask.array as da
+import dask.local
+import dask.multiprocessing
+import dask.threaded
 import numpy as np
+
+
+def _getter(scheduler: str):
+    if scheduler == "synchronous":
+        return dask.local.get_sync
+    if scheduler == "processes":
+        return dask.multiprocessing.get
+    return dask.threaded.get
+
+
+def _head(source, chain, t0, t1):
+    return chain.head(source[t0:t1])
+
+
+def _stateful(stage, payload, state):
+    block, mask = payload
+    state = stage.initial_state(block) if state is None else state.copy()
+    block, state = stage(block, state)
+    return (block, mask), state
+
+
+def _write(chain, target, payload, t0, t1, progress):
+    target[t0:t1] = chain.tail(payload)
+    if progress is not None:
+        progress(t1 - t0)
+    return t1 - t0
 
 
 def process_frames(
     source,
     target,
-    block_fn: Callable[[np.ndarray], np.ndarray],
+    chain,
     *,
     chunk_frames: int,
     scheduler: str = "threads",
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Apply ``block_fn`` to every block of ``chunk_frames`` frames and write it into ``target``.
-
-    Each Dask task reads one block, runs the stage chain on it and writes the
-    result into its own chunk of ``target``; no two tasks touch the same chunk.
+    """Run ``chain`` over ``source`` block by block and write every block into ``target``.
 
     Parameters
     ----------
@@ -37,31 +74,56 @@ def process_frames(
         Supports slicing (e.g. :class:`pipeline.io.zarr_store.FrameReader`).
     target : writable array-like (T, H, W)
         Pre-created with chunks ``(chunk_frames, H, W)``.
-    block_fn : callable
-        Pure function of one (t, H, W) block returning the (t, H, W) result.
+    chain : object
+        ``head(raw) -> payload``, ``stateful`` (list of stages) and
+        ``tail(payload) -> block`` (see :class:`pipeline.stages.Chain`).
+        A plain callable ``block -> block`` is accepted too.
     progress : callable, optional
         Called with the number of frames of each block once it is written.
     """
-    t, h, w = source.shape
-    x = da.from_array(source, chunks=(chunk_frames, h, w), asarray=False, lock=False,
-                      meta=np.empty((0, 0, 0), dtype=source.dtype))
-
-    def run_block(block, block_info=None):
-        t0, t1 = block_info[0]["array-location"][0]
-        target[t0:t1] = block_fn(block)
-        if progress is not None:
-            progress(t1 - t0)
-        return np.ones((1, 1, 1), dtype=np.int8)
-
-    name = f"xray-stages-{dask.base.tokenize(x.name, block_fn, target.shape)}"
-    done = x.map_blocks(run_block, dtype=np.int8, chunks=((1,) * x.numblocks[0], (1,), (1,)), name=name,
-                        meta=np.empty((0, 0, 0), dtype=np.int8))
-    kw = {"scheduler": scheduler}
+    if not hasattr(chain, "head"):
+        chain = _Plain(chain)
+    t = source.shape[0]
+    tok = dask.base.tokenize(id(chain), id(source), id(target), chunk_frames)
+    dsk: dict = {}
+    writes = []
+    stages = list(chain.stateful)
+    for c, t0 in enumerate(range(0, t, chunk_frames)):
+        t1 = min(t0 + chunk_frames, t)
+        prev = (f"head-{tok}", c)
+        dsk[prev] = (_head, source, chain, t0, t1)
+        for i, stage in enumerate(stages):
+            key = (f"sf{i}-{tok}", c)
+            state_prev = (f"state{i}-{tok}", c - 1) if c > 0 else None
+            dsk[key] = (_stateful, stage, prev, state_prev)
+            dsk[(f"state{i}-{tok}", c)] = (operator.getitem, key, 1)
+            dsk[(f"payload{i}-{tok}", c)] = (operator.getitem, key, 0)
+            prev = (f"payload{i}-{tok}", c)
+        wkey = (f"write-{tok}", c)
+        dsk[wkey] = (_write, chain, target, prev, t0, t1, progress)
+        writes.append(wkey)
+    dsk[f"total-{tok}"] = (sum, writes)
+    kw = {}
     if num_workers and scheduler != "synchronous":
         kw["num_workers"] = num_workers
-    total = int(done.sum().compute(**kw))
-    if total != x.numblocks[0]:  # pragma: no cover - a dask contract violation
-        raise RuntimeError(f"only {total} of {x.numblocks[0]} blocks were written")
+    total = _getter(scheduler)(dsk, f"total-{tok}", **kw)
+    if total != t:  # pragma: no cover - a scheduler contract violation
+        raise RuntimeError(f"only {total} of {t} frames were written")
+
+
+class _Plain:
+    """Adapter: a block function as a chain without state."""
+
+    stateful = ()
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def head(self, raw):
+        return self.fn(raw)
+
+    def tail(self, payload):
+        return payload
 
 
 def frame_statistics(source, *, statistic: str = "mean", with_std: bool = False, block_frames: int = 8,
@@ -71,6 +133,8 @@ def frame_statistics(source, *, statistic: str = "mean", with_std: bool = False,
     Returns ``(stat_map, std_map_or_None)`` as float32 NumPy arrays. ``median``
     needs the whole stack of each pixel; it is computed in spatial tiles.
     """
+    import dask.array as da
+
     n, h, w = source.shape
     x = da.from_array(source, chunks=(min(block_frames, n), h, w), asarray=False, lock=False,
                       meta=np.empty((0, 0, 0), dtype=source.dtype)).astype(np.float64)
@@ -85,3 +149,16 @@ def frame_statistics(source, *, statistic: str = "mean", with_std: bool = False,
         return stat.astype(np.float32), std.astype(np.float32)
     (stat,) = dask.compute(stat, scheduler=scheduler)
     return stat.astype(np.float32), None
+
+
+def frame_means(source, *, block_frames: int = 16, scheduler: str = "threads", roi=None) -> np.ndarray:
+    """Mean of every frame (optionally over ``roi = (y0, y1, x0, x1)``), streamed: (T,) float64."""
+    import dask.array as da
+
+    n, h, w = source.shape
+    x = da.from_array(source, chunks=(min(block_frames, n), h, w), asarray=False, lock=False,
+                      meta=np.empty((0, 0, 0), dtype=source.dtype))
+    if roi is not None:
+        y0, y1, x0, x1 = roi
+        x = x[:, y0:y1, x0:x1]
+    return np.asarray(x.astype(np.float64).mean(axis=(1, 2)).compute(scheduler=scheduler))

@@ -44,6 +44,8 @@ import scipy.fft as sfft
 from scipy.optimize import brentq
 from scipy.special import ndtr
 
+from .ops.afterglow import add_lag, dc_gain, ratios_from_tau
+from .ops.afterglow import steady_state as lag_steady_state
 from .ops.flatfield import DEAD, HOT, NOISY, OVER, UNDER
 
 _SQRT2PI = math.sqrt(2.0 * math.pi)
@@ -189,6 +191,12 @@ class SimulationSpec:
     bad_fraction: float = 0.0005
     truth_frames: bool = True
     chunk_frames: int = 16
+    scene: str = "default"
+    noise: bool = True
+    beam_off_frame: int | None = None
+    ramp_frames: int = 0
+    afterglow_amplitudes: tuple[float, ...] | None = None
+    afterglow_tau_s: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -197,6 +205,23 @@ class SimulationSpec:
             raise ValueError("need frames >= 1 and a frame size of at least 32 x 32 pixels")
         if not 0 < self.edge_angle_deg < 45:
             raise ValueError("edge_angle_deg must lie in (0, 45)")
+        if self.scene not in ("default", "open"):
+            raise ValueError(f"unknown scene '{self.scene}'; choose default or open")
+        if (self.afterglow_amplitudes is None) != (self.afterglow_tau_s is None):
+            raise ValueError("give afterglow amplitudes and time constants together")
+        if self.afterglow_amplitudes is not None:
+            if len(self.afterglow_amplitudes) != len(self.afterglow_tau_s) or not self.afterglow_amplitudes:
+                raise ValueError("afterglow amplitudes and time constants must pair up")
+            if any(not (a >= 0) for a in self.afterglow_amplitudes) or any(not (t > 0) for t in self.afterglow_tau_s):
+                raise ValueError("afterglow amplitudes must be >= 0 and time constants > 0")
+
+    def beam(self, k: int) -> float:
+        """Relative beam intensity of frame k (1 = on; a linear ramp down to 0 at beam_off_frame)."""
+        if self.beam_off_frame is None or k < self.beam_off_frame - self.ramp_frames:
+            return 1.0
+        if k >= self.beam_off_frame:
+            return 0.0
+        return (self.beam_off_frame - k) / (self.ramp_frames + 1.0)
 
 
 @dataclass
@@ -216,25 +241,6 @@ class Simulation:
         return self._frames_fn()
 
 
-def lag_forward(x: np.ndarray, amplitudes, ratios, state: np.ndarray) -> np.ndarray:
-    """Add afterglow to a (T, H, W) block in place: ``y_k = x_k + sum_n L_n``, ``L_n <- r_n (L_n + a_n x_k)``.
-
-    ``state`` (N, H, W) holds the lag images ``L_n`` before the block and is
-    updated to those after it, so consecutive blocks chain exactly.
-    Equivalent to ``y_k = x_k + sum_{j>=1} sum_n a_n r_n^j x_{k-j}`` (plus the
-    initial state's decay).
-    """
-    a = [np.float32(v) for v in amplitudes]
-    r = [np.float32(v) for v in ratios]
-    for k in range(x.shape[0]):
-        xk = x[k].copy()
-        for n in range(len(a)):
-            x[k] += state[n]
-            state[n] += a[n] * xk
-            state[n] *= r[n]
-    return x
-
-
 class _Detector:
     """Fixed per-recording detector state: pixel gain, dark maps, defects, blur filter."""
 
@@ -245,10 +251,12 @@ class _Detector:
         self.sigma = p.sigma_mm / pitch
         self.w = p.tail_weight
         self.lam = p.tail_length_mm / pitch
-        dt = 1.0 / spec.frame_rate_hz
-        self.a = np.asarray(p.afterglow_amplitudes, dtype=np.float64)
-        self.r = np.exp(-dt / np.asarray(p.afterglow_tau_s, dtype=np.float64))
-        self.lag_gain = 1.0 + float(np.sum(self.a * self.r / (1 - self.r)))
+        amps = p.afterglow_amplitudes if spec.afterglow_amplitudes is None else spec.afterglow_amplitudes
+        taus = p.afterglow_tau_s if spec.afterglow_tau_s is None else spec.afterglow_tau_s
+        self.a = np.asarray(amps, dtype=np.float64)
+        self.tau = np.asarray(taus, dtype=np.float64)
+        self.r = ratios_from_tau(self.tau, spec.frame_rate_hz)
+        self.lag_gain = float(dc_gain(self.a, self.r))
         h, w = spec.height, spec.width
         ss = np.random.SeedSequence(spec.seed)
         (self.ss_layout, self.ss_darks, self.ss_flats, self.ss_frames) = ss.spawn(4)
@@ -298,16 +306,19 @@ class _Detector:
 
     def quanta(self, mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Blurred light (in quanta) for a stack of noise-free blurred fluence images."""
+        if not self.spec.noise:
+            return mean.copy()
         lam = np.maximum(mean, 0.0)
         noise = rng.poisson(lam).astype(np.float32)
         noise -= lam
         return mean + self.blur(noise)
 
     def lag(self, x: np.ndarray, state: np.ndarray) -> np.ndarray:
-        return lag_forward(x, self.a, self.r, state)
+        return add_lag(x, self.a, self.r, state, out=x)[0]
 
     def steady_state(self, x0: np.ndarray) -> np.ndarray:
-        return np.stack([np.float32(a * r / (1 - r)) * x0 for a, r in zip(self.a, self.r)]).astype(np.float32)
+        """Lag state of a scene ``x0`` that has been static for a long time."""
+        return lag_steady_state(np.float32(self.lag_gain) * x0, self.a, self.r)
 
     def camera(self, light: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Light (quanta) -> raw uint16 counts with gain, dark, noise and saturation."""
@@ -315,7 +326,8 @@ class _Detector:
         sig += self.offset
         # dark-current shot noise (Gaussian, variance = mean) plus read noise
         sig += self.current
-        sig += rng.standard_normal(sig.shape, dtype=np.float32) * np.sqrt(self.current + self.read**2)
+        if self.spec.noise:
+            sig += rng.standard_normal(sig.shape, dtype=np.float32) * np.sqrt(self.current + self.read**2)
         np.rint(sig, out=sig)
         np.clip(sig, 0, 65535, out=sig)
         return sig.astype(np.uint16)
@@ -397,7 +409,7 @@ class _Scene:
         self.rects = rects
         self.travel = (mx0, mx1 - bwid)
         self.ys, self.xs = ys, xs
-        self.attrs["board"] = {"region_yx": [my0, my1, mx0, mx1], "width_px": bwid,
+        self.attrs["board"] = {"region_yx": [my0, my1, mx0, mx1], "width_px": bwid, "absorbance": 0.3,
                                "speed_px_per_frame": spec.speed_px_per_frame,
                                "note": "slides back and forth along x (triangle wave)"}
 
@@ -437,7 +449,11 @@ def build(spec: SimulationSpec) -> Simulation:
     h, w = spec.height, spec.width
     preset = PRESETS[spec.preset]
 
+    open_scene = spec.scene == "open"
+
     def static_mean(n):
+        if open_scene:
+            return np.full((n, h, w), q, dtype=np.float32)
         return np.broadcast_to(q * (1 - scene.static), (n, h, w)).astype(np.float32)
 
     # darks: no beam; flats: open beam at steady state
@@ -455,8 +471,12 @@ def build(spec: SimulationSpec) -> Simulation:
     def mean_block(start):
         n = min(chunk, spec.frames - start)
         m = static_mean(n)
-        moving = np.stack([scene.board(start + i, spec.speed_px_per_frame, (h, w)) for i in range(n)])
-        m -= q * det.blur(moving)
+        if not open_scene:
+            moving = np.stack([scene.board(start + i, spec.speed_px_per_frame, (h, w)) for i in range(n)])
+            m -= q * det.blur(moving)
+        beam = np.array([spec.beam(start + i) for i in range(n)], dtype=np.float32)
+        if np.any(beam != 1):
+            m *= beam[:, None, None]
         return m
 
     def pre_lag(i):
@@ -470,7 +490,6 @@ def build(spec: SimulationSpec) -> Simulation:
     def frames_fn():
         first = mean_block(0)[0]
         state = det.steady_state(first)
-        tstate = state.copy()
         with ThreadPoolExecutor(max_workers=2) as pool:
             pending = [pool.submit(pre_lag, i) for i in range(min(2, len(starts)))]
             nxt = len(pending)
@@ -483,7 +502,7 @@ def build(spec: SimulationSpec) -> Simulation:
                 raw = det.camera(light, rng)
                 truth = None
                 if spec.truth_frames:
-                    truth = det.lag(mean, tstate) * truth_scale
+                    truth = mean * truth_scale
                 yield start, raw, truth
 
     f = np.linspace(0.0, 2.0, 4097)
@@ -501,13 +520,16 @@ def build(spec: SimulationSpec) -> Simulation:
         "spec": asdict(spec),
         "preset": {**asdict(preset), "sigma_mm": preset.sigma_mm},
         "mtf20_lsf_lp_per_mm": preset.mtf20_lp_per_mm,
-        "afterglow": {"amplitudes": list(map(float, det.a)), "tau_s": list(preset.afterglow_tau_s),
+        "afterglow": {"amplitudes": list(map(float, det.a)), "tau_s": list(map(float, det.tau)),
                       "ratios_per_frame": list(map(float, det.r)), "dc_gain": det.lag_gain,
                       "initial_state": "steady state of frame 0"},
         "noise_power_factor": det.noise_power,
         "bad_pixel_classes": {"dead": DEAD, "hot": HOT, "noisy": NOISY, "over": OVER, "under": UNDER},
-        "frames_meaning": "noise-free expected output of a perfect flat-field correction in 'counts' mode: "
-                          "counts_per_quantum * mean(good pixel gain) * afterglow(blurred fluence)",
+        "frames_meaning": "noise-free, lag-free expected output of a perfect correction (flat-field and afterglow) "
+                          "in 'counts' mode: counts_per_quantum * mean(good pixel gain) * blurred fluence; "
+                          "flat-field alone gives the lagged version (ops.afterglow.add_lag from the steady state)",
+        "open_level": float(q * truth_scale),
+        "scene": spec.scene,
         "mean_good_gain": det.mean_good_gain,
         **scene.attrs,
     }

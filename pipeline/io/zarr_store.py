@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from ..errors import CalibrationError, DataError, OutputExistsError
+from ..errors import CalibrationError, DataError, OutputExistsError  # noqa: F401 (re-exported)
 
 FRAME_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float32, np.float64)
 
@@ -77,6 +77,23 @@ class InputDataset:
 
     def reader(self) -> FrameReader:
         return FrameReader(self.frames, f"{self.path}/frames")
+
+    @property
+    def has_truth(self) -> bool:
+        """True for simulated data with lag-free truth frames of the same shape."""
+        return self.truth_frames is not None and "open_level" in self.truth_attrs
+
+    @property
+    def truth_frames(self):
+        g = zarr.open_group(str(self.path), mode="r")
+        if "truth" in g and "frames" in g["truth"] and tuple(g["truth"]["frames"].shape) == self.shape:
+            return g["truth"]["frames"]
+        return None
+
+    @property
+    def truth_attrs(self) -> dict:
+        g = zarr.open_group(str(self.path), mode="r")
+        return dict(g["truth"].attrs) if "truth" in g else {}
 
 
 def _open_group(path: Path, what: str):

@@ -55,6 +55,9 @@ class Calibration:
         Exposure of the frames divided by the exposure of the flats.
     bad_pixels : array, uint8
         Bad-pixel class bits (``DEAD | HOT | NOISY | OVER | UNDER``); 0 is good.
+    lag_dc_gain : float
+        Afterglow DC gain the flat signal was divided by (1: none), see
+        :func:`pipeline.api.calibrate`.
     """
 
     dark: object
@@ -62,6 +65,7 @@ class Calibration:
     flat_level: float
     exposure_ratio: float
     bad_pixels: object
+    lag_dc_gain: float = 1.0
 
 
 def compute_calibration(
