@@ -22,13 +22,15 @@ test: $(STAMP) cuda-check
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_flatfield.py
+	$(PY) benchmarks/bench_afterglow.py
 
 # Every CUDA source must compile; skipped (with a note) where nvcc is absent.
 cuda-check:
 	@set -e; files=$$(ls cuda/*.cu 2>/dev/null || true); \
 	if [ -z "$$files" ]; then echo "cuda-check: no .cu sources yet"; exit 0; fi; \
 	if ! command -v nvcc >/dev/null 2>&1; then echo "cuda-check: nvcc not found, skipped"; exit 0; fi; \
-	for f in $$files; do nvcc -c -arch=sm_80 -o /dev/null $$f && echo "nvcc ok: $$f"; done
+	for f in $$files; do for arch in sm_80 sm_90; do \
+	  nvcc -c -arch=$$arch -o /dev/null $$f || exit 1; done; echo "nvcc ok (sm_80, sm_90): $$f"; done
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache build *.egg-info

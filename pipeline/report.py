@@ -95,7 +95,7 @@ def afterglow_fit(fit, path):
         ax.semilogy(t_ms, A * np.exp(-m / (tau * fit.frame_rate_hz)), ":", lw=1,
                     label=f"A={A:.2e}, tau={tau * 1e3:.3g} ms")
     floor = max(float(np.min(fit.data[pos])) if pos.any() else 1e-6, 1e-7) / 3
-    ax.set_ylim(bottom=floor)
+    ax.set_ylim(floor, 2.0 * float(np.max(fit.data[pos])) if pos.any() else 1.0)
     ax.set_ylabel("signal / steady signal")
     ax.set_title(f"afterglow after beam cut-off (frame {fit.cutoff_frame}, {fit.frame_rate_hz:g} Hz)")
     ax.legend(fontsize=8)

@@ -82,10 +82,11 @@ def test_existing_output_is_never_overwritten_without_flag(tmp_path, sim_small):
 def test_demo_writes_pngs_and_summary(tmp_path):
     p = run_cli("demo", tmp_path / "d", "--frames", 8, "--size", 128, 128, "-q")
     assert p.returncode == 0, p.stderr
-    for name in ("frame_raw_vs_corrected.png", "bad_pixels.png", "gain_map.png", "summary.txt"):
+    for name in ("frame_raw_vs_corrected.png", "bad_pixels.png", "gain_map.png", "afterglow_fit.png",
+                 "afterglow_model.json", "summary.txt"):
         f = tmp_path / "d" / name
         assert f.exists() and f.stat().st_size > 0
-    assert "recall" in p.stdout
+    assert "recall" in p.stdout and "ghost behind moving board" in p.stdout
     _one_line_error(run_cli("demo", tmp_path / "d", "--frames", 8, "--size", 128, 128, "-q"))  # no silent overwrite
 
 
