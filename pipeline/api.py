@@ -367,7 +367,7 @@ def fit_afterglow(
         "figures": {**fit.figures(), "unit": "fraction of the steady signal in a frame starting that long after cut-off"},
         "fit": {
             "criterion": "NNLS spectrum over 80 log-spaced time constants, bounded least-squares refinement of 1-4 terms, "
-                         "number of terms by minimum BIC",
+                         "number of terms by minimum BIC (chi-square with the noise measured on the beam-on frames + p ln n)",
             "cutoff_frame": fit.cutoff_frame, "skipped_frames": fit.skipped_frames, "points": fit.n_points,
             "residual_rms": float(np.sqrt(np.mean(resid**2))), "noise_rms": fit.noise / fit.steady_level,
             "steady_level_counts": fit.steady_level, "offset_counts": fit.offset, "bic": fit.bic,
