@@ -24,7 +24,7 @@ import numpy as np
 from ._version import __version__
 from .backend import describe_device, resolve_device
 from .config import RunConfig, load_config
-from .errors import CalibrationError, DataError, PipelineError
+from .errors import CalibrationError, ConfigError, DataError, PipelineError
 from .io import models, zarr_store
 from .ops import afterglow as ag
 from .ops.flatfield import Calibration, compute_calibration
@@ -44,6 +44,7 @@ class RunResult:
     stages: tuple[str, ...]
     bad_pixels: int
     ghost: dict | None = None
+    mtf_summary: dict | None = None
 
 
 def _now() -> str:
@@ -200,6 +201,8 @@ def run(
     if t < 1:
         raise DataError(f"input '{input}/frames' holds no frames")
     writer_check = zarr_store.check_output_path(output, overwrite=overwrite, inputs=[input, calibration])
+    if cfg.mtf.enabled:
+        zarr_store.check_output_path(mtf_plot_path(writer_check), overwrite=overwrite)
     start_wall, start = _now(), time.perf_counter()
 
     model = load_afterglow(cfg, ds)
@@ -213,13 +216,21 @@ def run(
             cal, cal_source = calibrate(ds, cfg, afterglow_model=model), f"{input} (darks, flats)"
     chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model)
     chunk = choose_chunk_frames(cfg, (h, w), t)
+    mtf_roi = None
+    if cfg.mtf.enabled:
+        mtf_roi = _mtf_roi(cfg, chain, ds)
+        chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, mtf_roi=mtf_roi)
 
     writer = zarr_store.OutputWriter(writer_check, overwrite=overwrite, inputs=[input, calibration])
     try:
         target = writer.create("frames", (t, h, w), np.float32, chunks=(chunk, h, w),
                                codec=cfg.output.codec, level=cfg.output.level, fill_value=np.nan)
-        process_frames(ds.reader(), target, chain, chunk_frames=chunk, scheduler=cfg.execution.scheduler,
-                       num_workers=cfg.execution.num_workers, progress=progress)
+        measured = process_frames(ds.reader(), target, chain, chunk_frames=chunk,
+                                  scheduler=cfg.execution.scheduler, num_workers=cfg.execution.num_workers,
+                                  progress=progress)
+        mtf_summary = None
+        if cfg.mtf.enabled:
+            mtf_summary = _write_mtf(writer, measured, t, ds.attrs.get("pixel_pitch_mm"), mtf_roi, cfg)
         if cal is not None:
             writer.write("calibration/bad_pixels", np.asarray(cal.bad_pixels, np.uint8))
             writer.write("calibration/gain", np.asarray(cal.gain, np.float32))
@@ -240,6 +251,7 @@ def run(
             "calibration": cal_source,
             "afterglow_model": str(Path(cfg.afterglow.model).resolve()) if model is not None else None,
             "ghost": ghost,
+            "mtf": {k: v for k, v in mtf_summary.items() if k != "_curves"} if mtf_summary else None,
             "stages": chain.names,
             "chunk_frames": chunk,
             "start": start_wall,
@@ -255,8 +267,170 @@ def run(
         writer.abort()
         raise
     final = writer.commit()
+    if mtf_summary is not None:
+        from . import report
+
+        m50, m20, unit = mtf_summary.pop("_curves")
+        report.resolution_over_time(m50, m20, unit.replace("_per_", "/"), mtf_summary["plot"])
     nbad = int(np.count_nonzero(cal.bad_pixels)) if cal is not None else 0
-    return RunResult(final, t, seconds, t / seconds if seconds > 0 else float("inf"), tuple(chain.names), nbad, ghost)
+    return RunResult(final, t, seconds, t / seconds if seconds > 0 else float("inf"), tuple(chain.names), nbad, ghost,
+                     mtf_summary)
+
+
+def _mtf_roi(cfg: RunConfig, chain, ds) -> tuple[int, int, int, int]:
+    """The MTF ROI: from the config (checked) or found on the first corrected frame."""
+    from .ops.mtf import find_edge_roi
+
+    t, h, w = ds.shape
+    if cfg.mtf.roi is not None:
+        y0, y1, x0, x1 = cfg.mtf.roi
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w) or min(y1 - y0, x1 - x0) < 16:
+            raise ConfigError(f"mtf.roi {list(cfg.mtf.roi)} must lie inside the {h} x {w} frames and be >= 16 px a side")
+        return tuple(cfg.mtf.roi)
+    first, _ = chain(ds.reader()[0:1])
+    try:
+        return find_edge_roi(np.nan_to_num(first[0]))
+    except ValueError as exc:
+        raise DataError(f"mtf stage: {exc} (first frame of '{ds.path}'); set mtf.roi") from None
+
+
+def _write_mtf(writer, measured, t, pitch, roi, cfg) -> dict:
+    """Assemble per-block MTF results into mtf/ arrays of the output, plus a PNG of resolution over time."""
+    from . import report
+
+    f = None
+    mtf, curves = None, {}
+    flags: list = [[] for _ in range(t)]
+    for t0, meas in measured:
+        m = meas["mtf"]
+        n = m["mtf"].shape[0]
+        if mtf is None:
+            f = m["frequencies_cy_per_px"]
+            mtf = np.full((t, f.size), np.nan)
+            curves = {k: np.full(t, np.nan) for k in ("mtf50", "mtf20", "mtf10", "angle_deg")}
+        mtf[t0 : t0 + n] = m["mtf"]
+        for k in curves:
+            curves[k][t0 : t0 + n] = m[k]
+        flags[t0 : t0 + n] = m["flags"]
+    writer.write("mtf/frequencies_cy_per_px", f)
+    writer.write("mtf/mtf", mtf.astype(np.float32), chunks=(min(t, 256), f.size))
+    writer.write("mtf/edge_angle_deg", curves["angle_deg"])
+    unit, k = ("cy_per_px", 1.0) if not pitch else ("lp_per_mm", 1.0 / float(pitch))
+    if pitch:
+        writer.write("mtf/frequencies_lp_per_mm", f * k)
+    for lv in ("mtf50", "mtf20", "mtf10"):
+        writer.write(f"mtf/{lv}_{unit}", curves[lv] * k)
+        if pitch:
+            writer.write(f"mtf/{lv}_cy_per_px", curves[lv])
+    counts: dict = {}
+    for fl in flags:
+        for x in fl:
+            counts[x] = counts.get(x, 0) + 1
+    summary = {
+        "roi": list(roi), "window": cfg.mtf.window, "oversample": cfg.mtf.oversample, "unit": unit,
+        "pixel_pitch_mm": pitch,
+        "mtf20_median": float(np.nanmedian(curves["mtf20"]) * k) if np.isfinite(curves["mtf20"]).any() else None,
+        "mtf50_median": float(np.nanmedian(curves["mtf50"]) * k) if np.isfinite(curves["mtf50"]).any() else None,
+        "flag_counts": counts,
+    }
+    writer.set_attrs(summary, "mtf")
+    summary["plot"] = str(mtf_plot_path(writer.final))
+    summary["_curves"] = (curves["mtf50"] * k, curves["mtf20"] * k, unit)
+    return summary
+
+
+def mtf_plot_path(output: Path) -> Path:
+    """Where the resolution-over-time PNG of a run goes: beside the output group."""
+    return output.with_name(output.name + ".resolution.png")
+
+
+def measure_mtf(
+    path: str | Path,
+    *,
+    roi: tuple[int, int, int, int] | None = None,
+    pixel_pitch_mm: float | None = None,
+    window: str = "tukey",
+    oversample: int = 4,
+    f_max: float = 1.0,
+    block_frames: int = 64,
+) -> dict:
+    """Slanted-edge MTF of an image (TIFF/PNG/NPY) or of every frame of a Zarr dataset (batched).
+
+    Returns a JSON-ready dict (every field names its unit) plus ``"result"``
+    (the :class:`~pipeline.ops.mtf.MTFResult`, not serialisable).
+    """
+    from .io.images import read_image
+    from .ops.mtf import find_edge_roi, slanted_edge_mtf
+
+    p = Path(path)
+    is_zarr = p.is_dir()
+    if is_zarr:
+        ds = zarr_store.open_input(p)
+        frames = ds.frames
+        pitch = pixel_pitch_mm or ds.attrs.get("pixel_pitch_mm")
+        first = np.asarray(frames[0 : min(4, frames.shape[0])], dtype=np.float64).mean(axis=0)
+    else:
+        img = read_image(p)
+        frames = img[None] if img.ndim == 2 else img
+        pitch = pixel_pitch_mm
+        first = frames[0]
+    t, h, w = frames.shape
+    if roi is None:
+        try:
+            roi = find_edge_roi(np.nan_to_num(first))
+        except ValueError as exc:
+            raise DataError(f"'{path}': {exc}") from None
+    y0, y1, x0, x1 = (int(v) for v in roi)
+    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w) or min(y1 - y0, x1 - x0) < 16:
+        raise DataError(f"roi {list(roi)} must lie inside the {h} x {w} image and be at least 16 px a side")
+    n = 2 * max(y1 - y0, x1 - x0) * oversample
+    n_fft = 1 << int(np.ceil(np.log2(max(4 * n, 1024))))
+    parts = []
+    for t0 in range(0, t, block_frames):
+        block = np.asarray(frames[t0 : t0 + block_frames, y0:y1, x0:x1], dtype=np.float64)
+        try:
+            parts.append(slanted_edge_mtf(block, window=window, oversample=oversample, f_max=f_max, n_fft=n_fft))
+        except ValueError as exc:
+            raise DataError(f"'{path}' roi {[y0, y1, x0, x1]}: {exc}") from None
+    res = parts[0] if len(parts) == 1 else _concat_mtf(parts)
+    out = res.to_dict(pitch, roi=[y0, y1, x0, x1], index=0 if (t == 1) else None)
+    out["source"] = str(p)
+    out["frames"] = t
+    out["units"] = {"frequencies_cy_per_px": "cycles per pixel along the edge normal",
+                    "frequencies_lp_per_mm": "line pairs per mm at the scintillator plane",
+                    "edge_angle_deg": "degrees from the nearest pixel axis", "roi": "pixels [y0, y1, x0, x1)"}
+    if not pitch:
+        out["note"] = "no pixel pitch known: frequencies in cycles/pixel only (pass --pixel-pitch MM)"
+    return {**out, "result": res}
+
+
+def _concat_mtf(parts):
+    from .ops.mtf import MTFResult
+
+    first = parts[0]
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return MTFResult(
+        frequencies_cy_per_px=first.frequencies_cy_per_px, mtf=cat("mtf"), esf_positions_px=first.esf_positions_px,
+        esf=np.concatenate([_pad_to(p.esf, first.esf.shape[1]) for p in parts]),
+        lsf=np.concatenate([_pad_to(p.lsf, first.lsf.shape[1]) for p in parts]),
+        angle_deg=cat("angle_deg"),
+        crossings_cy_per_px={lv: np.concatenate([p.crossings_cy_per_px[lv] for p in parts]) for lv in first.crossings_cy_per_px},
+        flags=sum((p.flags for p in parts), []), messages=sum((p.messages for p in parts), []),
+        orientation=first.orientation, edge_fit_rms_px=cat("edge_fit_rms_px"), oversample=first.oversample,
+        window=first.window,
+    )
+
+
+def _pad_to(a, n):
+    if a.shape[1] == n:
+        return a
+    if a.shape[1] > n:
+        c = (a.shape[1] - n) // 2
+        return a[:, c : c + n]
+    out = np.full((a.shape[0], n), np.nan)
+    c = (n - a.shape[1]) // 2
+    out[:, c : c + a.shape[1]] = a
+    return out
 
 
 def ghost_report(ds: "zarr_store.InputDataset", corrected, model, chunk: int) -> dict:

@@ -155,6 +155,10 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
     finally:
         bar.close()
     click.echo(f"{res.frames} frames in {res.seconds:.2f} s ({res.frames_per_second:.1f} frames/s) -> {res.output}")
+    mt = (res.mtf_summary or {})
+    if mt.get("mtf20_median") is not None:
+        click.echo(f"MTF20 median {mt['mtf20_median']:.4g} {mt['unit'].replace('_per_', '/')}, MTF50 median "
+                   f"{mt['mtf50_median']:.4g} (roi {mt['roi']}); per frame in {res.output}/mtf/")
     if res.ghost and res.ghost.get("mean_abs_before") is not None:
         gh = res.ghost
         click.echo(f"ghost behind the moving object (vs truth, {gh['frames_with_trail']} frames): "
@@ -231,6 +235,51 @@ def info(path, as_json):
     for k, v in d["attributes"].items():
         text = json.dumps(v, default=str)
         click.echo(f"  @{k} = {text if len(text) < 100 else text[:97] + '...'}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--pixel-pitch", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="mm at the scintillator plane (default: the dataset's pixel_pitch_mm)")
+@click.option("--roi", type=(int, int, int, int), default=None, metavar="Y0 Y1 X0 X1", help="edge ROI (default: found)")
+@click.option("--window", type=click.Choice(["tukey", "hann", "none"]), default="tukey", show_default=True)
+@click.option("--f-max", type=click.FloatRange(min=0, min_open=True, max=2), default=1.0, show_default=True,
+              help="highest frequency, cycles/pixel")
+@click.option("--json", "json_out", default=None, metavar="OUT|-", help="write the result as JSON (- for stdout)")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG with ESF, LSF and MTF")
+def mtf(path, pixel_pitch, roi, window, f_max, json_out, plot):
+    """Slanted-edge MTF of PATH: a TIFF/PNG/NPY image or a Zarr dataset (every frame, batched)."""
+    from .api import measure_mtf
+
+    d = measure_mtf(path, roi=roi, pixel_pitch_mm=pixel_pitch, window=window, f_max=f_max)
+    res = d.pop("result")
+    if plot:
+        from . import report
+
+        report.mtf_curves(res, plot, pixel_pitch_mm=d.get("pixel_pitch_mm"), title=str(path))
+    if json_out == "-":
+        click.echo(json.dumps(d, indent=1))
+        return
+    if json_out:
+        Path(json_out).write_text(json.dumps(d, indent=1) + "\n")
+    unit = "lp/mm" if d.get("pixel_pitch_mm") else "cycles/pixel"
+    key = "lp_per_mm" if d.get("pixel_pitch_mm") else "cy_per_px"
+
+    def fmt(v):
+        if isinstance(v, list):
+            vals = [x for x in v if x is not None]
+            return f"median {np.median(vals):.4g} over {len(v)} frames" if vals else "not reached"
+        return f"{v:.4g}" if v is not None else "not reached"
+
+    import numpy as np
+
+    click.echo(f"roi {d['roi']}, edge angle {fmt(d['edge_angle_deg'])} deg ({d['edge_orientation']} edge)")
+    click.echo(f"MTF50 {fmt(d['mtf50_' + key])}, MTF20 {fmt(d['mtf20_' + key])}, MTF10 {fmt(d['mtf10_' + key])} {unit}")
+    flags = d["flags"] if isinstance(d["flags"][0] if d["flags"] else [], str) or not d["flags"] else sorted({f for fl in d["flags"] for f in fl})
+    if flags:
+        click.echo("flags: " + ", ".join(flags))
+        for m in (d["messages"] if d["messages"] and isinstance(d["messages"][0], str) else []):
+            click.echo(f"  {m}")
 
 
 @cli.command("config")

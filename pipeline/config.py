@@ -78,10 +78,13 @@ class DenoiseConfig(_Section):
 
 
 class MTFConfig(_Section):
-    """Reserved: per-frame slanted-edge MTF (not in this version)."""
+    """Per-frame slanted-edge MTF of the corrected frames (stored under ``mtf/`` in the output)."""
 
     enabled: bool = False
-    roi: tuple[int, int, int, int] | None = None
+    roi: tuple[int, int, int, int] | None = Field(None, description="Y0 Y1 X0 X1; null: found on the first frame")
+    window: Literal["tukey", "hann", "none"] = "tukey"
+    oversample: int = Field(4, ge=2, le=16)
+    f_max_cy_per_px: float = Field(1.0, gt=0, le=2.0, description="highest frequency stored (Nyquist is 0.5)")
 
 
 class ExecutionConfig(_Section):

@@ -106,3 +106,52 @@ def afterglow_fit(fit, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def mtf_curves(result, path, *, index: int = 0, pixel_pitch_mm: float | None = None, title: str = ""):
+    """ESF, LSF and MTF of one ROI with the 0.5/0.2/0.1 crossings and Nyquist marked (plus MTF50/20 per frame
+    when the result holds several ROIs)."""
+    plt = _plt()
+    many = result.mtf.shape[0] > 1
+    fig, axes = plt.subplots(1, 4 if many else 3, figsize=(16 if many else 13, 4), constrained_layout=True)
+    k = 1.0 / pixel_pitch_mm if pixel_pitch_mm else 1.0
+    unit = "lp/mm" if pixel_pitch_mm else "cycles/pixel"
+    axes[0].plot(result.esf_positions_px, result.esf[index], lw=1)
+    axes[0].set(title="ESF", xlabel="distance from edge (pixels)", ylabel="normalised signal")
+    axes[1].plot(result.esf_positions_px, result.lsf[index], lw=1)
+    axes[1].set(title="LSF", xlabel="distance from edge (pixels)", ylabel="1/pixel")
+    f = result.frequencies_cy_per_px * k
+    ax = axes[2]
+    ax.plot(f, result.mtf[index], lw=1.5, label="MTF")
+    ax.axvline(0.5 * k, color="grey", ls="--", lw=1, label=f"Nyquist {0.5 * k:.3g} {unit}")
+    for lv, colour in ((0.5, "C1"), (0.2, "C2"), (0.1, "C3")):
+        fc = result.crossings_cy_per_px[lv][index]
+        if np.isfinite(fc):
+            ax.plot([fc * k], [lv], "o", color=colour, label=f"MTF{int(lv * 100)} = {fc * k:.3g} {unit}")
+            ax.axhline(lv, color=colour, lw=0.6, ls=":")
+    ax.set(title="MTF", xlabel=f"spatial frequency ({unit})", ylabel="MTF", ylim=(0, 1.05))
+    ax.legend(fontsize=8)
+    if many:
+        axes[3].plot(result.crossings_cy_per_px[0.5] * k, label="MTF50")
+        axes[3].plot(result.crossings_cy_per_px[0.2] * k, label="MTF20")
+        axes[3].set(title="per ROI / frame", xlabel="frame", ylabel=unit)
+        axes[3].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def resolution_over_time(mtf50, mtf20, unit: str, path):
+    """MTF50 and MTF20 per frame (resolution stability)."""
+    plt = _plt()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    ax.plot(mtf50, ".-", ms=3, lw=0.8, label="MTF50")
+    ax.plot(mtf20, ".-", ms=3, lw=0.8, label="MTF20 (the paper's resolution)")
+    ax.set(xlabel="frame", ylabel=unit, title="spatial resolution over time")
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

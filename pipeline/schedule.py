@@ -50,10 +50,16 @@ def _stateful(stage, payload, state):
 
 
 def _write(chain, target, payload, t0, t1, progress):
-    target[t0:t1] = chain.tail(payload)
+    block = chain.tail(payload)
+    target[t0:t1] = block
+    measured = chain.measure(block) if getattr(chain, "measures", None) else None
     if progress is not None:
         progress(t1 - t0)
-    return t1 - t0
+    return t1 - t0, t0, measured
+
+
+def _collect(results):
+    return sum(r[0] for r in results), [(r[1], r[2]) for r in results if r[2] is not None]
 
 
 def process_frames(
@@ -65,7 +71,7 @@ def process_frames(
     scheduler: str = "threads",
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
-) -> None:
+) -> list:
     """Run ``chain`` over ``source`` block by block and write every block into ``target``.
 
     Parameters
@@ -80,6 +86,11 @@ def process_frames(
         A plain callable ``block -> block`` is accepted too.
     progress : callable, optional
         Called with the number of frames of each block once it is written.
+
+    Returns
+    -------
+    list of (start_frame, measurements)
+        What ``chain.measure`` returned for each block (empty without measurements).
     """
     if not hasattr(chain, "head"):
         chain = _Plain(chain)
@@ -102,19 +113,21 @@ def process_frames(
         wkey = (f"write-{tok}", c)
         dsk[wkey] = (_write, chain, target, prev, t0, t1, progress)
         writes.append(wkey)
-    dsk[f"total-{tok}"] = (sum, writes)
+    dsk[f"total-{tok}"] = (_collect, writes)
     kw = {}
     if num_workers and scheduler != "synchronous":
         kw["num_workers"] = num_workers
-    total = _getter(scheduler)(dsk, f"total-{tok}", **kw)
+    total, measured = _getter(scheduler)(dsk, f"total-{tok}", **kw)
     if total != t:  # pragma: no cover - a scheduler contract violation
         raise RuntimeError(f"only {total} of {t} frames were written")
+    return sorted(measured, key=lambda r: r[0])
 
 
 class _Plain:
     """Adapter: a block function as a chain without state."""
 
     stateful = ()
+    measures = ()
 
     def __init__(self, fn):
         self.fn = fn

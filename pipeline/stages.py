@@ -22,6 +22,7 @@ from .config import AfterglowConfig, FlatFieldConfig, RunConfig
 from .errors import ConfigError, NotAvailableError
 from .ops.afterglow import remove_lag, steady_state
 from .ops.flatfield import Calibration, correct_frames, neighbour_table, to_attenuation
+from .ops.mtf import slanted_edge_mtf
 
 
 class FlatFieldStage:
@@ -83,12 +84,61 @@ class AfterglowStage:
         return remove_lag(block, self.amplitudes, self.ratios, state, out=block)
 
 
-class Chain:
-    """head -> stateful stages (in time order) -> tail, on blocks of frames."""
+class MTFStage:
+    """Per-frame slanted-edge MTF in a fixed ROI of the corrected frames (a measurement: frames pass unchanged)."""
 
-    def __init__(self, flatfield: FlatFieldStage | None, stateful=()):
+    name = "mtf"
+
+    def __init__(self, roi, cfg):
+        self.roi = tuple(int(v) for v in roi)
+        self.cfg = cfg
+        y0, y1, x0, x1 = self.roi
+        n = 2 * max(y1 - y0, x1 - x0) * cfg.oversample
+        self.n_fft = 1 << int(np.ceil(np.log2(max(4 * n, 1024))))
+
+    def measure(self, block):
+        """Dict of per-frame arrays: mtf (t, F), mtf50/20/10 and angle (t,) in cycles/pixel, flags."""
+        y0, y1, x0, x1 = self.roi
+        rois = block[:, y0:y1, x0:x1]
+        finite = np.isfinite(rois).all(axis=(1, 2))
+        t = block.shape[0]
+        out = {"flags": [["nonfinite_roi"] if not ok else [] for ok in finite]}
+        res = None
+        if finite.any():
+            try:
+                res = slanted_edge_mtf(rois[finite], window=self.cfg.window, oversample=self.cfg.oversample,
+                                       f_max=self.cfg.f_max_cy_per_px, n_fft=self.n_fft)
+            except ValueError as exc:
+                out["flags"] = [[f"mtf_failed: {exc}"] for _ in range(t)]
+        f = np.arange(self.n_fft // 2 + 1) / (self.n_fft / self.cfg.oversample)
+        f = f[f <= self.cfg.f_max_cy_per_px + 1e-12]
+        out["frequencies_cy_per_px"] = f
+        mtf = np.full((t, f.size), np.nan)
+        cross = {lv: np.full(t, np.nan) for lv in (0.5, 0.2, 0.1)}
+        angle = np.full(t, np.nan)
+        if res is not None:
+            idx = np.nonzero(finite)[0]
+            mtf[idx] = res.mtf
+            for lv in cross:
+                cross[lv][idx] = res.crossings_cy_per_px[lv]
+            angle[idx] = res.angle_deg
+            for j, i in enumerate(idx):
+                out["flags"][i] = res.flags[j]
+        out.update(mtf=mtf, mtf50=cross[0.5], mtf20=cross[0.2], mtf10=cross[0.1], angle_deg=angle)
+        return out
+
+
+class Chain:
+    """head -> stateful stages (in time order) -> tail, on blocks of frames; then measurements."""
+
+    def __init__(self, flatfield: FlatFieldStage | None, stateful=(), measures=()):
         self.flatfield = flatfield
         self.stateful = list(stateful)
+        self.measures = list(measures)
+
+    def measure(self, block):
+        """Measurements of a finished block: {stage name: dict of per-frame arrays}."""
+        return {m.name: m.measure(block) for m in self.measures}
 
     def head(self, raw):
         if self.flatfield is None:
@@ -116,12 +166,13 @@ class Chain:
     @property
     def names(self):
         out = [self.flatfield.name] if self.flatfield is not None else []
-        return out + [s.name for s in self.stateful]
+        return out + [s.name for s in self.stateful] + [m.name for m in self.measures]
 
 
-def build_chain(config: RunConfig, calibration: Calibration | None, input_dtype, afterglow_model=None) -> Chain:
+def build_chain(config: RunConfig, calibration: Calibration | None, input_dtype, afterglow_model=None,
+                mtf_roi=None) -> Chain:
     """The stage chain the config asks for (reserved sections raise :class:`NotAvailableError`)."""
-    for section in ("denoise", "mtf"):
+    for section in ("denoise",):
         if getattr(config, section).enabled:
             raise NotAvailableError(
                 f"config section '{section}' is reserved but not available in this version; set {section}.enabled: false"
@@ -132,4 +183,5 @@ def build_chain(config: RunConfig, calibration: Calibration | None, input_dtype,
         if ff is None:
             raise ConfigError("afterglow.model needs flatfield.enabled: true (dark subtraction must come first)")
         stateful.append(AfterglowStage(afterglow_model, config.afterglow))
-    return Chain(ff, stateful)
+    measures = [MTFStage(mtf_roi, config.mtf)] if config.mtf.enabled and mtf_roi is not None else []
+    return Chain(ff, stateful, measures)
