@@ -23,6 +23,7 @@ test: $(STAMP) cuda-check
 bench: $(STAMP)
 	$(PY) benchmarks/bench_flatfield.py
 	$(PY) benchmarks/bench_afterglow.py
+	$(PY) benchmarks/bench_mtf.py
 
 # Every CUDA source must compile; skipped (with a note) where nvcc is absent.
 cuda-check:

@@ -360,7 +360,7 @@ def measure_mtf(
     (the :class:`~pipeline.ops.mtf.MTFResult`, not serialisable).
     """
     from .io.images import read_image
-    from .ops.mtf import find_edge_roi, slanted_edge_mtf
+    from .ops.mtf import auto_n_fft, concat_results, find_edge_roi, slanted_edge_mtf
 
     p = Path(path)
     is_zarr = p.is_dir()
@@ -383,8 +383,7 @@ def measure_mtf(
     y0, y1, x0, x1 = (int(v) for v in roi)
     if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w) or min(y1 - y0, x1 - x0) < 16:
         raise DataError(f"roi {list(roi)} must lie inside the {h} x {w} image and be at least 16 px a side")
-    n = 2 * max(y1 - y0, x1 - x0) * oversample
-    n_fft = 1 << int(np.ceil(np.log2(max(4 * n, 1024))))
+    n_fft = auto_n_fft(max(y1 - y0, x1 - x0), oversample)
     parts = []
     for t0 in range(0, t, block_frames):
         block = np.asarray(frames[t0 : t0 + block_frames, y0:y1, x0:x1], dtype=np.float64)
@@ -392,7 +391,7 @@ def measure_mtf(
             parts.append(slanted_edge_mtf(block, window=window, oversample=oversample, f_max=f_max, n_fft=n_fft))
         except ValueError as exc:
             raise DataError(f"'{path}' roi {[y0, y1, x0, x1]}: {exc}") from None
-    res = parts[0] if len(parts) == 1 else _concat_mtf(parts)
+    res = concat_results(parts)
     out = res.to_dict(pitch, roi=[y0, y1, x0, x1], index=0 if (t == 1) else None)
     out["source"] = str(p)
     out["frames"] = t
@@ -402,35 +401,6 @@ def measure_mtf(
     if not pitch:
         out["note"] = "no pixel pitch known: frequencies in cycles/pixel only (pass --pixel-pitch MM)"
     return {**out, "result": res}
-
-
-def _concat_mtf(parts):
-    from .ops.mtf import MTFResult
-
-    first = parts[0]
-    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-    return MTFResult(
-        frequencies_cy_per_px=first.frequencies_cy_per_px, mtf=cat("mtf"), esf_positions_px=first.esf_positions_px,
-        esf=np.concatenate([_pad_to(p.esf, first.esf.shape[1]) for p in parts]),
-        lsf=np.concatenate([_pad_to(p.lsf, first.lsf.shape[1]) for p in parts]),
-        angle_deg=cat("angle_deg"),
-        crossings_cy_per_px={lv: np.concatenate([p.crossings_cy_per_px[lv] for p in parts]) for lv in first.crossings_cy_per_px},
-        flags=sum((p.flags for p in parts), []), messages=sum((p.messages for p in parts), []),
-        orientation=first.orientation, edge_fit_rms_px=cat("edge_fit_rms_px"), oversample=first.oversample,
-        window=first.window,
-    )
-
-
-def _pad_to(a, n):
-    if a.shape[1] == n:
-        return a
-    if a.shape[1] > n:
-        c = (a.shape[1] - n) // 2
-        return a[:, c : c + n]
-    out = np.full((a.shape[0], n), np.nan)
-    c = (n - a.shape[1]) // 2
-    out[:, c : c + a.shape[1]] = a
-    return out
 
 
 def ghost_report(ds: "zarr_store.InputDataset", corrected, model, chunk: int) -> dict:

@@ -22,7 +22,7 @@ from .config import AfterglowConfig, FlatFieldConfig, RunConfig
 from .errors import ConfigError, NotAvailableError
 from .ops.afterglow import remove_lag, steady_state
 from .ops.flatfield import Calibration, correct_frames, neighbour_table, to_attenuation
-from .ops.mtf import slanted_edge_mtf
+from .ops.mtf import auto_n_fft, slanted_edge_mtf
 
 
 class FlatFieldStage:
@@ -93,8 +93,7 @@ class MTFStage:
         self.roi = tuple(int(v) for v in roi)
         self.cfg = cfg
         y0, y1, x0, x1 = self.roi
-        n = 2 * max(y1 - y0, x1 - x0) * cfg.oversample
-        self.n_fft = 1 << int(np.ceil(np.log2(max(4 * n, 1024))))
+        self.n_fft = auto_n_fft(max(y1 - y0, x1 - x0), cfg.oversample)
 
     def measure(self, block):
         """Dict of per-frame arrays: mtf (t, F), mtf50/20/10 and angle (t,) in cycles/pixel, flags."""

@@ -107,12 +107,37 @@ def _hann(u):
     return xp.where(xp.abs(u) < 1, 0.5 * (1 + xp.cos(np.pi * u)), 0.0)
 
 
+def _biweight(u):
+    """(1 - u^2)^2 on |u| < 1: a smooth, cheap (no transcendental) centroid window."""
+    xp = get_xp(u)
+    v = xp.maximum(1.0 - u * u, 0.0)
+    return v * v
+
+
 def _tukey(u, alpha=0.5):
     """Tukey window on |u| <= 1: flat for |u| < 1 - alpha, cosine taper outside."""
     xp = get_xp(u)
     a = xp.abs(u)
     taper = 0.5 * (1 + xp.cos(np.pi * (a - (1 - alpha)) / alpha))
     return xp.where(a < 1 - alpha, 1.0, xp.where(a < 1, taper, 0.0))
+
+
+def auto_n_fft(width_px: int, oversample: int = 4) -> int:
+    """FFT length for ROIs ``width_px`` wide across the edge: zero padding to >= 4x the longest ESF.
+
+    It depends on the ROI size only, so every ROI of a size shares one frequency grid.
+    """
+    return 1 << int(math.ceil(math.log2(max(8 * width_px * oversample, 1024))))
+
+
+def _nanmedian(a, axis, keepdims=False):
+    """nanmedian that returns NaN for an all-NaN slice without a warning (a constant ROI has no edge rows)."""
+    import warnings
+
+    xp = get_xp(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return xp.nanmedian(a, axis=axis, keepdims=keepdims)
 
 
 def _first_crossing(f, m, level, xp):
@@ -148,6 +173,9 @@ def _fill_empty(values, counts):
     t = np.where((left >= 0) & (right < n), (idx - left) / span, 0.0)
     fill = np.where(left < 0, vr, np.where(right >= n, vl, vl + t * (vr - vl)))
     return xp.asarray(np.where(o, v, fill))
+
+
+_CPU_GROUP_PIXELS = 1 << 19  # ROI pixels per vectorised group on a CPU (keeps temporaries in cache)
 
 
 def slanted_edge_mtf(
@@ -186,6 +214,18 @@ def slanted_edge_mtf(
     MTFResult
     """
     xp = get_xp(rois)
+    if xp is np and getattr(rois, "ndim", 0) == 3:
+        group = max(1, _CPU_GROUP_PIXELS // int(rois.shape[1] * rois.shape[2]))
+        if rois.shape[0] > group:
+            if orientation is None:  # one orientation for the whole batch, as in one call
+                a = np.asarray(rois, dtype=np.float64)
+                gx = float(np.abs(np.diff(a, axis=2)).mean())
+                gy = float(np.abs(np.diff(a, axis=1)).mean())
+                orientation = "vertical" if gx >= gy else "horizontal"
+            parts = [slanted_edge_mtf(rois[i : i + group], oversample=oversample, window=window, poly_order=poly_order,
+                                      f_max=f_max, orientation=orientation, n_fft=n_fft)
+                     for i in range(0, rois.shape[0], group)]
+            return concat_results(parts)
     a = xp.asarray(rois, dtype=xp.float64)
     single = a.ndim == 2
     if single:
@@ -220,7 +260,8 @@ def slanted_edge_mtf(
     ys = xp.arange(h, dtype=xp.float64)
     yc = (h - 1) / 2.0
     # first estimate: centroid of the positive part of a smoothed row derivative
-    dpos = xp.maximum(d - xp.median(d, axis=2, keepdims=True), 0)
+    dmed = xp.median(d, axis=2, keepdims=True)
+    dpos = xp.maximum(d - dmed, 0)
     guess = (dpos * xs).sum(axis=2) / xp.maximum(dpos.sum(axis=2), 1e-300)  # (B, H)
     centre = xp.median(guess, axis=1)  # (B,)
     coef = xp.zeros((b, 3))
@@ -232,19 +273,19 @@ def slanted_edge_mtf(
     for it in range(4):
         pred = coef[:, 0, None] + coef[:, 1, None] * (ys - yc) + coef[:, 2, None] * (ys - yc) ** 2  # (B, H)
         u = (xs[None, None, :] - pred[:, :, None]) / half_w[:, None, None]
-        wd = _hann(u) * d
+        wd = _biweight(u) * d
         s0 = wd.sum(axis=2)
         cen = (wd * xs).sum(axis=2) / xp.where(s0 > 0, s0, 1.0)
         valid = s0 > 0
         # width of the LSF (second moment) for the next window
         var = (wd * (xs[None, None, :] - cen[:, :, None]) ** 2).sum(axis=2) / xp.where(s0 > 0, s0, 1.0)
-        sig = xp.sqrt(xp.maximum(xp.median(xp.where(valid, var, xp.nan), axis=1), 0.25))
+        sig = xp.sqrt(xp.maximum(_nanmedian(xp.where(valid, var, xp.nan), axis=1), 0.25))
         sig = xp.where(xp.isfinite(sig), sig, half / 4)
         # weighted least squares over valid rows, with outlier rejection after the first pass
         wts = valid.astype(xp.float64)
         if it > 0:
             resid = cen - pred
-            mad = xp.median(xp.where(valid, xp.abs(resid), xp.nan), axis=1, keepdims=True)
+            mad = _nanmedian(xp.where(valid, xp.abs(resid), xp.nan), axis=1, keepdims=True)
             mad = xp.where(xp.isfinite(mad), mad, 1.0)
             wts = wts * (xp.abs(resid) <= xp.maximum(5 * 1.4826 * mad, 0.05))
         sol = []
@@ -278,46 +319,57 @@ def slanted_edge_mtf(
     cosl = xp.cos(xp.arctan(local_slope))
     xpix = xp.arange(w, dtype=xp.float64)[None, None, :]
     p = (xpix - xedge) * cosl  # (B, H, W)
-    # common symmetric range fully covered by every row of every ROI
+    # each ROI's own symmetric range, fully covered by all its rows; bins beyond it are padding,
+    # so a ROI gives the same result alone or in any batch
     lo = to_host(((0 - xedge) * cosl).max(axis=(1, 2)))
     hi = to_host(((w - 1 - xedge) * cosl).min(axis=(1, 2)))
-    reach = float(np.min(np.minimum(-lo, hi)))
-    n_half = int(math.floor(reach / dlt)) - 1
-    if n_half < 4 * oversample:
-        raise ValueError(f"the edge lies too close to the ROI border (only {reach:.1f} px on one side); "
-                         "centre the edge in the ROI or widen the ROI")
+    reach = np.minimum(-lo, hi)
+    own = np.floor(np.nan_to_num(reach, nan=-1.0) / dlt).astype(np.int64) - 1
+    failed = own < 4 * oversample
+    if failed.all():
+        i = int(np.argmin(own))
+        raise ValueError(f"no edge crosses the ROI with room on both sides (only {reach[i]:.1f} px on one side"
+                         f"{f' in ROI {i}' if b > 1 else ''}); centre the edge in the ROI or widen the ROI")
+    own = np.where(failed, 4 * oversample, own)
+    n_half = int(own.max())
     nb = 2 * n_half
+    own_x = xp.asarray(own)[:, None, None]
     idx = xp.floor(p / dlt).astype(xp.int64) + n_half
-    inside = (idx >= 0) & (idx < nb)
+    inside = (idx >= n_half - own_x) & (idx < n_half + own_x)
     flat = idx + (xp.arange(b, dtype=xp.int64) * nb)[:, None, None]
     flat = xp.where(inside, flat, b * nb)  # dump bin
     sums = xp.bincount(flat.ravel(), weights=a.ravel(), minlength=b * nb + 1)[: b * nb].reshape(b, nb)
     counts = xp.bincount(flat.ravel(), minlength=b * nb + 1)[: b * nb].reshape(b, nb)
-    empty = to_host((counts == 0).sum(axis=1))
-    esf = _fill_empty(sums / xp.maximum(counts, 1), counts)
+    ii = np.arange(nb)
+    valid = (ii[None, :] >= n_half - own[:, None]) & (ii[None, :] < n_half + own[:, None])  # (B, nb) host
+    empty = ((to_host(counts) == 0) & valid).sum(axis=1)
+    esf = _fill_empty(sums / xp.maximum(counts, 1), counts)  # padding: nearest own value
     pos = (np.arange(nb) - n_half + 0.5) * dlt
 
     # --- LSF, window, FFT
     lsf = xp.zeros_like(esf)
     lsf[:, 1:-1] = 0.5 * (esf[:, 2:] - esf[:, :-2])
-    lsf[:, 0], lsf[:, -1] = lsf[:, 1], lsf[:, -2]
+    inner = (ii[None, :] > n_half - own[:, None]) & (ii[None, :] < n_half + own[:, None] - 1)
+    lsf = lsf * xp.asarray(inner)  # the end bins of each ROI's own range are zero, as at an array end
     posx = xp.asarray(pos)
     wpk = xp.maximum(lsf, 0)
     cent = (wpk * posx).sum(axis=1) / xp.maximum(wpk.sum(axis=1), 1e-300)
-    span = xp.minimum(cent - posx[0], posx[-1] - cent)[:, None]
+    lo_pos = xp.asarray(-(own.astype(np.float64) - 0.5) * dlt)
+    hi_pos = xp.asarray((own.astype(np.float64) - 0.5) * dlt)
+    span = xp.minimum(cent - lo_pos, hi_pos - cent)[:, None]
     u = (posx[None, :] - cent[:, None]) / xp.maximum(span, dlt)
     if window == "tukey":
         win = _tukey(u)
     elif window == "hann":
         win = _hann(u)
     elif window == "none":
-        win = xp.ones_like(u)
+        win = xp.asarray(valid, dtype=xp.float64)
     else:
         raise ValueError(f"unknown window '{window}'; choose tukey, hann or none")
     lw = lsf * win
     if n_fft is None:
-        n_fft = 1 << int(math.ceil(math.log2(max(4 * nb, 1024))))
-    elif n_fft < nb:
+        n_fft = auto_n_fft(w, oversample)
+    if n_fft < nb:
         raise ValueError(f"n_fft={n_fft} is shorter than the {nb} ESF bins")
     spec = xp.abs(xp.fft.rfft(lw, n=n_fft, axis=1))
     dc = spec[:, :1]
@@ -330,6 +382,11 @@ def slanted_edge_mtf(
     corr = xp.maximum(xp.sinc(fx * dlt) * xp.sinc(2 * fx * dlt), 0.1)
     mtf = mtf[:, keep] / corr[None, :]
     crossings = {lv: to_host(_first_crossing(fx, mtf, lv, xp)) for lv in LEVELS}
+    mtf = to_host(mtf)
+    if failed.any():
+        mtf[failed] = np.nan
+        for lv in LEVELS:
+            crossings[lv][failed] = np.nan
 
     # --- normalised ESF / LSF for reporting
     lo_v = esf[:, : max(1, nb // 10)].mean(axis=1, keepdims=True)
@@ -339,7 +396,7 @@ def slanted_edge_mtf(
     lsf_n = lsf / xp.where(lsf.sum(axis=1, keepdims=True) != 0, lsf.sum(axis=1, keepdims=True) * dlt, 1.0)
 
     rms_h = to_host(rms)
-    noise = to_host(xp.median(xp.abs(d - xp.median(d, axis=2, keepdims=True)), axis=(1, 2))) * 1.4826 * math.sqrt(2)
+    noise = to_host(xp.median(xp.abs(d - dmed), axis=(1, 2))) * 1.4826 * math.sqrt(2)
     for i in range(b):
         ang = abs(float(angle[i]))
         if ang < 1.0:
@@ -358,6 +415,10 @@ def slanted_edge_mtf(
         if step[i] < 5 * noise[i]:
             flags[i].append("low_contrast")
             msgs[i].append("the edge step is below 5x the pixel noise")
+        if failed[i]:
+            flags[i].append("edge_not_found")
+            msgs[i].append(f"no edge crosses this ROI with room on both sides ({reach[i]:.1f} px); its curve is NaN")
+            continue
         if bad_dc[i]:
             flags[i].append("no_edge")
             msgs[i].append("the LSF has no positive area: no edge found")
@@ -366,10 +427,37 @@ def slanted_edge_mtf(
                 flags[i].append(f"mtf{int(lv * 100)}_not_reached")
                 msgs[i].append(f"MTF stays above {lv} up to {f_max} cycles/pixel")
     return MTFResult(
-        frequencies_cy_per_px=f, mtf=to_host(mtf), esf_positions_px=pos, esf=to_host(esf_n), lsf=to_host(lsf_n),
+        frequencies_cy_per_px=f, mtf=mtf, esf_positions_px=pos, esf=to_host(esf_n), lsf=to_host(lsf_n),
         angle_deg=angle, crossings_cy_per_px=crossings, flags=flags, messages=msgs, orientation=orientation,
         edge_fit_rms_px=rms_h, oversample=oversample, window=window,
         extra={"n_fft": n_fft, "bins": nb, "empty_bins": empty.tolist()},
+    )
+
+
+def _pad_bins(a, n, mode):
+    """Centre-pad (B, m) ESF ('edge' values) or LSF ('constant' zeros) arrays to n bins (positions centred on 0)."""
+    k = (n - a.shape[1]) // 2
+    return np.pad(a, ((0, 0), (k, n - a.shape[1] - k)), mode=mode)
+
+
+def concat_results(parts: list) -> MTFResult:
+    """Concatenate results of ROI groups of the same size (same frequency grid)."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    nb = max(p.esf.shape[1] for p in parts)
+    longest = max(parts, key=lambda p: p.esf.shape[1])
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return MTFResult(
+        frequencies_cy_per_px=first.frequencies_cy_per_px, mtf=cat("mtf"),
+        esf_positions_px=longest.esf_positions_px,
+        esf=np.concatenate([_pad_bins(p.esf, nb, "edge") for p in parts]),
+        lsf=np.concatenate([_pad_bins(p.lsf, nb, "constant") for p in parts]),
+        angle_deg=cat("angle_deg"),
+        crossings_cy_per_px={lv: np.concatenate([p.crossings_cy_per_px[lv] for p in parts]) for lv in LEVELS},
+        flags=sum((p.flags for p in parts), []), messages=sum((p.messages for p in parts), []),
+        orientation=first.orientation, edge_fit_rms_px=cat("edge_fit_rms_px"), oversample=first.oversample,
+        window=first.window, extra={"groups": len(parts)},
     )
 
 
