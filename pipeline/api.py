@@ -605,14 +605,19 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     sim_path, run_path = out / "simulated.zarr", out / "corrected.zarr"
     step_path, model_path = out / "afterglow_step.zarr", out / "afterglow_model.json"
-    for p in (sim_path, run_path, step_path, model_path):
+    for p in (sim_path, run_path, step_path, model_path, mtf_plot_path(run_path.resolve())):
         zarr_store.check_output_path(p, overwrite=overwrite)
     simulate(sim_path, preset=preset, frames=frames, size=size, seed=seed, overwrite=overwrite)
     simulate(step_path, preset=preset, frames=160, size=(min(size[0], 256), min(size[1], 256)), seed=seed + 1,
              scene="open", beam_off_frame=40, truth_frames=False, overwrite=overwrite)
     fit = fit_afterglow(step_path, model_path, plot=out / "afterglow_fit.png", overwrite=overwrite)
-    result = run(sim_path, run_path, overrides=[f"afterglow.model={model_path}"], overwrite=overwrite,
-                 progress=progress)
+    result = run(sim_path, run_path, overrides=[f"afterglow.model={model_path}", "mtf.enabled=true"],
+                 overwrite=overwrite, progress=progress)
+    tf = zarr_store.read_array(sim_path, "truth/mtf_frequencies_cy_per_px")
+    tm = zarr_store.read_array(sim_path, "truth/mtf_edge")
+    i20 = int(np.argmax(tm < 0.2))
+    true20 = (tf[i20 - 1] + (tm[i20 - 1] - 0.2) * (tf[i20] - tf[i20 - 1]) / (tm[i20 - 1] - tm[i20])) \
+        / zarr_store.read_attrs(sim_path)["pixel_pitch_mm"]
     tr_ag = zarr_store.read_attrs(sim_path, "truth")["afterglow"]
     true_lag = ag.figures(ag.step_amplitudes(tr_ag["amplitudes"], tr_ag["ratios_per_frame"]), tr_ag["tau_s"],
                           fit["frame_rate_hz"])["lag_first_frame"]
@@ -639,7 +644,9 @@ def demo(
         "bad_pixels": report.bad_pixel_map(detected, out / "bad_pixels.png", BAD_PIXEL_CLASSES),
         "gain": report.gain_map(gain, out / "gain_map.png"),
         "afterglow": out / "afterglow_fit.png",
+        "resolution": Path(result.mtf_summary["plot"]),
     }
+    mt = result.mtf_summary
     gh = result.ghost or {}
     summary = {
         "preset": preset,
@@ -654,6 +661,9 @@ def demo(
         "ghost behind moving board": (f"{gh['mean_abs_before'] * 100:.3f} % of contrast before, "
                                       f"{gh['mean_abs_after'] * 100:.3f} % after afterglow removal"
                                       if gh.get("mean_abs_before") is not None else "n/a"),
+        "resolution (slanted edge)": (f"MTF20 {mt['mtf20_median']:.2f} lp/mm, MTF50 {mt['mtf50_median']:.2f} lp/mm "
+                                      f"(median over frames; analytic MTF20 {true20:.2f} lp/mm)"
+                                      if mt and mt.get("mtf20_median") else "n/a"),
         "corrected - truth": f"mean {float(np.nanmean(corr - truth)):+.2f} counts, rms {float(np.sqrt(np.nanmean((corr - truth) ** 2))):.2f} counts",
         "outputs": ", ".join(str(p.name) for p in files.values()),
     }

@@ -86,7 +86,8 @@ def test_demo_writes_pngs_and_summary(tmp_path):
                  "afterglow_model.json", "summary.txt"):
         f = tmp_path / "d" / name
         assert f.exists() and f.stat().st_size > 0
-    assert "recall" in p.stdout and "ghost behind moving board" in p.stdout
+    assert "recall" in p.stdout and "ghost behind moving board" in p.stdout and "MTF20" in p.stdout
+    assert (tmp_path / "d" / "corrected.zarr.resolution.png").exists()
     _one_line_error(run_cli("demo", tmp_path / "d", "--frames", 8, "--size", 128, 128, "-q"))  # no silent overwrite
 
 
