@@ -216,10 +216,10 @@ def run(
             cal, cal_source = calibrate(ds, cfg, afterglow_model=model), f"{input} (darks, flats)"
     chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model)
     chunk = choose_chunk_frames(cfg, (h, w), t)
-    mtf_roi = None
-    if cfg.mtf.enabled:
-        mtf_roi = _mtf_roi(cfg, chain, ds)
-        chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, mtf_roi=mtf_roi)
+    noise = _noise_model(cfg, chain, ds) if cfg.denoise.enabled else None
+    mtf_roi = _mtf_roi(cfg, chain, ds) if cfg.mtf.enabled else None
+    if noise is not None or mtf_roi is not None:
+        chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, mtf_roi=mtf_roi, noise=noise)
 
     writer = zarr_store.OutputWriter(writer_check, overwrite=overwrite, inputs=[input, calibration])
     try:
@@ -252,6 +252,8 @@ def run(
             "afterglow_model": str(Path(cfg.afterglow.model).resolve()) if model is not None else None,
             "ghost": ghost,
             "mtf": {k: v for k, v in mtf_summary.items() if k != "_curves"} if mtf_summary else None,
+            "noise_model": ({"alpha": noise.alpha, "beta": noise.beta, "box_factor": noise.box_factor,
+                             "meaning": "var = alpha * mean + beta of the corrected frames"} if noise else None),
             "stages": chain.names,
             "chunk_frames": chunk,
             "start": start_wall,
@@ -275,6 +277,19 @@ def run(
     nbad = int(np.count_nonzero(cal.bad_pixels)) if cal is not None else 0
     return RunResult(final, t, seconds, t / seconds if seconds > 0 else float("inf"), tuple(chain.names), nbad, ghost,
                      mtf_summary)
+
+
+def _noise_model(cfg: RunConfig, chain, ds):
+    """The noise model of the corrected frames: from the config, or estimated on the first frames (once per run,
+    so every block uses the same one and chunking cannot change the result)."""
+    from .ops.denoise import NoiseModel, estimate_noise_model
+
+    if cfg.denoise.noise_model is not None:
+        a, b = cfg.denoise.noise_model
+        return NoiseModel(float(a), float(b))
+    n = min(cfg.denoise.noise_frames, ds.shape[0])
+    probe, _ = chain(ds.reader()[0:n])
+    return estimate_noise_model(probe)
 
 
 def _mtf_roi(cfg: RunConfig, chain, ds) -> tuple[int, int, int, int]:

@@ -71,10 +71,34 @@ class AfterglowConfig(_Section):
 
 
 class DenoiseConfig(_Section):
-    """Reserved: spatial/temporal denoising (not in this version)."""
+    """Low-dose denoising: a motion-adaptive temporal filter and/or a spatial filter (per frame)."""
 
     enabled: bool = False
-    method: str | None = None
+    method: Literal["none", "median", "gaussian", "bilateral", "tv", "nlm"] = Field(
+        "nlm", description="spatial denoiser applied to every frame (after the temporal filter)")
+    anscombe: bool = Field(True, description="run the spatial denoiser inside the generalised Anscombe transform")
+    temporal: bool = Field(True, description="motion-adaptive recursive temporal filter")
+    temporal_gain_min: float = Field(0.1, gt=0, le=1, description="gain where the scene is still (noise variance x K/(2-K))")
+    temporal_threshold: tuple[float, float] = Field((1.5, 3.0), description="motion in noise sigmas: gain rises from min to 1")
+    temporal_smooth: int = Field(3, ge=1, description="box size over which the frame difference is averaged for motion")
+    temporal_hold: float = Field(0.5, ge=0, lt=1, description="a moved pixel keeps at least this fraction of last gain")
+    noise_model: tuple[float, float] | None = Field(None, description="[alpha, beta] of var = alpha*mean + beta; null: estimated")
+    noise_frames: int = Field(8, ge=1, description="frames at the start used to estimate the noise model")
+    median_size: int = Field(3, ge=3)
+    gaussian_sigma: float = Field(1.0, gt=0)
+    bilateral_sigma_spatial: float = Field(2.0, gt=0)
+    bilateral_sigma_range: float = Field(2.0, gt=0, description="in noise sigmas (inside the GAT: absolute)")
+    tv_weight: float = Field(1.0, gt=0)
+    nlm_h: float = Field(0.8, gt=0)
+    nlm_patch: int = Field(5, ge=3)
+    nlm_search: int = Field(3, ge=1, description="search radius, pixels")
+
+    @field_validator("temporal_threshold")
+    @classmethod
+    def _ordered(cls, v):
+        if not 0 <= v[0] < v[1]:
+            raise ValueError("must be two increasing numbers >= 0")
+        return v
 
 
 class MTFConfig(_Section):

@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from .config import AfterglowConfig, FlatFieldConfig, RunConfig
-from .errors import ConfigError, NotAvailableError
+from .errors import ConfigError
 from .ops.afterglow import remove_lag, steady_state
+from .ops.denoise import NoiseModel, denoise_spatial, temporal_filter
 from .ops.flatfield import Calibration, correct_frames, neighbour_table, to_attenuation
 from .ops.mtf import auto_n_fft, slanted_edge_mtf
 
@@ -84,6 +85,39 @@ class AfterglowStage:
         return remove_lag(block, self.amplitudes, self.ratios, state, out=block)
 
 
+class TemporalDenoiseStage:
+    """Motion-adaptive recursive filter; the previous estimate crosses blocks."""
+
+    name = "denoise-temporal"
+    stateful = True
+
+    def __init__(self, noise: NoiseModel, cfg):
+        self.noise = noise
+        self.cfg = cfg
+
+    def initial_state(self, block):
+        return None
+
+    def __call__(self, block, state):
+        return temporal_filter(block, state, noise=self.noise, gain_min=self.cfg.temporal_gain_min,
+                               threshold=self.cfg.temporal_threshold, smooth=self.cfg.temporal_smooth,
+                               hold=self.cfg.temporal_hold, out=block)
+
+
+class SpatialDenoiseStage:
+    """One spatial denoiser per frame (optionally inside the GAT)."""
+
+    name = "denoise-spatial"
+
+    def __init__(self, noise: NoiseModel, cfg):
+        self.noise = noise
+        self.cfg = cfg
+        self.params = cfg.model_dump()
+
+    def __call__(self, block):
+        return denoise_spatial(block, self.cfg.method, noise=self.noise, anscombe=self.cfg.anscombe, params=self.params)
+
+
 class MTFStage:
     """Per-frame slanted-edge MTF in a fixed ROI of the corrected frames (a measurement: frames pass unchanged)."""
 
@@ -130,10 +164,11 @@ class MTFStage:
 class Chain:
     """head -> stateful stages (in time order) -> tail, on blocks of frames; then measurements."""
 
-    def __init__(self, flatfield: FlatFieldStage | None, stateful=(), measures=()):
+    def __init__(self, flatfield: FlatFieldStage | None, stateful=(), measures=(), post=()):
         self.flatfield = flatfield
         self.stateful = list(stateful)
         self.measures = list(measures)
+        self.post = list(post)
 
     def measure(self, block):
         """Measurements of a finished block: {stage name: dict of per-frame arrays}."""
@@ -146,6 +181,8 @@ class Chain:
 
     def tail(self, payload):
         block, mask = payload
+        for stage in self.post:
+            block = stage(block)
         if self.flatfield is not None:
             block = self.flatfield.tail(block, mask)
         return block if block.dtype == np.float32 else block.astype(np.float32)
@@ -165,22 +202,24 @@ class Chain:
     @property
     def names(self):
         out = [self.flatfield.name] if self.flatfield is not None else []
-        return out + [s.name for s in self.stateful] + [m.name for m in self.measures]
+        return out + [s.name for s in self.stateful] + [p.name for p in self.post] + [m.name for m in self.measures]
 
 
 def build_chain(config: RunConfig, calibration: Calibration | None, input_dtype, afterglow_model=None,
-                mtf_roi=None) -> Chain:
-    """The stage chain the config asks for (reserved sections raise :class:`NotAvailableError`)."""
-    for section in ("denoise",):
-        if getattr(config, section).enabled:
-            raise NotAvailableError(
-                f"config section '{section}' is reserved but not available in this version; set {section}.enabled: false"
-            )
+                mtf_roi=None, noise: NoiseModel | None = None) -> Chain:
+    """The stage chain the config asks for."""
     ff = FlatFieldStage(calibration, config.flatfield, input_dtype) if config.flatfield.enabled else None
     stateful = []
     if afterglow_model is not None:
         if ff is None:
             raise ConfigError("afterglow.model needs flatfield.enabled: true (dark subtraction must come first)")
         stateful.append(AfterglowStage(afterglow_model, config.afterglow))
+    post = []
+    dn = config.denoise
+    if dn.enabled and noise is not None:
+        if dn.temporal:
+            stateful.append(TemporalDenoiseStage(noise, dn))
+        if dn.method != "none":
+            post.append(SpatialDenoiseStage(noise, dn))
     measures = [MTFStage(mtf_roi, config.mtf)] if config.mtf.enabled and mtf_roi is not None else []
-    return Chain(ff, stateful, measures)
+    return Chain(ff, stateful, measures, post)
