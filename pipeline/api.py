@@ -12,6 +12,7 @@ get the same behaviour (and the same one-line errors) as the CLI::
 from __future__ import annotations
 
 import platform
+import warnings
 import socket
 import time
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ import numpy as np
 from ._version import __version__
 from .backend import describe_device, resolve_device
 from .config import RunConfig, load_config
-from .errors import CalibrationError, ConfigError, DataError, PipelineError
+from .errors import AlreadyComplete, CalibrationError, ConfigError, DataError, PipelineError, RunInterrupted
 from .io import models, zarr_store
 from .ops import afterglow as ag
 from .ops.flatfield import Calibration, compute_calibration
@@ -45,6 +46,8 @@ class RunResult:
     bad_pixels: int
     ghost: dict | None = None
     mtf_summary: dict | None = None
+    skipped_frames: list | None = None
+    nonfinite_input_pixels: int = 0
 
 
 def _now() -> str:
@@ -172,6 +175,7 @@ def run(
     overrides: list[str] | dict | None = None,
     calibration: str | Path | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Process a recorded video: Zarr in, configured stages per block of frames, Zarr out.
@@ -187,6 +191,9 @@ def run(
     overrides : list of 'section.key=value' or mapping, optional
     calibration : path, optional
         Saved calibration group; otherwise computed from the input's darks/flats.
+    resume : bool
+        Continue an interrupted run of the same input, config and calibration: blocks already
+        written and verified are kept; the result is bit-identical to an uninterrupted run.
     progress : callable, optional
         Called with the number of frames finished after each block.
 
@@ -194,15 +201,19 @@ def run(
     -------
     RunResult
     """
+    from .io.checkpoint import Checkpoint, checksum
+
     cfg = load_config(config, overrides=overrides)
     device = resolve_device(cfg.execution.device)
     ds = zarr_store.open_input(input)
     t, h, w = ds.shape
     if t < 1:
         raise DataError(f"input '{input}/frames' holds no frames")
-    writer_check = zarr_store.check_output_path(output, overwrite=overwrite, inputs=[input, calibration])
+    if resume and Path(output).exists() and not Path(str(output) + ".progress").exists() and not overwrite:
+        raise AlreadyComplete(f"'{output}' is complete; nothing to resume")
+    out_path = zarr_store.check_output_path(output, overwrite=overwrite, inputs=[input, calibration])
     if cfg.mtf.enabled:
-        zarr_store.check_output_path(mtf_plot_path(writer_check), overwrite=overwrite)
+        zarr_store.check_output_path(mtf_plot_path(out_path), overwrite=overwrite)
     start_wall, start = _now(), time.perf_counter()
 
     model = load_afterglow(cfg, ds)
@@ -221,62 +232,135 @@ def run(
     if noise is not None or mtf_roi is not None:
         chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, mtf_roi=mtf_roi, noise=noise)
 
-    writer = zarr_store.OutputWriter(writer_check, overwrite=overwrite, inputs=[input, calibration])
-    try:
+    cal_sum = None
+    if cal is not None:
+        cal_sum = checksum(np.concatenate([np.asarray(cal.dark, np.float32).ravel(),
+                                           np.asarray(cal.gain, np.float32).ravel(),
+                                           np.asarray([cal.flat_level], np.float32)]))
+    fingerprint = {
+        "version": __version__, "config": cfg.model_dump(mode="json"), "input": str(Path(input).resolve()),
+        "shape": [t, h, w], "dtype": str(ds.frames.dtype), "calibration_checksum": cal_sum, "chunk_frames": chunk,
+        "afterglow_model": (model.info if model is not None else None),
+        "noise_model": ([noise.alpha, noise.beta, noise.box_factor] if noise else None), "mtf_roi": mtf_roi,
+    }
+    progress_dir = Checkpoint(out_path.with_name(out_path.name + ".progress"))
+    resuming = bool(resume) and progress_dir.matches(fingerprint) and \
+        out_path.with_name(out_path.name + ".partial").is_dir()
+    if resume and not resuming and progress_dir.dir.exists():
+        raise DataError(f"the interrupted run at '{output}' was made with another input, config or calibration; "
+                        "rerun without --resume (it starts afresh) or with the same settings")
+    writer = zarr_store.OutputWriter(out_path, overwrite=overwrite, inputs=[input, calibration], resume=resuming)
+    n_blocks = -(-t // chunk)
+    stages = list(chain.stateful)
+    start_block, states, skip, earlier = 0, None, set(), {}
+    if resuming:
+        target = writer.group["frames"]
+        for c, m in progress_dir.markers().items():
+            if 0 <= c < n_blocks and m["checksum"] == checksum(np.asarray(target[m["t0"]:m["t1"]], np.float32)):
+                earlier[c] = m
+        # restart after the longest finished prefix whose states were saved; later finished blocks are kept
+        prefix = -1
+        while prefix + 1 in earlier:
+            prefix += 1
+        while prefix >= 0 and stages and progress_dir.states_after(prefix, len(stages)) is None:
+            prefix -= 1
+        start_block = prefix + 1
+        if stages and prefix >= 0:
+            states = progress_dir.states_after(prefix, len(stages))
+        skip = {c for c in earlier if c >= start_block}
+        if progress is not None and start_block > 0:
+            progress(min(start_block * chunk, t))
+    else:
+        progress_dir.start(fingerprint)
         target = writer.create("frames", (t, h, w), np.float32, chunks=(chunk, h, w),
                                codec=cfg.output.codec, level=cfg.output.level, fill_value=np.nan)
-        measured = process_frames(ds.reader(), target, chain, chunk_frames=chunk,
-                                  scheduler=cfg.execution.scheduler, num_workers=cfg.execution.num_workers,
-                                  progress=progress)
-        mtf_summary = None
-        if cfg.mtf.enabled:
-            mtf_summary = _write_mtf(writer, measured, t, ds.attrs.get("pixel_pitch_mm"), mtf_roi, cfg)
-        if cal is not None:
-            writer.write("calibration/bad_pixels", np.asarray(cal.bad_pixels, np.uint8))
-            writer.write("calibration/gain", np.asarray(cal.gain, np.float32))
-        seconds = time.perf_counter() - start
-        ghost = None
-        if model is not None and ds.has_truth and cfg.flatfield.output == "counts":
-            ghost = ghost_report(ds, target, model, chunk)
-            writer.write("ghost/before", ghost.pop("before"))
-            writer.write("ghost/after", ghost.pop("after"))
-        attrs = {k: v for k, v in ds.attrs.items() if k in ("pixel_pitch_mm", "frame_rate_hz")}
-        attrs["provenance"] = {
-            "package": "xray-pipeline",
-            "version": __version__,
-            "config": cfg.model_dump(mode="json"),
-            "input": str(Path(input).resolve()),
-            "input_shape": [t, h, w],
-            "input_dtype": str(ds.frames.dtype),
-            "calibration": cal_source,
-            "afterglow_model": str(Path(cfg.afterglow.model).resolve()) if model is not None else None,
-            "ghost": ghost,
-            "mtf": {k: v for k, v in mtf_summary.items() if k != "_curves"} if mtf_summary else None,
-            "noise_model": ({"alpha": noise.alpha, "beta": noise.beta, "box_factor": noise.box_factor,
-                             "meaning": "var = alpha * mean + beta of the corrected frames"} if noise else None),
-            "stages": chain.names,
-            "chunk_frames": chunk,
-            "start": start_wall,
-            "end": _now(),
-            "seconds": seconds,
-            "frames_per_second": t / seconds if seconds > 0 else None,
-            "device": describe_device(device),
-            "host": socket.gethostname(),
-            "python": platform.python_version(),
-        }
-        writer.set_attrs(attrs)
-    except BaseException:
-        writer.abort()
-        raise
+
+    def on_commit(c, t0, t1, written, sts):
+        extra = {"measured": written["measured"], "info": written["info"]}
+        progress_dir.commit(c, t0, t1, written["checksum"], sts if stages else None, extra)
+
+    try:
+        results = process_frames(ds.reader(), target, chain, chunk_frames=chunk,
+                                 scheduler=cfg.execution.scheduler, num_workers=cfg.execution.num_workers,
+                                 progress=progress, start_block=start_block, initial_states=states,
+                                 skip_write=skip, on_commit=on_commit, skip_errors=cfg.execution.on_error == "skip")
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted; the finished blocks are kept: resume with "
+                             f"'xray-pipeline run {input} {output} --resume' (same config)") from None
+    # every block's record: from this run, or from the earlier run for the blocks it kept
+    records = {r["t0"] // chunk: r for r in results if not r["skipped_write"]}
+    for c, m in earlier.items():
+        if c not in records:
+            records[c] = {"t0": m["t0"], "n": m["t1"] - m["t0"], "measured": _revive(m["extra"].get("measured")),
+                          "info": m["extra"].get("info", {})}
+    ordered = [records[c] for c in sorted(records)]
+    skipped = [list(s) for r in ordered for s in ((r["info"] or {}).get("skipped") or [])]
+    nonfinite = int(sum((r["info"] or {}).get("nonfinite", 0) for r in ordered))
+    measured = [(r["t0"], r["measured"]) for r in ordered if r["measured"] is not None]
+    mtf_summary = None
+    if cfg.mtf.enabled:
+        mtf_summary = _write_mtf(writer, measured, t, ds.attrs.get("pixel_pitch_mm"), mtf_roi, cfg)
+    if cal is not None:
+        writer.write("calibration/bad_pixels", np.asarray(cal.bad_pixels, np.uint8))
+        writer.write("calibration/gain", np.asarray(cal.gain, np.float32))
+    seconds = time.perf_counter() - start
+    ghost = None
+    if model is not None and ds.has_truth and cfg.flatfield.output == "counts" and not skipped:
+        ghost = ghost_report(ds, target, model, chunk)
+        writer.write("ghost/before", ghost.pop("before"))
+        writer.write("ghost/after", ghost.pop("after"))
+    attrs = {k: v for k, v in ds.attrs.items() if k in ("pixel_pitch_mm", "frame_rate_hz")}
+    attrs["skipped_frames"] = skipped
+    attrs["provenance"] = {
+        "package": "xray-pipeline",
+        "version": __version__,
+        "config": cfg.model_dump(mode="json"),
+        "input": str(Path(input).resolve()),
+        "input_shape": [t, h, w],
+        "input_dtype": str(ds.frames.dtype),
+        "calibration": cal_source,
+        "calibration_checksum": cal_sum,
+        "afterglow_model": str(Path(cfg.afterglow.model).resolve()) if model is not None else None,
+        "ghost": ghost,
+        "mtf": {k: v for k, v in mtf_summary.items() if k != "_curves"} if mtf_summary else None,
+        "noise_model": ({"alpha": noise.alpha, "beta": noise.beta, "box_factor": noise.box_factor,
+                         "meaning": "var = alpha * mean + beta of the corrected frames"} if noise else None),
+        "stages": chain.names,
+        "chunk_frames": chunk,
+        "skipped_frames": skipped,
+        "nonfinite_input_pixels": nonfinite,
+        "resumed": ({"from_block": start_block, "blocks_kept": sorted(earlier)} if resuming else None),
+        "start": start_wall,
+        "end": _now(),
+        "seconds": seconds,
+        "frames_per_second": t / seconds if seconds > 0 else None,
+        "device": describe_device(device),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+    }
+    writer.set_attrs(attrs)
     final = writer.commit()
+    progress_dir.remove()
     if mtf_summary is not None:
         from . import report
 
         m50, m20, unit = mtf_summary.pop("_curves")
         report.resolution_over_time(m50, m20, unit.replace("_per_", "/"), mtf_summary["plot"])
+    if nonfinite:
+        warnings.warn(f"{nonfinite} NaN/Inf pixels in the input frames of '{input}' (NaN in the output)", stacklevel=2)
     nbad = int(np.count_nonzero(cal.bad_pixels)) if cal is not None else 0
     return RunResult(final, t, seconds, t / seconds if seconds > 0 else float("inf"), tuple(chain.names), nbad, ghost,
-                     mtf_summary)
+                     mtf_summary, skipped, nonfinite)
+
+
+def _revive(measured):
+    """Measurements read back from a progress marker (lists, None for NaN) as arrays."""
+    if not measured:
+        return None
+    out = {}
+    for name, d in measured.items():
+        out[name] = {k: (np.asarray(v, dtype=np.float64) if k != "flags" else v) for k, v in d.items()}
+    return out
 
 
 def _noise_model(cfg: RunConfig, chain, ds):

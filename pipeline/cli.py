@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ._version import __version__
-from .errors import PipelineError
+from .errors import AlreadyComplete, PipelineError, RunInterrupted
 
 
 class _Bar:
@@ -135,8 +135,11 @@ def calibrate(input, output, config_file, overrides, overwrite):
 @click.option("--chunk-frames", type=click.IntRange(min=1), default=None, help="frames per block")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default=None)
 @click.option("--overwrite", is_flag=True, help="replace OUTPUT if it exists (only once the new one is complete)")
+@click.option("--resume", is_flag=True, help="continue an interrupted run (same input, config and calibration)")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default=None,
+              help="a corrupt or missing input chunk: fail, or fill with NaN, record and continue")
 @click.option("--quiet", "-q", is_flag=True)
-def run(input, output, config_file, overrides, calibration, chunk_frames, device, overwrite, quiet):
+def run(input, output, config_file, overrides, calibration, chunk_frames, device, overwrite, resume, on_error, quiet):
     """Correct the video INPUT (Zarr) and write OUTPUT (Zarr)."""
     from .api import run as _run
     from .config import load_config
@@ -147,14 +150,21 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
         extra.append(f"execution.chunk_frames={chunk_frames}")
     if device:
         extra.append(f"execution.device={device}")
+    if on_error:
+        extra.append(f"execution.on_error={on_error}")
     cfg = load_config(config_file, overrides=extra)
     total = open_input(input).shape[0]
     bar, update = _bar(total, "run", quiet)
     try:
-        res = _run(input, output, cfg, calibration=calibration, overwrite=overwrite, progress=update)
+        res = _run(input, output, cfg, calibration=calibration, overwrite=overwrite, resume=resume, progress=update)
     finally:
         bar.close()
     click.echo(f"{res.frames} frames in {res.seconds:.2f} s ({res.frames_per_second:.1f} frames/s) -> {res.output}")
+    if res.skipped_frames:
+        click.echo(f"skipped (unreadable input, NaN in the output): "
+                   + ", ".join(f"frames {a}-{b}" for a, b, _ in res.skipped_frames), err=True)
+    if res.nonfinite_input_pixels:
+        click.echo(f"{res.nonfinite_input_pixels} NaN/Inf pixels in the input frames (NaN in the output)", err=True)
     mt = (res.mtf_summary or {})
     if mt.get("mtf20_median") is not None:
         click.echo(f"MTF20 median {mt['mtf20_median']:.4g} {mt['unit'].replace('_per_', '/')}, MTF50 median "
@@ -293,8 +303,17 @@ def config_cmd(config_file, overrides):
 
 def main(argv=None) -> int:
     """Entry point of the ``xray-pipeline`` console script."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*NaN/Inf pixels in the input.*")  # the CLI says it itself
     try:
         cli.main(args=argv, prog_name="xray-pipeline", standalone_mode=False)
+    except RunInterrupted as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 130
+    except AlreadyComplete as exc:
+        click.echo(str(exc))
+        return 0
     except PipelineError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2

@@ -119,6 +119,8 @@ class ExecutionConfig(_Section):
     chunk_bytes: int = Field(64 * 2**20, gt=0, description="target bytes of one float32 block when chunk_frames is auto")
     scheduler: Literal["threads", "synchronous", "processes"] = "threads"
     num_workers: int | None = Field(None, ge=1)
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="a corrupt or missing input chunk: fail naming the frames, or skip (NaN, recorded)")
 
     @field_validator("chunk_frames")
     @classmethod

@@ -34,3 +34,11 @@ class BackendError(PipelineError, RuntimeError):
 
 class NotAvailableError(PipelineError, NotImplementedError):
     """A reserved feature (config section) that this version does not provide yet."""
+
+
+class RunInterrupted(PipelineError):
+    """A run was stopped (Ctrl-C); its finished blocks are kept for ``--resume``."""
+
+
+class AlreadyComplete(PipelineError):
+    """``--resume`` was asked for an output that is already complete."""

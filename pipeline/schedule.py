@@ -38,28 +38,58 @@ def _getter(scheduler: str):
     return dask.threaded.get
 
 
-def _head(source, chain, t0, t1):
-    return chain.head(source[t0:t1])
+def _head(source, chain, t0, t1, skip_errors):
+    """Read a block and run the stateless head stages; a unreadable block becomes NaN when skipping errors."""
+    info = {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}
+    if hasattr(source, "read_block"):
+        raw, skipped = source.read_block(t0, t1, skip=skip_errors)
+        info["skipped"] = [list(s) for s in skipped]
+    else:
+        raw = source[t0:t1]
+    if raw.dtype.kind == "f":
+        nonfinite = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+        skipped_px = sum((b - a + 1) for a, b, _ in info["skipped"]) * int(np.prod(raw.shape[1:]))
+        info["nonfinite"] = nonfinite - skipped_px
+    block, mask = chain.head(raw)
+    return block, mask, info
 
 
 def _stateful(stage, payload, state):
-    block, mask = payload
-    state = stage.initial_state(block) if state is None else state.copy()
+    block, mask, info = payload  # unreadable frames are NaN: the stages carry on over them
+    state = stage.initial_state(block) if state is None else _copy(state)
     block, state = stage(block, state)
-    return (block, mask), state
+    return (block, mask, info), state
 
 
-def _write(chain, target, payload, t0, t1, progress):
-    block = chain.tail(payload)
-    target[t0:t1] = block
-    measured = chain.measure(block) if getattr(chain, "measures", None) else None
+def _copy(state):
+    return state.copy() if hasattr(state, "copy") else state
+
+
+def _write(chain, target, payload, t0, t1, progress, skip_write):
+    block, mask, info = payload
+    if skip_write:  # already written by an earlier (interrupted) run and verified
+        if progress is not None:
+            progress(t1 - t0)
+        return {"n": t1 - t0, "t0": t0, "measured": None, "checksum": None, "info": info, "skipped_write": True}
+    out = chain.tail((block, mask))
+    target[t0:t1] = out
+    measured = chain.measure(out) if getattr(chain, "measures", None) else None
+    from .io.checkpoint import checksum
+
+    digest = checksum(np.asarray(out, dtype=np.float32))
     if progress is not None:
         progress(t1 - t0)
-    return t1 - t0, t0, measured
+    return {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": digest, "info": info, "skipped_write": False}
+
+
+def _commit(on_commit, c, t0, t1, written, *states):
+    if on_commit is not None and not written["skipped_write"]:
+        on_commit(c, t0, t1, written, list(states))
+    return written
 
 
 def _collect(results):
-    return sum(r[0] for r in results), [(r[1], r[2]) for r in results if r[2] is not None]
+    return results
 
 
 def process_frames(
@@ -71,7 +101,12 @@ def process_frames(
     scheduler: str = "threads",
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
-) -> list:
+    start_block: int = 0,
+    initial_states: list | None = None,
+    skip_write: set | frozenset = frozenset(),
+    on_commit: Callable | None = None,
+    skip_errors: bool = False,
+) -> list[dict]:
     """Run ``chain`` over ``source`` block by block and write every block into ``target``.
 
     Parameters
@@ -81,46 +116,63 @@ def process_frames(
     target : writable array-like (T, H, W)
         Pre-created with chunks ``(chunk_frames, H, W)``.
     chain : object
-        ``head(raw) -> payload``, ``stateful`` (list of stages) and
-        ``tail(payload) -> block`` (see :class:`pipeline.stages.Chain`).
+        ``head(raw) -> (block, mask)``, ``stateful`` (list of stages) and
+        ``tail((block, mask)) -> block`` (see :class:`pipeline.stages.Chain`).
         A plain callable ``block -> block`` is accepted too.
     progress : callable, optional
         Called with the number of frames of each block once it is written.
+    start_block, initial_states : optional
+        Resume: begin at this block with these states of the stateful stages.
+    skip_write : set of int
+        Blocks already in ``target`` (their stateful stages still run, to carry the state).
+    on_commit : callable, optional
+        ``on_commit(c, t0, t1, written, states)`` after block ``c`` is written: record progress.
+    skip_errors : bool
+        A block whose reading fails with a skippable error becomes NaN (recorded) instead of failing.
 
     Returns
     -------
-    list of (start_frame, measurements)
-        What ``chain.measure`` returned for each block (empty without measurements).
+    list of dict, one per processed block: ``t0``, ``n``, ``measured``, ``checksum``, ``info``.
     """
     if not hasattr(chain, "head"):
         chain = _Plain(chain)
     t = source.shape[0]
-    tok = dask.base.tokenize(id(chain), id(source), id(target), chunk_frames)
+    tok = dask.base.tokenize(id(chain), id(source), id(target), chunk_frames, start_block)
     dsk: dict = {}
-    writes = []
+    commits = []
     stages = list(chain.stateful)
-    for c, t0 in enumerate(range(0, t, chunk_frames)):
+    starts = list(range(0, t, chunk_frames))
+    for c in range(start_block, len(starts)):
+        t0 = starts[c]
         t1 = min(t0 + chunk_frames, t)
         prev = (f"head-{tok}", c)
-        dsk[prev] = (_head, source, chain, t0, t1)
+        dsk[prev] = (_head, source, chain, t0, t1, skip_errors)
+        state_keys = []
         for i, stage in enumerate(stages):
             key = (f"sf{i}-{tok}", c)
-            state_prev = (f"state{i}-{tok}", c - 1) if c > 0 else None
+            if c > start_block:
+                state_prev = (f"state{i}-{tok}", c - 1)
+            else:
+                state_prev = initial_states[i] if initial_states is not None else None
             dsk[key] = (_stateful, stage, prev, state_prev)
             dsk[(f"state{i}-{tok}", c)] = (operator.getitem, key, 1)
             dsk[(f"payload{i}-{tok}", c)] = (operator.getitem, key, 0)
             prev = (f"payload{i}-{tok}", c)
+            state_keys.append((f"state{i}-{tok}", c))
         wkey = (f"write-{tok}", c)
-        dsk[wkey] = (_write, chain, target, prev, t0, t1, progress)
-        writes.append(wkey)
-    dsk[f"total-{tok}"] = (_collect, writes)
+        dsk[wkey] = (_write, chain, target, prev, t0, t1, progress, c in skip_write)
+        ckey = (f"commit-{tok}", c)
+        dsk[ckey] = (_commit, on_commit, c, t0, t1, wkey, *state_keys)
+        commits.append(ckey)
+    dsk[f"total-{tok}"] = (_collect, commits)
     kw = {}
     if num_workers and scheduler != "synchronous":
         kw["num_workers"] = num_workers
-    total, measured = _getter(scheduler)(dsk, f"total-{tok}", **kw)
-    if total != t:  # pragma: no cover - a scheduler contract violation
-        raise RuntimeError(f"only {total} of {t} frames were written")
-    return sorted(measured, key=lambda r: r[0])
+    results = _getter(scheduler)(dsk, f"total-{tok}", **kw)
+    expected = t - (starts[start_block] if start_block < len(starts) else t)
+    if sum(r["n"] for r in results) != expected:  # pragma: no cover - a scheduler contract violation
+        raise RuntimeError("not every block was processed")
+    return sorted(results, key=lambda r: r["t0"])
 
 
 class _Plain:
@@ -133,10 +185,10 @@ class _Plain:
         self.fn = fn
 
     def head(self, raw):
-        return self.fn(raw)
+        return self.fn(raw), None
 
     def tail(self, payload):
-        return payload
+        return payload[0]
 
 
 def frame_statistics(source, *, statistic: str = "mean", with_std: bool = False, block_frames: int = 8,

@@ -78,11 +78,17 @@ class AfterglowStage:
 
     def initial_state(self, block):
         if self.mode == "steady":
-            return steady_state(block[0], self.amplitudes, self.ratios)
+            return steady_state(np.nan_to_num(block[0]), self.amplitudes, self.ratios)
         return np.zeros((len(self.ratios),) + tuple(block.shape[1:]), dtype=np.float32)
 
     def __call__(self, block, state):
-        return remove_lag(block, self.amplitudes, self.ratios, state, out=block)
+        bad = ~np.isfinite(block)
+        if bad.any():  # a NaN input pixel: treated as no signal in the recursion, NaN in the output
+            block[bad] = 0
+        out, state = remove_lag(block, self.amplitudes, self.ratios, state, out=block)
+        if bad.any():
+            out[bad] = np.nan
+        return out, state
 
 
 class TemporalDenoiseStage:
@@ -180,7 +186,7 @@ class Chain:
         return self.flatfield.head(raw)
 
     def tail(self, payload):
-        block, mask = payload
+        block, mask = payload[0], payload[1]
         for stage in self.post:
             block = stage(block)
         if self.flatfield is not None:

@@ -35,30 +35,103 @@ def _codecs(codec: str, level: int):
     return None
 
 
-class FrameReader:
-    """Array-like view of a Zarr array for Dask; read errors name the frame range."""
+class ChunkError(DataError):
+    """A stored chunk of the input is corrupt or missing (``on_error: skip`` may pass over it)."""
 
-    def __init__(self, array, label: str):
+    skippable = True
+
+
+class FrameReader:
+    """Array-like view of a Zarr array for Dask; read errors and missing chunks name the frame range."""
+
+    def __init__(self, array, label: str, root: Path | None = None):
         self._a = array
         self.shape = tuple(array.shape)
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
         self.label = label
+        self._dir = (Path(root) / array.path) if root is not None else None
+
+    def _where(self, key):
+        t = key[0] if isinstance(key, tuple) else key
+        if isinstance(t, slice):
+            start, stop, _ = t.indices(self.shape[0])
+            return f"frames {start}-{stop - 1}", start, stop
+        return f"frame {t}", int(t), int(t) + 1
+
+    def _missing(self, start, stop):
+        """Chunk files that should hold frames start..stop-1 but do not exist (a missing chunk reads as fill)."""
+        if self._dir is None or not self._dir.is_dir() or self._a.metadata.zarr_format != 3:
+            return []
+        meta = self._a.metadata
+        enc = meta.chunk_key_encoding
+        ct = self._a.chunks
+        grid = [range(int(np.ceil(s / c))) for s, c in zip(self.shape[1:], ct[1:])]
+        out = []
+        for i in range(start // ct[0], (stop - 1) // ct[0] + 1):
+            for rest in np.ndindex(*[len(g) for g in grid]):
+                key = enc.encode_chunk_key((i, *rest))
+                if not (self._dir / key).exists():
+                    out.append(key)
+        return out
 
     def __getitem__(self, key):
+        where, start, stop = self._where(key)
+        if not isinstance(key, tuple) and isinstance(key, slice) and (key.step in (None, 1)):
+            data, bad = self.read_block(start, stop, skip=False)
+            return data
         try:
             return np.asarray(self._a[key])
         except Exception as exc:
-            t = key[0] if isinstance(key, tuple) else key
-            if isinstance(t, slice):
-                start, stop, _ = t.indices(self.shape[0])
-                where = f"frames {start}-{stop - 1}"
-            else:
-                where = f"frame {t}"
-            raise DataError(
-                f"cannot read {where} of {self.label} ({type(exc).__name__}: {exc}); "
-                "the chunk is corrupt or unreadable: restore it from a copy or re-ingest the recording"
-            ) from None
+            raise ChunkError(f"cannot read {where} of {self.label} ({type(exc).__name__}); the chunk is corrupt: "
+                             "restore it, re-ingest the recording, or set execution.on_error: skip") from None
+
+    def _bad_chunks(self, start, stop):
+        """Frame ranges [a, b) of the input chunks in start..stop-1 that are missing or do not decode."""
+        ct = self._a.chunks[0]
+        missing = {int(k.split("/")[1]) for k in self._missing(start, stop)} if self._dir is not None else set()
+        bad = []
+        for i in range(start // ct, (stop - 1) // ct + 1):
+            a, b = max(i * ct, start), min((i + 1) * ct, stop)
+            if i in missing:
+                bad.append((a, b, "chunk file missing"))
+                continue
+            try:
+                self._a[a:b]
+            except Exception as exc:
+                bad.append((a, b, f"chunk does not decode ({type(exc).__name__})"))
+        return bad
+
+    def read_block(self, start: int, stop: int, *, skip: bool):
+        """Frames start..stop-1 and the list of unreadable ranges ``[(a, b, why), ...]``.
+
+        A corrupt or missing chunk raises :class:`ChunkError` naming its frames, or with ``skip``
+        its frames come back as NaN (float32) and are listed.
+        """
+        try:
+            data = np.asarray(self._a[start:stop])
+            failed = False
+        except Exception:
+            failed = True
+        bad = self._bad_chunks(start, stop) if (failed or self._dir is not None and self._missing(start, stop)) else []
+        if failed and not bad:  # the block failed but every chunk alone reads: a transient error
+            data = np.asarray(self._a[start:stop])
+        if not bad:
+            return data, []
+        if not skip:
+            a, b, why = bad[0]
+            raise ChunkError(f"frames {a}-{b - 1} of {self.label}: {why}; restore the chunk from a copy, re-ingest "
+                             "the recording, or set execution.on_error: skip to fill them with NaN and go on")
+        out = np.full((stop - start,) + self.shape[1:], np.nan, dtype=np.float32)
+        good = np.ones(stop - start, dtype=bool)
+        for a, b, _ in bad:
+            good[a - start : b - start] = False
+        ct = self._a.chunks[0]
+        for i in range(start // ct, (stop - 1) // ct + 1):
+            a, b = max(i * ct, start), min((i + 1) * ct, stop)
+            if good[a - start]:
+                out[a - start : b - start] = self._a[a:b]
+        return out, [(a, b - 1, why) for a, b, why in bad]
 
 
 @dataclass
@@ -76,7 +149,7 @@ class InputDataset:
         return tuple(self.frames.shape)
 
     def reader(self) -> FrameReader:
-        return FrameReader(self.frames, f"{self.path}/frames")
+        return FrameReader(self.frames, f"{self.path}/frames", root=self.path)
 
     @property
     def has_truth(self) -> bool:
@@ -153,15 +226,20 @@ def check_output_path(output: str | Path, *, overwrite: bool, inputs=()) -> Path
 class OutputWriter:
     """A new Zarr v3 group written at ``PATH.partial`` and moved to ``PATH`` on :meth:`commit`."""
 
-    def __init__(self, path: str | Path, *, overwrite: bool = False, inputs=()):
+    def __init__(self, path: str | Path, *, overwrite: bool = False, inputs=(), resume: bool = False):
         self.final = check_output_path(path, overwrite=overwrite, inputs=inputs)
         self.partial = self.final.with_name(self.final.name + ".partial")
+        if resume and self.partial.is_dir():
+            self.group = zarr.open_group(str(self.partial), mode="r+")
+            return
         if self.partial.exists():
             shutil.rmtree(self.partial)
         self.group = zarr.open_group(str(self.partial), mode="w-", zarr_format=3)
 
     def create(self, name: str, shape, dtype, *, chunks=None, codec: str = "zstd", level: int = 1, fill_value=0):
-        """Create an array in the output group (chunks default to the whole array)."""
+        """Create an array in the output group (chunks default to the whole array); replaces one of that name."""
+        if name in self.group:
+            del self.group[name]
         return self.group.create_array(
             name, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks or shape),
             compressors=_codecs(codec, level), fill_value=fill_value,

@@ -1,0 +1,124 @@
+"""Run progress on disk, so a killed run can resume: one marker per finished block, lag states, fingerprint.
+
+Layout (a folder ``OUT.progress`` beside ``OUT.partial``, removed when the run completes)::
+
+    run.json              fingerprint of the run (config, input identity, calibration checksum, chunking)
+    block_000012.json     written only after block 12 is in the output: frame range, checksum, measurements
+    state_000012.npz      states of the stateful stages after block 12 (kept for the last finished prefix)
+
+Every file is written to a temporary name and renamed, so a marker is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+
+def checksum(block) -> str:
+    """Checksum of a block's bytes (as stored)."""
+    a = np.ascontiguousarray(block)
+    return hashlib.blake2b(a.view(np.uint8), digest_size=16).hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Checkpoint:
+    """Markers of finished blocks and the stateful stages' states."""
+
+    def __init__(self, folder: str | Path):
+        self.dir = Path(folder)
+
+    # --- set-up
+    def start(self, fingerprint: dict):
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        _atomic_write(self.dir / "run.json", json.dumps(fingerprint, sort_keys=True).encode())
+
+    def matches(self, fingerprint: dict) -> bool:
+        f = self.dir / "run.json"
+        if not f.is_file():
+            return False
+        try:
+            return json.loads(f.read_text()) == json.loads(json.dumps(fingerprint, sort_keys=True))
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    # --- per block
+    def commit(self, c: int, t0: int, t1: int, digest: str, states, extra: dict | None):
+        """Record block ``c`` as finished (after its data is written), with the states after it."""
+        if states is not None and any(s is not None for s in states):
+            buf = {f"s{i}": np.asarray(s) for i, s in enumerate(states) if s is not None}
+            buf["present"] = np.array([s is not None for s in states])
+            tmp = self.dir / f".state_{c:06d}.{os.getpid()}.tmp.npz"
+            np.savez(tmp, **buf)
+            os.replace(tmp, self.dir / f"state_{c:06d}.npz")
+        doc = {"block": c, "t0": t0, "t1": t1, "checksum": digest, "extra": extra or {}}
+        _atomic_write(self.dir / f"block_{c:06d}.json", json.dumps(doc, default=_jsonable).encode())
+        self._prune()
+
+    def markers(self) -> dict[int, dict]:
+        out = {}
+        for f in self.dir.glob("block_*.json"):
+            try:
+                d = json.loads(f.read_text())
+                out[int(d["block"])] = d
+            except (OSError, ValueError, KeyError):
+                continue
+        return out
+
+    def states_after(self, c: int, n: int):
+        """States of the ``n`` stateful stages after block ``c`` (None if not saved)."""
+        f = self.dir / f"state_{c:06d}.npz"
+        if not f.is_file():
+            return None
+        with np.load(f) as z:
+            present = z["present"]
+            return [z[f"s{i}"] if present[i] else None for i in range(n)]
+
+    def _prune(self):
+        """Keep only the state of the last block of the finished prefix (what a resume needs)."""
+        done = sorted(int(f.stem.split("_")[1]) for f in self.dir.glob("block_*.json"))
+        prefix = -1
+        for b in done:
+            if b != prefix + 1:
+                break
+            prefix = b
+        for f in self.dir.glob("state_*.npz"):
+            k = int(f.stem.split("_")[1])
+            if k < prefix:
+                try:
+                    f.unlink()
+                except FileNotFoundError:
+                    pass
+
+    def remove(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _jsonable(o):
+    if isinstance(o, np.ndarray):
+        if o.dtype.kind == "f":
+            obj = o.astype(object)
+            obj[~np.isfinite(o)] = None
+            return obj.tolist()
+        return o.tolist()
+    if isinstance(o, (np.floating, float)):
+        v = float(o)
+        return v if np.isfinite(v) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
