@@ -11,11 +11,17 @@ functions load their machinery on first use::
 from __future__ import annotations
 
 from ._version import __version__
+from .errors import PipelineError
 
-_API = {"run", "simulate", "calibrate", "save_calibration", "load_calibration", "info", "RunResult"}
+_API = {"run", "simulate", "calibrate", "save_calibration", "load_calibration", "info", "RunResult", "ingest",
+        "export", "fit_afterglow", "measure_mtf", "demo"}
 
 
 def __getattr__(name):
+    if name == "api":
+        import importlib
+
+        return importlib.import_module(".api", __name__)
     if name in _API:
         from . import api
 
@@ -27,4 +33,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
 
 
-__all__ = sorted(_API | {"RunConfig", "load_config", "__version__"})
+__all__ = sorted(_API | {"RunConfig", "load_config", "PipelineError", "__version__"})

@@ -203,6 +203,21 @@ def run(
     """
     from .io.checkpoint import Checkpoint, checksum
 
+    src = Path(input)
+    if src.exists() and not (src.is_dir() and (src / "zarr.json").is_file()):
+        # a TIFF/HDF5/raw/video/npy recording: ingest it on the fly next to the output, then run on that
+        staged = Path(str(Path(output).resolve()) + ".ingest.zarr")
+        if not (resume and staged.is_dir()):
+            ingest(src, staged, overwrite=True)
+        try:
+            return run(staged, output, config, overrides=overrides, calibration=calibration, overwrite=overwrite,
+                       resume=resume, progress=progress)
+        finally:
+            if Path(output).exists() and not Path(str(output) + ".progress").exists():
+                import shutil
+
+                shutil.rmtree(staged, ignore_errors=True)
+
     cfg = load_config(config, overrides=overrides)
     device = resolve_device(cfg.execution.device)
     ds = zarr_store.open_input(input)
@@ -671,6 +686,117 @@ def simulate(
         writer.abort()
         raise
     return writer.commit()
+
+
+def ingest(
+    source: str | Path,
+    output: str | Path,
+    *,
+    darks: str | Path | None = None,
+    flats: str | Path | None = None,
+    pixel_pitch_mm: float | None = None,
+    frame_rate_hz: float | None = None,
+    dataset: str | None = None,
+    raw_dtype: str | None = None,
+    raw_shape: tuple | None = None,
+    header: int = 0,
+    chunk_frames: int = 16,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Convert a recording (TIFF file or folder, HDF5/NeXus, raw, video, npy) into the Zarr data contract.
+
+    Frames are streamed ``chunk_frames`` at a time; the source is only read. Returns a summary.
+    """
+    from .io.ingest import open_sources, storage_dtype
+
+    kw = dict(dataset=dataset, raw_dtype=raw_dtype, raw_shape=raw_shape, header=header)
+    srcs = open_sources(source, **kw)
+    if srcs["frames"] is None:
+        raise DataError(f"'{source}' holds no projection frames (image_key 0)")
+    for name, extra in (("darks", darks), ("flats", flats)):
+        if extra is not None:
+            srcs[name] = open_sources(extra, **kw)["frames"]
+    fr = srcs["frames"]
+    t, h, w = fr.shape
+    for name in ("darks", "flats"):
+        s_ = srcs[name]
+        if s_ is not None and tuple(s_.shape[1:]) != (h, w):
+            raise DataError(f"{name} '{s_.label}' are {tuple(s_.shape[1:])} frames but the recording is {(h, w)}; "
+                            "they must match")
+    writer = zarr_store.OutputWriter(output, overwrite=overwrite,
+                                     inputs=[p for p in (source, darks, flats) if p is not None])
+    summary = {"source": str(source), "frames": [t, h, w], "nonfinite_pixels": 0}
+    try:
+        for name in ("frames", "darks", "flats"):
+            s_ = srcs[name]
+            if s_ is None:
+                continue
+            dt = storage_dtype(s_.dtype)
+            n = s_.shape[0]
+            arr = writer.create(name, s_.shape, dt, chunks=(min(chunk_frames, n), h, w))
+            for t0 in range(0, n, chunk_frames):
+                t1 = min(t0 + chunk_frames, n)
+                block = np.asarray(s_.read(t0, t1))
+                if block.shape[1:] != (h, w):
+                    raise DataError(f"{s_.label}: frame {t0} is {block.shape[1:]}, expected {(h, w)}")
+                if dt.kind == "f":
+                    summary["nonfinite_pixels"] += int(block.size - np.count_nonzero(np.isfinite(block)))
+                arr[t0:t1] = block.astype(dt, copy=False)
+                if progress is not None and name == "frames":
+                    progress(t1 - t0)
+            summary[name] = [int(v) for v in s_.shape]
+            summary[f"{name}_dtype"] = str(dt)
+        attrs = {"source": str(Path(source).resolve()), "ingested": _now(), "version": __version__}
+        if pixel_pitch_mm is not None:
+            attrs["pixel_pitch_mm"] = float(pixel_pitch_mm)
+        if frame_rate_hz is not None:
+            attrs["frame_rate_hz"] = float(frame_rate_hz)
+        attrs["nonfinite_pixels"] = summary["nonfinite_pixels"]
+        writer.set_attrs({**srcs["frames"].attrs, **attrs})
+    except BaseException:
+        writer.abort()
+        raise
+    summary["output"] = writer.commit()
+    return summary
+
+
+def export(
+    dataset: str | Path,
+    dest: str | Path,
+    *,
+    array: str = "frames",
+    window: tuple[float, float] | None = None,
+    fps: float = 20.0,
+    side_by_side: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Export a dataset's frames: ``.tif`` stack (values exact) or ``.mp4``/``.gif`` preview (8-bit, windowed).
+
+    ``window``: intensity range mapped to black..white (default: the 0.5-99.5 % percentiles of a sample).
+    ``side_by_side``: the preview shows the run's raw input next to the processed frames.
+    """
+    from .io.export import write_preview, write_tiff_stack
+
+    d = Path(dest)
+    if d.exists() and not overwrite:
+        raise zarr_store.OutputExistsError(f"'{d}' already exists; pass --overwrite to replace it or choose another path")
+    g = zarr_store.open_group_readonly(dataset)
+    if array not in g:
+        raise DataError(f"'{dataset}' has no array '{array}'")
+    frames = g[array]
+    suf = d.suffix.lower()
+    if suf in (".tif", ".tiff"):
+        return write_tiff_stack(frames, d)
+    if suf not in (".mp4", ".gif"):
+        raise DataError(f"'{d}': export writes .tif/.tiff (exact) or .mp4/.gif (preview)")
+    left = None
+    if side_by_side:
+        src = (dict(g.attrs).get("provenance") or {}).get("input")
+        if not src or not Path(src).exists():
+            raise DataError(f"'{dataset}' does not name an existing input in its provenance; drop --side-by-side")
+        left = zarr_store.open_group_readonly(src)["frames"]
+    return write_preview(frames, d, window=window, fps=fps, left=left)
 
 
 def info(path: str | Path) -> dict:

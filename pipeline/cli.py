@@ -292,6 +292,59 @@ def mtf(path, pixel_pitch, roi, window, f_max, json_out, plot):
             click.echo(f"  {m}")
 
 
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--darks", type=click.Path(path_type=Path), default=None, help="beam-off frames (any supported format)")
+@click.option("--flats", type=click.Path(path_type=Path), default=None, help="open-beam frames (any supported format)")
+@click.option("--pixel-pitch", type=click.FloatRange(min=0, min_open=True), default=None, help="mm at the scintillator")
+@click.option("--frame-rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Hz")
+@click.option("--dataset", default=None, help="HDF5 dataset path (default: NXtomo's or the largest 3D one)")
+@click.option("--raw-dtype", default=None, help="raw files: numpy dtype, e.g. <u2")
+@click.option("--raw-shape", default=None, metavar="T,H,W|H,W", help="raw files: frame shape")
+@click.option("--header", type=click.IntRange(min=0), default=0, help="raw files: header bytes")
+@click.option("--chunk-frames", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+def ingest(source, output, darks, flats, pixel_pitch, frame_rate, dataset, raw_dtype, raw_shape, header, chunk_frames,
+           overwrite, quiet):
+    """Convert SOURCE (TIFF file or folder, HDF5/NeXus, raw, mp4/avi, npy) into a Zarr dataset OUTPUT."""
+    from .api import ingest as _ingest
+
+    shape = None
+    if raw_shape:
+        try:
+            shape = tuple(int(v) for v in raw_shape.replace("x", ",").split(","))
+        except ValueError:
+            raise click.BadParameter("expected T,H,W or H,W", param_hint="--raw-shape") from None
+    bar, update = _bar(0, "ingest", quiet)
+    d = _ingest(source, output, darks=darks, flats=flats, pixel_pitch_mm=pixel_pitch, frame_rate_hz=frame_rate,
+                dataset=dataset, raw_dtype=raw_dtype, raw_shape=shape, header=header, chunk_frames=chunk_frames,
+                overwrite=overwrite, progress=update)
+    bar.close()
+    parts = [f"frames {' x '.join(map(str, d['frames']))} {d['frames_dtype']}"]
+    parts += [f"{n} {' x '.join(map(str, d[n]))}" for n in ("darks", "flats") if n in d]
+    click.echo(f"ingested {', '.join(parts)} -> {d['output']}")
+    if d["nonfinite_pixels"]:
+        click.echo(f"{d['nonfinite_pixels']} NaN/Inf pixels in the source (kept as they are)", err=True)
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--array", default="frames", show_default=True, help="which array of the group")
+@click.option("--window", type=(float, float), default=None, metavar="LO HI", help="preview intensity window")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True)
+@click.option("--side-by-side", is_flag=True, help="preview: raw input | processed")
+@click.option("--overwrite", is_flag=True)
+def export(dataset, dest, array, window, fps, side_by_side, overwrite):
+    """Export DATASET to DEST: a .tif stack (exact values) or an .mp4/.gif preview."""
+    from .api import export as _export
+
+    path = _export(dataset, dest, array=array, window=window, fps=fps, side_by_side=side_by_side, overwrite=overwrite)
+    click.echo(f"exported {dataset}/{array} -> {path}")
+
+
 @cli.command("config")
 @_config_options
 def config_cmd(config_file, overrides):

@@ -148,6 +148,11 @@ class RunConfig(_Section):
     output: OutputConfig = OutputConfig()
 
 
+def _show(text) -> str:
+    """Text safe for a one-line message (newlines and control characters escaped)."""
+    return str(text).encode("unicode_escape").decode("ascii")
+
+
 def _one_line(exc: ValidationError, model: type[BaseModel]) -> str:
     """One line per bad key: union branches are folded into one message."""
     by_key: dict[str, list[str]] = {}
@@ -161,15 +166,15 @@ def _one_line(exc: ValidationError, model: type[BaseModel]) -> str:
                 break
             parts.append(str(p))
             m = fields[p].annotation
-        key = ".".join(parts)
+        key = _show(".".join(parts))
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, err["loc"][:-1])
             hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
             by_key.setdefault(key, []).append(f"is unknown{hint}")
             continue
         got = err.get("input")
-        got_s = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-        msg = err["msg"][0].lower() + err["msg"][1:]
+        got_s = f" (got {_show(repr(got))[:60]})" if not isinstance(got, (dict, list)) else ""
+        msg = _show(err["msg"][0].lower() + err["msg"][1:])
         by_key.setdefault(key, []).append(f"{msg}{got_s}")
     out = []
     for key, msgs in by_key.items():
@@ -203,11 +208,11 @@ def _deep_merge(base: dict, extra: Mapping) -> dict:
 def parse_override(item: str) -> dict:
     """Turn ``'a.b.c=value'`` into ``{'a': {'b': {'c': value}}}`` (value parsed as YAML)."""
     if "=" not in item:
-        raise ConfigError(f"override '{item}' must look like section.key=value")
+        raise ConfigError(f"override '{_show(item)}' must look like section.key=value")
     key, raw = item.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise ConfigError(f"override '{item}' has an empty key")
+        raise ConfigError(f"override '{_show(item)}' has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

@@ -192,6 +192,8 @@ def open_input(path: str | Path) -> InputDataset:
     frames = g["frames"]
     if frames.ndim != 3:
         raise DataError(f"input '{p}/frames' has shape {tuple(frames.shape)}; expected (T, H, W)")
+    if min(frames.shape[1:]) < 1:
+        raise DataError(f"input '{p}/frames' has empty frames {tuple(frames.shape[1:])}; nothing to process")
     if np.dtype(frames.dtype) not in [np.dtype(d) for d in FRAME_DTYPES]:
         raise DataError(f"input '{p}/frames' has dtype {frames.dtype}; expected uint16 or float32")
     out = {}
@@ -296,6 +298,11 @@ def read_array(path: str | Path, name: str) -> np.ndarray:
     if name not in g:
         raise DataError(f"'{path}' has no array '{name}'")
     return np.asarray(g[name][...])
+
+
+def open_group_readonly(path: str | Path):
+    """Any Zarr group, read-only (for export and tools)."""
+    return _open_group(Path(path), "dataset")
 
 
 def read_frame(path: str | Path, name: str, index: int) -> np.ndarray:
