@@ -77,23 +77,28 @@ def steady_state(frame, amplitudes, ratios):
     return xp.stack([a[n] * np.float32(r[n] / (1 - r[n])) * x for n in range(r.size)]).astype(xp.float32)
 
 
+def _setup(frames, amplitudes, ratios, state, out):
+    """Common set-up of :func:`add_lag` and :func:`remove_lag`: per-term float32 parameters, state, output."""
+    xp = get_xp(frames)
+    r = [np.float32(v) for v in np.asarray(ratios, dtype=np.float64)]
+    a = _per_term(amplitudes, len(r), frames, xp)
+    if state is None:
+        state = xp.zeros((len(r),) + tuple(frames.shape[1:]), dtype=xp.float32)
+    if out is None:
+        out = xp.array(frames, dtype=xp.float32, copy=True)
+    elif out is not frames:
+        out[...] = frames
+    return xp, a, r, state, out, xp.empty(frames.shape[1:], dtype=xp.float32)
+
+
 def add_lag(frames, amplitudes, ratios, state=None, *, out=None):
     """Forward model: add afterglow to true frames (T, H, W). Returns ``(lagged, state)``.
 
     ``state`` (N, H, W) is the lag before the first frame (zeros if ``None``) and
     is returned as the lag after the last one, so blocks chain exactly.
     """
-    xp = get_xp(frames)
-    r = [np.float32(v) for v in np.asarray(ratios, dtype=np.float64)]
+    xp, a, r, state, out, tmp = _setup(frames, amplitudes, ratios, state, out)
     n = len(r)
-    a = _per_term(amplitudes, n, frames, xp)
-    if state is None:
-        state = xp.zeros((n,) + tuple(frames.shape[1:]), dtype=xp.float32)
-    if out is None:
-        out = xp.array(frames, dtype=xp.float32, copy=True)
-    elif out is not frames:
-        out[...] = frames
-    tmp = xp.empty(frames.shape[1:], dtype=xp.float32)
     xk = xp.empty(frames.shape[1:], dtype=xp.float32)
     for k in range(frames.shape[0]):
         xk[...] = out[k]  # the prompt frame (out may alias frames)
@@ -135,17 +140,8 @@ def remove_lag(frames, amplitudes, ratios, state=None, *, out=None):
     float32 throughout, so chunked and whole-video results agree to rounding
     (bit for bit, since the operation order is the same).
     """
-    xp = get_xp(frames)
-    r = [np.float32(v) for v in np.asarray(ratios, dtype=np.float64)]
+    xp, a, r, state, out, tmp = _setup(frames, amplitudes, ratios, state, out)
     n = len(r)
-    a = _per_term(amplitudes, n, frames, xp)
-    if state is None:
-        state = xp.zeros((n,) + tuple(frames.shape[1:]), dtype=xp.float32)
-    if out is None:
-        out = xp.array(frames, dtype=xp.float32, copy=True)
-    elif out is not frames:
-        out[...] = frames
-    tmp = xp.empty(frames.shape[1:], dtype=xp.float32)
     for k in range(out.shape[0]):
         xk = out[k]
         for i in range(n):
