@@ -50,10 +50,8 @@ class FlatFieldStage:
         out = correct_frames(raw, self.cal, output=linear, replace=self.cfg.bad_pixels.replace, table=self.table,
                              saturation_level=None)
         mask = None
-        if self.saturation is not None:
+        if self.saturation is not None and raw.size and bool(raw.max() >= self.saturation):
             mask = raw >= self.saturation
-            if not mask.any():
-                mask = None
         return out, mask
 
     def tail(self, block, mask):

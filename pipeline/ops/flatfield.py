@@ -35,6 +35,8 @@ OVER = 8
 UNDER = 16
 BAD_PIXEL_CLASSES = {"dead": DEAD, "hot": HOT, "noisy": NOISY, "over": OVER, "under": UNDER}
 
+_TILE_PIXELS = 1 << 20  # pixels per pass of the NumPy flat-field (one 1024 x 1024 frame: stays in L3)
+
 # Robust sigma from the median absolute deviation of a normal distribution.
 _MAD_TO_SIGMA = 1.4826
 
@@ -276,7 +278,7 @@ def replace_bad_pixels(frames, targets, neighbours, *, out=None):
 
 
 def flat_field(frames, dark, gain, *, scale: float = 1.0, out=None):
-    """Dark-subtract and gain-normalise frames: ``(frames - dark) / (gain * scale)``.
+    """Dark-subtract and gain-normalise frames: ``(frames - dark) * (1 / (gain * scale))``.
 
     Parameters
     ----------
@@ -295,11 +297,23 @@ def flat_field(frames, dark, gain, *, scale: float = 1.0, out=None):
     array float32
     """
     xp = get_xp(frames)
-    denom = gain if scale == 1.0 else gain * np.float32(scale)
+    # one division per pixel of the map, not per pixel of every frame (within 1 ulp of dividing)
+    inv = (np.float32(1) / (gain if scale == 1.0 else gain * np.float32(scale))).astype(xp.float32)
     if out is None:
         out = xp.empty(frames.shape, dtype=xp.float32)
-    xp.subtract(frames, dark, out=out, dtype=xp.float32)
-    xp.divide(out, denom, out=out)
+    if xp is not np or frames.ndim != 3:
+        xp.subtract(frames, dark, out=out, dtype=xp.float32)
+        xp.multiply(out, inv, out=out)
+        return out
+    # NumPy: cast, subtract and scale tile by tile so each tile stays in cache between the three passes
+    # (a mixed-dtype subtract and a float division per pixel are slow: this is 2x faster at 1024 x 1024)
+    rows = max(1, _TILE_PIXELS // max(1, frames.shape[2]))
+    for k in range(frames.shape[0]):
+        for r0 in range(0, frames.shape[1], rows):
+            o = out[k, r0 : r0 + rows]
+            o[...] = frames[k, r0 : r0 + rows]
+            o -= dark[r0 : r0 + rows]
+            o *= inv[r0 : r0 + rows]
     return out
 
 
@@ -360,7 +374,7 @@ def correct_frames(
         if table is None:
             table = neighbour_table(calibration.bad_pixels)
         replace_bad_pixels(out, *table, out=out)
-    if mark_saturated and saturation_level is not None:
+    if mark_saturated and saturation_level is not None and bool(frames.max() >= saturation_level):
         sat = frames >= saturation_level
         out[sat] = xp.nan
     if output == "attenuation":
