@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/xray-pipeline demo demo-output
+	$(VENV)/bin/xray-pipeline demo demo-output --overwrite
 
 test: $(STAMP) cuda-check
 	$(PY) -m pytest -q
