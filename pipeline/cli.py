@@ -70,14 +70,23 @@ def cli():
               help="cut the beam off from this frame on (a falling step for 'afterglow fit')")
 @click.option("--ramp-frames", type=click.IntRange(min=0), default=0, show_default=True,
               help="frames of linear beam ramp-down before --beam-off-frame")
+@click.option("--characterisation", is_flag=True,
+              help="write a detector characterisation dataset (flat series, edge, beam-off step) instead of a video")
 @click.option("--afterglow", "afterglow_terms", default=None, metavar="A:TAU_S[,A:TAU_S...]",
               help="afterglow terms instead of the preset's, e.g. 0.01:0.015,0.003:0.12")
 @click.option("--overwrite", is_flag=True, help="replace OUTPUT if it exists")
 @click.option("--quiet", "-q", is_flag=True)
 def simulate(output, preset, frames, size, seed, dose, pixel_pitch, frame_rate, no_truth_frames, scene,
-             beam_off_frame, ramp_frames, afterglow_terms, overwrite, quiet):
+             beam_off_frame, ramp_frames, characterisation, afterglow_terms, overwrite, quiet):
     """Write a simulated scintillator-detector video with ground truth to OUTPUT (Zarr v3)."""
     from .api import simulate as _simulate
+
+    if characterisation:
+        from .api import simulate_characterisation
+
+        path = simulate_characterisation(output, preset=preset, size=tuple(size), seed=seed, overwrite=overwrite)
+        click.echo(f"simulated a characterisation dataset ({preset}, {size[0]} x {size[1]}) -> {path}")
+        return
 
     extra = {}
     if afterglow_terms:
@@ -343,6 +352,24 @@ def export(dataset, dest, array, window, fps, side_by_side, overwrite):
 
     path = _export(dataset, dest, array=array, window=window, fps=fps, side_by_side=side_by_side, overwrite=overwrite)
     click.echo(f"exported {dataset}/{array} -> {path}")
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("outdir", type=click.Path(path_type=Path))
+@click.option("--compare", type=click.Path(path_type=Path), default=None, help="another report.json to overlay")
+@click.option("--q", "q_value", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="photons per uGy per mm^2 of a lab beam (default: from the beam quality)")
+@click.option("--overwrite", is_flag=True)
+def characterise(dataset, outdir, compare, q_value, overwrite):
+    """Characterise a detector: linearity, gain, bad pixels, MTF, NNPS, DQE, afterglow -> report.json/.html."""
+    from .api import characterise as _characterise
+
+    rep = _characterise(dataset, outdir, compare=compare, q_per_ugy_mm2=q_value, overwrite=overwrite)
+    width = max(len(k) for k in rep["summary"])
+    for k, v in rep["summary"].items():
+        click.echo(f"{k.ljust(width)} : {v:.4g}" if isinstance(v, float) else f"{k.ljust(width)} : {v}")
+    click.echo(f"report -> {Path(outdir) / 'report.html'}")
 
 
 @cli.command("config")

@@ -155,3 +155,121 @@ def resolution_over_time(mtf50, mtf20, unit: str, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def _png_data_uri(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _plt().close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def characterisation_html(rep: dict, gain, bad, nps2d, *, other: dict | None = None) -> str:
+    """A self-contained HTML report (plots embedded as PNG data URIs, no network) of :func:`pipeline.api.characterise`."""
+    import html as _h
+
+    plt = _plt()
+    figs = {}
+    lab = [Path(rep["dataset"]).name] + ([Path(other["dataset"]).name + " (compare)"] if other else [])
+    reps = [rep] + ([other] if other else [])
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for r, name in zip(reps, lab):
+        lin = r["linearity"]
+        k, s = np.asarray(lin["kerma_uGy"]), np.asarray(lin["signal"])
+        ax[0].loglog(k, s, "o", label=f"{name}: p = {lin['power_law']['exponent_p']:.3f}")
+        kk = np.geomspace(k.min(), k.max(), 50)
+        ax[0].loglog(kk, lin["power_law"]["c"] * kk ** lin["power_law"]["exponent_p"], "-", lw=1)
+        ax[1].plot(k, 100 * np.asarray(lin["linear"]["relative_residuals"]), "o-", label=f"{name} (linear fit)")
+    ax[0].set(xlabel="air kerma (uGy)", ylabel="mean signal (counts)", title="linearity")
+    ax[0].legend(fontsize=8)
+    ax[1].axhline(0, color="k", lw=0.8)
+    ax[1].set(xlabel="air kerma (uGy)", ylabel="residual (%)", title="residuals of the linear fit")
+    ax[1].legend(fontsize=8)
+    figs["linearity"] = _png_data_uri(fig)
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True)
+    lo, hi = np.percentile(gain, [0.5, 99.5])
+    im = ax[0].imshow(gain, cmap="viridis", vmin=lo, vmax=hi)
+    fig.colorbar(im, ax=ax[0], shrink=0.8)
+    ax[0].set_title("gain map")
+    ax[1].imshow(bad != 0, cmap="gray_r", interpolation="nearest")
+    ax[1].set_title(f"bad pixels ({int(np.count_nonzero(bad))})")
+    n2 = np.log10(np.maximum(nps2d, 1e-30))
+    ax[2].imshow(n2, cmap="magma")
+    ax[2].set_title("2D NPS (log10, centred)")
+    for a in ax:
+        a.set_axis_off()
+    figs["maps"] = _png_data_uri(fig)
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    for r, name in zip(reps, lab):
+        m = r["mtf"]
+        ax[0].plot(m["frequencies_lp_per_mm"], m["mtf"], label=f"{name}: MTF50 {m['mtf50_lp_per_mm']:.3g}, "
+                                                                  f"MTF20 {m['mtf20_lp_per_mm']:.3g} lp/mm")
+        ax[1].semilogy(r["nnps"]["frequencies_lp_per_mm"], r["nnps"]["nnps_mm2"], label=name)
+        ax[2].plot(r["dqe"]["frequencies_lp_per_mm"], r["dqe"]["dqe"], label=name)
+    for lv in (0.5, 0.2):
+        ax[0].axhline(lv, color="grey", ls=":", lw=0.8)
+    nyq = 0.5 / rep["pixel_pitch_mm"]
+    for a in ax:
+        a.axvline(nyq, color="grey", ls="--", lw=0.8)
+        a.legend(fontsize=8)
+    ax[0].set(xlabel="lp/mm", ylabel="MTF", title="MTF (slanted edge)", ylim=(0, 1.05), xlim=(0, 2 * nyq))
+    ax[1].set(xlabel="lp/mm", ylabel="NNPS (mm^2)", title="NNPS")
+    ax[2].set(xlabel="lp/mm", ylabel="DQE", title=f"DQE ({rep['beam_quality']}, K = {rep['reference_kerma_uGy']:g} uGy)",
+              ylim=(0, 1.05))
+    figs["mtf_nnps_dqe"] = _png_data_uri(fig)
+
+    if rep.get("afterglow"):
+        fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+        for r, name in zip(reps, lab):
+            a = r.get("afterglow")
+            if not a:
+                continue
+            d = np.asarray(a["decay_fraction"], dtype=float)
+            t = np.asarray(a["decay_t_ms"])
+            ax.semilogy(t[d > 0], d[d > 0], "o", ms=3, label=f"{name} data")
+            ax.semilogy(t, np.maximum(a["decay_model"], 1e-12), "-", label=f"{name} fit")
+        ax.set(xlabel="time after cut-off (ms)", ylabel="fraction of steady signal", title="afterglow")
+        ax.legend(fontsize=8)
+        figs["afterglow"] = _png_data_uri(fig)
+
+    rows = []
+    for key, val in rep["summary"].items():
+        other_cell = ""
+        if other:
+            other_cell = f"<td>{_h.escape(_fmt(other.get('summary', {}).get(key)))}</td>"
+        rows.append(f'<tr><th>{_h.escape(key)}</th><td class="value" data-key="{_h.escape(key)}">'
+                    f"{_h.escape(_fmt(val))}</td>{other_cell}</tr>")
+    head = "<tr><th>figure</th><th>" + _h.escape(lab[0]) + "</th>" + (f"<th>{_h.escape(lab[1])}</th>" if other else "") + "</tr>"
+    imgs = "\n".join(f'<figure><img alt="{k}" src="{v}"><figcaption>{k}</figcaption></figure>' for k, v in figs.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Detector characterisation: {_h.escape(lab[0])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1500px}} table{{border-collapse:collapse}}
+th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}} img{{max-width:100%}} figure{{margin:1em 0}}</style>
+</head><body>
+<h1>Detector characterisation</h1>
+<p>{_h.escape(rep['dataset'])} &mdash; xray-pipeline {_h.escape(rep['version'])}, {_h.escape(rep['created'])}</p>
+<h2>Summary</h2>
+<table id="summary">{head}{''.join(rows)}</table>
+{imgs}
+<script>
+window.addEventListener("load", function () {{
+  for (const img of document.images) {{ img.setAttribute("data-natural", img.naturalWidth + "x" + img.naturalHeight); }}
+  document.body.setAttribute("data-loaded", "yes");
+}});
+</script>
+</body></html>
+"""

@@ -255,7 +255,8 @@ class OutputWriter:
         return arr
 
     def set_attrs(self, attrs: dict, path: str = ""):
-        node = self.group if not path else self.group.require_group(path)
+        """Update the attributes of the group, or of a subgroup or array at ``path``."""
+        node = self.group if not path else (self.group[path] if path in self.group else self.group.require_group(path))
         node.attrs.update(_jsonable(attrs))
 
     def commit(self) -> Path:
