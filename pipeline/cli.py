@@ -149,7 +149,10 @@ def calibrate(input, output, config_file, overrides, overwrite):
               help="a corrupt or missing input chunk: fail, or fill with NaN, record and continue")
 @click.option("--quiet", "-q", is_flag=True)
 def run(input, output, config_file, overrides, calibration, chunk_frames, device, overwrite, resume, on_error, quiet):
-    """Correct the video INPUT (Zarr) and write OUTPUT (Zarr)."""
+    """Correct the video INPUT and write OUTPUT (Zarr).
+
+    INPUT is a Zarr dataset, or a TIFF/HDF5/raw/video/npy recording (ingested on the fly).
+    """
     from .api import run as _run
     from .config import load_config
     from .io.zarr_store import open_input
