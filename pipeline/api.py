@@ -88,6 +88,11 @@ def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig
                                       statistic=ff.dark_statistic, with_std=True, scheduler=sched)
     flat, _ = frame_statistics(zarr_store.FrameReader(ds.flats, f"{ds.path}/flats"),
                                statistic=ff.flat_statistic, scheduler=sched)
+    response = load_response(cfg, dark.shape)
+    if response is not None:
+        from .ops.characterise import linearize
+
+        flat = dark + linearize((flat - dark).astype(np.float32), response)
     lag_gain = 1.0
     if afterglow_model is not None:
         g = np.asarray(ag.dc_gain(afterglow_model.amplitudes, afterglow_model.ratios), dtype=np.float32)
@@ -131,6 +136,30 @@ def load_calibration(path: str | Path, frame_shape) -> Calibration:
     return Calibration(dark=arrays["dark"].astype(np.float32), gain=gain, flat_level=float(attrs["flat_level"]),
                        exposure_ratio=float(attrs.get("exposure_ratio", 1.0)), bad_pixels=arrays["bad_pixels"],
                        lag_dc_gain=float(attrs.get("lag_dc_gain_removed", 1.0)))
+
+
+def load_response(cfg: RunConfig, frame_shape):
+    """The per-pixel response (multi-point gain) the config names, checked against the frames (or None)."""
+    path = cfg.flatfield.response
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise CalibrationError(f"flatfield.response '{p}' does not exist; make it with 'xray-pipeline characterise'")
+    try:
+        coeffs = np.load(p, allow_pickle=False).astype(np.float32)
+    except Exception as exc:
+        raise CalibrationError(f"flatfield.response '{p}' is not a NumPy array file ({type(exc).__name__})") from None
+    if coeffs.ndim != 3 or coeffs.shape[0] != 4 or tuple(coeffs.shape[1:]) != tuple(frame_shape):
+        raise CalibrationError(f"flatfield.response '{p}' has shape {coeffs.shape}; expected (4, "
+                               f"{frame_shape[0]}, {frame_shape[1]}) for these frames (from 'characterise')")
+    ok = np.all(np.isfinite(coeffs), axis=0) & (coeffs[1] > 0)
+    if ok.mean() < 0.5:
+        raise CalibrationError(f"flatfield.response '{p}': most pixels have no positive linear response; refit it")
+    # dead or broken pixels (replaced later as bad pixels) get the typical response, so nothing divides by zero
+    for j in range(coeffs.shape[0]):
+        coeffs[j][~ok] = np.median(coeffs[j][ok])
+    return coeffs
 
 
 def _match_lag_gain(cal: Calibration, model, path) -> Calibration:
@@ -240,12 +269,14 @@ def run(
             cal_source = str(calibration)
         else:
             cal, cal_source = calibrate(ds, cfg, afterglow_model=model), f"{input} (darks, flats)"
-    chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model)
+    response = load_response(cfg, (h, w))
+    chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, response=response)
     chunk = choose_chunk_frames(cfg, (h, w), t)
     noise = _noise_model(cfg, chain, ds) if cfg.denoise.enabled else None
     mtf_roi = _mtf_roi(cfg, chain, ds) if cfg.mtf.enabled else None
     if noise is not None or mtf_roi is not None:
-        chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, mtf_roi=mtf_roi, noise=noise)
+        chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, mtf_roi=mtf_roi, noise=noise,
+                            response=response)
 
     cal_sum = None
     if cal is not None:
@@ -974,7 +1005,9 @@ def characterise(dataset: str | Path, outdir: str | Path, *, compare: str | Path
         stacks.append(st.mean(axis=0))
         means.append(float(st.mean(axis=0)[central].mean()))
     lin = ch.fit_linearity([k for k, _ in levels], means)
-    response = np.asarray(ch.fit_pixel_response([k for k, _ in levels], np.stack(stacks)))
+    response = np.asarray(ch.fit_pixel_response([k for k, _ in levels], np.stack(stacks),
+                                                reference_ugy=float(attrs.get("reference_kerma_uGy",
+                                                                              levels[len(levels) // 2][0]))))
     kref = float(attrs.get("reference_kerma_uGy", levels[len(levels) // 2][0]))
     iref = int(np.argmin([abs(k - kref) for k, _ in levels]))
     kref, ref_name = levels[iref]

@@ -57,6 +57,8 @@ class FlatFieldConfig(_Section):
         None, description="raw level at or above which a pixel is saturated; None: dtype maximum for integers"
     )
     saturated: Literal["nan", "keep"] = "nan"
+    response: str | None = Field(
+        None, description="pixel_response.npy from 'xray-pipeline characterise': linearise a non-linear screen")
     bad_pixels: BadPixelConfig = BadPixelConfig()
 
 

@@ -31,9 +31,10 @@ class FlatFieldStage:
 
     name = "flatfield"
 
-    def __init__(self, calibration: Calibration, cfg: FlatFieldConfig, input_dtype):
+    def __init__(self, calibration: Calibration, cfg: FlatFieldConfig, input_dtype, response=None):
         self.cal = calibration
         self.cfg = cfg
+        self.response = response
         dt = np.dtype(input_dtype)
         if cfg.saturation_level is not None:
             self.saturation = float(cfg.saturation_level)
@@ -48,7 +49,7 @@ class FlatFieldStage:
     def head(self, raw):
         linear = "counts" if self.cfg.output == "counts" else "transmission"
         out = correct_frames(raw, self.cal, output=linear, replace=self.cfg.bad_pixels.replace, table=self.table,
-                             saturation_level=None)
+                             saturation_level=None, response=self.response)
         mask = None
         if self.saturation is not None and raw.size and bool(raw.max() >= self.saturation):
             mask = raw >= self.saturation
@@ -210,9 +211,9 @@ class Chain:
 
 
 def build_chain(config: RunConfig, calibration: Calibration | None, input_dtype, afterglow_model=None,
-                mtf_roi=None, noise: NoiseModel | None = None) -> Chain:
+                mtf_roi=None, noise: NoiseModel | None = None, response=None) -> Chain:
     """The stage chain the config asks for."""
-    ff = FlatFieldStage(calibration, config.flatfield, input_dtype) if config.flatfield.enabled else None
+    ff = FlatFieldStage(calibration, config.flatfield, input_dtype, response) if config.flatfield.enabled else None
     stateful = []
     if afterglow_model is not None:
         if ff is None:

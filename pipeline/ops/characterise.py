@@ -50,8 +50,11 @@ def fit_linearity(kerma_ugy, signal) -> dict:
     }
 
 
-def fit_pixel_response(kerma_ugy, stacks, *, degree: int = 2):
-    """Per-pixel polynomial response ``S_p(K) = sum_j c_{j,p} K^j`` (j = 1..degree, through the origin).
+def fit_pixel_response(kerma_ugy, stacks, *, reference_ugy: float | None = None):
+    """Per-pixel response as a quadratic in log-log space: ``ln S = a + b ln K + c (ln K)^2``.
+
+    Exact for a power law (``c = 0``, ``b = p``) and follows mild curvature; three levels or more
+    (two: ``c = 0``). ``ln K`` is taken relative to ``reference_ugy`` (default: the geometric mean).
 
     Parameters
     ----------
@@ -60,32 +63,42 @@ def fit_pixel_response(kerma_ugy, stacks, *, degree: int = 2):
 
     Returns
     -------
-    (degree, H, W) coefficients, lowest power first (xp array)
+    (4, H, W) float32: ``a, b, c`` per pixel and, in plane 3, ``ln`` of the reference kerma (constant)
     """
     xp = get_xp(stacks)
     k = np.asarray(kerma_ugy, dtype=np.float64)
-    if k.size < degree:
-        raise ValueError(f"a degree-{degree} response needs at least {degree} air-kerma levels")
-    basis = np.stack([k ** (j + 1) for j in range(degree)], axis=1)  # (L, degree)
-    pinv = xp.asarray(np.linalg.pinv(basis))  # (degree, L)
-    return xp.tensordot(pinv, xp.asarray(stacks, dtype=xp.float64), axes=(1, 0)).astype(xp.float32)
+    if k.size < 2:
+        raise ValueError("a per-pixel response needs at least two air-kerma levels")
+    ref = float(np.exp(np.mean(np.log(k)))) if reference_ugy is None else float(reference_ugy)
+    x = np.log(k / ref)
+    basis = np.stack([np.ones_like(x), x, x * x], axis=1) if k.size >= 3 else np.stack([np.ones_like(x), x], axis=1)
+    pinv = xp.asarray(np.linalg.pinv(basis))
+    logs = xp.log(xp.maximum(xp.asarray(stacks, dtype=xp.float64), 1e-6))
+    coef = xp.tensordot(pinv, logs, axes=(1, 0))
+    out = xp.zeros((4,) + tuple(coef.shape[1:]), dtype=xp.float32)
+    out[: coef.shape[0]] = coef
+    out[3] = math.log(ref)
+    return out
 
 
 def linearize(frames, coeffs, *, reference_slope=None):
-    """Invert a per-pixel polynomial response: dark-subtracted signal -> ``slope x K`` (linear counts).
+    """Invert :func:`fit_pixel_response`: dark-subtracted signal -> ``slope x K`` (a linear detector's counts).
 
-    Degree 1 or 2 (closed form); ``reference_slope`` defaults to the mean linear coefficient.
+    ``slope`` (counts per uGy) defaults to the median response at the reference kerma, so at that
+    dose the linearised signal equals the measured one. Non-positive signal maps to 0.
     """
     xp = get_xp(frames)
-    c1 = coeffs[0]
-    slope = float(xp.mean(c1)) if reference_slope is None else float(reference_slope)
-    if coeffs.shape[0] == 1:
-        return frames / c1 * np.float32(slope)
-    c2 = coeffs[1]
-    # c2 K^2 + c1 K - S = 0  ->  K = 2 S / (c1 + sqrt(c1^2 + 4 c2 S))  (stable for c2 -> 0)
-    disc = xp.sqrt(xp.maximum(c1 * c1 + 4 * c2 * frames, 0))
-    k = 2 * frames / xp.where(c1 + disc != 0, c1 + disc, 1)
-    return (k * np.float32(slope)).astype(xp.float32)
+    a, b, c = coeffs[0], coeffs[1], coeffs[2]
+    ln_ref = float(to_host(coeffs[3]).ravel()[0])
+    if reference_slope is None:
+        reference_slope = float(xp.median(xp.exp(a))) / math.exp(ln_ref)
+    s = xp.maximum(frames, 1e-6)
+    d = xp.log(s) - a
+    # c x^2 + b x - d = 0 -> x = 2 d / (b + sqrt(b^2 + 4 c d))  (the root that tends to d / b as c -> 0)
+    disc = xp.sqrt(xp.maximum(b * b + 4 * c * d, 0))
+    x = 2 * d / xp.where(b + disc > 0, b + disc, 1)
+    k = xp.exp(x + ln_ref)
+    return xp.where(frames > 0, k * np.float32(reference_slope), 0).astype(xp.float32)
 
 
 # --------------------------------------------------------------------------- NNPS

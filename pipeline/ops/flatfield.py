@@ -338,6 +338,7 @@ def correct_frames(
     saturation_level: float | None = None,
     mark_saturated: bool = True,
     attenuation_floor: float = 1e-6,
+    response=None,
 ):
     """The whole flat-field correction of a block of raw frames.
 
@@ -362,6 +363,10 @@ def correct_frames(
         Set saturated pixels to NaN.
     attenuation_floor : float
         Smallest transmission taken before the logarithm.
+    response : array (degree, H, W), optional
+        Per-pixel log-log quadratic response (``pipeline.ops.characterise.fit_pixel_response``): the
+        dark-subtracted signal is linearised with it before the gain (multi-point gain calibration).
+        The calibration's gain must then come from linearised flats.
 
     Returns
     -------
@@ -369,7 +374,14 @@ def correct_frames(
     """
     xp = get_xp(frames)
     scale = 1.0 if output == "counts" else calibration.exposure_ratio * calibration.flat_level
-    out = flat_field(frames, calibration.dark, calibration.gain, scale=scale)
+    if response is None:
+        out = flat_field(frames, calibration.dark, calibration.gain, scale=scale)
+    else:  # a non-linear screen: dark-subtract, linearise pixel by pixel, then the gain
+        from .characterise import linearize
+
+        ones = xp.ones_like(calibration.gain)
+        out = linearize(flat_field(frames, calibration.dark, ones), response)
+        out *= (np.float32(1) / (calibration.gain * np.float32(scale))).astype(xp.float32)
     if replace:
         if table is None:
             table = neighbour_table(calibration.bad_pixels)

@@ -89,10 +89,42 @@ def test_linearity_exponent_recovered():
 
 def test_pixel_response_linearises_a_nonlinear_screen():
     rng = np.random.default_rng(0)
-    k = np.array([10.0, 20, 40, 80])
-    c1 = rng.uniform(9, 11, (8, 8))
-    c2 = rng.uniform(0.01, 0.03, (8, 8))
-    stacks = np.stack([c1 * kk + c2 * kk**2 for kk in k])
+    k = np.array([10.0, 20, 40, 80, 160])
+    c = rng.uniform(9, 11, (8, 8))
+    p = rng.uniform(1.0, 1.2, (8, 8))  # a different super-linear exponent in every pixel
+    stacks = np.stack([c * kk**p for kk in k])
     coeffs = fit_pixel_response(k, stacks)
     lin = linearize(stacks, coeffs, reference_slope=10.0)
     np.testing.assert_allclose(lin, 10.0 * k[:, None, None] * np.ones((1, 8, 8)), rtol=1e-4)
+    mid = linearize(c * 55.0**p, coeffs, reference_slope=10.0)  # between the levels too
+    np.testing.assert_allclose(mid, 550.0, rtol=1e-4)
+
+
+def test_multi_point_gain_in_the_pipeline(tmp_path):
+    """A super-linear screen: with the per-pixel response from `characterise`, a run's output is linear in dose."""
+    import zarr
+
+    import pipeline
+
+    cal = pipeline.api.simulate_characterisation(tmp_path / "c.zarr", size=(128, 128), response_exponent=1.15,
+                                                 n_flats=4, n_edge=2, step_frames=30)
+    pipeline.api.characterise(cal, tmp_path / "rep")
+    g = zarr.open_group(str(cal), mode="r")
+    # a "video" of the flat levels: with the response, the corrected mean is proportional to air kerma
+    levels = sorted(((a.attrs["air_kerma_uGy"], name) for name, a in g["flats"].arrays()))
+    vid = zarr.open_group(str(tmp_path / "v.zarr"), mode="w")
+    vid.create_array("frames", data=np.concatenate([g["flats"][n][:2] for _, n in levels]))
+    vid.create_array("darks", data=g["darks"][:])
+    ref = [n for k, n in levels if k == g.attrs["reference_kerma_uGy"]][0]
+    vid.create_array("flats", data=g["flats"][ref][:])
+    vid.attrs.update(dict(g.attrs))
+    means = {}
+    for tag, extra in (("lin", [f"flatfield.response={tmp_path / 'rep' / 'pixel_response.npy'}"]), ("raw", [])):
+        pipeline.run(tmp_path / "v.zarr", tmp_path / f"{tag}.zarr", overrides=extra)
+        out = zarr.open_group(str(tmp_path / f"{tag}.zarr"), mode="r")["frames"][:]
+        means[tag] = np.array([np.nanmean(out[2 * i : 2 * i + 2, 32:96, 32:96]) for i in range(len(levels))])
+    k = np.array([kk for kk, _ in levels])
+    lin_p = np.polyfit(np.log(k), np.log(means["lin"]), 1)[0]
+    raw_p = np.polyfit(np.log(k), np.log(means["raw"]), 1)[0]
+    assert raw_p == pytest.approx(1.15, abs=0.02)  # without it, the screen's super-linearity stays
+    assert lin_p == pytest.approx(1.0, abs=0.02)
