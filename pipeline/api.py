@@ -83,11 +83,15 @@ def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig
             f"input '{ds.path}' has no {' and no '.join(missing)}; add them to the dataset or pass "
             "--calibration CAL.zarr (from 'xray-pipeline calibrate')"
         )
+    if afterglow_model is None and cfg.afterglow.model:
+        afterglow_model = load_afterglow(cfg, ds)
     sched = cfg.execution.scheduler if cfg.execution.scheduler != "processes" else "threads"
     dark, dark_std = frame_statistics(zarr_store.FrameReader(ds.darks, f"{ds.path}/darks"),
                                       statistic=ff.dark_statistic, with_std=True, scheduler=sched)
     flat, _ = frame_statistics(zarr_store.FrameReader(ds.flats, f"{ds.path}/flats"),
                                statistic=ff.flat_statistic, scheduler=sched)
+    from .io.checkpoint import checksum
+
     response = load_response(cfg, dark.shape)
     if response is not None:
         from .ops.characterise import linearize
@@ -105,7 +109,8 @@ def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig
             dead_below=bp.dead_below, under_below=bp.under_below, over_above=bp.over_above,
             hot_sigma=bp.hot_sigma, noisy_factor=bp.noisy_factor, window=bp.window,
         )
-        return replace(cal, lag_dc_gain=lag_gain)
+        return replace(cal, lag_dc_gain=lag_gain,
+                       response_checksum=checksum(response) if response is not None else None)
     except ValueError as exc:
         raise CalibrationError(f"calibration from '{ds.path}' failed: {exc}") from None
 
@@ -120,6 +125,7 @@ def save_calibration(cal: Calibration, path: str | Path, *, overwrite: bool = Fa
         w.set_attrs({"kind": "xray-pipeline calibration", "flat_level": cal.flat_level,
                      "exposure_ratio": cal.exposure_ratio, "source": str(source), "created": _now(),
                      "lag_dc_gain_removed": float(cal.lag_dc_gain),
+                     "response_checksum": cal.response_checksum,
                      "version": __version__,
                      "bad_pixel_bits": {"dead": 1, "hot": 2, "noisy": 4, "over": 8, "under": 16}})
     except BaseException:
@@ -135,7 +141,25 @@ def load_calibration(path: str | Path, frame_shape) -> Calibration:
         raise CalibrationError(f"calibration '{path}' has non-positive or non-finite gain values; recompute it")
     return Calibration(dark=arrays["dark"].astype(np.float32), gain=gain, flat_level=float(attrs["flat_level"]),
                        exposure_ratio=float(attrs.get("exposure_ratio", 1.0)), bad_pixels=arrays["bad_pixels"],
-                       lag_dc_gain=float(attrs.get("lag_dc_gain_removed", 1.0)))
+                       lag_dc_gain=float(attrs.get("lag_dc_gain_removed", 1.0)),
+                       response_checksum=attrs.get("response_checksum"))
+
+
+def _response_checksum(cfg: RunConfig, frame_shape):
+    from .io.checkpoint import checksum
+
+    r = load_response(cfg, frame_shape)
+    return checksum(r) if r is not None else None
+
+
+def _check_response(calibration, cfg: RunConfig, frame_shape):
+    """A saved calibration must have been made with the same flatfield.response as the run."""
+    had = zarr_store.read_attrs(calibration).get("response_checksum")  # None: made without one
+    want = _response_checksum(cfg, frame_shape)
+    if had != want:
+        raise CalibrationError(f"calibration '{calibration}' was made {'without' if had is None else 'with another'} "
+                               "flatfield.response; recompute it with 'xray-pipeline calibrate' and the same --set "
+                               "flatfield.response=... (or run without --calibration)")
 
 
 def load_response(cfg: RunConfig, frame_shape):
@@ -206,6 +230,7 @@ def run(
     overwrite: bool = False,
     resume: bool = False,
     progress: Callable[[int], None] | None = None,
+    _source: Path | None = None,
 ) -> RunResult:
     """Process a recorded video: Zarr in, configured stages per block of frames, Zarr out.
 
@@ -233,18 +258,30 @@ def run(
     from .io.checkpoint import Checkpoint, checksum
 
     src = Path(input)
+    if resume and Path(output).exists() and not Path(str(output) + ".partial").exists() and not overwrite:
+        # a complete output (possibly killed after its final move, before the progress folder went)
+        import shutil
+
+        shutil.rmtree(Path(str(output) + ".progress"), ignore_errors=True)
+        raise AlreadyComplete(f"'{output}' is complete; nothing to resume")
     if src.exists() and not (src.is_dir() and (src / "zarr.json").is_file()):
         # a TIFF/HDF5/raw/video/npy recording: ingest it on the fly next to the output, then run on that
+        import shutil
+
         staged = Path(str(Path(output).resolve()) + ".ingest.zarr")
-        if not (resume and staged.is_dir()):
+        st = src.stat()
+        stamp = {"size": st.st_size, "mtime": st.st_mtime}
+        fresh = not (resume and staged.is_dir() and zarr_store.read_attrs(staged).get("source_stamp") == stamp)
+        if fresh:
             ingest(src, staged, overwrite=True)
+            zarr_store.set_attrs_in_place(staged, {"source_stamp": stamp})
         try:
             return run(staged, output, config, overrides=overrides, calibration=calibration, overwrite=overwrite,
-                       resume=resume, progress=progress)
+                       resume=resume, progress=progress, _source=src)
+        except PipelineError as exc:
+            raise type(exc)(str(exc).replace(str(staged), str(src))) from None
         finally:
-            if Path(output).exists() and not Path(str(output) + ".progress").exists():
-                import shutil
-
+            if not Path(str(output) + ".progress").exists():  # kept only while a resume may need it
                 shutil.rmtree(staged, ignore_errors=True)
 
     cfg = load_config(config, overrides=overrides)
@@ -253,8 +290,6 @@ def run(
     t, h, w = ds.shape
     if t < 1:
         raise DataError(f"input '{input}/frames' holds no frames")
-    if resume and Path(output).exists() and not Path(str(output) + ".progress").exists() and not overwrite:
-        raise AlreadyComplete(f"'{output}' is complete; nothing to resume")
     out_path = zarr_store.check_output_path(output, overwrite=overwrite, inputs=[input, calibration])
     if cfg.mtf.enabled:
         zarr_store.check_output_path(mtf_plot_path(out_path), overwrite=overwrite)
@@ -267,6 +302,7 @@ def run(
         if calibration is not None:
             cal = _match_lag_gain(load_calibration(calibration, (h, w)), model, calibration)
             cal_source = str(calibration)
+            _check_response(calibration, cfg, (h, w))
         else:
             cal, cal_source = calibrate(ds, cfg, afterglow_model=model), f"{input} (darks, flats)"
     response = load_response(cfg, (h, w))
@@ -288,6 +324,8 @@ def run(
         "shape": [t, h, w], "dtype": str(ds.frames.dtype), "calibration_checksum": cal_sum, "chunk_frames": chunk,
         "afterglow_model": (model.info if model is not None else None),
         "noise_model": ([noise.alpha, noise.beta, noise.box_factor] if noise else None), "mtf_roi": mtf_roi,
+        "response_checksum": checksum(response) if response is not None else None,
+        "source_stamp": ds.attrs.get("source_stamp"),
     }
     progress_dir = Checkpoint(out_path.with_name(out_path.name + ".progress"))
     resuming = bool(resume) and progress_dir.matches(fingerprint) and \
@@ -326,13 +364,15 @@ def run(
         progress_dir.commit(c, t0, t1, written["checksum"], sts if stages else None, extra)
 
     try:
-        results = process_frames(ds.reader(), target, chain, chunk_frames=chunk,
+        results = process_frames(ds.reader(check_missing=cfg.execution.check_missing_chunks), target, chain,
+                                 chunk_frames=chunk,
                                  scheduler=cfg.execution.scheduler, num_workers=cfg.execution.num_workers,
                                  progress=progress, start_block=start_block, initial_states=states,
                                  skip_write=skip, on_commit=on_commit, skip_errors=cfg.execution.on_error == "skip")
     except KeyboardInterrupt:
-        raise RunInterrupted(f"interrupted; the finished blocks are kept: resume with "
-                             f"'xray-pipeline run {input} {output} --resume' (same config)") from None
+        raise RunInterrupted(f"interrupted; the finished blocks are kept: resume with 'xray-pipeline run "
+                             f"{_source or input} {output} --resume{' --overwrite' if overwrite else ''}' and the same "
+                             "config and calibration") from None
     # every block's record: from this run, or from the earlier run for the blocks it kept
     records = {r["t0"] // chunk: r for r in results if not r["skipped_write"]}
     for c, m in earlier.items():
@@ -361,7 +401,7 @@ def run(
         "package": "xray-pipeline",
         "version": __version__,
         "config": cfg.model_dump(mode="json"),
-        "input": str(Path(input).resolve()),
+        "input": str(Path(_source or input).resolve()),
         "input_shape": [t, h, w],
         "input_dtype": str(ds.frames.dtype),
         "calibration": cal_source,
@@ -418,8 +458,13 @@ def _noise_model(cfg: RunConfig, chain, ds):
         a, b = cfg.denoise.noise_model
         return NoiseModel(float(a), float(b))
     n = min(cfg.denoise.noise_frames, ds.shape[0])
-    probe, _ = chain(ds.reader()[0:n])
-    return estimate_noise_model(probe)
+    raw, _ = ds.reader(check_missing=cfg.execution.check_missing_chunks).read_block(
+        0, n, skip=cfg.execution.on_error == "skip")
+    probe, _ = chain(raw)
+    model = estimate_noise_model(probe)
+    # the level at which noise-unit parameters are scaled without the GAT: once per run (chunking-independent)
+    level = float(np.nanmedian(probe)) if np.isfinite(probe).any() else 0.0
+    return NoiseModel(model.alpha, model.beta, model.box_factor, level)
 
 
 def _mtf_roi(cfg: RunConfig, chain, ds) -> tuple[int, int, int, int]:
@@ -432,7 +477,9 @@ def _mtf_roi(cfg: RunConfig, chain, ds) -> tuple[int, int, int, int]:
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w) or min(y1 - y0, x1 - x0) < 16:
             raise ConfigError(f"mtf.roi {list(cfg.mtf.roi)} must lie inside the {h} x {w} frames and be >= 16 px a side")
         return tuple(cfg.mtf.roi)
-    first, _ = chain(ds.reader()[0:1])
+    raw, _ = ds.reader(check_missing=cfg.execution.check_missing_chunks).read_block(
+        0, 1, skip=cfg.execution.on_error == "skip")
+    first, _ = chain(raw)
     try:
         return find_edge_roi(np.nan_to_num(first[0]))
     except ValueError as exc:
@@ -816,6 +863,11 @@ def export(
     if array not in g:
         raise DataError(f"'{dataset}' has no array '{array}'")
     frames = g[array]
+    if not hasattr(frames, "dtype") or len(frames.shape) not in (2, 3):
+        raise DataError(f"'{dataset}/{array}' is not an array of frames (a group, or not 2D/3D); "
+                        "pick a (T, H, W) or (H, W) array with --array")
+    if len(frames.shape) == 2:
+        frames = frames[...][None]
     suf = d.suffix.lower()
     if suf in (".tif", ".tiff"):
         return write_tiff_stack(frames, d)
@@ -963,6 +1015,15 @@ def characterise(dataset: str | Path, outdir: str | Path, *, compare: str | Path
 
     See the README for the dataset layout. Returns the report (also written as ``report.json``).
     """
+    try:
+        return _characterise(dataset, outdir, compare=compare, q_per_ugy_mm2=q_per_ugy_mm2, overwrite=overwrite)
+    except ValueError as exc:
+        if isinstance(exc, PipelineError):
+            raise
+        raise DataError(f"characterise '{dataset}': {exc}") from None
+
+
+def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict:
     import json as _json
 
     from . import report

@@ -17,22 +17,29 @@ from .errors import AlreadyComplete, PipelineError, RunInterrupted
 
 
 class _Bar:
-    """A progress bar on stderr, created at the first update (so errors come first), only on a terminal."""
+    """A progress bar on stderr, created at the first update (so errors come first), only on a terminal.
 
-    def __init__(self, total: int, desc: str, quiet: bool):
+    Updates come from Dask worker threads: a lock keeps it to one bar.
+    """
+
+    def __init__(self, total: int | None, desc: str, quiet: bool):
+        import threading
+
         self.total, self.desc = total, desc
         self.enabled = not quiet and sys.stderr.isatty()
         self.bar = None
+        self.lock = threading.Lock()
 
     def update(self, n: int):
         if not self.enabled:
             return
-        if self.bar is None:
-            from tqdm import tqdm
+        with self.lock:
+            if self.bar is None:
+                from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, desc=self.desc, unit="frame", file=sys.stderr, leave=False,
-                            dynamic_ncols=True)
-        self.bar.update(n)
+                self.bar = tqdm(total=self.total, desc=self.desc, unit="frame", file=sys.stderr, leave=False,
+                                dynamic_ncols=True)
+            self.bar.update(n)
 
     def close(self):
         if self.bar is not None:
@@ -165,7 +172,8 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
     if on_error:
         extra.append(f"execution.on_error={on_error}")
     cfg = load_config(config_file, overrides=extra)
-    total = open_input(input).shape[0]
+    is_zarr = Path(input).is_dir() and (Path(input) / "zarr.json").is_file()
+    total = open_input(input).shape[0] if is_zarr else None  # a field-format recording: counted when ingested
     bar, update = _bar(total, "run", quiet)
     try:
         res = _run(input, output, cfg, calibration=calibration, overwrite=overwrite, resume=resume, progress=update)
@@ -400,11 +408,9 @@ def main(argv=None) -> int:
     except PipelineError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.Abort:
-        click.echo("interrupted: nothing was written to the output path (partial results removed)", err=True)
-        return 130
-    except KeyboardInterrupt:
-        click.echo("interrupted: nothing was written to the output path (partial results removed)", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted: no output path was replaced (an interrupted 'run' keeps its finished blocks for "
+                   "--resume)", err=True)
         return 130
     except click.ClickException as exc:
         exc.show()

@@ -123,6 +123,9 @@ class ExecutionConfig(_Section):
     num_workers: int | None = Field(None, ge=1)
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="a corrupt or missing input chunk: fail naming the frames, or skip (NaN, recorded)")
+    check_missing_chunks: bool = Field(
+        True, description="report absent chunk files of the input (false for data written by tools that leave out "
+                          "all-fill chunks, e.g. zarr's default write_empty_chunks=False)")
 
     @field_validator("chunk_frames")
     @classmethod

@@ -51,8 +51,14 @@ class FlatFieldStage:
         out = correct_frames(raw, self.cal, output=linear, replace=self.cfg.bad_pixels.replace, table=self.table,
                              saturation_level=None, response=self.response)
         mask = None
-        if self.saturation is not None and raw.size and bool(raw.max() >= self.saturation):
-            mask = raw >= self.saturation
+        if self.saturation is not None and raw.size and (raw.dtype.kind not in "ui" or bool(raw.max() >= self.saturation)):
+            mask = raw >= self.saturation  # NaN compares False: one bad pixel does not hide the saturated ones
+            if not mask.any():
+                mask = None
+        if raw.dtype.kind == "f":  # +-Inf input pixels become NaN, like NaN ones
+            bad = ~np.isfinite(out)
+            if bad.any():
+                out[bad] = np.nan
         return out, mask
 
     def tail(self, block, mask):

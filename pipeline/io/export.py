@@ -16,10 +16,14 @@ def write_tiff_stack(frames, dest: Path, *, block: int = 16) -> Path:
     t = frames.shape[0]
     big = int(np.prod(frames.shape)) * np.dtype(frames.dtype).itemsize > 2**31
     tmp = dest.with_name(dest.name + ".partial")
-    with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
-        for t0 in range(0, t, block):
-            for f in np.asarray(frames[t0 : t0 + block]):
-                tw.write(f, contiguous=True, photometric="minisblack")  # one series of T pages
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=big) as tw:
+            for t0 in range(0, t, block):
+                for f in np.asarray(frames[t0 : t0 + block]):
+                    tw.write(f, contiguous=True, photometric="minisblack")  # one series of T pages
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(dest)
     return dest
 

@@ -53,6 +53,11 @@ def _tiff_stack(path: Path) -> Source:
     n = len(pages)
     first = pages[0]
     shape, dtype = tuple(first.shape), np.dtype(first.dtype)
+    if len(shape) == 3 and n == 1 and len(tif.series[0].shape) == 3:
+        # a short stack that TIFF stores as one multi-sample page (e.g. 3 or 4 frames written as planar
+        # samples): the series is the stack
+        a = tif.series[0].asarray()
+        return Source(str(path), tuple(a.shape), a.dtype, lambda t0, t1: a[t0:t1])
     if len(shape) != 2:
         raise DataError(f"'{path}': page 0 has shape {shape}; expected single-channel 2D frames")
 
@@ -105,7 +110,14 @@ def _npy(path: Path) -> Source:
 def _raw(path: Path, dtype, shape, header: int) -> Source:
     if dtype is None or shape is None:
         raise DataError(f"raw file '{path}' needs --raw-dtype and --raw-shape (T H W or H W)")
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise DataError(f"--raw-dtype '{dtype}' is not a NumPy dtype; use e.g. <u2 (little-endian uint16)") from None
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise DataError(f"--raw-shape {tuple(shape)} must be T,H,W or H,W with every size >= 1")
+    if header < 0 or header > path.stat().st_size:
+        raise DataError(f"--header {header} lies outside the {path.stat().st_size}-byte file '{path}'")
     size = path.stat().st_size - header
     if len(shape) == 2:
         per = dt.itemsize * shape[0] * shape[1]

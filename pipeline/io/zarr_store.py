@@ -59,9 +59,16 @@ class FrameReader:
             return f"frames {start}-{stop - 1}", start, stop
         return f"frame {t}", int(t), int(t) + 1
 
+    check_missing = True  # set False for datasets written with write_empty_chunks=False by other tools
+
     def _missing(self, start, stop):
-        """Chunk files that should hold frames start..stop-1 but do not exist (a missing chunk reads as fill)."""
-        if self._dir is None or not self._dir.is_dir() or self._a.metadata.zarr_format != 3:
+        """Chunk files that should hold frames start..stop-1 but do not exist (a missing chunk reads as fill).
+
+        Checked for unsharded Zarr v3 arrays in a local folder (the project's own writers store every
+        chunk, empty or not); returns ``[(chunk index along T, key), ...]``.
+        """
+        if (not self.check_missing or self._dir is None or not self._dir.is_dir()
+                or self._a.metadata.zarr_format != 3 or getattr(self._a, "shards", None) is not None):
             return []
         meta = self._a.metadata
         enc = meta.chunk_key_encoding
@@ -72,7 +79,7 @@ class FrameReader:
             for rest in np.ndindex(*[len(g) for g in grid]):
                 key = enc.encode_chunk_key((i, *rest))
                 if not (self._dir / key).exists():
-                    out.append(key)
+                    out.append((i, key))
         return out
 
     def __getitem__(self, key):
@@ -89,7 +96,7 @@ class FrameReader:
     def _bad_chunks(self, start, stop):
         """Frame ranges [a, b) of the input chunks in start..stop-1 that are missing or do not decode."""
         ct = self._a.chunks[0]
-        missing = {int(k.split("/")[1]) for k in self._missing(start, stop)} if self._dir is not None else set()
+        missing = {i for i, _ in self._missing(start, stop)}
         bad = []
         for i in range(start // ct, (stop - 1) // ct + 1):
             a, b = max(i * ct, start), min((i + 1) * ct, stop)
@@ -148,8 +155,10 @@ class InputDataset:
     def shape(self):
         return tuple(self.frames.shape)
 
-    def reader(self) -> FrameReader:
-        return FrameReader(self.frames, f"{self.path}/frames", root=self.path)
+    def reader(self, *, check_missing: bool = True) -> FrameReader:
+        r = FrameReader(self.frames, f"{self.path}/frames", root=self.path)
+        r.check_missing = check_missing
+        return r
 
     @property
     def has_truth(self) -> bool:
@@ -245,6 +254,7 @@ class OutputWriter:
         return self.group.create_array(
             name, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks or shape),
             compressors=_codecs(codec, level), fill_value=fill_value,
+            config={"write_empty_chunks": True},  # every chunk stored: a missing file means a lost chunk
         )
 
     def write(self, name: str, data, **kw):
@@ -299,6 +309,11 @@ def read_array(path: str | Path, name: str) -> np.ndarray:
     if name not in g:
         raise DataError(f"'{path}' has no array '{name}'")
     return np.asarray(g[name][...])
+
+
+def set_attrs_in_place(path: str | Path, attrs: dict):
+    """Add attributes to an existing group the project wrote itself (never an input)."""
+    zarr.open_group(str(path), mode="r+").attrs.update(_jsonable(attrs))
 
 
 def open_group_readonly(path: str | Path):

@@ -37,6 +37,7 @@ class NoiseModel:
     alpha: float
     beta: float
     box_factor: float = 1.0 / 3.0
+    level: float | None = None  # typical signal, where noise-unit parameters are scaled without the GAT
 
     def sigma(self, mean):
         xp = get_xp(mean)
@@ -256,7 +257,7 @@ def denoise_spatial(frames, method: str, *, noise: NoiseModel | None = None, ans
         return frames
     if not anscombe and noise is not None:
         # parameters are in noise sigmas: scale them by the noise at the frames' median level
-        level = float(xp.nanmedian(frames))
+        level = noise.level if noise.level is not None else float(xp.nanmedian(frames))
         sg = math.sqrt(max(noise.alpha * level + noise.beta, 1e-12))
         for key, default in (("bilateral_sigma_range", 2.0), ("nlm_h", 0.8), ("tv_weight", 1.0)):
             params[key] = float(params.get(key, default)) * sg

@@ -60,6 +60,8 @@ class Calibration:
     lag_dc_gain : float
         Afterglow DC gain the flat signal was divided by (1: none), see
         :func:`pipeline.api.calibrate`.
+    response_checksum : str or None
+        Checksum of the per-pixel response the flats were linearised with (None: none).
     """
 
     dark: object
@@ -68,6 +70,7 @@ class Calibration:
     exposure_ratio: float
     bad_pixels: object
     lag_dc_gain: float = 1.0
+    response_checksum: str | None = None
 
 
 def compute_calibration(
@@ -386,9 +389,12 @@ def correct_frames(
         if table is None:
             table = neighbour_table(calibration.bad_pixels)
         replace_bad_pixels(out, *table, out=out)
-    if mark_saturated and saturation_level is not None and bool(frames.max() >= saturation_level):
-        sat = frames >= saturation_level
-        out[sat] = xp.nan
+    if mark_saturated and saturation_level is not None:
+        # integers: one cheap max first; floats may hold NaN (max would be NaN), so compare directly
+        if frames.dtype.kind not in "ui" or bool(frames.max() >= saturation_level):
+            sat = frames >= saturation_level
+            if bool(sat.any()):
+                out[sat] = xp.nan
     if output == "attenuation":
         to_attenuation(out, floor=attenuation_floor, out=out)
     return out
