@@ -330,15 +330,24 @@ def run(
     progress_dir = Checkpoint(out_path.with_name(out_path.name + ".progress"))
     resuming = bool(resume) and progress_dir.matches(fingerprint) and \
         out_path.with_name(out_path.name + ".partial").is_dir()
-    if resume and not resuming and progress_dir.dir.exists():
+    if resume and not resuming and progress_dir.has_fingerprint() and not progress_dir.matches(fingerprint):
         raise DataError(f"the interrupted run at '{output}' was made with another input, config or calibration; "
                         "rerun without --resume (it starts afresh) or with the same settings")
-    writer = zarr_store.OutputWriter(out_path, overwrite=overwrite, inputs=[input, calibration], resume=resuming)
+    writer = target = None
+    if resuming:
+        try:  # a kill can land while the partial output was being set up: then start afresh
+            writer = zarr_store.OutputWriter(out_path, overwrite=overwrite, inputs=[input, calibration], resume=True)
+            target = writer.group["frames"]
+            if tuple(target.shape) != (t, h, w) or target.chunks[0] != chunk:
+                raise ValueError("partial output does not match")
+        except Exception:
+            resuming = False
+    if not resuming:
+        writer = zarr_store.OutputWriter(out_path, overwrite=overwrite, inputs=[input, calibration])
     n_blocks = -(-t // chunk)
     stages = list(chain.stateful)
     start_block, states, skip, earlier = 0, None, set(), {}
     if resuming:
-        target = writer.group["frames"]
         for c, m in progress_dir.markers().items():
             if 0 <= c < n_blocks and m["checksum"] == checksum(np.asarray(target[m["t0"]:m["t1"]], np.float32)):
                 earlier[c] = m

@@ -48,6 +48,14 @@ class Checkpoint:
         self.dir.mkdir(parents=True)
         _atomic_write(self.dir / "run.json", json.dumps(fingerprint, sort_keys=True).encode())
 
+    def has_fingerprint(self) -> bool:
+        """True when a whole fingerprint was written (a kill during :meth:`start` leaves none)."""
+        try:
+            json.loads((self.dir / "run.json").read_text())
+            return True
+        except (OSError, ValueError):
+            return False
+
     def matches(self, fingerprint: dict) -> bool:
         f = self.dir / "run.json"
         if not f.is_file():
