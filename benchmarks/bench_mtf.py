@@ -27,7 +27,7 @@ import zarr
 
 import pipeline
 from pipeline.ops.mtf import find_edge_roi, slanted_edge_mtf
-from pipeline.simulator import lsf_mtf, pixel_esf
+from pipeline.simulator import pixel_esf
 
 HERE = Path(__file__).resolve().parent
 

@@ -181,7 +181,7 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
         bar.close()
     click.echo(f"{res.frames} frames in {res.seconds:.2f} s ({res.frames_per_second:.1f} frames/s) -> {res.output}")
     if res.skipped_frames:
-        click.echo(f"skipped (unreadable input, NaN in the output): "
+        click.echo("skipped (unreadable input, NaN in the output): "
                    + ", ".join(f"frames {a}-{b}" for a, b, _ in res.skipped_frames), err=True)
     if res.nonfinite_input_pixels:
         click.echo(f"{res.nonfinite_input_pixels} NaN/Inf pixels in the input frames (NaN in the output)", err=True)

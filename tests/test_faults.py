@@ -2,7 +2,6 @@
 input chunks (named, or skipped and recorded), the input never modified."""
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys

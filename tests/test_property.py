@@ -2,7 +2,6 @@
 traceback or a silently wrong output."""
 
 import numpy as np
-import pytest
 import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

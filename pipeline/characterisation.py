@@ -1,0 +1,231 @@
+"""Detector characterisation: simulate a characterisation dataset, compute the figures, write the report.
+
+``characterise`` reads a characterisation dataset (see the README), computes linearity, gain and
+bad pixels, MTF, NNPS (IEC 62220-1-1), DQE and afterglow, and writes ``report.json``,
+``report.html`` and ``pixel_response.npy``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ._version import __version__
+from .errors import DataError, PipelineError
+from .io import zarr_store
+from .ops import afterglow as ag
+from .ops.flatfield import compute_calibration
+from .simulator import SimulationSpec
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def simulate_characterisation(output: str | Path, *, preset: str = "eu-gc", size=(512, 512), seed: int = 0,
+                              overwrite: bool = False, **kw) -> Path:
+    """Write a simulated characterisation dataset (see the README) with its truth."""
+    from .simulator import characterisation
+
+    spec = SimulationSpec(preset=preset, height=size[0], width=size[1], seed=seed)
+    d = characterisation(spec, **kw)
+    writer = zarr_store.OutputWriter(output, overwrite=overwrite)
+    try:
+        h, w = size
+        writer.write("darks", d["darks"], chunks=(8, h, w))
+        for i, (k, stack) in enumerate(d["flats"]):
+            writer.write(f"flats/level{i}", stack, chunks=(8, h, w))
+            writer.set_attrs({"air_kerma_uGy": k}, f"flats/level{i}")
+        writer.write("edge", d["edge"], chunks=(8, h, w))
+        writer.write("afterglow_step", d["afterglow_step"], chunks=(16, h, w))
+        truth = d["truth"]
+        for name in ("mtf_frequencies_cy_per_px", "mtf_lsf", "mtf_edge", "bad_pixels"):
+            writer.write(f"truth/{name}", truth.pop(name))
+        writer.set_attrs(truth, "truth")
+        writer.set_attrs(d["attrs"])
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.commit()
+
+
+def characterise(dataset: str | Path, outdir: str | Path, *, compare: str | Path | None = None,
+                 q_per_ugy_mm2: float | None = None, overwrite: bool = False) -> dict:
+    """Linearity, gain and bad pixels, MTF, NNPS, DQE and afterglow of a detector; report.json and report.html.
+
+    See the README for the dataset layout. Returns the report (also written as ``report.json``).
+    """
+    try:
+        return _characterise(dataset, outdir, compare=compare, q_per_ugy_mm2=q_per_ugy_mm2, overwrite=overwrite)
+    except ValueError as exc:
+        if isinstance(exc, PipelineError):
+            raise
+        raise DataError(f"characterise '{dataset}': {exc}") from None
+
+
+def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict:
+    import json as _json
+
+    from . import report
+    from .ops import characterise as ch
+    from .ops.mtf import find_edge_roi, slanted_edge_mtf
+
+    out = Path(outdir)
+    for name in ("report.json", "report.html"):
+        if (out / name).exists() and not overwrite:
+            raise zarr_store.OutputExistsError(f"'{out / name}' exists; pass --overwrite or choose another folder")
+    g = zarr_store.open_group_readonly(dataset)
+    attrs = dict(g.attrs)
+    for need in ("darks", "flats", "edge"):
+        if need not in g:
+            raise DataError(f"characterisation dataset '{dataset}' has no '{need}'; see the README for its layout")
+    pitch = attrs.get("pixel_pitch_mm")
+    if not pitch:
+        raise DataError(f"'{dataset}' has no pixel_pitch_mm attribute; add it (ingest --pixel-pitch)")
+    beam = attrs.get("beam_quality")
+    q = q_per_ugy_mm2 or attrs.get("q_per_uGy_mm2") or ch.Q_PER_UGY_MM2.get(str(beam))
+    if not q:
+        raise DataError(f"beam quality {beam!r} has no standard fluence; pass --q PHOTONS_PER_UGY_MM2")
+    dark = np.asarray(g["darks"][:], np.float64).mean(axis=0)
+    levels = []
+    for name, arr in g["flats"].arrays():
+        k = arr.attrs.get("air_kerma_uGy")
+        if k is None:
+            raise DataError(f"'{dataset}/flats/{name}' has no air_kerma_uGy attribute")
+        levels.append((float(k), name))
+    levels.sort()
+    if len(levels) < 2:
+        raise DataError(f"'{dataset}/flats' needs at least two air-kerma levels for linearity")
+    h, w = dark.shape
+    cy, cx = h // 2, w // 2
+    c = max(8, min(h, w) // 8)
+    central = (slice(cy - c, cy + c), slice(cx - c, cx + c))
+    means, stacks = [], []
+    for k, name in levels:
+        st = np.asarray(g["flats"][name][:], np.float64) - dark
+        stacks.append(st.mean(axis=0))
+        means.append(float(st.mean(axis=0)[central].mean()))
+    lin = ch.fit_linearity([k for k, _ in levels], means)
+    response = np.asarray(ch.fit_pixel_response([k for k, _ in levels], np.stack(stacks),
+                                                reference_ugy=float(attrs.get("reference_kerma_uGy",
+                                                                              levels[len(levels) // 2][0]))))
+    kref = float(attrs.get("reference_kerma_uGy", levels[len(levels) // 2][0]))
+    iref = int(np.argmin([abs(k - kref) for k, _ in levels]))
+    kref, ref_name = levels[iref]
+    ref = np.asarray(g["flats"][ref_name][:], np.float64) - dark
+    cal = compute_calibration(dark.astype(np.float32), (ref.mean(axis=0) + dark).astype(np.float32),
+                              dark_noise=np.asarray(g["darks"][:], np.float64).std(axis=0, ddof=1).astype(np.float32))
+    p = lin["power_law"]["exponent_p"]
+
+    def linearise(x):  # global conversion function: signal -> signal of a linear detector (same at K_ref)
+        if abs(p - 1) < 0.01:
+            return x
+        s_ref = means[iref]
+        return s_ref * np.sign(x) * (np.abs(x) / s_ref) ** (1.0 / p)
+
+    # NNPS from differences of frame pairs, gain-corrected: the fixed pattern cancels, the noise variance
+    # doubles (hence / sqrt 2), and shading no longer weights the noise against the mean
+    lr = linearise(ref) / np.asarray(cal.gain, np.float64)
+    pairs = (lr[0 : len(lr) - 1 : 2] - lr[1 : len(lr) : 2]) / np.sqrt(2.0)
+    good = np.asarray(cal.bad_pixels) == 0
+    mean_lin = float(lr.mean(axis=0)[good].mean())
+    pairs[:, ~good] = 0.0  # defects would dominate the NPS; they are replaced in normal use
+    nn = ch.nnps(pairs + mean_lin, float(pitch), roi=min(256, (min(h, w) // 128) * 128 or 128),
+                 overlap=min(128, (min(h, w) // 256) * 128 or 64))
+    edge = linearise(np.asarray(g["edge"][:], np.float64) - dark) / np.asarray(cal.gain, np.float64)
+    edge_mean = edge.mean(axis=0)  # the frames' mean edge: noise down by sqrt(frames) before the derivative
+    roi = find_edge_roi(edge_mean)
+    y0, y1, x0, x1 = roi
+    mres = slanted_edge_mtf(edge_mean[y0:y1, x0:x1])
+    mtf_mean = mres.mtf[0]
+    f_cy = mres.frequencies_cy_per_px
+    f_nn = np.asarray(nn["frequencies_lp_per_mm"])
+    mtf_at = np.interp(f_nn * float(pitch), f_cy, mtf_mean)
+    cut = nn["nnps_horizontal_mm2"] if mres.orientation == "vertical" else nn["nnps_vertical_mm2"]
+    dqe = ch.dqe(mtf_at, cut, kref, float(q))
+    # beyond the first MTF = 0.1 crossing the MTF estimate is mostly noise: DQE not reported there
+    f10 = float(np.nanmedian(mres.crossings_cy_per_px[0.1])) / float(pitch)
+    dqe = np.where(f_nn <= f10, dqe, np.nan)
+    ag_fig = None
+    if "afterglow_step" in g:
+        step = linearise(np.asarray(g["afterglow_step"][:], np.float64) - dark)
+        fr = float(attrs.get("frame_rate_hz") or 0)
+        if fr > 0:
+            fit = ag.fit_falling_step(step.mean(axis=(1, 2)), fr)
+            ag_fig = {"tau_s": fit.tau_s.tolist(), "amplitudes": fit.amplitudes.tolist(), **fit.figures(),
+                      "decay_t_ms": ((np.arange(fit.data.size) + fit.skipped_frames) / fr * 1e3).tolist(),
+                      "decay_fraction": fit.data.tolist(), "decay_model": fit.model.tolist()}
+    k_mm = 1.0 / float(pitch)
+
+    def at(freq):
+        return float(np.interp(freq, f_nn, dqe)) if f_nn.size else None
+
+    crossings = {lv: float(np.nanmedian(mres.crossings_cy_per_px[lv]) * k_mm) for lv in (0.5, 0.2, 0.1)}
+    rep = {
+        "dataset": str(Path(dataset).resolve()), "created": _now(), "version": __version__,
+        "pixel_pitch_mm": float(pitch), "beam_quality": beam, "q_per_uGy_mm2": float(q),
+        "reference_kerma_uGy": kref,
+        "linearity": lin,
+        "gain": {"flat_level_counts": cal.flat_level, "bad_pixels": int(np.count_nonzero(cal.bad_pixels)),
+                 "gain_map_std_pct": float(np.std(np.asarray(cal.gain)[np.asarray(cal.bad_pixels) == 0]) * 100)},
+        "mtf": {"frequencies_lp_per_mm": (f_cy * k_mm).tolist(), "mtf": mtf_mean.tolist(), "roi": list(roi),
+                "edge_angle_deg": float(np.nanmedian(mres.angle_deg)), "mtf50_lp_per_mm": crossings[0.5],
+                "mtf20_lp_per_mm": crossings[0.2], "mtf10_lp_per_mm": crossings[0.1], "frames": int(edge.shape[0])},
+        "nnps": {k: v for k, v in nn.items() if k != "nps_2d"},
+        "dqe": {"frequencies_lp_per_mm": f_nn.tolist(), "dqe": dqe.tolist(),
+                "dqe_at_0p5_lp_per_mm": at(0.5), "dqe_at_1_lp_per_mm": at(1.0), "dqe_at_2_lp_per_mm": at(2.0),
+                "note": "DQE(f) = MTF^2 / (K_a q NNPS), NNPS cut along the MTF direction; null beyond the MTF10 frequency"},
+        "afterglow": ag_fig,
+        "units": {"kerma": "uGy", "nnps": "mm^2", "frequencies": "lp/mm at the scintillator plane",
+                  "afterglow": "fraction of the steady signal"},
+    }
+    rep["summary"] = {
+        "Pixel pitch (mm)": rep["pixel_pitch_mm"], "Beam quality": beam, "Reference air kerma (uGy)": kref,
+        "Response exponent p (S ~ K^p)": lin["power_law"]["exponent_p"], "Linear fit R^2": lin["linear"]["r2"],
+        "MTF50 (lp/mm)": crossings[0.5], "MTF20 (lp/mm)": crossings[0.2],
+        "NNPS at 1 lp/mm (mm^2)": float(np.interp(1.0, f_nn, cut)),
+        "DQE at 0.5 lp/mm": at(0.5), "DQE at 2 lp/mm": at(2.0),
+        "First-frame lag (%)": (ag_fig["lag_first_frame"] * 100) if ag_fig else None,
+        "Afterglow at 10 ms (%)": (ag_fig["afterglow_10ms"] * 100) if ag_fig else None,
+        "Afterglow at 100 ms (%)": (ag_fig["afterglow_100ms"] * 100) if ag_fig else None,
+        "Bad pixels": rep["gain"]["bad_pixels"],
+    }
+    other = None
+    if compare:
+        cp = Path(compare)
+        if not cp.is_file():
+            raise DataError(f"--compare '{cp}' does not exist; give another report.json")
+        other = _json.loads(cp.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "pixel_response.npy", response)
+    from .io.checkpoint import _jsonable
+
+    (out / "report.json").write_text(_json.dumps(rep, indent=1, default=_jsonable, allow_nan=False)
+                                     if _finite(rep) else _json.dumps(_nan_to_none(rep), indent=1, default=_jsonable))
+    html = report.characterisation_html(rep, np.asarray(cal.gain), np.asarray(cal.bad_pixels), nn["nps_2d"],
+                                        other=other)
+    (out / "report.html").write_text(html)
+    return rep
+
+
+def _finite(obj) -> bool:
+    if isinstance(obj, float):
+        return np.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_finite(v) for v in obj)
+    return True
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
