@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv bench cuda-check clean
+.PHONY: demo test venv bench cuda-check gpu-check wheelhouse clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,23 @@ cuda-check:
 	if ! command -v nvcc >/dev/null 2>&1; then echo "cuda-check: nvcc not found, skipped"; exit 0; fi; \
 	for f in $$files; do for arch in sm_80 sm_90; do \
 	  nvcc -c -arch=$$arch -o /dev/null $$f || exit 1; done; echo "nvcc ok (sm_80, sm_90): $$f"; done
+
+# On a machine with a GPU and CuPy: the CuPy-vs-NumPy tests and the GPU benchmark
+# (writes benchmarks/results/gpu-<device>.json). Skips with a message without a GPU.
+gpu-check: $(STAMP)
+	$(PY) -m pytest -q -m gpu tests/gpu || [ $$? -eq 5 ]  # 5: nothing collected (no CuPy here)
+	$(PY) benchmarks/bench_gpu.py
+
+# An offline bundle of wheels for another Python/platform (air-gapped GPU nodes):
+#   make wheelhouse PYVER=3.12 PLATFORM=manylinux2014_x86_64   then there:
+#   pip install --no-index --find-links wheelhouse xray-pipeline
+PYVER ?= 3.12
+PLATFORM ?= manylinux2014_x86_64
+wheelhouse: $(STAMP)
+	$(PY) -m pip wheel --no-deps --quiet -w wheelhouse .
+	$(PY) -m pip download --quiet --only-binary=:all: --python-version $(PYVER) --implementation cp \
+	  --platform $(PLATFORM) --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d wheelhouse \
+	  $$($(PY) -c "import tomllib;print(' '.join(repr(d) for d in tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" | tr -d "'")
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache build *.egg-info

@@ -1,0 +1,78 @@
+"""Every op on CuPy against NumPy on the same inputs (float32 tolerance). Skipped without a working GPU."""
+
+import numpy as np
+import pytest
+
+cp = pytest.importorskip("cupy")
+from pipeline.backend import gpu_unavailable_reason  # noqa: E402
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_unavailable_reason() is not None,
+                                                  reason=str(gpu_unavailable_reason()))]
+RNG = np.random.default_rng(0)
+
+
+def _close(gpu, cpu, rtol=2e-5, atol=1e-4):
+    np.testing.assert_allclose(cp.asnumpy(gpu), cpu, rtol=rtol, atol=atol)
+
+
+def test_flatfield():
+    from pipeline.ops.flatfield import compute_calibration, correct_frames
+
+    raw = RNG.integers(100, 8000, (5, 64, 80)).astype(np.uint16)
+    d = RNG.uniform(90, 110, (64, 80)).astype(np.float32)
+    f = RNG.uniform(7000, 9000, (64, 80)).astype(np.float32)
+    cal = compute_calibration(d, f, detect=False)
+    gcal = compute_calibration(cp.asarray(d), cp.asarray(f), detect=False)
+    _close(correct_frames(cp.asarray(raw), gcal, replace=False, saturation_level=65535),
+           correct_frames(raw, cal, replace=False, saturation_level=65535))
+
+
+def test_afterglow_ops_and_kernel():
+    from pipeline.kernels import remove_lag_gpu
+    from pipeline.ops.afterglow import remove_lag
+
+    y = (RNG.random((20, 32, 48)) * 1000).astype(np.float32)
+    a, r = np.array([0.02, 0.004]), np.array([0.4, 0.97])
+    st = (RNG.random((2, 32, 48)) * 10).astype(np.float32)
+    ref, ref_state = remove_lag(y, a, r, st.copy())
+    g, gs = remove_lag(cp.asarray(y), a, r, cp.asarray(st))
+    _close(g, ref)
+    k, ks = remove_lag_gpu(cp.asarray(y), a.astype(np.float32), r, cp.asarray(st))
+    np.testing.assert_array_equal(cp.asnumpy(k), ref)  # same float32 operations in the same order
+    np.testing.assert_array_equal(cp.asnumpy(ks), ref_state)
+
+
+def test_denoisers():
+    from pipeline.ops.denoise import NoiseModel, bilateral, denoise_frame, nl_means, temporal_filter, tv_chambolle
+
+    img = (RNG.normal(100, 5, (48, 40))).astype(np.float32)
+    _close(tv_chambolle(cp.asarray(img.astype(np.float64)), 1.0), tv_chambolle(img.astype(np.float64), 1.0), atol=1e-6)
+    _close(bilateral(cp.asarray(img), 2.0, 2.0), bilateral(img, 2.0, 2.0))
+    _close(nl_means(cp.asarray(img), 4.0, patch_size=5, patch_distance=3), nl_means(img, 4.0, patch_size=5,
+                                                                                      patch_distance=3))
+    for m in ("median", "gaussian"):
+        _close(denoise_frame(cp.asarray(img), m, {}), denoise_frame(img, m, {}))
+    y = RNG.normal(1000, 30, (10, 24, 24)).astype(np.float32)
+    nm = NoiseModel(1.0, 20.0)
+    g, _ = temporal_filter(cp.asarray(y), None, noise=nm)
+    c, _ = temporal_filter(y, None, noise=nm)
+    _close(g, c)
+
+
+def test_mtf_and_nnps():
+    import math
+
+    from pipeline.ops.characterise import nnps
+    from pipeline.ops.mtf import slanted_edge_mtf
+    from pipeline.simulator import pixel_esf
+
+    t = math.radians(5)
+    yy, xx = np.mgrid[0:128, 0:100]
+    img = 100 + 900 * pixel_esf((xx - 50.3) * math.cos(t) - (yy - 64) * math.sin(t), math.cos(t), math.sin(t),
+                                1.2, 0.1, 3.0)
+    stack = np.stack([img, img[::-1]])
+    g = slanted_edge_mtf(cp.asarray(stack))
+    c = slanted_edge_mtf(stack)
+    np.testing.assert_allclose(g.mtf, c.mtf, rtol=1e-6, atol=1e-8)
+    flats = RNG.poisson(1000, (2, 512, 512)).astype(np.float32)
+    np.testing.assert_allclose(nnps(cp.asarray(flats), 0.05)["nnps_mm2"], nnps(flats, 0.05)["nnps_mm2"], rtol=1e-5)
