@@ -11,9 +11,6 @@ Writes benchmarks/results/afterglow_cpu.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -24,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import pipeline
+from _common import machine, write_results
 from pipeline.io.models import save_model
 from pipeline.ops.afterglow import remove_lag, steady_state
 
@@ -87,7 +85,7 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": "cpu",
+        "machine": machine(), "device": "cpu",
         "frame": f"{args.size} x {args.size} float32", "op_block_frames": args.frames,
         "run_video": f"{args.run_frames} frames uint16, default chunking, saved calibration", "repeats": args.repeats,
     }
@@ -96,16 +94,13 @@ def main():
         "remove_lag_4_vs_memcopy": results["remove_lag_4_terms"]["frames_per_s"] / results["memcopy_float32"]["frames_per_s"],
         "run_with_afterglow_vs_without": results["run_flatfield_afterglow"]["frames_per_s"] / results["run_flatfield"]["frames_per_s"],
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "afterglow_cpu.json").write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios}, indent=2))
     lines = [f"# Afterglow stage throughput ({meta['machine']}, {meta['date']})", "",
              f"{meta['frame']} frames; op on in-memory blocks of {args.frames}; run on {meta['run_video']}; median of {args.repeats}", "",
              "| what | frames/s |", "|---|---:|"]
     for k, v in results.items():
         lines.append(f"| {k} | {v['frames_per_s']:.1f} |")
     lines += ["", *(f"- {k}: {v:.2f}" for k, v in ratios.items()), ""]
-    (args.out / "afterglow_cpu.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, "afterglow_cpu", {"meta": meta, "results": results, "ratios": ratios}, lines)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,6 @@ Writes benchmarks/results/denoise_cpu.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import tempfile
 import time
@@ -29,6 +26,7 @@ import zarr
 from skimage.metrics import structural_similarity
 
 import pipeline
+from _common import machine, write_results
 from pipeline.config import RunConfig
 from pipeline.ops.afterglow import ghost_residual, trail_mask
 from pipeline.ops.denoise import denoise_spatial, estimate_noise_model, psnr, temporal_filter
@@ -127,12 +125,10 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": "cpu",
+            "machine": machine(), "device": "cpu",
             "video": f"{args.frames} x {args.size} x {args.size}, eu-gc, no afterglow, flat-field corrected",
             "scored": f"frames {args.frames // 2}-{args.frames - 1} against truth/frames, defect pixels excluded",
             "temporal": {k: list(v) if isinstance(v, tuple) else v for k, v in TEMPORAL.items()}, "gat": "generalised Anscombe, Makitalo-Foi inverse"}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "denoise_cpu.json").write_text(json.dumps({"meta": meta, "static": rows, "trails": trails}, indent=2))
     lines = [f"# Denoising ({meta['machine']}, {meta['date']})", "", f"{meta['video']}; {meta['scored']}", "",
              "| dose | method | PSNR dB | gain dB | SSIM | ms/frame |", "|---:|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -141,8 +137,7 @@ def main():
               "| speed px/frame | filter | mean trail % | max trail % |", "|---:|---|---:|---:|"]
     for t in trails:
         lines.append(f"| {t['speed_px_per_frame']:g} | {t['filter']} | {t['trail_mean_pct']:+.3f} | {t['trail_max_pct']:.3f} |")
-    (args.out / "denoise_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "denoise_cpu", {"meta": meta, "static": rows, "trails": trails}, lines)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ against baselines measured in the same process on the same files:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import shutil
 import statistics
@@ -26,6 +24,7 @@ import numpy as np
 import zarr
 
 import pipeline
+from _common import machine, write_results
 from pipeline.io.zarr_store import FrameReader, OutputWriter
 from pipeline.schedule import process_frames
 
@@ -92,7 +91,7 @@ def main():
     meta = {
         "benchmark": "flat-field run vs Zarr-to-Zarr copy",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
+        "machine": machine(),
         "device": "cpu",
         "python": platform.python_version(),
         "video": f"{n} x {args.size} x {args.size} uint16 (simulated, eu-gc)",
@@ -104,8 +103,6 @@ def main():
         "note": "order rotated each repeat; run time includes calibration loading, stage compute, float32 write; copy_float32 = same I/O, no compute (integer-valued float32 compresses better but more slowly than corrected data)",
     }
     out = {"meta": meta, "results": res}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "flatfield_cpu.json").write_text(json.dumps(out, indent=2))
     lines = [f"# Flat-field throughput ({meta['machine']}, {meta['date']})", "",
              f"{meta['video']}, chunk {chunk} frames, output {meta['output_codec']}, median of {args.repeats}", "",
              "| what | frames/s | input GB/s | median s | spread % |", "|---|---:|---:|---:|---:|"]
@@ -114,8 +111,7 @@ def main():
         lines.append(f"| {k} | {r['frames_per_s']:.1f} | {r['input_GB_per_s']:.3f} | {r['median_s']:.2f} | {r['spread_pct']:.0f} |")
     lines += ["", f"run / copy_uint16 throughput ratio: {res['ratios']['run_vs_copy_uint16']:.2f}; "
               f"run / copy_float32: {res['ratios']['run_vs_copy_float32']:.2f}", ""]
-    (args.out / "flatfield_cpu.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, "flatfield_cpu", out, lines)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,7 @@ MTF20 against the analytic truth for each window. Writes benchmarks/results/mtf_
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -26,6 +23,7 @@ import numpy as np
 import zarr
 
 import pipeline
+from _common import machine, write_results
 from pipeline.ops.mtf import find_edge_roi, slanted_edge_mtf
 from pipeline.simulator import pixel_esf
 
@@ -97,10 +95,8 @@ def main():
     acc = {k: {"mean_error_pct": float(np.mean(v)), "max_abs_error_pct": float(np.max(np.abs(v))), "errors_pct": v}
            for k, v in accuracy.items()}
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": "cpu (numpy)",
+            "machine": machine(), "device": "cpu (numpy)",
             "batch": args.batch, "repeats": args.repeats, "noise_seeds": args.seeds}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mtf_cpu.json").write_text(json.dumps({"meta": meta, "speed": speed, "accuracy": acc}, indent=2))
     lines = [f"# Slanted-edge MTF ({meta['machine']}, {meta['date']})", "",
              f"Speed: {args.batch} noisy edge ROIs, median of {args.repeats}", "",
              "| ROI | batched ROIs/s | one at a time ROIs/s | speed-up |", "|---|---:|---:|---:|"]
@@ -110,8 +106,7 @@ def main():
               "| preset / window / level | mean | max abs |", "|---|---:|---:|"]
     for k, v in acc.items():
         lines.append(f"| {k} | {v['mean_error_pct']:+.2f} | {v['max_abs_error_pct']:.2f} |")
-    (args.out / "mtf_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "mtf_cpu", {"meta": meta, "speed": speed, "accuracy": acc}, lines)
 
 
 if __name__ == "__main__":
