@@ -11,6 +11,7 @@ Kernels are compiled on first use and cached on disk (``cache=True``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -23,9 +24,23 @@ except Exception:  # pragma: no cover - depends on the machine
     _nb = None
 
 
+_enabled = True
+
+
 def available() -> bool:
     """True when the Numba kernels can be used."""
-    return _nb is not None
+    return _nb is not None and _enabled
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block the ops use their NumPy code (to compare the kernels with it)."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
 
 
 if _nb is not None:
@@ -39,6 +54,102 @@ if _nb is not None:
                 out[k, i] = (np.float32(frames[k, i]) - dark[i]) * inv[i]
 
 
+    @_nb.njit(parallel=True, cache=True, nogil=True)
+    def _replace_bad(stack, targets, neighbours):  # pragma: no cover - compiled
+        # stack (T, P) float32 in place; the median of the finite good neighbours, NaN where there is none
+        t = stack.shape[0]
+        n, k = neighbours.shape
+        for i in _nb.prange(n):
+            buf = np.empty(k, np.float32)
+            for f in range(t):
+                m = 0
+                for q in range(k):
+                    idx = neighbours[i, q]
+                    if idx < 0:
+                        continue
+                    v = stack[f, idx]
+                    if v != v:
+                        continue
+                    j = m  # insertion sort: K is at most 80
+                    while j > 0 and buf[j - 1] > v:
+                        buf[j] = buf[j - 1]
+                        j -= 1
+                    buf[j] = v
+                    m += 1
+                if m == 0:
+                    stack[f, targets[i]] = np.float32(np.nan)
+                elif m % 2 == 1:
+                    stack[f, targets[i]] = buf[m // 2]
+                else:
+                    stack[f, targets[i]] = (buf[m // 2 - 1] + buf[m // 2]) / np.float32(2)
+
+    @_nb.njit(cache=True, inline="always")
+    def _reflect(i, n):  # pragma: no cover - compiled
+        # scipy.ndimage 'reflect' (d c b a | a b c d | d c b a)
+        while i < 0 or i >= n:
+            if i < 0:
+                i = -i - 1
+            if i >= n:
+                i = 2 * n - i - 1
+        return i
+
+    @_nb.njit(parallel=True, cache=True, nogil=True)
+    def _temporal(frames, out, x, kprev, d0, fin, smooth, alpha, beta, infl, gmin, lo, span, hold):  # pragma: no cover
+        # the motion-adaptive recursive filter of ops.denoise.temporal_filter, frame by frame, x/kprev in place
+        t, h, w = frames.shape
+        one = np.float32(1)
+        zero = np.float32(0)
+        left = smooth // 2
+        inv_area = 1.0 / (smooth * smooth)
+        for k in range(t):
+            for y in _nb.prange(h):
+                for i in range(w):
+                    d = frames[k, y, i] - x[y, i]
+                    ok = np.isfinite(d)
+                    fin[y, i] = ok
+                    d0[y, i] = d if ok else zero
+            for y in _nb.prange(h):
+                col = np.zeros(w + smooth, np.float64)  # column sums of the window rows, reflected at the edges
+                if smooth > 1:
+                    for a in range(smooth):
+                        yy = _reflect(y - left + a, h)
+                        for i in range(w):
+                            col[i + left] += d0[yy, i]
+                    for b in range(left):
+                        col[left - 1 - b] = col[left + _reflect(-1 - b, w)]
+                    for b in range(smooth - left):
+                        col[left + w + b] = col[left + _reflect(w + b, w)]
+                for i in range(w):
+                    if smooth > 1:
+                        acc = 0.0
+                        for b in range(smooth):
+                            acc += col[i + b]
+                        ds = np.float32(acc * inv_area)
+                    else:
+                        ds = d0[y, i]
+                    xv = x[y, i]
+                    xf = xv if np.isfinite(xv) else zero
+                    var = alpha * xf + beta
+                    if var < np.float32(1e-12):
+                        var = np.float32(1e-12)
+                    sig = np.sqrt(var) * infl
+                    c = (abs(ds) / sig - lo) / span
+                    if c < zero:
+                        c = zero
+                    elif c > one:
+                        c = one
+                    g = gmin + (one - gmin) * c
+                    if hold > zero:
+                        hk = hold * kprev[y, i]
+                        if hk > g:
+                            g = hk
+                    if not fin[y, i]:
+                        g = one
+                    kprev[y, i] = g
+                    x[y, i] = xv + g * d0[y, i] if np.isfinite(xv) else frames[k, y, i]
+                    out[k, y, i] = x[y, i]
+
+
 def flat_field_into(frames, dark, inv, out) -> bool:
     """``out = (float32(frames) - dark) * inv`` in one parallel pass; False if the kernel cannot take these arrays.
 
@@ -48,7 +159,7 @@ def flat_field_into(frames, dark, inv, out) -> bool:
     dark, inv : ndarray (H, W) float32
     out : ndarray (T, H, W) float32
     """
-    if _nb is None or frames.ndim != 3 or frames.dtype.kind not in "uif" or frames.dtype.itemsize > 4:
+    if not available() or frames.ndim != 3 or frames.dtype.kind not in "uif" or frames.dtype.itemsize > 4:
         return False
     arrays = (frames, dark, inv, out)
     if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
@@ -59,4 +170,41 @@ def flat_field_into(frames, dark, inv, out) -> bool:
         return False
     t = frames.shape[0]
     _flat_field_pixels(frames.reshape(t, -1), dark.reshape(-1), inv.reshape(-1), out.reshape(t, -1))
+    return True
+
+
+def replace_bad_into(frames, targets, neighbours) -> bool:
+    """Replace ``targets`` by the median of their finite ``neighbours`` in place; False if the kernel cannot.
+
+    Same result as :func:`pipeline.ops.flatfield.replace_bad_pixels` (NaN-ignoring median,
+    the mean of the two middle values for an even count, NaN without a finite neighbour).
+    """
+    if not available() or not isinstance(frames, np.ndarray) or frames.dtype != np.float32 or frames.ndim not in (2, 3):
+        return False
+    if not frames.flags.c_contiguous or not isinstance(neighbours, np.ndarray):
+        return False
+    stack = frames.reshape(-1, frames.shape[-2] * frames.shape[-1])
+    _replace_bad(stack, np.ascontiguousarray(targets, np.int64), np.ascontiguousarray(neighbours, np.int64))
+    return True
+
+
+def temporal_into(frames, out, x, kprev, *, smooth: int, alpha: float, beta: float, infl: float, gain_min: float,
+                  lo: float, span: float, hold: float) -> bool:
+    """The motion-adaptive recursive filter over (T, H, W) float32 frames; ``x``, ``kprev`` (H, W) updated in place.
+
+    The same float32 operations as :func:`pipeline.ops.denoise.temporal_filter`, except the
+    box mean of the difference, summed here in float64 (scipy sums a running window): the
+    results agree to float32 rounding (tested). False if the kernel cannot take these arrays.
+    """
+    arrays = (frames, out, x, kprev)
+    if not available() or not all(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous
+                              for a in arrays):
+        return False
+    if frames.ndim != 3 or out.shape != frames.shape or x.shape != frames.shape[1:] or kprev.shape != x.shape:
+        return False
+    f32 = np.float32
+    d0 = np.empty(x.shape, np.float32)
+    fin = np.empty(x.shape, np.bool_)
+    _temporal(frames, out, x, kprev, d0, fin, int(smooth), f32(alpha), f32(beta), f32(infl), f32(gain_min), f32(lo),
+              f32(span), f32(hold))
     return True

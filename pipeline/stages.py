@@ -22,7 +22,7 @@ from .config import AfterglowConfig, FlatFieldConfig, RunConfig
 from .errors import ConfigError
 from .ops.afterglow import remove_lag, steady_state
 from .ops.denoise import NoiseModel, denoise_spatial, temporal_filter
-from .ops.flatfield import Calibration, correct_frames, neighbour_table, to_attenuation
+from .ops.flatfield import Calibration, correct_frames, inverse_gain, neighbour_table, to_attenuation
 from .ops.mtf import auto_n_fft, slanted_edge_mtf
 
 
@@ -45,11 +45,14 @@ class FlatFieldStage:
         if cfg.saturated == "keep":
             self.saturation = None
         self.table = neighbour_table(calibration.bad_pixels) if cfg.bad_pixels.replace else None
+        linear = "counts" if cfg.output == "counts" else "transmission"
+        scale = 1.0 if linear == "counts" else calibration.exposure_ratio * calibration.flat_level
+        self.inv_gain = inverse_gain(calibration.gain, scale) if response is None else None
 
     def head(self, raw):
         linear = "counts" if self.cfg.output == "counts" else "transmission"
         out = correct_frames(raw, self.cal, output=linear, replace=self.cfg.bad_pixels.replace, table=self.table,
-                             saturation_level=None, response=self.response)
+                             saturation_level=None, response=self.response, inv_gain=self.inv_gain)
         mask = None
         if self.saturation is not None and raw.size and (raw.dtype.kind not in "ui" or bool(raw.max() >= self.saturation)):
             mask = raw >= self.saturation  # NaN compares False: one bad pixel does not hide the saturated ones

@@ -308,6 +308,19 @@ def temporal_filter(frames, state, *, noise: NoiseModel, gain_min: float = 0.1, 
         x, kprev = None, None
     else:
         x, kprev = state[0].astype(xp.float32), state[1].astype(xp.float32)
+    if xp is np and frames.ndim == 3 and frames.shape[0] and frames.dtype == np.float32:
+        from ..jit import temporal_into  # the same filter fused into two parallel passes per frame
+
+        x0, k0, start = x, kprev, 0
+        if x0 is None:
+            x0, k0, start = frames[0].copy(), np.ones(frames.shape[1:], np.float32), 1
+        x0, k0 = np.ascontiguousarray(x0), np.ascontiguousarray(k0)
+        if start and out is not frames:
+            out[0] = x0
+        if frames.flags.c_contiguous and out.flags.c_contiguous and temporal_into(
+                frames[start:], out[start:], x0, k0, smooth=smooth, alpha=noise.alpha, beta=noise.beta, infl=infl,
+                gain_min=gain_min, lo=lo, span=max(hi - lo, 1e-6), hold=hold):
+            return out, np.stack([x0, k0])
     for k in range(frames.shape[0]):
         y = frames[k].astype(xp.float32)
         if x is None:

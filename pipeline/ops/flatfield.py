@@ -269,6 +269,11 @@ def replace_bad_pixels(frames, targets, neighbours, *, out=None):
         out[...] = frames
     if targets.size == 0:
         return out
+    if xp is np:
+        from ..jit import replace_bad_into  # one parallel pass, same result as the code below
+
+        if replace_bad_into(out, targets, neighbours):
+            return out
     stack = out.reshape((-1, out.shape[-2] * out.shape[-1]))
     vals = stack[:, xp.maximum(neighbours, 0)]  # (T, N, K)
     vals = xp.where(neighbours[None] >= 0, vals, xp.nan)
@@ -280,7 +285,13 @@ def replace_bad_pixels(frames, targets, neighbours, *, out=None):
     return out
 
 
-def flat_field(frames, dark, gain, *, scale: float = 1.0, out=None):
+def inverse_gain(gain, scale: float = 1.0):
+    """``1 / (gain * scale)`` as float32: one division per pixel of the map, not per pixel of every frame."""
+    xp = get_xp(gain)
+    return (np.float32(1) / (gain if scale == 1.0 else gain * np.float32(scale))).astype(xp.float32)
+
+
+def flat_field(frames, dark, gain, *, scale: float = 1.0, out=None, inv=None):
     """Dark-subtract and gain-normalise frames: ``(frames - dark) * (1 / (gain * scale))``.
 
     Parameters
@@ -294,14 +305,17 @@ def flat_field(frames, dark, gain, *, scale: float = 1.0, out=None):
     scale : float
         Extra divisor (e.g. ``exposure_ratio * flat_level`` for transmission).
     out : array float32, optional
+    inv : array float32, optional
+        ``inverse_gain(gain, scale)`` computed once for many blocks (``gain`` and ``scale`` are then unused).
 
     Returns
     -------
     array float32
     """
     xp = get_xp(frames)
-    # one division per pixel of the map, not per pixel of every frame (within 1 ulp of dividing)
-    inv = (np.float32(1) / (gain if scale == 1.0 else gain * np.float32(scale))).astype(xp.float32)
+    # multiplying by the inverse is within 1 ulp of dividing
+    if inv is None:
+        inv = inverse_gain(gain, scale)
     if out is None:
         out = xp.empty(frames.shape, dtype=xp.float32)
     if xp is np and frames.ndim == 3 and frames.flags.c_contiguous and out.flags.c_contiguous:
@@ -347,6 +361,7 @@ def correct_frames(
     mark_saturated: bool = True,
     attenuation_floor: float = 1e-6,
     response=None,
+    inv_gain=None,
 ):
     """The whole flat-field correction of a block of raw frames.
 
@@ -375,6 +390,8 @@ def correct_frames(
         Per-pixel log-log quadratic response (``pipeline.ops.characterise.fit_pixel_response``): the
         dark-subtracted signal is linearised with it before the gain (multi-point gain calibration).
         The calibration's gain must then come from linearised flats.
+    inv_gain : array (H, W) float32, optional
+        ``inverse_gain(calibration.gain, scale)`` for this ``output``, computed once by the caller.
 
     Returns
     -------
@@ -383,7 +400,7 @@ def correct_frames(
     xp = get_xp(frames)
     scale = 1.0 if output == "counts" else calibration.exposure_ratio * calibration.flat_level
     if response is None:
-        out = flat_field(frames, calibration.dark, calibration.gain, scale=scale)
+        out = flat_field(frames, calibration.dark, calibration.gain, scale=scale, inv=inv_gain)
     else:  # a non-linear screen: dark-subtract, linearise pixel by pixel, then the gain
         from .characterise import linearize
 
