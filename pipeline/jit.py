@@ -150,6 +150,84 @@ if _nb is not None:
                     out[k, y, i] = x[y, i]
 
 
+    @_nb.njit(cache=True, inline="always")
+    def _mirror(i, n):  # pragma: no cover - compiled
+        # numpy.pad 'reflect' (d c b | a b c d | c b a): the edge is not repeated
+        if n == 1:
+            return 0
+        while i < 0 or i >= n:
+            if i < 0:
+                i = -i
+            if i >= n:
+                i = 2 * (n - 1) - i
+        return i
+
+    @_nb.njit(cache=True, inline="always")
+    def _shifted_row(f, ys, dx, row):  # pragma: no cover - compiled
+        # row[x] = f[ys, mirror(x + dx)]: a plain copy inside, mirrored indices only at the ends
+        ww = f.shape[1]
+        xa = max(0, -dx)
+        xb = min(ww, ww - dx)
+        for x in range(xa, xb):
+            row[x] = f[ys, x + dx]
+        for x in range(0, xa):
+            row[x] = f[ys, _mirror(x + dx, ww)]
+        for x in range(max(xb, xa), ww):
+            row[x] = f[ys, _mirror(x + dx, ww)]
+
+    @_nb.njit(parallel=True, cache=True, nogil=True)
+    def _nl_means(f, out, r, patch, h2, sig2, tile):  # pragma: no cover - compiled
+        # ops.denoise.nl_means on row tiles that stay in cache: for every offset of the search window, the squared
+        # difference, its patch x patch box mean (scipy 'reflect' edges), the weight, the weighted sums
+        hh, ww = f.shape
+        left = patch // 2
+        inv_area = 1.0 / (patch * patch)
+        inv_h2 = 1.0 / h2
+        n_tiles = (hh + tile - 1) // tile
+        for t in _nb.prange(n_tiles):
+            y0 = t * tile
+            y1 = min(y0 + tile, hh)
+            nr = y1 - y0
+            d = np.empty((nr + patch - 1, ww), np.float64)
+            v = np.empty(ww + patch, np.float64)
+            q = np.empty(ww, np.float64)
+            row = np.empty(ww, np.float64)
+            num = np.zeros((nr, ww), np.float64)
+            den = np.zeros((nr, ww), np.float64)
+            for dy in range(-r, r + 1):
+                for dx in range(-r, r + 1):
+                    for j in range(nr + patch - 1):
+                        yy = _reflect(y0 - left + j, hh)
+                        _shifted_row(f, _mirror(yy + dy, hh), dx, row)
+                        for x in range(ww):
+                            e = row[x] - f[yy, x]
+                            d[j, x] = e * e
+                    for i in range(nr):
+                        for x in range(ww):
+                            v[x + left] = d[i, x]
+                        for a in range(1, patch):
+                            for x in range(ww):
+                                v[x + left] += d[i + a, x]
+                        for b in range(left):
+                            v[left - 1 - b] = v[left + _reflect(-1 - b, ww)]
+                        for b in range(patch - left):
+                            v[left + ww + b] = v[left + _reflect(ww + b, ww)]
+                        for x in range(ww):
+                            q[x] = v[x]
+                        for b in range(1, patch):
+                            for x in range(ww):
+                                q[x] += v[x + b]
+                        for x in range(ww):  # exp(-0) = 1 exactly: the exponential only where it is not
+                            z = q[x] * inv_area - sig2
+                            q[x] = np.exp(-z * inv_h2) if z > 0.0 else 1.0
+                        _shifted_row(f, _mirror(y0 + i + dy, hh), dx, row)
+                        for x in range(ww):
+                            num[i, x] += q[x] * row[x]
+                            den[i, x] += q[x]
+            for i in range(nr):
+                for x in range(ww):
+                    out[y0 + i, x] = num[i, x] / den[i, x]
+
 def flat_field_into(frames, dark, inv, out) -> bool:
     """``out = (float32(frames) - dark) * inv`` in one parallel pass; False if the kernel cannot take these arrays.
 
@@ -207,4 +285,16 @@ def temporal_into(frames, out, x, kprev, *, smooth: int, alpha: float, beta: flo
     fin = np.empty(x.shape, np.bool_)
     _temporal(frames, out, x, kprev, d0, fin, int(smooth), f32(alpha), f32(beta), f32(infl), f32(gain_min), f32(lo),
               f32(span), f32(hold))
+    return True
+
+
+def nl_means_into(image, out, *, h: float, patch_size: int, patch_distance: int, sigma: float) -> bool:
+    """Non-local means of one (H, W) image into ``out`` (float64 sums, like the array code); False if it cannot."""
+    if not available() or not isinstance(image, np.ndarray) or image.ndim != 2 or not isinstance(out, np.ndarray):
+        return False
+    f = np.ascontiguousarray(image, dtype=np.float64)
+    res = out if out.dtype == np.float64 and out.flags.c_contiguous else np.empty(f.shape, np.float64)
+    _nl_means(f, res, int(patch_distance), int(patch_size), float(h) * float(h), 2.0 * float(sigma) ** 2, 32)
+    if res is not out:
+        out[...] = res
     return True

@@ -97,3 +97,18 @@ def test_temporal_kernel_matches_numpy(smooth, hold):
     a, st = temporal_filter(frames[:5].copy(), None, **kw)
     b, _ = temporal_filter(frames[5:].copy(), st, **kw)
     np.testing.assert_array_equal(np.concatenate([a, b]), fast)
+
+
+@pytest.mark.parametrize("shape,patch,search", [((37, 53), 5, 3), ((20, 16), 3, 2), ((9, 64), 4, 1)])
+def test_nl_means_kernel_matches_the_array_code(shape, patch, search):
+    from pipeline.ops.denoise import nl_means
+
+    rng = np.random.default_rng(6)
+    img = (rng.normal(0, 1, shape) + np.linspace(0, 6, shape[1])[None]).astype(np.float32)
+    kw = dict(patch_size=patch, patch_distance=search, sigma=1.0)
+    fast = nl_means(img, 0.8, **kw)
+    with jit.disabled():
+        ref = nl_means(img, 0.8, **kw)
+    assert fast.dtype == ref.dtype == np.float32
+    np.testing.assert_allclose(fast, ref, rtol=1e-6, atol=1e-6)
+    assert np.abs(fast - img).mean() > 0.1  # it did denoise
