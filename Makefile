@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv bench cuda-check gpu-check wheelhouse clean
+.PHONY: demo test venv bench bench-detail cuda-check gpu-check wheelhouse clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,22 @@ demo: $(STAMP)
 test: $(STAMP) cuda-check
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+# The throughput benchmark (stages, pipelines, rooflines, peers, scaling): JSON, table and plots
+# into benchmarks/results/. Options: make bench BENCH_ARGS="--sizes 512,1024,2048 --device gpu"
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(VENV)/bin/xray-pipeline bench --out benchmarks/results $(BENCH_ARGS)
+
+# The older, narrower studies (one question each; see each script's docstring).
+bench-detail: $(STAMP)
 	$(PY) benchmarks/bench_flatfield.py
 	$(PY) benchmarks/bench_afterglow.py
 	$(PY) benchmarks/bench_mtf.py
+	$(PY) benchmarks/bench_denoise.py
 
 # Every CUDA source must compile; skipped (with a note) where nvcc is absent.
 cuda-check:

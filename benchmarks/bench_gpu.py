@@ -1,6 +1,19 @@
-"""GPU benchmark (run by `make gpu-check`): ops on CuPy vs NumPy at 1024 x 1024, device copy roofline.
+"""GPU benchmark (run by `make gpu-check`): ops on CuPy vs NumPy at 1024 x 1024, device copy roofline;
+the fused correction kernel and the host <-> device conveyor at 2048 x 2048 uint16.
 
 Writes benchmarks/results/gpu-<device-name>.json. Exits with a message where no GPU is usable.
+
+The ``conveyor_2048`` section (GB/s are 1e9 bytes per second):
+
+* ``d2d_copy_GBps``: a device-to-device copy (bytes read + written), the memory roofline;
+* ``fused_kernel_*``: cuda/correct.cu (flat field, 0.2 % bad pixels, 3 afterglow terms, saturation) over
+  a block, its bytes (2 in + 4 or 2 out per pixel, plus the maps and state) per second and the
+  ratio of that to the copy's (1.0: as fast as a copy);
+* ``h2d_pinned_GBps`` and ``d2h_pinned_GBps``: one big copy each way from and into pinned memory;
+* ``conveyor_*``: :class:`pipeline.conveyor.Conveyor` streaming pinned uint16 blocks through all
+  fused stages (and with the temporal denoiser), frames per second, input bytes per second and
+  their ratio to the H2D bandwidth; ``bound_ratio`` is the most the downloads allow
+  (``min(1, (2 / out bytes per pixel) * d2h / h2d)``).
 """
 
 from __future__ import annotations
@@ -25,13 +38,13 @@ def main():
     if reason:
         print(f"bench_gpu: no GPU benchmark: {reason}")
         return 0
-    import cupy as cp
-
+    from pipeline.backend import cupy_module
     from pipeline.kernels import remove_lag_gpu
     from pipeline.ops.afterglow import remove_lag
     from pipeline.ops.denoise import NoiseModel, denoise_spatial, temporal_filter
     from pipeline.ops.flatfield import compute_calibration, correct_frames
 
+    cp = cupy_module()
     name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     t, h, w = 32, 1024, 1024
     rng = np.random.default_rng(0)
@@ -73,12 +86,100 @@ def main():
     res["temporal_gpu_s"] = timed(lambda: temporal_filter(gy, None, noise=nm), sync)
     res["nlm_gpu_s_per_frame"] = timed(lambda: denoise_spatial(gy[:2], "nlm", noise=nm), sync) / 2
     res["fps"] = {k[:-2]: t / v for k, v in res.items() if k.endswith("_s") and isinstance(v, float)}
+    res["conveyor_2048"] = bench_conveyor(cp, timed)
     res["meta"] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
                    "python": platform.python_version(), "cupy": cp.__version__}
     out_file = HERE / "results" / f"gpu-{name.replace(' ', '-')}.json"
     out_file.write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     return 0
+
+
+def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
+    """The fused kernel and the conveyor at ``size`` x ``size`` uint16 (see the module docstring)."""
+    from types import SimpleNamespace
+
+    from pipeline.config import AfterglowConfig, BadPixelConfig, DenoiseConfig, FlatFieldConfig
+    from pipeline.conveyor import Conveyor, parameters_from_chain
+    from pipeline.kernels import CorrectKernel
+    from pipeline.ops.denoise import NoiseModel
+    from pipeline.ops.flatfield import HOT, Calibration
+    from pipeline.stages import AfterglowStage, Chain, FlatFieldStage, TemporalDenoiseStage
+
+    rng = np.random.default_rng(1)
+    h = w = size
+    p = h * w
+    sync = cp.cuda.Device().synchronize
+    bp = np.zeros((h, w), np.uint8)
+    bp[rng.random((h, w)) < 0.002] = HOT
+    cal = Calibration(dark=rng.uniform(90, 110, (h, w)).astype(np.float32),
+                      gain=rng.uniform(0.8, 1.2, (h, w)).astype(np.float32), flat_level=7000.0, exposure_ratio=1.0,
+                      bad_pixels=bp)
+    ff = FlatFieldStage(cal, FlatFieldConfig(saturation_level=16000.0, bad_pixels=BadPixelConfig(replace=True)),
+                        np.uint16)
+    lag = AfterglowStage(SimpleNamespace(amplitudes=np.array([0.01, 0.004, 0.001]), ratios=np.array([0.3, 0.8, 0.98])),
+                         AfterglowConfig(initial_state="zero"))
+    chain = Chain(ff, [lag])
+    out = {"size": [h, w], "block_frames": block, "blocks": blocks, "bad_pixel_fraction": float((bp != 0).mean())}
+
+    src = cp.asarray(rng.integers(0, 16384, (block, h, w)).astype(np.uint16))
+    big = cp.empty((block, h, w), cp.float32)
+    big2 = cp.empty_like(big)
+    t_copy = timed(lambda: cp.copyto(big2, big), sync)
+    out["d2d_copy_GBps"] = 2 * big.nbytes / t_copy / 1e9
+
+    kernel = CorrectKernel(parameters_from_chain(chain, (h, w)))
+    state = cp.zeros((3, h, w), cp.float32)
+    fixed = p * 4 * (2 + 2 * 3) + p * 4  # dark, inv, state in and out, slot map
+    for name, dt in (("f32", cp.float32), ("f16", cp.float16)):
+        o = cp.empty((block, h, w), dt)
+        tk = timed(lambda o=o: kernel(src, o, state), sync)
+        moved = block * p * (2 + o.itemsize) + fixed
+        out[f"fused_kernel_{name}_s"] = tk
+        out[f"fused_kernel_{name}_GBps"] = moved / tk / 1e9
+        out[f"fused_kernel_{name}_ratio_to_copy"] = (moved / tk) / (2 * big.nbytes / t_copy)
+        out[f"fused_kernel_{name}_fps"] = block / tk
+
+    dev_in = cp.empty((block, h, w), cp.uint16)
+    pinned = cupy_pinned(cp, (block, h, w), np.uint16)
+    pinned[...] = cp.asnumpy(src)
+    stream = cp.cuda.Stream(non_blocking=True)
+    t_h2d = timed(lambda: (dev_in.set(pinned, stream=stream), stream.synchronize()))
+    out["h2d_pinned_GBps"] = pinned.nbytes / t_h2d / 1e9
+    pin_out = cupy_pinned(cp, (block, h, w), np.float32)
+    t_d2h = timed(lambda: (big.get(stream=stream, out=pin_out, blocking=False), stream.synchronize()))
+    out["d2h_pinned_GBps"] = pin_out.nbytes / t_d2h / 1e9
+
+    video = [cupy_pinned(cp, (block, h, w), np.uint16) for _ in range(blocks)]
+    for v in video:
+        v[...] = rng.integers(0, 16384, (block, h, w), dtype=np.uint16)
+    temporal = Chain(ff, [lag, TemporalDenoiseStage(NoiseModel(0.5, 20.0), DenoiseConfig(enabled=True))])
+    for label, ch, dt in (("fused_f32", chain, np.float32), ("fused_f16", chain, np.float16),
+                          ("temporal_f32", temporal, np.float32)):
+        conv = Conveyor(ch, (h, w), block_frames=block, out_dtype=dt)
+        assert all(conv.dev.is_pinned(v) for v in video)
+
+        def run(conv=conv):
+            for _ in conv.stream((i, v, True) for i, v in enumerate(video)):
+                pass
+
+        tc = timed(run, n=3)
+        rate = blocks * block * p * 2 / tc
+        out[f"conveyor_{label}_s"] = tc
+        out[f"conveyor_{label}_fps"] = blocks * block / tc
+        out[f"conveyor_{label}_input_GBps"] = rate / 1e9
+        out[f"conveyor_{label}_ratio_to_h2d"] = rate / (out["h2d_pinned_GBps"] * 1e9)
+        isz = np.dtype(dt).itemsize
+        out[f"conveyor_{label}_bound_ratio"] = min(1.0, (2 / isz) * out["d2h_pinned_GBps"] / out["h2d_pinned_GBps"])
+        out[f"conveyor_{label}_block_frames"] = conv.block_frames
+    return out
+
+
+def cupy_pinned(cp, shape, dtype):
+    """A NumPy array in page-locked host memory."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    return np.frombuffer(cp.cuda.alloc_pinned_memory(n * dtype.itemsize), dtype, n).reshape(shape)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from .errors import AlreadyComplete, CalibrationError, ConfigError, DataError, P
 from .io import models, zarr_store
 from .ops import afterglow as ag
 from .ops.flatfield import Calibration, compute_calibration
-from .schedule import frame_means, frame_statistics, process_frames
+from .schedule import check_execution, frame_means, frame_statistics, process_frames
 from .simulator import SimulationSpec, build
 from .stages import build_chain
 
@@ -286,6 +286,7 @@ def run(
 
     cfg = load_config(config, overrides=overrides)
     device = resolve_device(cfg.execution.device)
+    check_execution(cfg.execution.scheduler, cfg.execution.cluster)  # a missing dask-cuda fails before any output
     ds = zarr_store.open_input(input)
     t, h, w = ds.shape
     if t < 1:
@@ -313,14 +314,26 @@ def run(
     if noise is not None or mtf_roi is not None:
         chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, mtf_roi=mtf_roi, noise=noise,
                             response=response)
+    engine = process_frames  # device gpu (or auto with a working GPU): the GPU conveyor, where it can run this chain
+    if device == "gpu":
+        from .conveyor import gpu_engine
+
+        gpu, device = gpu_engine(chain, ds.frames.dtype, (h, w), requested=cfg.execution.device,
+                                 execution=cfg.execution)
+        if gpu is not None:
+            engine, chunk = gpu.process_frames, gpu.fit_block_frames(chunk, ds.frames.dtype)
 
     cal_sum = None
     if cal is not None:
         cal_sum = checksum(np.concatenate([np.asarray(cal.dark, np.float32).ravel(),
                                            np.asarray(cal.gain, np.float32).ravel(),
                                            np.asarray([cal.flat_level], np.float32)]))
+    # how the blocks are scheduled does not change the result (tested bit for bit): a resume may use other workers
+    run_config = cfg.model_dump(mode="json")
+    for key in ("scheduler", "cluster", "num_workers"):
+        run_config["execution"].pop(key, None)
     fingerprint = {
-        "version": __version__, "config": cfg.model_dump(mode="json"), "input": str(Path(input).resolve()),
+        "version": __version__, "config": run_config, "device": device, "input": str(Path(input).resolve()),
         "shape": [t, h, w], "dtype": str(ds.frames.dtype), "calibration_checksum": cal_sum, "chunk_frames": chunk,
         "afterglow_model": (model.info if model is not None else None),
         "noise_model": ([noise.alpha, noise.beta, noise.box_factor] if noise else None), "mtf_roi": mtf_roi,
@@ -373,11 +386,11 @@ def run(
         progress_dir.commit(c, t0, t1, written["checksum"], sts if stages else None, extra)
 
     try:
-        results = process_frames(ds.reader(check_missing=cfg.execution.check_missing_chunks), target, chain,
-                                 chunk_frames=chunk,
-                                 scheduler=cfg.execution.scheduler, num_workers=cfg.execution.num_workers,
-                                 progress=progress, start_block=start_block, initial_states=states,
-                                 skip_write=skip, on_commit=on_commit, skip_errors=cfg.execution.on_error == "skip")
+        results = engine(ds.reader(check_missing=cfg.execution.check_missing_chunks), target, chain,
+                         chunk_frames=chunk, scheduler=cfg.execution.scheduler, cluster=cfg.execution.cluster,
+                         num_workers=cfg.execution.num_workers, progress=progress, start_block=start_block,
+                         initial_states=states, skip_write=skip, on_commit=on_commit,
+                         skip_errors=cfg.execution.on_error == "skip")
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted; the finished blocks are kept: resume with 'xray-pipeline run "
                              f"{_source or input} {output} --resume{' --overwrite' if overwrite else ''}' and the same "

@@ -8,6 +8,7 @@ runs on a CPU (NumPy) and on a GPU (CuPy).
 from __future__ import annotations
 
 import types
+import warnings
 
 import numpy as np
 
@@ -44,6 +45,14 @@ def to_host(array) -> np.ndarray:
     return np.asarray(array)
 
 
+def to_device(array):
+    """Copy an array to the current GPU as a CuPy array (no-op for one already there).
+
+    Raises :class:`BackendError` where no GPU can be used.
+    """
+    return cupy_module().asarray(array)
+
+
 def gpu_unavailable_reason() -> str | None:
     """Return why the GPU backend cannot be used, or ``None`` if it can."""
     if _cp is None:
@@ -57,22 +66,44 @@ def gpu_unavailable_reason() -> str | None:
     return None
 
 
-def resolve_device(device: str) -> str:
-    """Resolve ``cpu``/``gpu``/``auto`` to the device actually used.
+def cupy_module() -> types.ModuleType:
+    """The ``cupy`` module, for the GPU engine (:mod:`pipeline.conveyor`, :mod:`pipeline.kernels`).
 
-    Returns the resolved name and raises :class:`BackendError` for ``gpu``
-    when no GPU can be used.
+    Raises :class:`BackendError` (one line, saying why) where no GPU can be used.
+    """
+    reason = gpu_unavailable_reason()
+    if reason:
+        raise BackendError(f"the GPU engine needs a GPU: {reason}")
+    return _cp
+
+
+_said: set[str] = set()
+
+
+def say_once(message: str) -> None:
+    """Warn with ``message`` (a :class:`RuntimeWarning`) the first time it comes up in this process."""
+    if message not in _said:
+        _said.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def resolve_device(device: str) -> str:
+    """Resolve ``cpu``/``gpu``/``auto`` to the device actually used (``cpu`` or ``gpu``).
+
+    ``gpu`` raises :class:`BackendError` when no GPU can be used; ``auto`` then falls back to
+    the CPU and says why (once per process). Whether the GPU engine can run a given chain is
+    decided later (:func:`pipeline.conveyor.gpu_engine`), with the same rule.
     """
     if device == "cpu":
         return "cpu"
+    if device not in ("gpu", "auto"):
+        raise BackendError(f"execution.device must be cpu, gpu or auto, not {device!r}")
     reason = gpu_unavailable_reason()
+    if reason is None:
+        return "gpu"
     if device == "gpu":
-        if reason:
-            raise BackendError(f"execution.device=gpu but {reason}; use --device cpu or auto")
-        raise BackendError(
-            "execution.device=gpu: the GPU engine is not part of this version yet; "
-            "use --device cpu (or auto)"
-        )
+        raise BackendError(f"execution.device=gpu but {reason}; use --device cpu or auto")
+    say_once(f"execution.device=auto runs on the CPU: {reason}")
     return "cpu"
 
 
@@ -80,4 +111,13 @@ def describe_device(device: str) -> str:
     """A short human description of the device, for provenance."""
     if device == "cpu":
         return f"cpu (numpy {np.__version__})"
+    if device == "gpu" and _cp is not None:
+        try:
+            dev = _cp.cuda.Device()
+            name = _cp.cuda.runtime.getDeviceProperties(dev.id)["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            cuda = _cp.cuda.runtime.runtimeGetVersion()
+            return f"gpu {dev.id}: {name} (cupy {_cp.__version__}, CUDA runtime {cuda // 1000}.{cuda % 1000 // 10})"
+        except Exception:  # pragma: no cover - a broken driver after the run
+            return f"gpu (cupy {_cp.__version__})"
     return device  # pragma: no cover

@@ -19,7 +19,7 @@ from .errors import AlreadyComplete, PipelineError, RunInterrupted
 class _Bar:
     """A progress bar on stderr, created at the first update (so errors come first), only on a terminal.
 
-    Updates come from Dask worker threads: a lock keeps it to one bar.
+    Updates come from the calling thread (every engine counts finished blocks there); the lock is a safety net.
     """
 
     def __init__(self, total: int | None, desc: str, quiet: bool):
@@ -150,12 +150,17 @@ def calibrate(input, output, config_file, overrides, overwrite):
 @click.option("--calibration", type=click.Path(path_type=Path), default=None, help="saved calibration group")
 @click.option("--chunk-frames", type=click.IntRange(min=1), default=None, help="frames per block")
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default=None)
+@click.option("--scheduler", default=None, metavar="NAME|ADDRESS",
+              help="threads | synchronous | processes, or a dask.distributed scheduler address (tcp://HOST:8786)")
+@click.option("--cluster", default=None, metavar="none|local|local-cuda",
+              help="start a dask.distributed cluster for the run (local: --set execution.num_workers=N processes)")
 @click.option("--overwrite", is_flag=True, help="replace OUTPUT if it exists (only once the new one is complete)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run (same input, config and calibration)")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default=None,
               help="a corrupt or missing input chunk: fail, or fill with NaN, record and continue")
 @click.option("--quiet", "-q", is_flag=True)
-def run(input, output, config_file, overrides, calibration, chunk_frames, device, overwrite, resume, on_error, quiet):
+def run(input, output, config_file, overrides, calibration, chunk_frames, device, scheduler, cluster, overwrite, resume,
+        on_error, quiet):
     """Correct the video INPUT and write OUTPUT (Zarr).
 
     INPUT is a Zarr dataset, or a TIFF/HDF5/raw/video/npy recording (ingested on the fly).
@@ -169,6 +174,10 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
         extra.append(f"execution.chunk_frames={chunk_frames}")
     if device:
         extra.append(f"execution.device={device}")
+    if scheduler:
+        extra.append(f"execution.scheduler={scheduler}")
+    if cluster:
+        extra.append(f"execution.cluster={cluster}")
     if on_error:
         extra.append(f"execution.on_error={on_error}")
     cfg = load_config(config_file, overrides=extra)
@@ -381,6 +390,52 @@ def characterise(dataset, outdir, compare, q_value, overwrite):
     for k, v in rep["summary"].items():
         click.echo(f"{k.ljust(width)} : {v:.4g}" if isinstance(v, float) else f"{k.ljust(width)} : {v}")
     click.echo(f"report -> {Path(outdir) / 'report.html'}")
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of integers, e.g. 512,1024") from None
+    if any(v < 1 for v in out):
+        raise click.BadParameter("every value must be >= 1")
+    return out
+
+
+@cli.command()
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--sizes", default="512,1024", show_default=True, callback=_int_list,
+              help="square frame sizes, comma-separated")
+@click.option("--frames", type=click.IntRange(min=4), default=64, show_default=True,
+              help="frames of the simulated video per size")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--scaling-frames", default="256,1024,4096", show_default=True, callback=_int_list,
+              help="video lengths for the scaling run at --scaling-size ('' skips it)")
+@click.option("--scaling-size", type=click.IntRange(min=32), default=1024, show_default=True)
+@click.option("--workers", default=None, callback=_int_list, help="worker threads to try (default 1, 2, 4 .. cores)")
+@click.option("--full-frames", type=click.IntRange(min=1), default=8, show_default=True,
+              help="frames for the full default pipeline (its spatial denoiser is slow on a CPU)")
+@click.option("--no-peers", is_flag=True, help="skip scikit-image / algotom / textbook peers")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+@_config_options
+def bench(device, sizes, frames, repeats, scaling_frames, scaling_size, workers, full_frames, no_peers, out,
+          config_file, overrides):
+    """Throughput of every stage and whole pipelines against rooflines and peers; JSON, tables and plots to --out."""
+    import sys
+
+    from .bench import run_benchmarks
+    from .config import load_config
+
+    cfg = load_config(config_file, overrides=list(overrides))
+    cmd = "xray-pipeline " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("xray-pipeline") else ""
+    _, paths = run_benchmarks(device=device, sizes=sizes, frames=frames, repeats=repeats, out=out, config=cfg,
+                              scaling_frames=scaling_frames, scaling_size=scaling_size, workers=workers,
+                              full_frames=full_frames, peers=not no_peers, command=cmd or "xray-pipeline bench",
+                              log=click.echo)
+    for p in paths:
+        click.echo(f"wrote {p}")
 
 
 @cli.command("config")

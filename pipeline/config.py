@@ -10,11 +10,13 @@ Use :func:`load_config` to build a config from a YAML file, a mapping, CLI
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 
@@ -116,11 +118,22 @@ class MTFConfig(_Section):
 class ExecutionConfig(_Section):
     """How the work is scheduled."""
 
+    LOCAL_SCHEDULERS: ClassVar[tuple[str, ...]] = ("threads", "synchronous", "processes")
+    _ADDRESS: ClassVar[re.Pattern] = re.compile(
+        r"(tcp|tls|ucx|ws|wss)://([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?")
+
     device: Literal["cpu", "gpu", "auto"] = "cpu"
     chunk_frames: int | Literal["auto"] = "auto"
     chunk_bytes: int = Field(64 * 2**20, gt=0, description="target bytes of one float32 block when chunk_frames is auto")
-    scheduler: Literal["threads", "synchronous", "processes"] = "threads"
-    num_workers: int | None = Field(None, ge=1)
+    scheduler: str = Field(
+        "threads", description="threads | synchronous | processes (Dask local schedulers), or the address of a "
+                               "running dask.distributed scheduler, e.g. tcp://host:8786")
+    cluster: Literal["none", "local", "local-cuda"] = Field(
+        "none", description="start a dask.distributed cluster for the run: local (LocalCluster, num_workers worker "
+                            "processes) or local-cuda (dask_cuda.LocalCUDACluster, one worker per GPU)")
+    num_workers: int | None = Field(
+        None, ge=1, description="threads or processes of a local scheduler, worker processes of cluster: local, "
+                                "GPUs used by local-cuda; null: one per core (per GPU)")
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="a corrupt or missing input chunk: fail naming the frames, or skip (NaN, recorded)")
     check_missing_chunks: bool = Field(
@@ -132,6 +145,45 @@ class ExecutionConfig(_Section):
     def _positive(cls, v):
         if isinstance(v, int) and v < 1:
             raise ValueError("must be >= 1 or 'auto'")
+        return v
+
+    @classmethod
+    def is_address(cls, value) -> bool:
+        """True if ``value`` looks like the address of a dask.distributed scheduler.
+
+        Parameters
+        ----------
+        value : object
+            E.g. ``tcp://10.0.0.5:8786`` or ``tls://scheduler.example.org:8786``.
+
+        Returns
+        -------
+        bool
+            ``scheme://host[:port]`` with a scheme Dask's comms know (tcp, tls, ucx, ws, wss).
+        """
+        return isinstance(value, str) and cls._ADDRESS.fullmatch(value) is not None
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        if v in cls.LOCAL_SCHEDULERS or cls.is_address(v):
+            return v
+        raise PydanticCustomError("scheduler", "must be threads, synchronous, processes or a dask.distributed "
+                                               "scheduler address such as tcp://host:8786")
+
+    @field_validator("cluster", mode="before")
+    @classmethod
+    def _cluster_null(cls, v):
+        return "none" if v is None else v  # YAML null reads as 'none'
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_alone(cls, v: str, info: ValidationInfo) -> str:
+        scheduler = info.data.get("scheduler", "threads")
+        if v != "none" and scheduler != "threads":
+            raise PydanticCustomError(
+                "cluster", "starts its own cluster: leave execution.scheduler at threads (it is '{scheduler}') "
+                           "or set cluster: none", {"scheduler": _show(scheduler)[:60]})
         return v
 
 

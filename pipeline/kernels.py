@@ -1,31 +1,54 @@
 """CUDA kernels from ``cuda/*.cu``, compiled with ``cupy.RawModule`` on first use and cached per device.
 
-Nothing is compiled at import. A ``#line`` directive makes nvrtc's error messages point at the
-``.cu`` file and line.
+Nothing is compiled at import, and CuPy is reached only through :func:`pipeline.backend.cupy_module`.
+A ``#line`` directive makes nvrtc's error messages point at the ``.cu`` file and line.
+
+The fused correction (``cuda/correct.cu``) has three parts here:
+
+* :func:`correction_parameters`: its parameters on the host (NumPy), in the layout it reads;
+* :class:`CorrectKernel`: those parameters on the device, launched block after block
+  (what :mod:`pipeline.conveyor` uses), and :func:`correct_block_gpu`, a one-call wrapper;
+* :func:`correct_block_reference`: the same computation with the NumPy ops, the specification
+  the kernel is tested against (bit for bit, ``tests/cuda/test_correct_emulated.py``).
 """
 
 from __future__ import annotations
 
+import math
+import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from .errors import BackendError
 
-CUDA_DIR = Path(__file__).resolve().parents[1] / "cuda"
+_PACKAGE = Path(__file__).resolve().parent
+#: Where the ``.cu`` sources are looked for, in order: ``$XRAY_PIPELINE_CUDA_DIR``, ``pipeline/cuda``
+#: (package data of an installed wheel) and the repository's ``cuda/``.
+CUDA_DIR = _PACKAGE.parent / "cuda"
+MAX_LAG_TERMS = 4  # XRAY_MAX_LAG_TERMS in the .cu sources
+MAX_NEIGHBOURS = 80  # XRAY_MAX_NEIGHBOURS in cuda/correct.cu
+_BLOCK = 256  # threads per CUDA block
+
+
+def cuda_source(name: str) -> Path:
+    """Path of ``<name>.cu``; :class:`BackendError` if no search location has it."""
+    places = [Path(p) for p in (os.environ.get("XRAY_PIPELINE_CUDA_DIR"),) if p] + [_PACKAGE / "cuda", CUDA_DIR]
+    for d in places:
+        if (d / f"{name}.cu").is_file():
+            return d / f"{name}.cu"
+    raise BackendError(f"CUDA source '{name}.cu' not found in {', '.join(map(str, places))}; reinstall the package "
+                       "or set XRAY_PIPELINE_CUDA_DIR to the repository's cuda/ folder")
 
 
 @lru_cache(maxsize=None)
 def _module(name: str, device_id: int):
-    from .backend import gpu_unavailable_reason
+    from .backend import cupy_module
 
-    reason = gpu_unavailable_reason()
-    if reason:
-        raise BackendError(f"CUDA kernel '{name}' needs a GPU: {reason}")
-    import cupy as cp  # noqa: F401 - only reached with a working CuPy (see backend)
-
-    src = CUDA_DIR / f"{name}.cu"
-    if not src.is_file():
-        raise BackendError(f"CUDA source '{src}' is missing; reinstall from the repository")
+    cp = cupy_module()
+    src = cuda_source(name)
     code = f'#line 1 "{src}"\n' + src.read_text()
     with cp.cuda.Device(device_id):
         return cp.RawModule(code=code, options=("-std=c++14",))
@@ -33,25 +56,338 @@ def _module(name: str, device_id: int):
 
 def get_kernel(name: str, function: str):
     """The kernel ``function`` of ``cuda/<name>.cu`` for the current device."""
-    import cupy as cp
+    from .backend import cupy_module
 
-    return _module(name, cp.cuda.Device().id).get_function(function)
+    return _module(name, cupy_module().cuda.Device().id).get_function(function)
 
 
 def remove_lag_gpu(frames, amplitudes, ratios, state):
     """Run ``remove_lag_f32`` on CuPy arrays: frames (T, H, W) float32 in place, state (N, H, W) updated."""
-    import cupy as cp
-    import numpy as np
+    from .backend import cupy_module
 
+    cp = cupy_module()
     t = frames.shape[0]
     n_pix = int(np.prod(frames.shape[1:]))
     a = cp.ascontiguousarray(cp.asarray(amplitudes, dtype=cp.float32))
     r = cp.asarray(np.asarray(ratios, dtype=np.float32))
     per_pixel = int(a.ndim == 3)
-    block = 256
-    grid = (n_pix + block - 1) // block
+    grid = (n_pix + _BLOCK - 1) // _BLOCK
     get_kernel("afterglow", "remove_lag_f32")(
-        (grid,), (block,),
+        (grid,), (_BLOCK,),
         (frames, frames, state, a, r, np.int32(r.size), np.int32(t), np.int64(n_pix), np.int32(per_pixel)),
     )
     return frames, state
+
+
+# --------------------------------------------------------------------------- fused correction
+_INPUTS = {np.dtype(np.uint16): "u16", np.dtype(np.float32): "f32"}
+_OUTPUTS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+
+
+def saturation_threshold(level: float | None, input_dtype) -> np.float32:
+    """The float32 threshold the kernels compare ``float(raw)`` with, for a configured saturation level.
+
+    Chosen so that ``float(raw) >= threshold`` is NumPy's ``raw >= level``: integer input is
+    compared exactly (``ceil(level)``, clipped to the dtype's range plus one), float32 input
+    against ``float32(level)`` (NumPy 2 compares a float32 array with a Python float in
+    float32). ``None`` (no check) gives NaN, which no value reaches.
+    """
+    dt = np.dtype(input_dtype)
+    if level is None or math.isnan(level):
+        return np.float32(np.nan)
+    if dt.kind in "ui":
+        info = np.iinfo(dt)
+        if level == math.inf:
+            return np.float32(info.max + 1)
+        if level == -math.inf:
+            return np.float32(info.min)
+        return np.float32(min(max(math.ceil(level), info.min), info.max + 1))
+    with np.errstate(over="ignore"):
+        return np.float32(level)
+
+
+@dataclass(frozen=True)
+class CorrectionParameters:
+    """The fused kernel's parameters on the host, in its layout (P = pixels of a frame).
+
+    Attributes
+    ----------
+    frame_shape : tuple of int
+    dark, inv : ndarray (P,) float32
+        Dark map and inverse gain ``1 / (gain * scale)``.
+    targets : ndarray (n_bad,) int64
+        Flat indices of the bad pixels replaced (empty: none).
+    neighbours : ndarray (n_bad, K) int32
+        Their good neighbours, ``-1`` = none (``neighbour_table``'s table).
+    slot : ndarray (P,) int32 or None
+        Row of each pixel in ``neighbours``, ``-1`` for a good pixel; None without bad pixels.
+    amplitudes : ndarray (N,) or (N, P) float32
+    ratios : ndarray (N,) float32
+    saturation : float or None
+        Configured raw saturation level (None: no check); see :func:`saturation_threshold`.
+    nonfinite_to_nan : bool
+        Non-finite values become NaN (the CPU chain's afterglow stage does this).
+    """
+
+    frame_shape: tuple
+    dark: np.ndarray
+    inv: np.ndarray
+    targets: np.ndarray
+    neighbours: np.ndarray
+    slot: np.ndarray | None
+    amplitudes: np.ndarray
+    ratios: np.ndarray
+    saturation: float | None
+    nonfinite_to_nan: bool
+
+    @property
+    def n_pixels(self) -> int:
+        return int(np.prod(self.frame_shape))
+
+    @property
+    def n_terms(self) -> int:
+        return int(self.ratios.size)
+
+
+def _host(a):
+    from .backend import to_host
+
+    return to_host(a)
+
+
+def correction_parameters(frame_shape, *, dark=None, inv=None, targets=None, neighbours=None, amplitudes=(),
+                          ratios=(), saturation: float | None = None,
+                          nonfinite_to_nan: bool | None = None) -> CorrectionParameters:
+    """Check and lay out the fused kernel's parameters.
+
+    Parameters
+    ----------
+    frame_shape : tuple of int
+        (H, W) of a frame.
+    dark, inv : array (H, W), optional
+        Dark map (default 0) and inverse gain (default 1), as :func:`pipeline.ops.flatfield.flat_field`
+        computes it: ``float32(1) / (gain * float32(scale))`` in float32.
+    targets, neighbours : arrays, optional
+        From :func:`pipeline.ops.flatfield.neighbour_table`; None: no bad-pixel replacement.
+    amplitudes : array (N,) or (N, H, W)
+        Afterglow model amplitudes (``()``: no afterglow).
+    ratios : array (N,)
+        Afterglow decay ratios (float64 is rounded to float32, as ``remove_lag`` does).
+    saturation : float, optional
+        Raw level at or above which a pixel is NaN in the output.
+    nonfinite_to_nan : bool, optional
+        Default: True when there are afterglow terms.
+
+    Returns
+    -------
+    CorrectionParameters
+    """
+    shape = tuple(int(v) for v in frame_shape)
+    p = int(np.prod(shape))
+    if p >= 2**31:
+        raise ValueError(f"frames of {p} pixels are too large for the fused kernel (int32 indices)")
+    dark = np.zeros(p, np.float32) if dark is None else np.ascontiguousarray(_host(dark), np.float32).reshape(-1)
+    inv = np.ones(p, np.float32) if inv is None else np.ascontiguousarray(_host(inv), np.float32).reshape(-1)
+    if dark.size != p or inv.size != p:
+        raise ValueError(f"dark and inv must have the frame shape {shape}")
+    r = np.asarray(ratios, dtype=np.float64).astype(np.float32).reshape(-1)
+    a = np.ascontiguousarray(_host(amplitudes), dtype=np.float32) if len(r) else np.zeros(0, np.float32)
+    if r.size > MAX_LAG_TERMS:
+        raise ValueError(f"the fused kernel takes up to {MAX_LAG_TERMS} afterglow terms, not {r.size}")
+    if a.ndim == 1 and a.size != r.size or a.ndim > 1 and (a.shape[0] != r.size or a[0].size != p):
+        raise ValueError(f"amplitudes must have shape ({r.size},) or ({r.size}, {shape[0]}, {shape[1]})")
+    a = a.reshape(r.size, p) if a.ndim > 1 else a
+    if targets is None or neighbours is None or np.size(targets) == 0:
+        tg, nb, slot = np.zeros(0, np.int64), np.full((0, 1), -1, np.int32), None
+    else:
+        tg = np.asarray(_host(targets), dtype=np.int64).reshape(-1)
+        nb64 = np.asarray(_host(neighbours), dtype=np.int64)
+        if nb64.ndim != 2 or nb64.shape[0] != tg.size or nb64.shape[1] > MAX_NEIGHBOURS:
+            raise ValueError(f"neighbours must be ({tg.size}, K <= {MAX_NEIGHBOURS}) from neighbour_table")
+        if tg.min() < 0 or tg.max() >= p or nb64.max(initial=-1) >= p:
+            raise ValueError("bad-pixel indices outside the frame")
+        nb = np.ascontiguousarray(nb64, dtype=np.int32)
+        slot = np.full(p, -1, np.int32)
+        slot[tg] = np.arange(tg.size, dtype=np.int32)
+    if nonfinite_to_nan is None:
+        nonfinite_to_nan = r.size > 0
+    return CorrectionParameters(shape, dark, inv, tg, nb, slot, a, r, None if saturation is None else float(saturation),
+                                bool(nonfinite_to_nan))
+
+
+def _check_dtypes(raw_dtype, out_dtype):
+    raw_dtype, out_dtype = np.dtype(raw_dtype), np.dtype(out_dtype)
+    if raw_dtype not in _INPUTS:
+        raise ValueError(f"the fused kernel reads uint16 or float32 frames, not {raw_dtype}")
+    if out_dtype not in _OUTPUTS:
+        raise ValueError(f"the fused kernel writes float32 or float16, not {out_dtype}")
+    return raw_dtype, out_dtype
+
+
+def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dtype=np.float32):
+    """The fused kernel's computation with the NumPy ops (its specification; slow).
+
+    Parameters
+    ----------
+    raw : ndarray (T, H, W) uint16 or float32
+    params : CorrectionParameters
+    state : ndarray (N, H, W) float32
+        Afterglow state before the block, updated in place to the state after it.
+    out_dtype : float32 or float16
+
+    Returns
+    -------
+    out : ndarray (T, H, W) of ``out_dtype``
+    state : the same ``state``
+    """
+    from .ops.afterglow import remove_lag
+    from .ops.flatfield import replace_bad_pixels
+
+    raw_dtype, out_dtype = _check_dtypes(raw.dtype, out_dtype)
+    t, p = raw.shape[0], params.n_pixels
+    r2 = np.asarray(raw).reshape(t, p)
+    v = np.empty((t, p), np.float32)
+    v[...] = r2
+    v -= params.dark
+    v *= params.inv
+    if params.targets.size:
+        replace_bad_pixels(v.reshape(t, 1, p), params.targets, params.neighbours, out=v.reshape(t, 1, p))
+    finite = np.isfinite(v)
+    x = np.where(finite, v, np.float32(0))
+    if params.n_terms:
+        amps = params.amplitudes.reshape(params.n_terms, 1, p) if params.amplitudes.ndim > 1 else params.amplitudes
+        st = state.reshape(params.n_terms, 1, p)
+        remove_lag(x.reshape(t, 1, p), amps, params.ratios, st, out=x.reshape(t, 1, p))
+    to_nan = raw_dtype.kind == "f" or params.nonfinite_to_nan
+    o = np.where(finite, x, np.float32(np.nan) if to_nan else v)
+    thr = saturation_threshold(params.saturation, raw_dtype)
+    if not np.isnan(thr):
+        o[r2.astype(np.float32) >= thr] = np.nan
+    return o.astype(out_dtype).reshape(raw.shape), state
+
+
+class CorrectKernel:
+    """The fused correction with its parameters on the current GPU, launched block after block.
+
+    Parameters
+    ----------
+    params : CorrectionParameters
+    """
+
+    def __init__(self, params: CorrectionParameters):
+        from .backend import cupy_module
+
+        cp = self._cp = cupy_module()
+        self.params = params
+        self.dark = cp.asarray(params.dark)
+        self.inv = cp.asarray(params.inv)
+        self.slot = cp.asarray(params.slot) if params.slot is not None else None
+        self.neighbours = cp.asarray(params.neighbours)
+        self.amplitudes = cp.asarray(params.amplitudes if params.n_terms else np.zeros(1, np.float32))
+        self.ratios = cp.asarray(params.ratios if params.n_terms else np.zeros(1, np.float32))
+        self.no_state = cp.zeros(1, cp.float32)
+        # compiled now: a missing compiler or a bad source fails at set-up, not in the middle of a run
+        self._functions = {(r, o): get_kernel("correct", f"correct_{_INPUTS[r]}_{_OUTPUTS[o]}")
+                           for r in _INPUTS for o in _OUTPUTS}
+        self._saturate = {r: get_kernel("correct", f"saturate_{_INPUTS[r]}") for r in _INPUTS}
+
+    def _function(self, raw_dtype, out_dtype):
+        return self._functions[np.dtype(raw_dtype), np.dtype(out_dtype)]
+
+    def _saturate_function(self, raw_dtype):
+        return self._saturate[np.dtype(raw_dtype)]
+
+    def __call__(self, raw, out, state, *, saturation: bool = True, stream=None):
+        """Correct ``raw`` (T, H, W) into ``out`` (T, H, W) on the current (or given) stream.
+
+        ``state`` (N, H, W) float32 is updated in place (ignored without afterglow terms);
+        ``saturation=False`` leaves saturated pixels for :meth:`saturate`.
+        """
+        cp, p = self._cp, self.params
+        _check_dtypes(raw.dtype, out.dtype)
+        t, n = int(raw.shape[0]), p.n_pixels
+        if raw.size != t * n or out.shape != raw.shape:
+            raise ValueError(f"raw and out must be (T, {', '.join(map(str, p.frame_shape))}) of the same shape")
+        if not (raw.flags.c_contiguous and out.flags.c_contiguous):
+            raise ValueError("raw and out must be C-contiguous")
+        if p.n_terms and (state is None or state.dtype != cp.float32 or state.size != p.n_terms * n
+                          or not state.flags.c_contiguous):
+            raise ValueError(f"state must be a C-contiguous ({p.n_terms}, {n}) float32 array")
+        thr = saturation_threshold(p.saturation if saturation else None, raw.dtype)
+        out_arg = out.view(cp.uint16) if out.dtype == cp.float16 else out
+        slot = self.slot if self.slot is not None else np.uint64(0)  # NULL: no bad pixels
+        args = (raw, out_arg, state if p.n_terms else self.no_state, self.dark, self.inv, slot, self.neighbours,
+                np.int32(self.neighbours.shape[1]), self.amplitudes, self.ratios, np.int32(p.n_terms),
+                np.int32(p.amplitudes.ndim > 1), np.int32(t), np.int64(n), thr, np.int32(p.nonfinite_to_nan))
+        if t == 0:
+            return out
+        with stream if stream is not None else _null():
+            self._function(raw.dtype, out.dtype)(((n + _BLOCK - 1) // _BLOCK,), (_BLOCK,), args)
+        return out
+
+    def saturate(self, raw, out, *, stream=None):
+        """Set ``out`` (float32, the shape of ``raw``) to NaN where ``raw`` is saturated."""
+        cp = self._cp
+        if out.dtype != cp.float32 or out.shape != raw.shape or not (raw.flags.c_contiguous and out.flags.c_contiguous):
+            raise ValueError("saturate needs C-contiguous raw and float32 out of one shape")
+        thr = saturation_threshold(self.params.saturation, raw.dtype)
+        if np.isnan(thr) or raw.size == 0:
+            return out
+        with stream if stream is not None else _null():
+            self._saturate_function(raw.dtype)(((raw.size + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
+                                               (raw, out, np.int64(raw.size), thr))
+        return out
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def correct_block_gpu(raw, dark, inv, targets, neighbours, amps, ratios, state, saturation, out_dtype=np.float32, *,
+                      nonfinite_to_nan: bool | None = None):
+    """Fused flat field, bad pixels, afterglow and saturation of one block on the GPU (one call).
+
+    Parameters
+    ----------
+    raw : CuPy or NumPy array (T, H, W) uint16 or float32
+    dark, inv : arrays (H, W) float32
+        Dark map; inverse gain ``1 / (gain * scale)`` as ``flat_field`` computes it.
+    targets, neighbours : arrays or None
+        From ``neighbour_table`` (None: no replacement).
+    amps, ratios : arrays
+        Afterglow amplitudes (N,) or (N, H, W) and ratios (N,); empty for none.
+    state : CuPy array (N, H, W) float32 or None
+        Updated in place (zeros when None).
+    saturation : float or None
+        Raw saturation level.
+    out_dtype : float32 or float16
+    nonfinite_to_nan : bool, optional
+        Default: True when there are afterglow terms (as the CPU chain's afterglow stage).
+
+    Returns
+    -------
+    out : CuPy array (T, H, W) of ``out_dtype``
+    state : CuPy array (N, H, W) float32
+
+    Notes
+    -----
+    Uploads the parameters and compiles on every call; for a sequence of blocks use
+    :class:`CorrectKernel` (or :mod:`pipeline.conveyor`) once.
+    """
+    from .backend import cupy_module
+
+    cp = cupy_module()
+    params = correction_parameters(raw.shape[1:], dark=dark, inv=inv, targets=targets, neighbours=neighbours,
+                                   amplitudes=amps, ratios=ratios, saturation=saturation,
+                                   nonfinite_to_nan=nonfinite_to_nan)
+    kernel = CorrectKernel(params)
+    raw = cp.ascontiguousarray(cp.asarray(raw))
+    if state is None:
+        state = cp.zeros((params.n_terms,) + tuple(raw.shape[1:]), cp.float32)
+    out = cp.empty(raw.shape, np.dtype(out_dtype))
+    kernel(raw, out, state)
+    return out, state

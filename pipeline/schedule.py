@@ -16,18 +16,37 @@ recursion costs little: see benchmarks/results/afterglow_cpu.md.
 Each output chunk is written by exactly one task (output chunks = blocks), so
 no two tasks ever touch the same Zarr chunk. Memory stays bounded by a few
 blocks per worker whatever the length of the video.
+
+The same graph runs on Dask's local schedulers (threads, synchronous,
+processes) or on a dask.distributed cluster (a running scheduler's address,
+or a ``LocalCluster`` / ``dask_cuda.LocalCUDACluster`` started for the run).
+On a cluster the tasks run in worker processes: the chain, the reader, the
+output array and the ``on_commit`` callback travel to them pickled (once per
+worker: they are data nodes of the graph), the states of the stateful stages
+travel along the graph's dependencies exactly as on the local schedulers (so
+results are bit-identical). With every scheduler ``progress`` is called in the
+calling thread (the client) as each block's commit finishes, never in a worker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import operator
+import uuid
 from typing import Callable
 
 import dask
+import dask.callbacks
 import dask.local
 import dask.multiprocessing
 import dask.threaded
 import numpy as np
+
+from .errors import BackendError, ConfigError
+
+LOCAL_SCHEDULERS = ("threads", "synchronous", "processes")
+CLUSTERS = ("none", "local", "local-cuda")
 
 
 def _getter(scheduler: str):
@@ -36,6 +55,163 @@ def _getter(scheduler: str):
     if scheduler == "processes":
         return dask.multiprocessing.get
     return dask.threaded.get
+
+
+def _local(scheduler: str) -> str:
+    """A local scheduler for small side computations: an address (a cluster) becomes threads."""
+    return scheduler if scheduler in LOCAL_SCHEDULERS else "threads"
+
+
+def is_distributed(scheduler: str = "threads", cluster: str = "none") -> bool:
+    """True when the run goes to a dask.distributed cluster rather than a local Dask scheduler.
+
+    Parameters
+    ----------
+    scheduler : str
+        ``threads``, ``synchronous``, ``processes`` or a scheduler address (``tcp://host:8786``).
+    cluster : str
+        ``none``, ``local`` or ``local-cuda``.
+
+    Returns
+    -------
+    bool
+    """
+    return cluster != "none" or scheduler not in LOCAL_SCHEDULERS
+
+
+def check_execution(scheduler: str = "threads", cluster: str = "none") -> None:
+    """Fail early, before any output is created, when the packages a scheduler needs are absent.
+
+    Parameters
+    ----------
+    scheduler, cluster : str
+        As ``execution.scheduler`` and ``execution.cluster``.
+
+    Raises
+    ------
+    ConfigError
+        ``cluster`` is unknown, or a cluster is asked for together with a scheduler other than threads.
+    BackendError
+        ``dask.distributed`` (or ``dask_cuda`` for ``local-cuda``) cannot be imported; the
+        message names the ``pip install`` that fixes it.
+    """
+    if cluster not in CLUSTERS:
+        raise ConfigError(f"execution.cluster '{cluster}' is unknown; use one of {', '.join(CLUSTERS)}")
+    if cluster != "none" and scheduler != "threads":
+        raise ConfigError(f"execution.cluster: {cluster} starts its own cluster; leave execution.scheduler at "
+                          f"threads (it is '{scheduler}')")
+    if is_distributed(scheduler, cluster):
+        _import_distributed(scheduler, cluster)
+    if cluster == "local-cuda":
+        _import_local_cuda_cluster()
+
+
+def _import_distributed(scheduler: str, cluster: str):
+    try:
+        import distributed
+    except ImportError:
+        what = f"execution.cluster: {cluster}" if cluster != "none" else f"execution.scheduler: {scheduler}"
+        raise BackendError(f"{what} needs dask.distributed, which is not installed; pip install distributed "
+                           "(or set execution.scheduler: threads)") from None
+    return distributed
+
+
+def _import_local_cuda_cluster():
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        raise BackendError("execution.cluster: local-cuda needs dask-cuda, which is not installed; "
+                           "pip install dask-cuda (or set execution.cluster: local)") from None
+    return LocalCUDACluster
+
+
+@contextlib.contextmanager
+def distributed_client(scheduler: str = "threads", cluster: str = "none", num_workers: int | None = None):
+    """A ``distributed.Client`` for the run; a cluster started here is shut down on exit.
+
+    Parameters
+    ----------
+    scheduler : str
+        A scheduler address (``tcp://host:8786``) to connect to, when ``cluster`` is ``none``.
+    cluster : {'none', 'local', 'local-cuda'}
+        ``local``: a ``distributed.LocalCluster`` of ``num_workers`` worker processes on this
+        machine; ``local-cuda``: a ``dask_cuda.LocalCUDACluster`` with one worker per GPU
+        (``num_workers``: how many GPUs).
+    num_workers : int, optional
+        Workers of a cluster started here; None: the cluster's default (by cores or GPUs).
+
+    Yields
+    ------
+    distributed.Client
+
+    Raises
+    ------
+    BackendError
+        A package is missing, or the scheduler at the address cannot be reached.
+    """
+    distributed = _import_distributed(scheduler, cluster)
+    # no dashboard; the scheduler's small HTTP server (health checks) on a free local port, not 8787. Worker logs
+    # are silenced: a failing block's error reaches the caller as the exception, not also as a logged traceback
+    quiet = {"dashboard_address": None, "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"},
+             "silence_logs": logging.CRITICAL}
+    with contextlib.ExitStack() as stack:
+        if cluster == "local":
+            target = stack.enter_context(distributed.LocalCluster(n_workers=num_workers, processes=True, **quiet))
+        elif cluster == "local-cuda":
+            kw = {"n_workers": num_workers} if num_workers else {}
+            target = stack.enter_context(_import_local_cuda_cluster()(**quiet, **kw))
+        else:
+            target = scheduler
+        try:
+            client = distributed.Client(target)
+        except (OSError, TimeoutError) as exc:
+            raise BackendError(f"cannot reach the Dask scheduler at '{scheduler}' ({type(exc).__name__}); start it "
+                               "('dask scheduler') or fix execution.scheduler") from None
+        yield stack.enter_context(client)
+
+
+def _progress_callback(progress, commit_keys):
+    """A Dask local-scheduler callback calling ``progress(n)`` in this thread as each commit task finishes."""
+    if progress is None:
+        return contextlib.nullcontext()
+    keys = set(commit_keys)
+
+    def posttask(key, result, dsk, state, worker_id):
+        if key in keys:
+            progress(result["n"])
+
+    return dask.callbacks.Callback(posttask=posttask)
+
+
+def _run_distributed(dsk, keys, *, scheduler, cluster, num_workers, progress):
+    """Compute ``keys`` of ``dsk`` on a dask.distributed cluster; ``progress`` as each key finishes.
+
+    The chain (with its calibration maps) is a data node of the graph, not scattered data: a
+    worker that dies takes no unrecoverable copy with it. The graph can then exceed Dask's 10 MB
+    large-graph warning; it is sent once, so that warning is raised to 1 GiB for this call.
+    """
+    distributed = _import_distributed(scheduler, cluster)
+    with distributed_client(scheduler, cluster, num_workers) as client:
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GiB"}):
+            futures = client.get(dsk, keys, sync=False)
+        results = []
+        try:
+            for future, result in distributed.as_completed(futures, with_results=True):
+                if future.status != "finished":  # cancelled by the cluster (not an error of a block)
+                    raise BackendError(f"the Dask cluster dropped this run's blocks "
+                                       f"({getattr(result, 'reason', None) or 'cancelled'}); check that its "
+                                       "scheduler and workers are up, then rerun with --resume")
+                results.append(result)
+                if progress is not None:
+                    progress(result["n"])
+        except distributed.KilledWorker as exc:
+            raise BackendError(f"Dask workers died while running this run's blocks ({exc.allowed_failures + 1} tries, "
+                               f"last on {exc.last_worker.address}); out of memory? lower execution.chunk_frames or "
+                               "give the workers more memory") from None
+        finally:
+            if len(results) < len(futures):  # an error or Ctrl-C: stop the rest (they are not needed)
+                client.cancel(futures)
+        return results
 
 
 def _head(source, chain, t0, t1, skip_errors):
@@ -65,11 +241,9 @@ def _copy(state):
     return state.copy() if hasattr(state, "copy") else state
 
 
-def _write(chain, target, payload, t0, t1, progress, skip_write):
+def _write(chain, target, payload, t0, t1, skip_write):
     block, mask, info = payload
     if skip_write:  # already written by an earlier (interrupted) run and verified
-        if progress is not None:
-            progress(t1 - t0)
         return {"n": t1 - t0, "t0": t0, "measured": None, "checksum": None, "info": info, "skipped_write": True}
     out = chain.tail((block, mask))
     target[t0:t1] = out
@@ -77,8 +251,6 @@ def _write(chain, target, payload, t0, t1, progress, skip_write):
     from .io.checkpoint import checksum
 
     digest = checksum(np.asarray(out, dtype=np.float32))
-    if progress is not None:
-        progress(t1 - t0)
     return {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": digest, "info": info, "skipped_write": False}
 
 
@@ -99,6 +271,7 @@ def process_frames(
     *,
     chunk_frames: int,
     scheduler: str = "threads",
+    cluster: str = "none",
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     start_block: int = 0,
@@ -119,14 +292,27 @@ def process_frames(
         ``head(raw) -> (block, mask)``, ``stateful`` (list of stages) and
         ``tail((block, mask)) -> block`` (see :class:`pipeline.stages.Chain`).
         A plain callable ``block -> block`` is accepted too.
+    chunk_frames : int
+        Frames per block (and per output chunk).
+    scheduler : str
+        ``threads``, ``synchronous`` or ``processes`` (Dask's local schedulers), or the address of
+        a running dask.distributed scheduler (``tcp://host:8786``).
+    cluster : {'none', 'local', 'local-cuda'}
+        Start a dask.distributed cluster for this call (see :func:`distributed_client`); then
+        ``scheduler`` must be ``threads`` (it is not used).
+    num_workers : int, optional
+        Threads or processes of a local scheduler, or workers of a cluster started here.
     progress : callable, optional
-        Called with the number of frames of each block once it is written.
+        Called with the number of frames of each block once it is written and committed. It is
+        called in the calling thread (never in a worker, so it need not pickle or be thread-safe).
     start_block, initial_states : optional
         Resume: begin at this block with these states of the stateful stages.
     skip_write : set of int
         Blocks already in ``target`` (their stateful stages still run, to carry the state).
     on_commit : callable, optional
         ``on_commit(c, t0, t1, written, states)`` after block ``c`` is written: record progress.
+        On a cluster it runs in a worker process (it must pickle; files it writes must be on a
+        filesystem the workers share).
     skip_errors : bool
         A block whose reading fails with a skippable error becomes NaN (recorded) instead of failing.
 
@@ -134,11 +320,20 @@ def process_frames(
     -------
     list of dict, one per processed block: ``t0``, ``n``, ``measured``, ``checksum``, ``info``.
     """
+    check_execution(scheduler, cluster)
+    remote = is_distributed(scheduler, cluster)
+    if (remote or scheduler == "processes") and type(target) is np.ndarray:  # a memmap is fine
+        raise ConfigError("an in-memory output array cannot be written from other processes; use a Zarr array "
+                          "or execution.scheduler: threads")
     if not hasattr(chain, "head"):
         chain = _Plain(chain)
     t = source.shape[0]
-    tok = dask.base.tokenize(id(chain), id(source), id(target), chunk_frames, start_block)
-    dsk: dict = {}
+    tok = dask.base.tokenize(id(chain), id(source), id(target), chunk_frames, start_block, uuid.uuid4().hex)
+    # the shared objects are data nodes: a cluster ships each once per worker, not once per task
+    dsk: dict = {f"chain-{tok}": chain, f"source-{tok}": source, f"target-{tok}": target,
+                 f"on-commit-{tok}": on_commit}
+    chain_k, source_k, target_k, on_commit_k = (f"chain-{tok}", f"source-{tok}", f"target-{tok}",
+                                                f"on-commit-{tok}")
     commits = []
     stages = list(chain.stateful)
     starts = list(range(0, t, chunk_frames))
@@ -146,7 +341,7 @@ def process_frames(
         t0 = starts[c]
         t1 = min(t0 + chunk_frames, t)
         prev = (f"head-{tok}", c)
-        dsk[prev] = (_head, source, chain, t0, t1, skip_errors)
+        dsk[prev] = (_head, source_k, chain_k, t0, t1, skip_errors)
         state_keys = []
         for i, stage in enumerate(stages):
             key = (f"sf{i}-{tok}", c)
@@ -160,15 +355,20 @@ def process_frames(
             prev = (f"payload{i}-{tok}", c)
             state_keys.append((f"state{i}-{tok}", c))
         wkey = (f"write-{tok}", c)
-        dsk[wkey] = (_write, chain, target, prev, t0, t1, progress, c in skip_write)
+        dsk[wkey] = (_write, chain_k, target_k, prev, t0, t1, c in skip_write)
         ckey = (f"commit-{tok}", c)
-        dsk[ckey] = (_commit, on_commit, c, t0, t1, wkey, *state_keys)
+        dsk[ckey] = (_commit, on_commit_k, c, t0, t1, wkey, *state_keys)
         commits.append(ckey)
-    dsk[f"total-{tok}"] = (_collect, commits)
-    kw = {}
-    if num_workers and scheduler != "synchronous":
-        kw["num_workers"] = num_workers
-    results = _getter(scheduler)(dsk, f"total-{tok}", **kw)
+    if remote:
+        results = _run_distributed(dsk, commits, scheduler=scheduler, cluster=cluster, num_workers=num_workers,
+                                   progress=progress)
+    else:
+        dsk[f"total-{tok}"] = (_collect, commits)
+        kw = {}
+        if num_workers and scheduler != "synchronous":
+            kw["num_workers"] = num_workers
+        with _progress_callback(progress, commits):
+            results = _getter(scheduler)(dsk, f"total-{tok}", **kw)
     expected = t - (starts[start_block] if start_block < len(starts) else t)
     if sum(r["n"] for r in results) != expected:  # pragma: no cover - a scheduler contract violation
         raise RuntimeError("not every block was processed")
@@ -197,8 +397,11 @@ def frame_statistics(source, *, statistic: str = "mean", with_std: bool = False,
 
     Returns ``(stat_map, std_map_or_None)`` as float32 NumPy arrays. ``median``
     needs the whole stack of each pixel; it is computed in spatial tiles.
+    Calibration-sized work: a scheduler address runs it here with threads.
     """
     import dask.array as da
+
+    scheduler = _local(scheduler)
 
     n, h, w = source.shape
     x = da.from_array(source, chunks=(min(block_frames, n), h, w), asarray=False, lock=False,
@@ -219,6 +422,8 @@ def frame_statistics(source, *, statistic: str = "mean", with_std: bool = False,
 def frame_means(source, *, block_frames: int = 16, scheduler: str = "threads", roi=None) -> np.ndarray:
     """Mean of every frame (optionally over ``roi = (y0, y1, x0, x1)``), streamed: (T,) float64."""
     import dask.array as da
+
+    scheduler = _local(scheduler)
 
     n, h, w = source.shape
     x = da.from_array(source, chunks=(min(block_frames, n), h, w), asarray=False, lock=False,

@@ -111,3 +111,19 @@ def test_nonfinite_input_pixels_counted(tmp_path):
     assert res.nonfinite_input_pixels == 2
     out = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
     assert out.attrs["provenance"]["nonfinite_input_pixels"] == 2
+
+
+def test_resume_may_use_another_scheduler_and_worker_count(video, tmp_path):
+    # scheduling does not change the result, so it is not part of the run's fingerprint
+    src, args, ref, clean_s = video
+    out = tmp_path / "o.zarr"
+    proc = subprocess.Popen(_cli("run", src, out, *args, "--set", "execution.num_workers=2"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.6 * clean_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    p = subprocess.run(_cli("run", src, out, *args, "--resume", "--scheduler", "synchronous"), capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["frames"][:],
+                                  zarr.open_group(str(ref), mode="r")["frames"][:])

@@ -1,0 +1,194 @@
+// Fused per-pixel correction of a block of raw frames: flat field, bad pixels, afterglow, saturation.
+//
+// One thread per pixel loops over the T frames of the block with the afterglow lag states in
+// registers (as cuda/afterglow.cu), loading XRAY_FRAMES_IN_FLIGHT frames' raw values at a time.
+// Per frame k and pixel p it computes what the NumPy chain (pipeline.stages: FlatFieldStage.head
+// -> AfterglowStage -> FlatFieldStage.tail, linear output) computes, with the same float32
+// operations in the same order, so the float32 output and the state are bit-identical to it
+// (tests/cuda/test_correct_emulated.py checks this):
+//
+//   head   v = (float(raw) - dark) * inv                      flat_field: o = raw; o -= dark; o *= inv
+//          a bad pixel (slot[p] >= 0): v = median of the head values of its good neighbours,
+//          computed here from their raw values, exactly as replace_bad_pixels (np.nanmedian):
+//          NaN values and -1 entries left out; odd count: (m + m) * 0.5; even: (lo + hi) * 0.5
+//          (both exact halvings, as np.ma.median's sum / 2.); none left: NaN.
+//   lag    a non-finite v enters the recursion as 0 (AfterglowStage) and comes out NaN:
+//          x = v - sum_n L_n ; L_n <- r_n * (L_n + x * a_n)  (__fsub_rn/__fmul_rn/__fadd_rn: no FMA)
+//   tail   raw >= saturation -> NaN in the output, never in the state (the mask is applied after
+//          the recursion, as FlatFieldStage.tail does).
+//
+// Float16 outputs are the float32 result rounded to nearest even (cvt.rn.f16.f32, what
+// __float2half_rn compiles to), NaN written as 0x7E00 like NumPy's astype(float16): bit-identical
+// to NumPy's float32 -> float16 conversion of the float32 output.
+//
+// Layout: raw, out (T, P) frame-major (out must not overlap raw); state (N, P); amps (N) or
+// (N, P); ratios (N); dark, inv, slot (P); neighbours (n_bad, k_max) int32 flat indices, -1 = none.
+// slot[p] is the row of pixel p in `neighbours` (-1: a good pixel); slot may be NULL (no
+// bad-pixel replacement). saturation: the threshold compared with float(raw) (the host turns the
+// configured level into it: ceil(level) for integer input, float32(level) for float input, as
+// NumPy compares); NaN disables the check. nonfinite_to_nan: 1 when the chain has an afterglow
+// stage (which turns non-finite values into NaN); float input always turns them into NaN
+// (FlatFieldStage.head).
+//
+// Kernels (extern "C"): correct_u16_f32, correct_u16_f16, correct_f32_f32, correct_f32_f16
+// (input dtype _ output dtype; a float16 output is passed as unsigned short); saturate_u16 and
+// saturate_f32 (the saturation mask alone, for chains with denoisers; see the end of the file).
+
+#ifndef XRAY_MAX_LAG_TERMS
+#define XRAY_MAX_LAG_TERMS 4
+#endif
+#define XRAY_MAX_NEIGHBOURS 80  // (2 * 4 + 1)^2 - 1: neighbour_table's largest square, max_radius=4
+
+#ifndef XRAY_EMULATION
+// The float16 conversion without cuda_fp16.h (nvrtc finds no toolkit headers on a wheel-only install).
+__device__ __forceinline__ unsigned short xray_f2h(float v)
+{
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+#else
+inline unsigned short xray_f2h(float v) { return __half_as_ushort(__float2half_rn(v)); }
+#endif
+
+__device__ __forceinline__ float xray_nan() { return __int_as_float(0x7fc00000); }  // NumPy's np.nan
+
+// isfinite without math headers: the exponent is not all ones.
+__device__ __forceinline__ bool xray_finite(float v) { return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u; }
+
+__device__ __forceinline__ void xray_store(float* out, long long i, float v) { out[i] = v; }
+__device__ __forceinline__ void xray_store(unsigned short* out, long long i, float v)
+{
+    out[i] = (v != v) ? (unsigned short)0x7e00 : xray_f2h(v);
+}
+
+template <typename Tin>
+__device__ __forceinline__ float xray_head(const Tin* frame, const float* dark, const float* inv, long long q)
+{
+    return __fmul_rn(__fsub_rn((float)frame[q], dark[q]), inv[q]);
+}
+
+// np.nanmedian of the head values of the neighbours in `nb` (k_max entries, -1 = none).
+template <typename Tin>
+__device__ float xray_neighbour_median(const Tin* frame, const float* dark, const float* inv, const int* nb,
+                                       int k_max)
+{
+    float v[XRAY_MAX_NEIGHBOURS];
+    int n = 0;
+    for (int j = 0; j < k_max; ++j) {
+        int q = nb[j];
+        if (q < 0) continue;
+        float x = xray_head(frame, dark, inv, q);
+        if (x != x) continue;  // NaN: left out, as nanmedian does
+        int i = n++;
+        while (i > 0 && v[i - 1] > x) {  // insertion sort: a handful of values
+            v[i] = v[i - 1];
+            --i;
+        }
+        v[i] = x;
+    }
+    if (n == 0) return xray_nan();
+    if (k_max == 1) return v[0];  // replace_bad_pixels takes a one-column table as it is
+    int h = n / 2;
+    int l = (n & 1) ? h : h - 1;
+    return __fmul_rn(__fadd_rn(v[l], v[h]), 0.5f);
+}
+
+// One frame of one pixel: head value v -> lag recursion -> output (see the top of the file).
+template <bool kFloatIn>
+__device__ __forceinline__ float xray_lag_step(float v, float* L, const float* a, const float* r, int n_terms,
+                                               int nonfinite_to_nan)
+{
+    bool finite = xray_finite(v);
+    float x = finite ? v : 0.0f;
+#pragma unroll
+    for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i)
+        if (i < n_terms) x = __fsub_rn(x, L[i]);
+#pragma unroll
+    for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i)
+        if (i < n_terms) L[i] = __fmul_rn(__fadd_rn(L[i], __fmul_rn(x, a[i])), r[i]);
+    return finite ? x : ((kFloatIn || nonfinite_to_nan) ? xray_nan() : v);
+}
+
+#define XRAY_FRAMES_IN_FLIGHT 4  // raw loads issued together per thread (memory-level parallelism)
+
+template <typename Tin, typename Tout, bool kFloatIn>
+__device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* __restrict__ out,
+                                             float* __restrict__ state, const float* __restrict__ dark,
+                                             const float* __restrict__ inv, const int* __restrict__ slot,
+                                             const int* __restrict__ neighbours, int k_max,
+                                             const float* __restrict__ amps, const float* __restrict__ ratios,
+                                             int n_terms, int amps_per_pixel, int n_frames, long long n_pixels,
+                                             float saturation, int nonfinite_to_nan)
+{
+    long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= n_pixels) return;
+    float L[XRAY_MAX_LAG_TERMS];
+    float a[XRAY_MAX_LAG_TERMS];
+    float r[XRAY_MAX_LAG_TERMS];
+#pragma unroll
+    for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i) {
+        bool on = i < n_terms;
+        L[i] = on ? state[(long long)i * n_pixels + p] : 0.0f;
+        a[i] = on ? (amps_per_pixel ? amps[(long long)i * n_pixels + p] : amps[i]) : 0.0f;
+        r[i] = on ? ratios[i] : 0.0f;
+    }
+    const int row = slot ? slot[p] : -1;
+    const int* nb = row >= 0 ? neighbours + (long long)row * k_max : (const int*)0;
+    const float d = dark[p], g = inv[p];
+    for (int k0 = 0; k0 < n_frames; k0 += XRAY_FRAMES_IN_FLIGHT) {
+        Tin in[XRAY_FRAMES_IN_FLIGHT];
+#pragma unroll
+        for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j)
+            in[j] = k0 + j < n_frames ? raw[(long long)(k0 + j) * n_pixels + p] : (Tin)0;
+#pragma unroll
+        for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j) {
+            if (k0 + j >= n_frames) break;
+            long long idx = (long long)(k0 + j) * n_pixels + p;
+            float v = nb ? xray_neighbour_median(raw + (idx - p), dark, inv, nb, k_max)
+                         : __fmul_rn(__fsub_rn((float)in[j], d), g);
+            float o = xray_lag_step<kFloatIn>(v, L, a, r, n_terms, nonfinite_to_nan);
+            if ((float)in[j] >= saturation) o = xray_nan();  // false for a NaN threshold (check off)
+            xray_store(out, idx, o);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i)
+        if (i < n_terms) state[(long long)i * n_pixels + p] = L[i];
+}
+
+#define XRAY_CORRECT_KERNEL(NAME, TIN, TOUT, FLOAT_IN)                                                          \
+    extern "C" __global__ void NAME(const TIN* raw, TOUT* out, float* state, const float* dark, const float* inv, \
+                                    const int* slot, const int* neighbours, int k_max, const float* amps,         \
+                                    const float* ratios, int n_terms, int amps_per_pixel, int n_frames,          \
+                                    long long n_pixels, float saturation, int nonfinite_to_nan)                  \
+    {                                                                                                            \
+        xray_correct<TIN, TOUT, FLOAT_IN>(raw, out, state, dark, inv, slot, neighbours, k_max, amps, ratios,     \
+                                          n_terms, amps_per_pixel, n_frames, n_pixels, saturation,               \
+                                          nonfinite_to_nan);                                                     \
+    }
+
+XRAY_CORRECT_KERNEL(correct_u16_f32, unsigned short, float, false)
+XRAY_CORRECT_KERNEL(correct_u16_f16, unsigned short, unsigned short, false)
+XRAY_CORRECT_KERNEL(correct_f32_f32, float, float, true)
+XRAY_CORRECT_KERNEL(correct_f32_f16, float, unsigned short, true)
+
+// Saturated pixels to NaN after the stages that must see them unmasked (the denoisers run between
+// the fused kernel and this, as in the CPU chain's tail): out[i] = NaN where float(raw[i]) >= saturation.
+// raw and out hold n elements; the threshold is the fused kernel's (NaN: nothing to do).
+template <typename Tin>
+__device__ __forceinline__ void xray_saturate(const Tin* raw, float* out, long long n, float saturation)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && (float)raw[i] >= saturation) out[i] = xray_nan();
+}
+
+extern "C" __global__ void saturate_u16(const unsigned short* raw, float* out, long long n, float saturation)
+{
+    xray_saturate<unsigned short>(raw, out, n, saturation);
+}
+
+extern "C" __global__ void saturate_f32(const float* raw, float* out, long long n, float saturation)
+{
+    xray_saturate<float>(raw, out, n, saturation);
+}

@@ -1,0 +1,587 @@
+"""The GPU engine: blocks of frames through a host <-> device conveyor.
+
+For every block of frames (``execution.device: gpu``, or ``auto`` with a working GPU)::
+
+    host   read (threads, ahead) -> copy into a pinned buffer
+    upload stream    pinned -> device                                   (H2D copy engine)
+    compute stream   fused kernel: flat field, bad pixels, afterglow,   (SMs)
+                     saturation (cuda/correct.cu); then the CuPy stages
+                     (temporal and spatial denoisers, saturation mask,
+                     attenuation) when configured
+    download stream  device -> pinned                                   (D2H copy engine)
+    host   copy out of the pinned buffer -> write, checksum, measure, commit (threads, behind)
+
+Buffers come in ``depth`` slots (2: double buffering), each with its pinned input, device input,
+device output and pinned output buffers and three events (uploaded, computed, downloaded). Block
+``c`` uses slot ``c % depth``; its upload waits until the compute of block ``c - depth`` has
+read that slot's device input, its compute waits for its upload and for the download of block
+``c - depth`` out of that slot's device output, its download waits for its compute. The host
+enqueues block ``c`` and only then waits for block ``c - depth + 1``'s download, so the upload
+of block ``c + 1``, the compute of block ``c`` and the download of block ``c - 1`` overlap.
+Every buffer is allocated once (for the largest block) and reused: no allocation in the steady
+state (the CuPy denoisers use CuPy's memory pool).
+
+The afterglow state stays on the device between blocks (the kernel updates it in place); the
+states are copied out (a device-to-device snapshot, then a download beside the frames) only
+where a checkpoint needs them. The fused kernel's output is bit-identical to the CPU chain
+(``tests/cuda/test_correct_emulated.py``); the CuPy stages agree with their NumPy versions to
+float32 rounding (``tests/gpu``).
+
+Every piece of the conveyor's logic talks to the GPU through a small device object
+(:class:`CupyDevice`), so ``tests/test_conveyor.py`` runs it on the CPU with a NumPy device whose
+streams run out of order wherever the events allow, to check the ordering.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .backend import say_once
+from .errors import BackendError
+from .kernels import CorrectionParameters, correction_parameters
+
+#: Largest block (frames) the conveyor picks by itself, and the share of free GPU memory it may take.
+MAX_BLOCK_FRAMES = 64
+MEMORY_FRACTION = 0.5
+
+
+# --------------------------------------------------------------------------- the chain on a GPU
+def unsupported_reason(chain, input_dtype, execution=None) -> str | None:
+    """Why the GPU engine cannot run ``chain`` on frames of ``input_dtype`` (None: it can)."""
+    from .stages import AfterglowStage, SpatialDenoiseStage, TemporalDenoiseStage
+
+    if execution is not None:
+        sched, cluster = str(getattr(execution, "scheduler", "threads")), getattr(execution, "cluster", "none")
+        if cluster != "none" or "://" in sched:
+            return "the GPU engine runs in this process, not on a dask.distributed scheduler or cluster"
+    if not all(hasattr(chain, a) for a in ("flatfield", "stateful", "post", "measures")):
+        return "the GPU engine runs a pipeline.stages.Chain"
+    dt = np.dtype(input_dtype)
+    if dt not in (np.dtype(np.uint16), np.dtype(np.float32)):
+        return f"the GPU engine reads uint16 or float32 frames, not {dt}"
+    ff = chain.flatfield
+    if ff is not None and getattr(ff, "response", None) is not None:
+        return "flatfield.response (a per-pixel response) is not in the GPU engine yet"
+    stateful = list(chain.stateful)
+    for i, stage in enumerate(stateful):
+        if isinstance(stage, AfterglowStage):
+            if i != 0:
+                return "the afterglow stage must come first"
+            if len(np.atleast_1d(stage.ratios)) > 4:
+                return "the GPU engine's afterglow takes up to 4 terms"
+        elif not isinstance(stage, TemporalDenoiseStage):
+            return f"stage '{getattr(stage, 'name', type(stage).__name__)}' has no GPU version"
+    for stage in chain.post:
+        if not isinstance(stage, SpatialDenoiseStage):
+            return f"stage '{getattr(stage, 'name', type(stage).__name__)}' has no GPU version"
+    return None
+
+
+def parameters_from_chain(chain, frame_shape) -> CorrectionParameters:
+    """The fused kernel's parameters for the head and afterglow stages of ``chain``.
+
+    The inverse gain is the stage's own (``inv_gain``; otherwise computed as
+    :func:`pipeline.ops.flatfield.inverse_gain` does it: ``float32(1) / (gain * float32(scale))``,
+    scale 1 for counts, ``exposure_ratio * flat_level`` for transmission and attenuation), the
+    bad-pixel table is the stage's own, the saturation level the stage's (None: ``saturated: keep``),
+    so the kernel sees exactly what the CPU chain uses.
+    """
+    from .backend import to_host
+    from .stages import AfterglowStage
+
+    ff = chain.flatfield
+    kw: dict = {}
+    if ff is not None:
+        cal = ff.cal
+        kw["dark"] = to_host(cal.dark)
+        inv = getattr(ff, "inv_gain", None)  # the stage's own, computed once per run
+        if inv is None:
+            scale = 1.0 if ff.cfg.output == "counts" else cal.exposure_ratio * cal.flat_level
+            gain = np.asarray(to_host(cal.gain), np.float32)
+            with np.errstate(over="ignore", divide="ignore"):  # a subnormal gain: Inf, as flat_field gives it
+                inv = (np.float32(1) / (gain if scale == 1.0 else gain * np.float32(scale))).astype(np.float32)
+        kw["inv"] = inv
+        if ff.table is not None:
+            kw["targets"], kw["neighbours"] = ff.table
+        kw["saturation"] = ff.saturation
+    stateful = list(chain.stateful)
+    lag = stateful[0] if stateful and isinstance(stateful[0], AfterglowStage) else None
+    if lag is not None:
+        kw["amplitudes"], kw["ratios"] = lag.amplitudes, lag.ratios
+    return correction_parameters(frame_shape, nonfinite_to_nan=lag is not None, **kw)
+
+
+def choose_block_frames(frame_shape, *, free_bytes: int, input_itemsize: int = 2, out_itemsize: int = 4,
+                        n_terms: int = 0, depth: int = 2, denoise: bool = False, requested: int | None = None,
+                        cap: int = MAX_BLOCK_FRAMES, fraction: float = MEMORY_FRACTION) -> int:
+    """Frames per block that fit ``fraction`` of ``free_bytes`` of GPU memory: ``requested``, or ``cap`` if None, or fewer.
+
+    Per slot and frame: the device input, the float32 working output (and a float16 output);
+    fixed: the maps, the afterglow state and its snapshots, and (with denoisers) a working
+    set of float64 frames and per-frame copies. Raises :class:`BackendError` if not even one
+    frame fits.
+    """
+    p = int(np.prod(frame_shape))
+    per_frame = depth * p * (input_itemsize + 4 + (out_itemsize if out_itemsize != 4 else 0))
+    if denoise:
+        per_frame += 2 * 4 * p  # the spatial denoiser's new block and its stabilised copy
+    fixed = p * 4 * (3 + n_terms * (1 + depth) + (2 * (1 + depth) + 12 if denoise else 0))
+    budget = int(fraction * free_bytes) - fixed
+    fit = budget // per_frame if budget > 0 else 0
+    if fit < 1:
+        need = (fixed + per_frame) / fraction / 2**20
+        raise BackendError(f"the GPU has {free_bytes / 2**20:.0f} MiB free, not enough for a block of one "
+                           f"{' x '.join(map(str, frame_shape))} frame (about {need:.0f} MiB); free GPU memory or "
+                           "run with --device cpu")
+    return int(max(1, min(fit, requested if requested else cap)))
+
+
+# --------------------------------------------------------------------------- the device
+class CupyDevice:
+    """The conveyor's view of the current CUDA device, through CuPy (from :func:`pipeline.backend.cupy_module`).
+
+    Everything the conveyor asks of a device is here, so a NumPy stand-in can take its place in tests.
+    """
+
+    def __init__(self):
+        from .backend import cupy_module
+
+        self.cp = cupy_module()
+        props = self.cp.cuda.runtime.getDeviceProperties(self.cp.cuda.Device().id)
+        name = props["name"]
+        self.name = name.decode() if isinstance(name, bytes) else str(name)
+
+    # memory
+    def free_bytes(self) -> int:
+        free, _total = self.cp.cuda.runtime.memGetInfo()
+        return int(free) + int(self.cp.get_default_memory_pool().free_bytes())
+
+    def empty(self, shape, dtype):
+        return self.cp.empty(shape, dtype)
+
+    def empty_pinned(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape))
+        mem = self.cp.cuda.alloc_pinned_memory(max(n * dtype.itemsize, 1))
+        return np.frombuffer(mem, dtype, n).reshape(shape)
+
+    def is_pinned(self, array) -> bool:
+        """True for a C-contiguous NumPy array in page-locked memory (uploaded without a staging copy)."""
+        if not isinstance(array, np.ndarray) or not array.flags.c_contiguous or array.size == 0:
+            return False
+        try:
+            attrs = self.cp.cuda.runtime.pointerGetAttributes(array.ctypes.data)
+            return attrs.type == self.cp.cuda.runtime.memoryTypeHost
+        except Exception:
+            return False
+
+    def upload(self, array):
+        return self.cp.asarray(array)
+
+    def download(self, array) -> np.ndarray:
+        return self.cp.asnumpy(array)
+
+    # streams and events
+    def stream(self):
+        return self.cp.cuda.Stream(non_blocking=True)
+
+    def event(self):
+        return self.cp.cuda.Event(block=False, disable_timing=True)
+
+    def record(self, event, stream):
+        event.record(stream)
+
+    def wait(self, stream, event):
+        stream.wait_event(event)
+
+    def sync(self, event):
+        event.synchronize()
+
+    def synchronize(self):
+        self.cp.cuda.Device().synchronize()
+
+    # work
+    def h2d(self, dst, src, stream):
+        dst.set(src, stream=stream)
+
+    def d2h(self, dst, src, stream):
+        src.get(stream=stream, out=dst, blocking=False)
+
+    def launch(self, stream, fn: Callable[[], None]):
+        """Run ``fn`` (kernel launches, CuPy operations) with ``stream`` as the current stream."""
+        with stream:
+            fn()
+
+    def prepare(self, params: CorrectionParameters):
+        from .kernels import CorrectKernel
+
+        return CorrectKernel(params)
+
+
+class _Slot:
+    """One set of buffers and events of the conveyor."""
+
+    def __init__(self, dev, frames: int, frame_shape, out_dtype, state_shapes, f16: bool):
+        shape = (frames,) + tuple(frame_shape)
+        self.dev, self.shape = dev, shape
+        self.pin_in: dict = {}
+        self.dev_in: dict = {}
+        self.work = dev.empty(shape, np.float32)
+        self.dev_out = dev.empty(shape, np.float16) if f16 else self.work
+        self.pin_out = dev.empty_pinned(shape, out_dtype)
+        self.snap = [dev.empty(s, np.float32) for s in state_shapes]
+        self.pin_snap = [dev.empty_pinned(s, np.float32) for s in state_shapes]
+        self.uploaded, self.computed, self.downloaded = dev.event(), dev.event(), dev.event()
+        self.key = None
+        self.n = 0
+        self.fetch = False
+
+    def inputs(self, dtype):
+        dtype = np.dtype(dtype)
+        if dtype not in self.dev_in:  # a float32 block in a uint16 run (frames skipped as NaN): once
+            self.pin_in[dtype] = self.dev.empty_pinned(self.shape, dtype)
+            self.dev_in[dtype] = self.dev.empty(self.shape, dtype)
+        return self.pin_in[dtype], self.dev_in[dtype]
+
+
+class Conveyor:
+    """Runs a :class:`pipeline.stages.Chain` on the GPU, block after block, uploads and downloads overlapped.
+
+    Parameters
+    ----------
+    chain : pipeline.stages.Chain
+        Head (flat field, bad pixels, saturation), afterglow, temporal and spatial denoisers,
+        attenuation; see :func:`unsupported_reason` for what it cannot take.
+    frame_shape : tuple of int
+        (H, W).
+    device : object, optional
+        The device (default :class:`CupyDevice` on the current GPU).
+    block_frames : int, optional
+        Largest block; default: what fits the free GPU memory (:func:`choose_block_frames`).
+    out_dtype : float32 or float16
+        Frames handed back (float16 only halves the download; the run's output is float32).
+    depth : int
+        Buffer slots: 2 (double buffering) or more.
+    readers, writers : int
+        Host threads reading blocks ahead and writing (compressing) finished blocks
+        (:meth:`process_frames`); default writers: half the cores, 2 to 8.
+    """
+
+    def __init__(self, chain, frame_shape, *, device=None, block_frames: int | None = None, out_dtype=np.float32,
+                 depth: int = 2, readers: int = 2, writers: int | None = None):
+        from .stages import AfterglowStage
+
+        if depth < 2:
+            raise ValueError("depth must be at least 2 (double buffering)")
+        self.out_dtype = np.dtype(out_dtype)
+        if self.out_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
+            raise ValueError(f"out_dtype must be float32 or float16, not {self.out_dtype}")
+        self.chain = chain
+        self.frame_shape = tuple(int(v) for v in frame_shape)
+        self.dev = device if device is not None else CupyDevice()
+        self.params = parameters_from_chain(chain, self.frame_shape)
+        self.kernel = self.dev.prepare(self.params)
+        stateful = list(chain.stateful)
+        self.lag = stateful[0] if stateful and isinstance(stateful[0], AfterglowStage) else None
+        self.stages = stateful[1:] if self.lag is not None else stateful  # CuPy stages with a state
+        self.post = list(chain.post)
+        self.depth, self.readers = int(depth), int(readers)
+        self.writers = int(writers) if writers else max(2, min(8, (os.cpu_count() or 2) // 2))
+        n = self.params.n_terms
+        self.state_shapes = ([(n,) + self.frame_shape] if self.lag is not None else []) + \
+            [(2,) + self.frame_shape for _ in self.stages]  # temporal_filter's (estimate, gain)
+        if block_frames is None:
+            block_frames = self.fit_block_frames(MAX_BLOCK_FRAMES)
+        self.block_frames = int(block_frames)
+        self.s_up, self.s_compute, self.s_down = self.dev.stream(), self.dev.stream(), self.dev.stream()
+        self._slots: list[_Slot] = []
+        self._frames = 0
+        self.allocations = 0  # slot (re)allocations: 1 for a whole run
+
+    # ----------------------------------------------------------------- sizing
+    def fit_block_frames(self, requested: int, input_dtype=np.uint16) -> int:
+        """``requested`` frames per block, or fewer where the free GPU memory asks for it."""
+        return choose_block_frames(self.frame_shape, free_bytes=self.dev.free_bytes(),
+                                   input_itemsize=np.dtype(input_dtype).itemsize,
+                                   out_itemsize=self.out_dtype.itemsize, n_terms=self.params.n_terms,
+                                   depth=self.depth, denoise=bool(self.stages or self.post), requested=requested)
+
+    def _ensure_slots(self, frames: int):
+        if frames > self._frames or not self._slots:
+            if self._slots:
+                self.dev.synchronize()
+            f16 = self.out_dtype == np.dtype(np.float16)
+            self._slots = [_Slot(self.dev, frames, self.frame_shape, self.out_dtype, self.state_shapes, f16)
+                           for _ in range(self.depth)]
+            self._frames = frames
+            self.allocations += 1
+
+    # ----------------------------------------------------------------- the conveyor
+    def stream(self, blocks: Iterable, *, states=None, keep_states: bool = False) -> Iterator:
+        """Correct blocks in order; uploads, computes and downloads overlap.
+
+        Parameters
+        ----------
+        blocks : iterable of ``(key, raw, fetch)``
+            ``raw`` (n, H, W) uint16 or float32 with ``n <= block_frames``; ``fetch`` False: run
+            the block for its states only (nothing downloaded). A C-contiguous ``raw`` in pinned
+            memory is uploaded from directly: it must not change until its block comes out.
+        states : list, optional
+            States of the stateful stages before the first block (host arrays; None entries:
+            the stages' initial states from the first frame).
+        keep_states : bool
+            Also hand out the states after every fetched block (host copies).
+
+        Yields
+        ------
+        key, out, states
+            ``out``: (n, H, W) of ``out_dtype``, a view of pinned memory valid until the next
+            item is asked for (copy it to keep it); None when not fetched. ``states``: list of
+            host arrays, or None.
+        """
+        self._ensure_slots(self.block_frames)
+        dev, depth = self.dev, self.depth
+        self._states = None if states is None else [None if s is None else dev.upload(np.asarray(s, np.float32))
+                                                    for s in states]
+        pending: deque = deque()
+        try:
+            for c, (key, raw, fetch) in enumerate(blocks):
+                if c == 0:
+                    self._initial_states(raw)
+                self._submit(self._slots[c % depth], key, raw, bool(fetch), keep_states)
+                pending.append(self._slots[c % depth])
+                if len(pending) >= depth:
+                    yield self._finish(pending.popleft(), keep_states)
+            while pending:
+                yield self._finish(pending.popleft(), keep_states)
+        finally:
+            dev.synchronize()  # nothing left in flight on buffers the caller may reuse
+
+    def _initial_states(self, raw):
+        """States before the first block: given, or the stages' own from the head of its first frame."""
+        have = self._states or [None] * (int(self.lag is not None) + len(self.stages))
+        if self.lag is not None and have[0] is None:
+            head0, _ = self.chain.head(np.asarray(raw[:1]))
+            have[0] = self.dev.upload(np.ascontiguousarray(self.lag.initial_state(head0), np.float32))
+        self._states = have  # the denoisers start from None (their own initial state)
+
+    def _submit(self, slot: _Slot, key, raw, fetch: bool, keep_states: bool):
+        dev = self.dev
+        n = int(raw.shape[0])
+        if tuple(raw.shape[1:]) != self.frame_shape or not 0 < n <= self._frames:
+            raise ValueError(f"a block must be (1..{self._frames}, {', '.join(map(str, self.frame_shape))}), "
+                             f"not {tuple(raw.shape)}")
+        pin, d_all = slot.inputs(raw.dtype)
+        dev.sync(slot.uploaded)  # block c - depth is uploaded: the pinned input is free
+        if dev.is_pinned(raw):
+            src = raw
+        else:
+            src = pin[:n]
+            np.copyto(src, raw)
+        d_in = d_all[:n]
+        dev.wait(self.s_up, slot.computed)  # block c - depth's compute has read the device input
+        dev.h2d(d_in, src, self.s_up)
+        dev.record(slot.uploaded, self.s_up)
+        dev.wait(self.s_compute, slot.uploaded)
+        dev.wait(self.s_compute, slot.downloaded)  # block c - depth's output (and states) are downloaded
+        snap = keep_states and fetch
+        dev.launch(self.s_compute, lambda: self._compute(slot, d_in, n, snap))
+        dev.record(slot.computed, self.s_compute)
+        slot.key, slot.n, slot.fetch, slot.raw = key, n, fetch, raw  # raw: alive until its upload is done
+        if fetch:
+            dev.wait(self.s_down, slot.computed)
+            dev.d2h(slot.pin_out[:n], slot.dev_out[:n], self.s_down)
+            if snap:
+                for s, p in zip(slot.snap, slot.pin_snap):
+                    dev.d2h(p, s, self.s_down)
+            dev.record(slot.downloaded, self.s_down)
+
+    def _compute(self, slot: _Slot, d_in, n: int, snap: bool):
+        """Everything a block needs on the device (runs with the compute stream current)."""
+        ff = self.chain.flatfield
+        denoise = bool(self.stages or self.post)
+        f16 = slot.dev_out is not slot.work
+        direct = f16 and not denoise and (ff is None or ff.cfg.output != "attenuation")  # the kernel writes float16
+        work = slot.dev_out[:n] if direct else slot.work[:n]
+        lag_state = self._states[0] if self.lag is not None else None
+        self.kernel(d_in, work, lag_state, saturation=not denoise)
+        block = work
+        first = 1 if self.lag is not None else 0
+        for i, stage in enumerate(self.stages):
+            block, self._states[first + i] = stage(block, self._states[first + i])
+        for stage in self.post:
+            block = stage(block)
+        if denoise:
+            if block is not work:
+                work[...] = block
+                block = work
+            self.kernel.saturate(d_in, block)  # after the denoisers, as the CPU chain's tail
+        if ff is not None:
+            block = ff.tail(block, None)  # attenuation, in place (the mask is done)
+        if f16 and not direct:
+            slot.dev_out[:n][...] = block  # rounded to nearest
+        if snap:
+            for dst, s in zip(slot.snap, self._states):
+                dst[...] = s
+
+    def _finish(self, slot: _Slot, keep_states: bool):
+        self.dev.sync(slot.downloaded if slot.fetch else slot.computed)
+        slot.raw = None
+        if not slot.fetch:
+            return slot.key, None, None
+        states = [p.copy() for p in slot.pin_snap] if keep_states else None
+        return slot.key, slot.pin_out[: slot.n], states
+
+    # ----------------------------------------------------------------- a whole run
+    def process_frames(self, source, target, chain=None, *, chunk_frames: int,
+                       progress: Callable[[int], None] | None = None, start_block: int = 0,
+                       initial_states: list | None = None, skip_write=frozenset(), on_commit: Callable | None = None,
+                       skip_errors: bool = False, **_scheduler) -> list[dict]:
+        """:func:`pipeline.schedule.process_frames` on the GPU: same arguments, same records.
+
+        Blocks are read ahead and written behind by host threads; the chain's measurements,
+        the checksums and ``on_commit`` run in the writing threads, after each block is written.
+        ``num_workers`` (if given) is the number of writing threads; the other scheduler
+        arguments are ignored (the conveyor runs in this process).
+        """
+        from .io.checkpoint import checksum
+
+        if chain is not None and chain is not self.chain:
+            raise ValueError("process_frames got another chain than the conveyor was built for")
+        chain = self.chain
+        t = int(source.shape[0])
+        if chunk_frames > self.block_frames:
+            self.block_frames = int(chunk_frames)  # the output's chunks are the blocks
+        starts = list(range(0, t, chunk_frames))
+        stateful = self.lag is not None or bool(self.stages)
+        blocks = [(c, s, min(s + chunk_frames, t)) for c, s in enumerate(starts) if c >= start_block]
+        results: list[dict] = []
+
+        def skipped(c, t0, t1, info):
+            if progress is not None:
+                progress(t1 - t0)
+            return {"n": t1 - t0, "t0": t0, "measured": None, "checksum": None, "info": info, "skipped_write": True}
+
+        if not stateful:  # nothing to carry: blocks already written are not even read
+            for c, t0, t1 in blocks:
+                if c in skip_write:
+                    results.append(skipped(c, t0, t1, {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}))
+            blocks = [b for b in blocks if b[0] not in skip_write]
+
+        def read(t0, t1):
+            info = {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}
+            if hasattr(source, "read_block"):
+                raw, bad = source.read_block(t0, t1, skip=skip_errors)
+                info["skipped"] = [list(s) for s in bad]
+            else:
+                raw = np.asarray(source[t0:t1])
+            if raw.dtype.kind == "f":
+                nonfinite = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+                skipped_px = sum((b - a + 1) for a, b, _ in info["skipped"]) * int(np.prod(raw.shape[1:]))
+                info["nonfinite"] = nonfinite - skipped_px
+            if raw.dtype not in (np.dtype(np.uint16), np.dtype(np.float32)):
+                raw = raw.astype(np.float32)
+            return raw, info
+
+        def write(c, t0, t1, out, info, states):
+            target[t0:t1] = out
+            measured = chain.measure(out) if getattr(chain, "measures", None) else None
+            written = {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": checksum(np.asarray(out, np.float32)),
+                       "info": info, "skipped_write": False}
+            if progress is not None:
+                progress(t1 - t0)
+            if on_commit is not None:
+                on_commit(c, t0, t1, written, list(states) if states is not None else [])
+            return written
+
+        infos: dict = {}
+        reads: deque = deque()
+        writes: deque = deque()
+        rpool = ThreadPoolExecutor(max(1, self.readers), thread_name_prefix="xray-gpu-read")
+        writers = max(1, int(_scheduler.get("num_workers") or self.writers))
+        wpool = ThreadPoolExecutor(writers, thread_name_prefix="xray-gpu-write")
+        ahead = max(2, self.readers + 1)
+
+        def feed():
+            queue = iter(blocks)
+            for b in queue:
+                reads.append((b, rpool.submit(read, b[1], b[2])))
+                if len(reads) >= ahead:
+                    break
+            while reads:
+                (c, t0, t1), fut = reads.popleft()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    reads.append((nxt, rpool.submit(read, nxt[1], nxt[2])))
+                raw, info = fut.result()
+                infos[c] = (t0, t1, info)
+                yield c, raw, c not in skip_write
+
+        ok = False
+        try:
+            keep = on_commit is not None and stateful
+            for c, out, states in self.stream(feed(), states=initial_states, keep_states=keep):
+                t0, t1, info = infos.pop(c)
+                if out is None:
+                    results.append(skipped(c, t0, t1, info))
+                    continue
+                host = np.array(out, dtype=np.float32)  # out of the pinned buffer, which the next block reuses
+                writes.append(wpool.submit(write, c, t0, t1, host, info, states))
+                while len(writes) > 2 * writers:
+                    results.append(writes.popleft().result())
+            while writes:
+                results.append(writes.popleft().result())
+            ok = True
+        finally:
+            for _, fut in reads:
+                fut.cancel()
+            rpool.shutdown(wait=True, cancel_futures=True)
+            wpool.shutdown(wait=True, cancel_futures=not ok)  # writes already started finish
+        expected = t - (starts[start_block] if start_block < len(starts) else t)
+        if sum(r["n"] for r in results) != expected:  # pragma: no cover - a conveyor bug
+            raise RuntimeError("the GPU engine did not process every block")
+        return sorted(results, key=lambda r: r["t0"])
+
+
+# --------------------------------------------------------------------------- for api.run
+def gpu_engine(chain, input_dtype, frame_shape, *, requested: str = "gpu", execution=None, device=None):
+    """The GPU engine for ``chain``, or why not.
+
+    Parameters
+    ----------
+    chain : pipeline.stages.Chain
+    input_dtype : dtype of the input frames
+    frame_shape : (H, W)
+    requested : {'gpu', 'auto'}
+        ``execution.device``: ``gpu`` raises :class:`BackendError` (one line, saying why) where
+        the engine cannot run this chain; ``auto`` then says why once and falls back to the CPU.
+    execution : ExecutionConfig, optional
+        Its scheduler and cluster (a dask.distributed run stays on the CPU engine).
+    device : object, optional
+        A device for :class:`Conveyor` (default: the current GPU).
+
+    Returns
+    -------
+    (Conveyor or None, 'gpu' or 'cpu')
+    """
+    reason = unsupported_reason(chain, input_dtype, execution)
+    if reason is None:
+        try:
+            return Conveyor(chain, frame_shape, device=device), "gpu"
+        except BackendError as exc:
+            reason = str(exc)
+        except Exception as exc:  # a CUDA/nvrtc error: the GPU does not work for us
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}"
+    if requested == "gpu":
+        raise BackendError(f"execution.device=gpu: {reason}; use --device cpu or auto")
+    say_once(f"execution.device=auto runs on the CPU: {reason}")
+    return None, "cpu"
+
+
+__all__ = ["MAX_BLOCK_FRAMES", "Conveyor", "CupyDevice", "choose_block_frames", "gpu_engine", "parameters_from_chain",
+           "unsupported_reason"]

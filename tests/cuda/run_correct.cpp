@@ -1,0 +1,96 @@
+// Runs cuda/correct.cu's kernels under emulation on raw binary files in a folder.
+//
+// usage: run_correct DIR IN OUT T P N per_pixel k_max n_bad saturation nonfinite_to_nan
+//   IN: u16 | f32, OUT: f32 | f16; saturation: a decimal float ("nan": no check).
+//   DIR holds raw.bin (T*P IN), dark.bin, inv.bin (P float32), slot.bin (P int32, read when n_bad > 0),
+//   nb.bin (n_bad*k_max int32), amps.bin (N or N*P float32), ratios.bin (N float32), state.bin (N*P float32);
+//   writes out.bin (T*P OUT) and state_out.bin (N*P float32).
+// usage: run_correct --half IN_F32 OUT_U16   (float32 -> float16 bits with xray_f2h, for the conversion test)
+#include "emulate.h"
+#include "../../cuda/correct.cu"
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+template <class T>
+static std::vector<T> load(const std::string& path, size_t n) {
+    std::vector<T> v(n);
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f || (n && std::fread(v.data(), sizeof(T), n, f) != n)) { std::perror(path.c_str()); std::exit(2); }
+    std::fclose(f);
+    return v;
+}
+
+template <class T>
+static void save(const std::string& path, const std::vector<T>& v) {
+    FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f || (v.size() && std::fwrite(v.data(), sizeof(T), v.size(), f) != v.size())) {
+        std::perror(path.c_str());
+        std::exit(2);
+    }
+    std::fclose(f);
+}
+
+static size_t file_size(const std::string& path) {
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) { std::perror(path.c_str()); std::exit(2); }
+    std::fseek(f, 0, SEEK_END);
+    long n = std::ftell(f);
+    std::fclose(f);
+    return (size_t)n;
+}
+
+template <class Tin, class Tout, class Kernel>
+static void run(Kernel kernel, const std::string& dir, int T, long long P, int N, int per_pixel, int k_max, int n_bad,
+                float saturation, int nonfinite) {
+    auto raw = load<Tin>(dir + "/raw.bin", (size_t)T * P);
+    auto dark = load<float>(dir + "/dark.bin", (size_t)P);
+    auto inv = load<float>(dir + "/inv.bin", (size_t)P);
+    std::vector<int> slot, nb;
+    if (n_bad > 0) {
+        slot = load<int>(dir + "/slot.bin", (size_t)P);
+        nb = load<int>(dir + "/nb.bin", (size_t)n_bad * k_max);
+    }
+    auto amps = load<float>(dir + "/amps.bin", per_pixel ? (size_t)N * P : (size_t)N);
+    auto ratios = load<float>(dir + "/ratios.bin", (size_t)N);
+    auto state = load<float>(dir + "/state.bin", (size_t)N * P);
+    std::vector<Tout> out((size_t)T * P);
+    const int* slot_p = n_bad > 0 ? slot.data() : nullptr;
+    const int* nb_p = n_bad > 0 ? nb.data() : nullptr;
+    unsigned block = 64, grid = (unsigned)((P + block - 1) / block);
+    xray_launch(grid, block, kernel, (const Tin*)raw.data(), out.data(), state.data(), (const float*)dark.data(),
+                (const float*)inv.data(), slot_p, nb_p, k_max, (const float*)amps.data(), (const float*)ratios.data(),
+                N, per_pixel, T, P, saturation, nonfinite);
+    save(dir + "/out.bin", out);
+    save(dir + "/state_out.bin", state);
+}
+
+int main(int argc, char** argv) {
+    if (argc == 4 && std::string(argv[1]) == "--half") {
+        size_t n = file_size(argv[2]) / sizeof(float);
+        auto v = load<float>(argv[2], n);
+        std::vector<unsigned short> h(n);
+        for (size_t i = 0; i < n; ++i) xray_store(h.data(), (long long)i, v[i]);
+        save(argv[3], h);
+        return 0;
+    }
+    if (argc != 12) { std::fprintf(stderr, "bad arguments\n"); return 2; }
+    std::string dir = argv[1], in = argv[2], out = argv[3];
+    int T = std::atoi(argv[4]), N = std::atoi(argv[6]), per_pixel = std::atoi(argv[7]);
+    long long P = std::atoll(argv[5]);
+    int k_max = std::atoi(argv[8]), n_bad = std::atoi(argv[9]), nonfinite = std::atoi(argv[11]);
+    float saturation = std::strtof(argv[10], nullptr);
+    if (in == "u16" && out == "f32")
+        run<unsigned short, float>(correct_u16_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
+    else if (in == "u16" && out == "f16")
+        run<unsigned short, unsigned short>(correct_u16_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
+                                            nonfinite);
+    else if (in == "f32" && out == "f32")
+        run<float, float>(correct_f32_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
+    else if (in == "f32" && out == "f16")
+        run<float, unsigned short>(correct_f32_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
+    else { std::fprintf(stderr, "bad dtypes\n"); return 2; }
+    return 0;
+}

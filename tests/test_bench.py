@@ -1,0 +1,61 @@
+"""`xray-pipeline bench`: what it writes, and that its numbers are consistent with its own timings."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pipeline import bench
+from pipeline.cli import main
+
+
+def test_time_it_median_and_spread(monkeypatch):
+    ticks = iter([0.0, 0.0, 1.0, 1.0, 4.0, 4.0, 6.0, 6.0, 6.0])  # runs of 1, 3, 2 s after the warm-up
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    r = bench.time_it(lambda: None, repeats=3, warmup=1)
+    assert r["seconds"] == [1.0, 3.0, 2.0]
+    assert r["median_s"] == 2.0
+    assert r["spread_pct"] == pytest.approx(100.0)
+
+
+def test_textbook_mtf_peer_matches_the_analytic_gaussian_edge():
+    # the peer must be right before it is compared with: a Gaussian edge has MTF(f) = exp(-2 pi^2 sigma^2 f^2)
+    mtf = bench.textbook_mtf(bench.edge_roi(128, sigma=1.2), 4)
+    f = np.arange(mtf.size) / (2 * (mtf.size - 1) / 4)
+    sel = (f > 0.02) & (f < 0.3)
+    assert np.max(np.abs(mtf[sel] - np.exp(-2 * math.pi**2 * 1.2**2 * f[sel] ** 2))) < 0.03
+
+
+def test_bench_command_writes_consistent_results(tmp_path):
+    out = tmp_path / "res"
+    rc = main(["bench", "--sizes", "48,64", "--frames", "8", "--repeats", "2", "--scaling-frames", "8,24",
+               "--scaling-size", "48", "--workers", "1,2", "--full-frames", "4", "--out", str(out)])
+    assert rc == 0
+    data = json.loads((out / "bench_cpu.json").read_text())
+    for name in ("bench_cpu.md", "bench_cpu_stages.png", "bench_cpu_scaling.png"):
+        assert (out / name).stat().st_size > 1000
+    assert set(data["sizes"]) == {"48", "64"}
+    for block in data["sizes"].values():
+        st, pp = block["stages"], block["pipelines"]
+        for grp in (st, pp):
+            for name, e in grp.items():
+                assert e["per_s"] == pytest.approx(e["items"] / e["median_s"])
+                assert e["median_s"] == pytest.approx(float(np.median(e["seconds"])))
+                if e["roofline"]:
+                    assert e["ratio_to_roofline"] == pytest.approx(e["per_s"] / grp[e["roofline"]]["per_s"])
+        for name in ("flatfield", "afterglow (2 terms)", "denoise temporal", "peer: numpy loop flat-field"):
+            assert st[name]["roofline"] in st and st[st[name]["roofline"]]["kind"] == "roofline"
+        assert {"zarr copy uint16", "flat-field", "full default (+ spatial denoiser)"} <= set(pp)
+        assert pp["full default (+ spatial denoiser)"]["items"] == 4
+    sc = data["scaling"]
+    assert [p["frames"] for p in sc["frames"]] == [8, 24]
+    assert [p["workers"] for p in sc["workers"]] == [1, 2]
+    assert all(p["peak_rss_MiB"] > 50 for p in sc["frames"])  # a Python process with NumPy and Dask loaded
+    md = (out / "bench_cpu.md").read_text()
+    assert "| flatfield |" in md and "## Scaling" in md
+
+
+def test_bench_rejects_bad_sizes(capsys):
+    assert main(["bench", "--sizes", "512,abc"]) != 0
+    assert "comma-separated list of integers" in capsys.readouterr().err
