@@ -54,6 +54,119 @@ if _nb is not None:
                 out[k, i] = (np.float32(frames[k, i]) - dark[i]) * inv[i]
 
 
+    @_nb.njit(cache=True, nogil=True, inline="always")
+    def _median_into(row, target, nbrs, buf):  # pragma: no cover - compiled
+        # row[target] = median of the finite row[nbrs >= 0] (NaN where none), as numpy.nanmedian
+        m = 0
+        for q in range(nbrs.size):
+            idx = nbrs[q]
+            if idx < 0:
+                continue
+            v = row[idx]
+            if v != v:
+                continue
+            j = m
+            while j > 0 and buf[j - 1] > v:
+                buf[j] = buf[j - 1]
+                j -= 1
+            buf[j] = v
+            m += 1
+        if m == 0:
+            row[target] = np.float32(np.nan)
+        elif m % 2 == 1:
+            row[target] = buf[m // 2]
+        else:
+            row[target] = (buf[m // 2 - 1] + buf[m // 2]) / np.float32(2)
+
+    @_nb.njit(cache=True, nogil=True, inline="always")
+    def _median8(v):  # pragma: no cover - compiled
+        # mean of the two middle values of 8 finite values: a branch-free 19-comparator sorting network
+        a0, a1, a2, a3, a4, a5, a6, a7 = v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
+        a0, a2 = min(a0, a2), max(a0, a2)
+        a1, a3 = min(a1, a3), max(a1, a3)
+        a4, a6 = min(a4, a6), max(a4, a6)
+        a5, a7 = min(a5, a7), max(a5, a7)
+        a0, a4 = min(a0, a4), max(a0, a4)
+        a1, a5 = min(a1, a5), max(a1, a5)
+        a2, a6 = min(a2, a6), max(a2, a6)
+        a3, a7 = min(a3, a7), max(a3, a7)
+        a0, a1 = min(a0, a1), max(a0, a1)
+        a2, a3 = min(a2, a3), max(a2, a3)
+        a4, a5 = min(a4, a5), max(a4, a5)
+        a6, a7 = min(a6, a7), max(a6, a7)
+        a2, a4 = min(a2, a4), max(a2, a4)
+        a3, a5 = min(a3, a5), max(a3, a5)
+        a1, a4 = min(a1, a4), max(a1, a4)
+        a3, a6 = min(a3, a6), max(a3, a6)
+        a1, a2 = min(a1, a2), max(a1, a2)
+        a3, a4 = min(a3, a4), max(a3, a4)
+        a5, a6 = min(a5, a6), max(a5, a6)
+        return (a3 + a4) / np.float32(2)
+
+    @_nb.njit(parallel=True, cache=True, nogil=True)
+    def _correct_fused(frames, dark, inv, out, trow, tcol, nrow, ncol, band_start, band, sat):  # pragma: no cover
+        # bands of `band` rows of every frame: the flat field of the band, then its bad pixels while the band is
+        # in cache (a neighbour outside the band is corrected again from its raw value: the same float32 result);
+        # returns how many raw values are >= sat
+        t, h, w = frames.shape
+        kk = nrow.shape[1]
+        n_bands = (h + band - 1) // band
+        nsat = 0
+        bufs = np.empty((t * n_bands, 2 * kk), np.float32)  # allocated once: an allocation per job costs more than its work
+        for job in _nb.prange(t * n_bands):
+            k = job // n_bands
+            bi = job - k * n_bands
+            r0 = bi * band
+            r1 = min(r0 + band, h)
+            fr = frames[k]
+            o = out[k]
+            for y in range(r0, r1):
+                for x in range(w):
+                    v = np.float32(fr[y, x])
+                    o[y, x] = (v - dark[y, x]) * inv[y, x]
+                    nsat += 1 if v >= sat else 0
+            lo = band_start[bi]
+            hi = band_start[bi + 1]
+            if hi > lo:
+                buf = bufs[job]
+                vals = bufs[job, kk:]
+                for j in range(lo, hi):
+                    n_ok = 0
+                    for q in range(kk):
+                        ny = nrow[j, q]
+                        if ny < 0:
+                            continue
+                        nx = ncol[j, q]
+                        if r0 <= ny < r1:
+                            v = o[ny, nx]
+                        else:
+                            v = (np.float32(fr[ny, nx]) - dark[ny, nx]) * inv[ny, nx]
+                        if v != v:
+                            continue
+                        vals[n_ok] = v
+                        n_ok += 1
+                    ty = trow[j]
+                    tx = tcol[j]
+                    if n_ok == 8:  # the common case, eight good neighbours: no data-dependent branches
+                        o[ty, tx] = _median8(vals)
+                        continue
+                    m = 0
+                    for q in range(n_ok):
+                        v = vals[q]
+                        i = m
+                        while i > 0 and buf[i - 1] > v:
+                            buf[i] = buf[i - 1]
+                            i -= 1
+                        buf[i] = v
+                        m += 1
+                    if m == 0:
+                        o[ty, tx] = np.float32(np.nan)
+                    elif m % 2 == 1:
+                        o[ty, tx] = buf[m // 2]
+                    else:
+                        o[ty, tx] = (buf[m // 2 - 1] + buf[m // 2]) / np.float32(2)
+        return nsat
+
     @_nb.njit(parallel=True, cache=True, nogil=True)
     def _replace_bad(stack, targets, neighbours):  # pragma: no cover - compiled
         # stack (T, P) float32 in place; the median of the finite good neighbours, NaN where there is none
@@ -62,26 +175,7 @@ if _nb is not None:
         for i in _nb.prange(n):
             buf = np.empty(k, np.float32)
             for f in range(t):
-                m = 0
-                for q in range(k):
-                    idx = neighbours[i, q]
-                    if idx < 0:
-                        continue
-                    v = stack[f, idx]
-                    if v != v:
-                        continue
-                    j = m  # insertion sort: K is at most 80
-                    while j > 0 and buf[j - 1] > v:
-                        buf[j] = buf[j - 1]
-                        j -= 1
-                    buf[j] = v
-                    m += 1
-                if m == 0:
-                    stack[f, targets[i]] = np.float32(np.nan)
-                elif m % 2 == 1:
-                    stack[f, targets[i]] = buf[m // 2]
-                else:
-                    stack[f, targets[i]] = (buf[m // 2 - 1] + buf[m // 2]) / np.float32(2)
+                _median_into(stack[f], targets[i], neighbours[i], buf)
 
     @_nb.njit(cache=True, inline="always")
     def _reflect(i, n):  # pragma: no cover - compiled
@@ -94,60 +188,77 @@ if _nb is not None:
         return i
 
     @_nb.njit(parallel=True, cache=True, nogil=True)
-    def _temporal(frames, out, x, kprev, d0, fin, smooth, alpha, beta, infl, gmin, lo, span, hold):  # pragma: no cover
+    def _temporal(frames, out, x, kprev, d0, smooth, alpha, beta, infl, gmin, lo, span, hold):  # pragma: no cover
         # the motion-adaptive recursive filter of ops.denoise.temporal_filter, frame by frame, x/kprev in place
         t, h, w = frames.shape
         one = np.float32(1)
         zero = np.float32(0)
+        tiny = np.float32(1e-12)
         left = smooth // 2
         inv_area = 1.0 / (smooth * smooth)
+        rows = 16
+        n_bands = (h + rows - 1) // rows
+        cols = np.zeros((n_bands, w + smooth), np.float64)
+        accs = np.empty((n_bands, w), np.float64)
+        hss = np.empty((n_bands, w), np.float32)
+        ress = np.empty((n_bands, w), np.float32)
         for k in range(t):
+            fk = frames[k]
             for y in _nb.prange(h):
                 for i in range(w):
-                    d = frames[k, y, i] - x[y, i]
-                    ok = np.isfinite(d)
-                    fin[y, i] = ok
-                    d0[y, i] = d if ok else zero
-            for y in _nb.prange(h):
-                col = np.zeros(w + smooth, np.float64)  # column sums of the window rows, reflected at the edges
-                if smooth > 1:
-                    for a in range(smooth):
-                        yy = _reflect(y - left + a, h)
-                        for i in range(w):
-                            col[i + left] += d0[yy, i]
-                    for b in range(left):
-                        col[left - 1 - b] = col[left + _reflect(-1 - b, w)]
-                    for b in range(smooth - left):
-                        col[left + w + b] = col[left + _reflect(w + b, w)]
-                for i in range(w):
+                    d = fk[y, i] - x[y, i]
+                    d0[y, i] = d if np.isfinite(d) else zero
+            for band in _nb.prange(n_bands):
+                col = cols[band]  # per-band buffers, allocated once: an allocation per row costs more than the row
+                acc = accs[band]
+                hs = hss[band]
+                res = ress[band]
+                for y in range(band * rows, min(h, (band + 1) * rows)):
+                    # the box mean of d0 around row y: column sums of the window rows (float64), reflected at the ends,
+                    # then the horizontal sum; plain loops over a row, so they vectorise
                     if smooth > 1:
-                        acc = 0.0
-                        for b in range(smooth):
-                            acc += col[i + b]
-                        ds = np.float32(acc * inv_area)
+                        col[:] = 0.0
+                        for a in range(smooth):
+                            dr = d0[_reflect(y - left + a, h)]
+                            for i in range(w):
+                                col[i + left] += dr[i]
+                        for b in range(left):
+                            col[left - 1 - b] = col[left + _reflect(-1 - b, w)]
+                        for b in range(smooth - left):
+                            col[left + w + b] = col[left + _reflect(w + b, w)]
+                        for i in range(w):
+                            acc[i] = col[i]
+                        for b in range(1, smooth):
+                            for i in range(w):
+                                acc[i] += col[i + b]
+                        for i in range(w):
+                            hs[i] = np.float32(acc[i] * inv_area)
                     else:
-                        ds = d0[y, i]
-                    xv = x[y, i]
-                    xf = xv if np.isfinite(xv) else zero
-                    var = alpha * xf + beta
-                    if var < np.float32(1e-12):
-                        var = np.float32(1e-12)
-                    sig = np.sqrt(var) * infl
-                    c = (abs(ds) / sig - lo) / span
-                    if c < zero:
-                        c = zero
-                    elif c > one:
-                        c = one
-                    g = gmin + (one - gmin) * c
-                    if hold > zero:
-                        hk = hold * kprev[y, i]
-                        if hk > g:
-                            g = hk
-                    if not fin[y, i]:
-                        g = one
-                    kprev[y, i] = g
-                    x[y, i] = xv + g * d0[y, i] if np.isfinite(xv) else frames[k, y, i]
-                    out[k, y, i] = x[y, i]
+                        for i in range(w):
+                            hs[i] = d0[y, i]
+                    xr = x[y]
+                    kr = kprev[y]
+                    fr = fk[y]
+                    orow = out[k, y]
+                    for i in range(w):  # branch-free: selects, min and max
+                        xv = xr[i]
+                        yv = fr[i]
+                        d = yv - xv
+                        fin = np.isfinite(d)
+                        dz = d if fin else zero
+                        okx = np.isfinite(xv)
+                        xf = xv if okx else zero
+                        sig = np.sqrt(max(alpha * xf + beta, tiny)) * infl
+                        c = min(max((abs(hs[i]) / sig - lo) / span, zero), one)
+                        g = gmin + (one - gmin) * c
+                        g = max(g, hold * kr[i])  # hold 0: g itself (g >= gain_min >= 0)
+                        g = g if fin else one
+                        kr[i] = g
+                        nx = xv + g * dz if okx else yv
+                        xr[i] = nx
+                        res[i] = nx
+                    for i in range(w):  # out may be frames itself: writing it in the loop above stops vectorising
+                        orow[i] = res[i]
 
 
     @_nb.njit(cache=True, inline="always")
@@ -228,6 +339,35 @@ if _nb is not None:
                 for x in range(ww):
                     out[y0 + i, x] = num[i, x] / den[i, x]
 
+    @_nb.njit(parallel=True, cache=True, nogil=True)
+    def _remove_lag(x, state, amps, per_pixel, ratios, span):  # pragma: no cover - compiled
+        # ops.afterglow.remove_lag in place on x (T, P): per frame v -= L_n for every term, then
+        # L_n = (L_n + v * a_n) * r_n; pixels in spans of `span` so the frames stream through cache
+        t, p = x.shape
+        n = ratios.size
+        for c in _nb.prange((p + span - 1) // span):
+            p0 = c * span
+            p1 = min(p0 + span, p)
+            m = p1 - p0
+            for k in range(t):
+                xk = x[k, p0:p1]  # contiguous slices and plain loops: vectorised
+                for j in range(n):
+                    sj = state[j, p0:p1]
+                    for i in range(m):
+                        xk[i] = xk[i] - sj[i]
+                for j in range(n):
+                    sj = state[j, p0:p1]
+                    rj = ratios[j]
+                    if per_pixel:
+                        aj = amps[j, p0:p1]
+                        for i in range(m):
+                            sj[i] = (sj[i] + xk[i] * aj[i]) * rj
+                    else:
+                        a0 = amps[j, 0]
+                        for i in range(m):
+                            sj[i] = (sj[i] + xk[i] * a0) * rj
+
+
 def flat_field_into(frames, dark, inv, out) -> bool:
     """``out = (float32(frames) - dark) * inv`` in one parallel pass; False if the kernel cannot take these arrays.
 
@@ -281,9 +421,10 @@ def temporal_into(frames, out, x, kprev, *, smooth: int, alpha: float, beta: flo
     if frames.ndim != 3 or out.shape != frames.shape or x.shape != frames.shape[1:] or kprev.shape != x.shape:
         return False
     f32 = np.float32
+    if not hold >= 0 or not gain_min >= 0:
+        return False  # the kernel's max(g, hold * k) equals the reference's "if hold > 0" only for these
     d0 = np.empty(x.shape, np.float32)
-    fin = np.empty(x.shape, np.bool_)
-    _temporal(frames, out, x, kprev, d0, fin, int(smooth), f32(alpha), f32(beta), f32(infl), f32(gain_min), f32(lo),
+    _temporal(frames, out, x, kprev, d0, int(smooth), f32(alpha), f32(beta), f32(infl), f32(gain_min), f32(lo),
               f32(span), f32(hold))
     return True
 
@@ -297,4 +438,79 @@ def nl_means_into(image, out, *, h: float, patch_size: int, patch_distance: int,
     _nl_means(f, res, int(patch_distance), int(patch_size), float(h) * float(h), 2.0 * float(sigma) ** 2, 32)
     if res is not out:
         out[...] = res
+    return True
+
+
+def correct_into(frames, dark, inv, out, targets, neighbours, saturation) -> int | None:
+    """Flat field and bad pixels in one pass over each frame; returns the count of raw values >= ``saturation``.
+
+    ``out = (float32(frames) - dark) * inv``, then every target replaced by the median of its
+    finite neighbours (as :func:`replace_bad_into`) while the frame is in cache. ``saturation``
+    None counts nothing. None where the kernel cannot take these arrays.
+    """
+    if not available() or not isinstance(frames, np.ndarray) or frames.ndim != 3:
+        return None
+    if frames.dtype not in (np.dtype(np.uint16), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32)):
+        return None  # float32 holds these exactly: the saturation test on it equals the test on the raw values
+    arrays = (frames, dark, inv, out)
+    if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
+        return None
+    if not (dark.dtype == inv.dtype == out.dtype == np.float32) or out.shape != frames.shape:
+        return None
+    if dark.shape != frames.shape[1:] or inv.shape != frames.shape[1:]:
+        return None
+    if targets is None or len(targets) == 0:
+        targets, neighbours = np.zeros(0, np.int64), np.zeros((0, 1), np.int64)
+    if not isinstance(neighbours, np.ndarray):
+        return None
+    sat = np.float32(np.inf) if saturation is None else np.float32(saturation)
+    if saturation is not None and float(sat) != float(saturation):
+        return None  # not exact in float32: leave it to NumPy
+    h, w = frames.shape[1:]
+    key = (id(targets), id(neighbours), h, w)
+    prepared = _tables.get(key)
+    if prepared is None or prepared[0] is not targets or prepared[1] is not neighbours:
+        prepared = (targets, neighbours, _band_table(targets, neighbours, h, w))
+        if len(_tables) > 16:
+            _tables.clear()
+        _tables[key] = prepared
+    trow, tcol, nrow, ncol, band_start, band = prepared[2]
+    return int(_correct_fused(frames, dark, inv, out, trow, tcol, nrow, ncol, band_start, band, sat))
+
+
+_tables: dict = {}  # bad-pixel tables in band order, per (targets, neighbours) of a run: prepared once
+
+
+def _band_table(targets, neighbours, h: int, w: int):
+    t = np.ascontiguousarray(targets, np.int64)
+    order = np.argsort(t, kind="stable")
+    t, nb = t[order], np.ascontiguousarray(np.asarray(neighbours, np.int64)[order])
+    band = max(1, min(h, (64 * 1024) // (4 * max(w, 1))))  # about 64 KiB of output per band: stays in L2
+    trow, tcol = np.divmod(t, max(w, 1))
+    nrow, ncol = np.divmod(nb, max(w, 1))
+    nrow[nb < 0] = -1  # unused slots
+    band_start = np.searchsorted(trow, np.arange(0, h + band, band)[: (h + band - 1) // band + 1]).astype(np.int64)
+    return trow, tcol, nrow, ncol, band_start, band
+
+
+def remove_lag_into(x, state, amplitudes, ratios) -> bool:
+    """:func:`pipeline.ops.afterglow.remove_lag` in place on (T, H, W) float32 ``x``; ``state`` (N, H, W) updated.
+
+    ``amplitudes``: per-term float32 scalars or (H, W) maps (as ``ops.afterglow`` prepares them);
+    ``ratios``: float32 per term. Bit-identical (the same float32 operations in the same order).
+    False where the kernel cannot take these arrays.
+    """
+    if not available() or not all(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous
+                                  for a in (x, state)):
+        return False
+    if x.ndim != 3 or state.shape != (len(ratios),) + x.shape[1:]:
+        return False
+    t, p = x.shape[0], int(np.prod(x.shape[1:]))
+    per_pixel = any(np.ndim(a) > 0 for a in amplitudes)
+    if per_pixel:
+        amps = np.stack([np.broadcast_to(np.asarray(a, np.float32), x.shape[1:]).reshape(-1) for a in amplitudes])
+    else:
+        amps = np.asarray([[np.float32(a)] for a in amplitudes], np.float32).reshape(len(ratios), 1)
+    r = np.asarray(ratios, np.float32)
+    _remove_lag(x.reshape(t, p), state.reshape(len(r), p), np.ascontiguousarray(amps), per_pixel, r, 16384)
     return True

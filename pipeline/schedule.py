@@ -251,6 +251,8 @@ def _write(chain, target, payload, t0, t1, skip_write):
     from .io.checkpoint import checksum
 
     digest = checksum(np.asarray(out, dtype=np.float32))
+    if hasattr(chain, "recycle"):  # written, measured and summed: nothing refers to the block any more
+        chain.recycle(out)
     return {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": digest, "info": info, "skipped_write": False}
 
 

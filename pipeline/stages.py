@@ -16,13 +16,16 @@ it (NaN would poison the state forever).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .config import AfterglowConfig, FlatFieldConfig, RunConfig
 from .errors import ConfigError
 from .ops.afterglow import remove_lag, steady_state
 from .ops.denoise import NoiseModel, denoise_spatial, temporal_filter
-from .ops.flatfield import Calibration, correct_frames, inverse_gain, neighbour_table, to_attenuation
+from .ops.flatfield import (Calibration, correct_frames, flat_field_and_bad_pixels, inverse_gain, neighbour_table,
+                             to_attenuation)
 from .ops.mtf import auto_n_fft, slanted_edge_mtf
 
 
@@ -49,7 +52,18 @@ class FlatFieldStage:
         scale = 1.0 if linear == "counts" else calibration.exposure_ratio * calibration.flat_level
         self.inv_gain = inverse_gain(calibration.gain, scale) if response is None else None
 
-    def head(self, raw):
+    def head(self, raw, out=None):
+        """Linear correction of a raw block and its saturation mask (None: nothing saturated)."""
+        if self.response is None and isinstance(raw, np.ndarray):
+            # dark, gain, bad pixels and the saturation count in one pass (Numba where available)
+            out, n_sat = flat_field_and_bad_pixels(raw, self.cal.dark, self.inv_gain, self.table,
+                                                   saturation=self.saturation, out=out)
+            mask = (raw >= self.saturation) if n_sat else None
+            if raw.dtype.kind == "f":  # +-Inf input pixels become NaN, like NaN ones
+                bad = ~np.isfinite(out)
+                if bad.any():
+                    out[bad] = np.nan
+            return out, mask
         linear = "counts" if self.cfg.output == "counts" else "transmission"
         out = correct_frames(raw, self.cal, output=linear, replace=self.cfg.bad_pixels.replace, table=self.table,
                              saturation_level=None, response=self.response, inv_gain=self.inv_gain)
@@ -175,6 +189,32 @@ class MTFStage:
         return out
 
 
+class BlockPool:
+    """Float32 block buffers reused from block to block, shared by the scheduler's threads.
+
+    A fresh 64 MiB array costs more in page faults than the flat field written into it; the
+    scheduler hands each written block back (:meth:`Chain.recycle`) and the next head reuses it.
+    """
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self._free: list = []
+        self._lock = threading.Lock()
+
+    def take(self, shape):
+        with self._lock:
+            for i, a in enumerate(self._free):
+                if a.shape == tuple(shape):
+                    return self._free.pop(i)
+        return np.empty(shape, np.float32)
+
+    def give(self, a) -> None:
+        if isinstance(a, np.ndarray) and a.dtype == np.float32 and a.base is None and a.flags.c_contiguous:
+            with self._lock:
+                if len(self._free) < self.keep and all(b is not a for b in self._free):
+                    self._free.append(a)
+
+
 class Chain:
     """head -> stateful stages (in time order) -> tail, on blocks of frames; then measurements."""
 
@@ -183,6 +223,20 @@ class Chain:
         self.stateful = list(stateful)
         self.measures = list(measures)
         self.post = list(post)
+        self.pool = BlockPool()
+
+    def __getstate__(self):  # a pool (and its lock) is per process
+        state = dict(self.__dict__)
+        state.pop("pool", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.pool = BlockPool()
+
+    def recycle(self, block) -> None:
+        """Hand a block that is written and no longer referenced back for reuse by a later head."""
+        self.pool.give(block)
 
     def measure(self, block):
         """Measurements of a finished block: {stage name: dict of per-frame arrays}."""
@@ -191,6 +245,8 @@ class Chain:
     def head(self, raw):
         if self.flatfield is None:
             return raw.astype(np.float32), None
+        if isinstance(raw, np.ndarray):
+            return self.flatfield.head(raw, out=self.pool.take(raw.shape))
         return self.flatfield.head(raw)
 
     def tail(self, payload):

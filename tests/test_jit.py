@@ -112,3 +112,47 @@ def test_nl_means_kernel_matches_the_array_code(shape, patch, search):
     assert fast.dtype == ref.dtype == np.float32
     np.testing.assert_allclose(fast, ref, rtol=1e-6, atol=1e-6)
     assert np.abs(fast - img).mean() > 0.1  # it did denoise
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_fused_correction_equals_the_separate_numpy_steps(dtype):
+    from pipeline.ops.flatfield import flat_field_and_bad_pixels, inverse_gain, neighbour_table
+
+    rng = np.random.default_rng(8)
+    h, w = 70, 45
+    bad = rng.random((h, w)) < 0.05
+    bad[30:34, 0:5] = True  # a cluster at the edge, across band boundaries
+    bad[0, :] = True  # a whole row: neighbours only in the next rows
+    frames = rng.integers(0, 4096, (4, h, w)).astype(dtype)
+    frames[1, 5, 5] = 4095
+    if dtype == np.float32:
+        frames[2, 31, 5] = np.nan  # a NaN good neighbour is ignored
+    dark = (rng.random((h, w)) * 50).astype(np.float32)
+    inv = inverse_gain((0.5 + rng.random((h, w))).astype(np.float32))
+    table = neighbour_table(bad)
+    fast, n = flat_field_and_bad_pixels(frames, dark, inv, table, saturation=4095)
+    with jit.disabled():
+        ref, n_ref = flat_field_and_bad_pixels(frames, dark, inv, table, saturation=4095)
+    np.testing.assert_array_equal(fast, ref)
+    assert n == n_ref == int((frames >= 4095).sum()) >= 1
+
+
+@pytest.mark.parametrize("per_pixel", [False, True])
+def test_remove_lag_kernel_is_bit_identical(per_pixel):
+    from pipeline.ops.afterglow import ratios_from_tau, remove_lag
+
+    rng = np.random.default_rng(9)
+    frames = rng.normal(1000, 30, (9, 37, 29)).astype(np.float32)
+    r = ratios_from_tau([0.01, 0.05, 0.4], 50.0)
+    amps = np.array([0.02, 0.01, 0.004])
+    if per_pixel:
+        amps = (amps[:, None, None] * (1 + 0.2 * rng.random((3, 37, 29)))).astype(np.float32)
+    s0 = (rng.random((3, 37, 29)) * 5).astype(np.float32)
+    fast, fs = remove_lag(frames, amps, r, s0.copy())
+    with jit.disabled():
+        ref, rs = remove_lag(frames, amps, r, s0.copy())
+    np.testing.assert_array_equal(fast, ref)
+    np.testing.assert_array_equal(fs, rs)
+    a, st = remove_lag(frames[:4], amps, r, s0.copy())  # blocks chain through the state
+    b, _ = remove_lag(frames[4:], amps, r, st)
+    np.testing.assert_array_equal(np.concatenate([a, b]), ref)

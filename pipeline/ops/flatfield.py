@@ -339,6 +339,45 @@ def flat_field(frames, dark, gain, *, scale: float = 1.0, out=None, inv=None):
     return out
 
 
+def flat_field_and_bad_pixels(frames, dark, inv, table=None, *, saturation: float | None = None, out=None):
+    """``(frames - dark) * inv`` with bad pixels replaced, and the count of raw values >= ``saturation``.
+
+    The NumPy path of :func:`correct_frames`' linear part for a run: with Numba, one pass per
+    frame over all cores (bad pixels while the frame is in cache, the saturation count in the
+    same pass), bit-identical to :func:`flat_field` then :func:`replace_bad_pixels`.
+
+    Parameters
+    ----------
+    frames : array (T, H, W)
+    dark, inv : array (H, W) float32
+        Dark map and :func:`inverse_gain`.
+    table : tuple, optional
+        ``(targets, neighbours)`` from :func:`neighbour_table`; None replaces nothing.
+    saturation : float, optional
+        Raw level counted as saturated (None: count nothing, return 0).
+    out : array (T, H, W) float32, optional
+
+    Returns
+    -------
+    (array float32, int)
+    """
+    xp = get_xp(frames)
+    if out is None:
+        out = xp.empty(frames.shape, dtype=xp.float32)
+    if xp is np:
+        from ..jit import correct_into
+
+        targets, neighbours = table if table is not None else (None, None)
+        n = correct_into(frames, dark, inv, out, targets, neighbours, saturation)
+        if n is not None:
+            return out, n
+    flat_field(frames, dark, None, inv=inv, out=out)
+    if table is not None:
+        replace_bad_pixels(out, *table, out=out)
+    n = 0 if saturation is None else int(xp.count_nonzero(frames >= saturation))
+    return out, n
+
+
 def to_attenuation(transmission, *, floor: float = 1e-6, out=None):
     """``-log(max(transmission, floor))``: line integral of attenuation (float32)."""
     xp = get_xp(transmission)
