@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import operator
+import os
 import uuid
 from typing import Callable
 
@@ -214,7 +215,14 @@ def _run_distributed(dsk, keys, *, scheduler, cluster, num_workers, progress):
         return results
 
 
-def _head(source, chain, t0, t1, skip_errors):
+def _read_ahead(scheduler: str, cluster: str, num_workers: int | None) -> int:
+    """Blocks that may be read before the oldest unwritten one is written (memory: about this many blocks)."""
+    if is_distributed(scheduler, cluster):
+        return 4 * max(num_workers or 2, 2)
+    return 2 * (num_workers or os.cpu_count() or 1) + 2
+
+
+def _head(source, chain, t0, t1, skip_errors, *after):
     """Read a block and run the stateless head stages; a unreadable block becomes NaN when skipping errors."""
     info = {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}
     if hasattr(source, "read_block"):
@@ -339,11 +347,15 @@ def process_frames(
     commits = []
     stages = list(chain.stateful)
     starts = list(range(0, t, chunk_frames))
+    # With stateful stages the blocks leave in time order; reading ahead is useful, but unbounded it fills memory
+    # with blocks waiting for their turn. Block c is read only once block c - ahead is written.
+    ahead = _read_ahead(scheduler, cluster, num_workers) if stages else None
     for c in range(start_block, len(starts)):
         t0 = starts[c]
         t1 = min(t0 + chunk_frames, t)
         prev = (f"head-{tok}", c)
-        dsk[prev] = (_head, source_k, chain_k, t0, t1, skip_errors)
+        after = [(f"write-{tok}", c - ahead)] if ahead and c - ahead >= start_block else []
+        dsk[prev] = (_head, source_k, chain_k, t0, t1, skip_errors, *after)
         state_keys = []
         for i, stage in enumerate(stages):
             key = (f"sf{i}-{tok}", c)

@@ -54,3 +54,49 @@ def test_process_scheduler_equals_threads(sim_small, one_chunk, tmp_path):
     pipeline.run(sim_small, out, overrides=["execution.chunk_frames=16", "execution.scheduler=processes",
                                             "execution.num_workers=2"])
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["frames"][:], one_chunk)
+
+
+def test_reading_ahead_of_a_slow_stateful_stage_is_bounded():
+    """Blocks wait for the time-ordered stage in bounded number: memory does not grow with the video."""
+    import threading
+    import time
+
+    from pipeline.schedule import _read_ahead, process_frames
+
+    class Counting:
+        stateful = ()
+        measures = ()
+
+        def __init__(self):
+            self.lock = threading.Lock()
+            self.inflight = self.peak = 0
+
+        def head(self, raw):
+            with self.lock:
+                self.inflight += 1
+                self.peak = max(self.peak, self.inflight)
+            return raw.astype(np.float32), None
+
+        def tail(self, payload):
+            with self.lock:
+                self.inflight -= 1
+            return payload[0]
+
+    class Slow:  # a stateful stage far slower than reading
+        name = "slow"
+
+        def initial_state(self, block):
+            return 0.0
+
+        def __call__(self, block, state):
+            time.sleep(0.01)
+            return block + state, state + 1.0
+
+    chain = Counting()
+    chain.stateful = [Slow()]
+    src = np.zeros((120, 4, 4), np.uint16)
+    out = np.zeros((120, 4, 4), np.float32)
+    process_frames(src, out, chain, chunk_frames=2, scheduler="threads", num_workers=2)
+    assert out[:, 0, 0].tolist() == np.repeat(np.arange(60.0), 2).tolist()  # states chained in time order
+    assert chain.inflight == 0
+    assert chain.peak <= _read_ahead("threads", "none", 2) + 1 < 60
