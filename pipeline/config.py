@@ -190,7 +190,9 @@ class ExecutionConfig(_Section):
 class OutputConfig(_Section):
     """How the output Zarr array is written."""
 
-    codec: Literal["zstd", "lz4", "none"] = "zstd"
+    codec: Literal["bitshuffle-lz4", "zstd", "lz4", "none"] = Field(
+        "bitshuffle-lz4", description="bitshuffle-lz4: Blosc LZ4 after a bit shuffle, the usual choice for detector "
+                                      "frames (fastest to write here, and smaller than zstd on float32 frames)")
     level: int = Field(1, ge=0, le=22)
 
 

@@ -463,7 +463,7 @@ def correct_into(frames, dark, inv, out, targets, neighbours, saturation) -> int
         targets, neighbours = np.zeros(0, np.int64), np.zeros((0, 1), np.int64)
     if not isinstance(neighbours, np.ndarray):
         return None
-    sat = np.float32(np.inf) if saturation is None else np.float32(saturation)
+    sat = np.float32(np.nan) if saturation is None else np.float32(saturation)  # v >= NaN: never
     if saturation is not None and float(sat) != float(saturation):
         return None  # not exact in float32: leave it to NumPy
     h, w = frames.shape[1:]

@@ -219,7 +219,7 @@ def _read_ahead(scheduler: str, cluster: str, num_workers: int | None) -> int:
     """Blocks that may be read before the oldest unwritten one is written (memory: about this many blocks)."""
     if is_distributed(scheduler, cluster):
         return 4 * max(num_workers or 2, 2)
-    return 2 * (num_workers or os.cpu_count() or 1) + 2
+    return (num_workers or os.cpu_count() or 1) + 1
 
 
 def _head(source, chain, t0, t1, skip_errors, *after):

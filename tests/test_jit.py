@@ -156,3 +156,14 @@ def test_remove_lag_kernel_is_bit_identical(per_pixel):
     a, st = remove_lag(frames[:4], amps, r, s0.copy())  # blocks chain through the state
     b, _ = remove_lag(frames[4:], amps, r, st)
     np.testing.assert_array_equal(np.concatenate([a, b]), ref)
+
+
+def test_no_saturation_level_counts_nothing_even_for_inf():
+    from pipeline.ops.flatfield import flat_field_and_bad_pixels
+
+    frames = np.array([[[1.0, np.inf], [np.nan, 4.0]]], np.float32)
+    one = np.ones((2, 2), np.float32)
+    _, n = flat_field_and_bad_pixels(frames, 0 * one, one, None, saturation=None)
+    assert n == 0
+    _, n = flat_field_and_bad_pixels(frames, 0 * one, one, None, saturation=4.0)
+    assert n == 2  # 4.0 and +Inf, as NumPy's frames >= 4.0

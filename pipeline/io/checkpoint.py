@@ -11,19 +11,23 @@ Every file is written to a temporary name and renamed, so a marker is either who
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 
 def checksum(block) -> str:
-    """Checksum of a block's bytes (as stored)."""
-    a = np.ascontiguousarray(block)
-    return hashlib.blake2b(a.view(np.uint8), digest_size=16).hexdigest()
+    """Checksum of a block's bytes (as stored): their CRC-32 and length.
+
+    It detects torn or corrupted blocks (what a resume must catch), not tampering; a 128-bit
+    BLAKE2 cost 4.6 ms per 1024 x 1024 float32 frame, half a frame's budget at 100 frames/s.
+    """
+    a = np.ascontiguousarray(block).view(np.uint8).reshape(-1)
+    return f"{zlib.crc32(a):08x}-{a.size:x}"
 
 
 def _atomic_write(path: Path, data: bytes):

@@ -32,6 +32,8 @@ def _codecs(codec: str, level: int):
         return [zarr.codecs.ZstdCodec(level=level)]
     if codec == "lz4":
         return [zarr.codecs.BloscCodec(cname="lz4", clevel=max(level, 1), shuffle="shuffle")]
+    if codec == "bitshuffle-lz4":  # the detector-data standard (HDF5 bitshuffle/LZ4 at synchrotrons), in Blosc
+        return [zarr.codecs.BloscCodec(cname="lz4", clevel=max(level, 1), shuffle="bitshuffle")]
     return None
 
 
@@ -247,7 +249,8 @@ class OutputWriter:
             shutil.rmtree(self.partial)
         self.group = zarr.open_group(str(self.partial), mode="w-", zarr_format=3)
 
-    def create(self, name: str, shape, dtype, *, chunks=None, codec: str = "zstd", level: int = 1, fill_value=0):
+    def create(self, name: str, shape, dtype, *, chunks=None, codec: str = "bitshuffle-lz4", level: int = 1,
+               fill_value=0):
         """Create an array in the output group (chunks default to the whole array); replaces one of that name."""
         if name in self.group:
             del self.group[name]
