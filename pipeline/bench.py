@@ -217,7 +217,8 @@ def bench_stages(path: Path, *, host: _Host, config: RunConfig, repeats: int, bl
     run("memcopy uint16->float32", lambda: xp.copyto(out32, raw), t, b16 + b32, kind="roofline")
     run("memcopy float32", lambda: xp.copyto(out32, block), t, 2 * b32, kind="roofline")
     # the stages
-    run("flatfield", lambda: ff.tail(*ff.head(raw)), t, b16 + b32, "memcopy uint16->float32")
+    # as in a run: the block buffer is reused (a run recycles written blocks), so page faults are not counted
+    run("flatfield", lambda: ff.tail(*ff.head(raw, out=out32)), t, b16 + b32, "memcopy uint16->float32")
 
     def afterglow():
         xp.copyto(work, block)
@@ -402,20 +403,20 @@ def bench_pipelines(path: Path, tmp: Path, *, config: RunConfig, device: str, re
 
 
 # --------------------------------------------------------------------------- scaling (child processes)
-def _point(input: Path, output: Path, config_json: str, overrides: list[str]) -> dict:
+def _point(input: Path, output: Path, calibration: str, config_json: str, overrides: list[str]) -> dict:
     """One scaling measurement in this (fresh) process: run, time, peak RSS."""
     cfg = RunConfig.model_validate(json.loads(config_json))
     t0 = time.perf_counter()
-    res = api.run(input, output, cfg, overrides=overrides, overwrite=True)
+    res = api.run(input, output, cfg, overrides=overrides, overwrite=True, calibration=calibration or None)
     sec = time.perf_counter() - t0
     n = res.frames
     return {"seconds": sec, "frames": n, "frames_per_s": n / sec,
             "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
-def _child(input: Path, output: Path, config: RunConfig, overrides: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "pipeline.bench", "point", str(input), str(output), config.model_dump_json(),
-           *overrides]
+def _child(input: Path, output: Path, config: RunConfig, overrides: list[str], calibration: Path | None = None) -> dict:
+    cmd = [sys.executable, "-m", "pipeline.bench", "point", str(input), str(output), str(calibration or ""),
+           config.model_dump_json(), *overrides]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"bench scaling point failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -427,12 +428,13 @@ def bench_scaling(tmp: Path, *, config: RunConfig, device: str, size: int, frame
     """Frames/s and peak RSS against video length; frames/s against worker threads (flat-field + afterglow + temporal)."""
     seed = _simulate(tmp / "seed.zarr", 32, size, seed=3)
     model = _afterglow_model(tmp / "afterglow-scaling.json")
+    cal = api.save_calibration(api.calibrate(seed, config), tmp / "cal-scaling.zarr", overwrite=True)
     over = ["denoise.enabled=true", "denoise.method=none", f"afterglow.model={model}", f"execution.device={device}"]
     chunk = api.choose_chunk_frames(config, (size, size), max(frames))
     out: dict = {"size": size, "pipeline": "flat-field + afterglow + temporal", "frames": [], "workers": []}
     for n in frames:
         src = _repeat_video(seed, tmp / "long.zarr", n, chunk)
-        p = _child(src, tmp / "long-out.zarr", config, over)
+        p = _child(src, tmp / "long-out.zarr", config, over, cal)
         out["frames"].append(p)
         log(f"    {n:5d} frames: {p['frames_per_s']:7.1f} frames/s, peak RSS {p['peak_rss_MiB']:.0f} MiB")
         shutil.rmtree(tmp / "long-out.zarr", ignore_errors=True)
@@ -440,7 +442,7 @@ def bench_scaling(tmp: Path, *, config: RunConfig, device: str, size: int, frame
             shutil.rmtree(tmp / "long.zarr", ignore_errors=True)
     src = _repeat_video(seed, tmp / "long.zarr", frames[0], chunk)
     for k in workers:
-        p = _child(src, tmp / "long-out.zarr", config, [*over, f"execution.num_workers={k}"])
+        p = _child(src, tmp / "long-out.zarr", config, [*over, f"execution.num_workers={k}"], cal)
         p["workers"] = k
         out["workers"].append(p)
         log(f"    {k:2d} worker threads: {p['frames_per_s']:7.1f} frames/s")
@@ -584,7 +586,7 @@ def _plots(data: dict, out: Path, stem: str) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- entry point
-def run_benchmarks(*, device: str = "cpu", sizes=(512, 1024), frames: int = 64, repeats: int = 3,
+def run_benchmarks(*, device: str = "cpu", sizes=(512, 1024), frames: int = 128, repeats: int = 3,
                    out: str | Path = "benchmarks/results", config: RunConfig | None = None,
                    scaling_frames=(256, 1024, 4096), scaling_size: int = 1024, workers=None, full_frames: int = 8,
                    peers: bool = True, mtf: bool = True, command: str = "", log=print) -> tuple[dict, list[Path]]:
@@ -655,10 +657,10 @@ def run_benchmarks(*, device: str = "cpu", sizes=(512, 1024), frames: int = 64, 
 
 
 def _main(argv: list[str]) -> None:  # pragma: no cover - child-process entry, exercised by bench_scaling
-    if len(argv) >= 4 and argv[0] == "point":
-        print(json.dumps(_point(Path(argv[1]), Path(argv[2]), argv[3], argv[4:])))
+    if len(argv) >= 5 and argv[0] == "point":
+        print(json.dumps(_point(Path(argv[1]), Path(argv[2]), argv[3], argv[4], argv[5:])))
         return
-    raise SystemExit("usage: python -m pipeline.bench point INPUT OUTPUT CONFIG_JSON [OVERRIDES...]")
+    raise SystemExit("usage: python -m pipeline.bench point INPUT OUTPUT CALIBRATION|'' CONFIG_JSON [OVERRIDES...]")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -408,7 +408,7 @@ def _int_list(ctx, param, value):
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--sizes", default="512,1024", show_default=True, callback=_int_list,
               help="square frame sizes, comma-separated")
-@click.option("--frames", type=click.IntRange(min=4), default=64, show_default=True,
+@click.option("--frames", type=click.IntRange(min=4), default=128, show_default=True,
               help="frames of the simulated video per size")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--scaling-frames", default="256,1024,4096", show_default=True, callback=_int_list,

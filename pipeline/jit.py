@@ -25,11 +25,32 @@ except Exception:  # pragma: no cover - depends on the machine
 
 
 _enabled = True
+_layer_ok: bool | None = None  # None: not probed yet
+
+if _nb is not None:
+    # Dask calls the kernels from several threads at once: only the OpenMP and TBB layers allow that
+    # (Numba's own 'workqueue' layer aborts the process). Without either, the NumPy code runs instead.
+    _nb.config.THREADING_LAYER = "threadsafe"
+
+
+def _threading_layer_ok() -> bool:
+    global _layer_ok
+    if _layer_ok is None:
+        try:
+            _probe(np.zeros(4, np.float32))
+            _layer_ok = _nb.threading_layer() in ("omp", "tbb")
+        except Exception as exc:  # pragma: no cover - a machine without OpenMP and TBB
+            import warnings
+
+            warnings.warn(f"Numba kernels off (NumPy code instead): no thread-safe threading layer ({exc}); "
+                          "pip install tbb, or install the OpenMP runtime (libgomp)", RuntimeWarning, stacklevel=3)
+            _layer_ok = False
+    return _layer_ok
 
 
 def available() -> bool:
     """True when the Numba kernels can be used."""
-    return _nb is not None and _enabled
+    return _nb is not None and _enabled and _threading_layer_ok()
 
 
 @contextlib.contextmanager
@@ -44,6 +65,11 @@ def disabled():
 
 
 if _nb is not None:
+
+    @_nb.njit(parallel=True, cache=True, nogil=True)
+    def _probe(a):  # pragma: no cover - compiled
+        for i in _nb.prange(a.size):
+            a[i] += 1
 
     @_nb.njit(parallel=True, cache=True, nogil=True)
     def _flat_field_pixels(frames, dark, inv, out):  # pragma: no cover - compiled
@@ -112,10 +138,11 @@ if _nb is not None:
         kk = nrow.shape[1]
         n_bands = (h + band - 1) // band
         nsat = 0
-        bufs = np.empty((t * n_bands, 2 * kk), np.float32)  # allocated once: an allocation per job costs more than its work
+        bufs = np.empty((t * n_bands, 2 * kk), np.float32)  # once: an allocation per job costs more than the job
         for job in _nb.prange(t * n_bands):
-            k = job // n_bands
-            bi = job - k * n_bands
+            # consecutive jobs (one thread's share) are the frames of one band: its dark and gain rows stay in cache
+            bi = job // t
+            k = job - bi * t
             r0 = bi * band
             r1 = min(r0 + band, h)
             fr = frames[k]
