@@ -47,9 +47,15 @@ cuda-check:
 
 # On a machine with a GPU and CuPy: the CuPy-vs-NumPy tests and the GPU benchmark
 # (writes benchmarks/results/gpu-<device>.json). Skips with a message without a GPU.
-gpu-check: $(STAMP)
-	$(PY) -m pytest -q -m gpu tests/gpu || [ $$? -eq 5 ]  # 5: nothing collected (no CuPy here)
-	$(PY) benchmarks/bench_gpu.py
+# On a GPU node without network, install from a wheelhouse first (see below) and pass GPU_PY=python3.
+GPU_PY ?= $(PY)
+gpu-check: $(if $(filter $(PY),$(GPU_PY)),$(STAMP))
+	$(GPU_PY) -m pytest -q -m gpu tests/gpu || [ $$? -eq 5 ]  # 5: nothing collected (no CuPy here)
+	$(GPU_PY) benchmarks/bench_gpu.py
+	@if $(GPU_PY) -c "import sys; from pipeline.backend import gpu_unavailable_reason as r; sys.exit(bool(r()))"; then \
+	  $(GPU_PY) -m pipeline.cli bench --device gpu --sizes 1024,2048 --frames 256 --scaling-frames 256,1024,4096 \
+	    --out benchmarks/results; \
+	else echo "gpu-check: no GPU here, xray-pipeline bench --device gpu skipped"; fi
 
 # An offline bundle of wheels for another Python/platform (air-gapped GPU nodes):
 #   make wheelhouse PYVER=3.12 PLATFORM=manylinux2014_x86_64   then there:

@@ -59,3 +59,14 @@ def test_bench_command_writes_consistent_results(tmp_path):
 def test_bench_rejects_bad_sizes(capsys):
     assert main(["bench", "--sizes", "512,abc"]) != 0
     assert "comma-separated list of integers" in capsys.readouterr().err
+
+
+def test_peak_rss_of_a_child_is_its_own():
+    # a child of a process holding 300 MiB must not report those 300 MiB as its own peak
+    import subprocess
+    import sys
+
+    ballast = np.ones(300 * 2**20 // 8)  # noqa: F841 - held while the child runs
+    code = "from pipeline.bench import peak_rss_mib; print(peak_rss_mib())"
+    own = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 10 < own < 250

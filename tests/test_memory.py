@@ -9,10 +9,11 @@ import pipeline
 from pipeline.io.models import save_model
 
 CHILD = """
-import resource, sys, pipeline
+import sys, pipeline
 extra = [f"afterglow.model={sys.argv[3]}"] if len(sys.argv) > 3 else []
 pipeline.run(sys.argv[1], sys.argv[2], overrides=["execution.chunk_frames=16", *extra])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+from pipeline.bench import peak_rss_mib  # VmHWM: ru_maxrss would carry the parent's size over the exec
+print(int(peak_rss_mib() * 1024))
 """
 
 
