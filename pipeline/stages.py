@@ -196,7 +196,7 @@ class BlockPool:
     scheduler hands each written block back (:meth:`Chain.recycle`) and the next head reuses it.
     """
 
-    def __init__(self, keep: int = 8):
+    def __init__(self, keep: int = 4):
         self.keep = keep
         self._free: list = []
         self._lock = threading.Lock()
