@@ -36,6 +36,7 @@ bench-detail: $(STAMP)
 	$(PY) benchmarks/bench_afterglow.py
 	$(PY) benchmarks/bench_mtf.py
 	$(PY) benchmarks/bench_denoise.py
+	$(PY) benchmarks/bench_codecs.py
 
 # Every CUDA source must compile; skipped (with a note) where nvcc is absent.
 cuda-check:
