@@ -70,3 +70,13 @@ def test_peak_rss_of_a_child_is_its_own():
     code = "from pipeline.bench import peak_rss_mib; print(peak_rss_mib())"
     own = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 10 < own < 250
+
+
+def test_bench_on_gpu_without_one_says_why(capsys):
+    from pipeline.backend import gpu_unavailable_reason
+
+    if gpu_unavailable_reason() is None:
+        pytest.skip("a GPU is present")
+    assert main(["bench", "--device", "gpu", "--sizes", "32", "--scaling-frames", ""]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cpu" in err[0]
