@@ -156,6 +156,10 @@ def _check_response(calibration, cfg: RunConfig, frame_shape):
     """A saved calibration must have been made with the same flatfield.response as the run."""
     had = zarr_store.read_attrs(calibration).get("response_checksum")  # None: made without one
     want = _response_checksum(cfg, frame_shape)
+    if had is not None and want is not None and had != want and "-" not in had:  # saved before the CRC-32
+        from .io.checkpoint import legacy_checksum
+
+        want = legacy_checksum(load_response(cfg, frame_shape))
     if had != want:
         raise CalibrationError(f"calibration '{calibration}' was made {'without' if had is None else 'with another'} "
                                "flatfield.response; recompute it with 'xray-pipeline calibrate' and the same --set "
@@ -255,7 +259,7 @@ def run(
     -------
     RunResult
     """
-    from .io.checkpoint import Checkpoint, checksum
+    from .io.checkpoint import CHECKSUM, Checkpoint, checksum
 
     src = Path(input)
     if resume and Path(output).exists() and not Path(str(output) + ".partial").exists() and not overwrite:
@@ -333,7 +337,7 @@ def run(
     for key in ("scheduler", "cluster", "num_workers"):
         run_config["execution"].pop(key, None)
     fingerprint = {
-        "version": __version__, "config": run_config, "device": device, "input": str(Path(input).resolve()),
+        "version": __version__, "checksum": CHECKSUM, "config": run_config, "device": device, "input": str(Path(input).resolve()),
         "shape": [t, h, w], "dtype": str(ds.frames.dtype), "calibration_checksum": cal_sum, "chunk_frames": chunk,
         "afterglow_model": (model.info if model is not None else None),
         "noise_model": ([noise.alpha, noise.beta, noise.box_factor] if noise else None), "mtf_roi": mtf_roi,
@@ -344,6 +348,10 @@ def run(
     resuming = bool(resume) and progress_dir.matches(fingerprint) and \
         out_path.with_name(out_path.name + ".partial").is_dir()
     if resume and not resuming and progress_dir.has_fingerprint() and not progress_dir.matches(fingerprint):
+        old = progress_dir.stored_fingerprint() or {}
+        if old.get("checksum") != CHECKSUM or old.get("version") != __version__:
+            raise DataError(f"the interrupted run at '{output}' was made by an earlier xray-pipeline "
+                            f"({old.get('version', '?')}); rerun without --resume (it starts afresh)")
         raise DataError(f"the interrupted run at '{output}' was made with another input, config or calibration; "
                         "rerun without --resume (it starts afresh) or with the same settings")
     writer = target = None
@@ -390,7 +398,7 @@ def run(
                          chunk_frames=chunk, scheduler=cfg.execution.scheduler, cluster=cfg.execution.cluster,
                          num_workers=cfg.execution.num_workers, progress=progress, start_block=start_block,
                          initial_states=states, skip_write=skip, on_commit=on_commit,
-                         skip_errors=cfg.execution.on_error == "skip")
+                         skip_errors=cfg.execution.on_error == "skip", recycle=True)
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted; the finished blocks are kept: resume with 'xray-pipeline run "
                              f"{_source or input} {output} --resume{' --overwrite' if overwrite else ''}' and the same "

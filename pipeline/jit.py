@@ -304,8 +304,8 @@ if _nb is not None:
     def _shifted_row(f, ys, dx, row):  # pragma: no cover - compiled
         # row[x] = f[ys, mirror(x + dx)]: a plain copy inside, mirrored indices only at the ends
         ww = f.shape[1]
-        xa = max(0, -dx)
-        xb = min(ww, ww - dx)
+        xa = min(ww, max(0, -dx))
+        xb = max(xa, min(ww, ww - dx))
         for x in range(xa, xb):
             row[x] = f[ys, x + dx]
         for x in range(0, xa):
@@ -406,6 +406,8 @@ def flat_field_into(frames, dark, inv, out) -> bool:
     """
     if not available() or frames.ndim != 3 or frames.dtype.kind not in "uif" or frames.dtype.itemsize > 4:
         return False
+    if frames.dtype == np.float16:  # Numba has no float16 arithmetic
+        return False
     arrays = (frames, dark, inv, out)
     if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
         return False
@@ -451,7 +453,7 @@ def temporal_into(frames, out, x, kprev, *, smooth: int, alpha: float, beta: flo
     if not hold >= 0 or not gain_min >= 0:
         return False  # the kernel's max(g, hold * k) equals the reference's "if hold > 0" only for these
     d0 = np.empty(x.shape, np.float32)
-    _temporal(frames, out, x, kprev, d0, int(smooth), f32(alpha), f32(beta), f32(infl), f32(gain_min), f32(lo),
+    _temporal(frames, out, x, kprev, d0, max(int(smooth), 1), f32(alpha), f32(beta), f32(infl), f32(gain_min), f32(lo),
               f32(span), f32(hold))
     return True
 
@@ -484,6 +486,8 @@ def correct_into(frames, dark, inv, out, targets, neighbours, saturation) -> int
         return None
     if not (dark.dtype == inv.dtype == out.dtype == np.float32) or out.shape != frames.shape:
         return None
+    if np.may_share_memory(frames, out):
+        return None  # neighbours outside a band are corrected again from their raw values: they must stay raw
     if dark.shape != frames.shape[1:] or inv.shape != frames.shape[1:]:
         return None
     if targets is None or len(targets) == 0:

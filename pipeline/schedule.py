@@ -249,7 +249,7 @@ def _copy(state):
     return state.copy() if hasattr(state, "copy") else state
 
 
-def _write(chain, target, payload, t0, t1, skip_write):
+def _write(chain, target, payload, t0, t1, skip_write, recycle=False):
     block, mask, info = payload
     if skip_write:  # already written by an earlier (interrupted) run and verified
         return {"n": t1 - t0, "t0": t0, "measured": None, "checksum": None, "info": info, "skipped_write": True}
@@ -259,7 +259,7 @@ def _write(chain, target, payload, t0, t1, skip_write):
     from .io.checkpoint import checksum
 
     digest = checksum(np.asarray(out, dtype=np.float32))
-    if hasattr(chain, "recycle"):  # written, measured and summed: nothing refers to the block any more
+    if recycle and hasattr(chain, "recycle"):  # written (copied: the caller vouches), measured and summed
         chain.recycle(out)
     return {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": digest, "info": info, "skipped_write": False}
 
@@ -289,6 +289,7 @@ def process_frames(
     skip_write: set | frozenset = frozenset(),
     on_commit: Callable | None = None,
     skip_errors: bool = False,
+    recycle: bool = False,
 ) -> list[dict]:
     """Run ``chain`` over ``source`` block by block and write every block into ``target``.
 
@@ -325,6 +326,10 @@ def process_frames(
         filesystem the workers share).
     skip_errors : bool
         A block whose reading fails with a skippable error becomes NaN (recorded) instead of failing.
+    recycle : bool
+        Hand each written block back to the chain for reuse (no page faults for a fresh buffer).
+        Only for targets that copy what is written (files: Zarr on disk, memmaps); an in-memory
+        Zarr store without a compressor keeps a view of the caller's array.
 
     Returns
     -------
@@ -369,7 +374,7 @@ def process_frames(
             prev = (f"payload{i}-{tok}", c)
             state_keys.append((f"state{i}-{tok}", c))
         wkey = (f"write-{tok}", c)
-        dsk[wkey] = (_write, chain_k, target_k, prev, t0, t1, c in skip_write)
+        dsk[wkey] = (_write, chain_k, target_k, prev, t0, t1, c in skip_write, recycle)
         ckey = (f"commit-{tok}", c)
         dsk[ckey] = (_commit, on_commit_k, c, t0, t1, wkey, *state_keys)
         commits.append(ckey)

@@ -93,3 +93,30 @@ def test_calibration_made_without_the_run_response_is_refused(tmp_path):
     p = run_cli("run", sim, tmp_path / "o.zarr", "--calibration", tmp_path / "lin.zarr", "--set",
                 f"flatfield.response={tmp_path / 'rep' / 'pixel_response.npy'}", "-q")
     assert p.returncode == 0, p.stderr
+    # a calibration saved before the CRC-32 checksums (its response checksum a BLAKE2b) is still accepted
+    import zarr
+
+    from pipeline.io.checkpoint import legacy_checksum
+
+    from pipeline.api import load_response
+    from pipeline.config import load_config
+
+    resp = load_response(load_config(None, overrides=[f"flatfield.response={tmp_path / 'rep' / 'pixel_response.npy'}"]),
+                         (128, 128))
+    zarr.open_group(str(tmp_path / "lin.zarr"), mode="r+").attrs["response_checksum"] = legacy_checksum(resp)
+    p = run_cli("run", sim, tmp_path / "o2.zarr", "--calibration", tmp_path / "lin.zarr", "--set",
+                f"flatfield.response={tmp_path / 'rep' / 'pixel_response.npy'}", "-q")
+    assert p.returncode == 0, p.stderr
+
+
+def test_resume_of_a_run_started_by_an_earlier_release_says_so(sim_small, tmp_path):
+    import json
+
+    out = tmp_path / "o.zarr"
+    pipeline.run(sim_small, out)
+    progress = tmp_path / "o.zarr.progress"
+    progress.mkdir()
+    (progress / "run.json").write_text(json.dumps({"version": "0.1.0", "config": {}}))
+    (tmp_path / "o.zarr.partial").mkdir()
+    e = _one_line(run_cli("run", sim_small, out, "--resume", "--overwrite"))
+    assert "earlier xray-pipeline (0.1.0)" in e and "without --resume" in e

@@ -167,3 +167,42 @@ def test_no_saturation_level_counts_nothing_even_for_inf():
     assert n == 0
     _, n = flat_field_and_bad_pixels(frames, 0 * one, one, None, saturation=4.0)
     assert n == 2  # 4.0 and +Inf, as NumPy's frames >= 4.0
+
+
+def test_edge_cases_found_in_review():
+    from pipeline.ops.denoise import NoiseModel, estimate_noise_model, nl_means, temporal_filter
+    from pipeline.ops.flatfield import flat_field_and_bad_pixels, inverse_gain, neighbour_table
+
+    rng = np.random.default_rng(11)
+    # a search window wider than the image (the shifted row must stay inside its buffer)
+    img = rng.normal(0, 1, (6, 2)).astype(np.float32)
+    fast = nl_means(img, 0.8, patch_size=3, patch_distance=3, sigma=1.0)
+    with jit.disabled():
+        np.testing.assert_allclose(fast, nl_means(img, 0.8, patch_size=3, patch_distance=3, sigma=1.0), atol=1e-6)
+    # out is the input itself (float32 frames): still the NumPy result
+    f = rng.normal(500, 20, (3, 40, 300)).astype(np.float32)
+    bad = np.zeros((40, 300), bool)
+    bad[::4, ::7] = True
+    table = neighbour_table(bad)
+    dark, inv = np.full((40, 300), 10, np.float32), inverse_gain(np.full((40, 300), 0.9, np.float32))
+    with jit.disabled():
+        ref, _ = flat_field_and_bad_pixels(f.copy(), dark, inv, table)
+    g = f.copy()
+    got, _ = flat_field_and_bad_pixels(g, dark, inv, table, out=g)
+    np.testing.assert_array_equal(got, ref)
+    # smooth 0 means no smoothing, as in the NumPy code
+    nm = NoiseModel(1.0, 4.0, 0.5)
+    a, _ = temporal_filter(f.copy(), None, noise=nm, smooth=0)
+    with jit.disabled():
+        b, _ = temporal_filter(f.copy(), None, noise=nm, smooth=0)
+    np.testing.assert_allclose(a, b, rtol=2e-6)
+    # float16 frames: the NumPy path
+    from pipeline.ops.flatfield import flat_field
+
+    h = (rng.random((2, 4, 5)) * 100).astype(np.float16)
+    np.testing.assert_array_equal(flat_field(h, np.zeros((4, 5), np.float32), np.ones((4, 5), np.float32)),
+                                  h.astype(np.float32))
+    # a small video still gets a signal-dependent noise model
+    lam = np.linspace(50, 400, 32 * 32).reshape(32, 32)
+    vid = (rng.poisson(lam, (8, 32, 32)) + rng.normal(0, 3, (8, 32, 32))).astype(np.float32)
+    assert 0.7 < estimate_noise_model(vid).alpha < 1.3

@@ -100,3 +100,24 @@ def test_reading_ahead_of_a_slow_stateful_stage_is_bounded():
     assert out[:, 0, 0].tolist() == np.repeat(np.arange(60.0), 2).tolist()  # states chained in time order
     assert chain.inflight == 0
     assert chain.peak <= _read_ahead("threads", "none", 2) + 1 < 60
+
+
+def test_blocks_are_recycled_only_when_asked(sim_small, tmp_path):
+    """An in-memory Zarr store without a compressor keeps views of written arrays: recycling must be opt-in."""
+    from zarr.storage import MemoryStore
+
+    from pipeline.config import RunConfig
+    from pipeline.io.zarr_store import open_input
+    from pipeline.schedule import process_frames
+    from pipeline.stages import build_chain
+
+    ds = open_input(sim_small)
+    cal = pipeline.calibrate(sim_small)
+    chain = build_chain(RunConfig(), cal, ds.frames.dtype)
+    t, h, w = ds.shape
+    ref = np.zeros((t, h, w), np.float32)
+    process_frames(ds.reader(), ref, chain, chunk_frames=4, scheduler="synchronous")
+    mem = zarr.create_array(store=MemoryStore(), shape=(t, h, w), chunks=(4, h, w), dtype="float32",
+                            compressors=None)
+    process_frames(ds.reader(), mem, chain, chunk_frames=4, scheduler="synchronous")
+    np.testing.assert_array_equal(mem[:], ref)

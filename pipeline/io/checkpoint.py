@@ -20,6 +20,17 @@ from pathlib import Path
 import numpy as np
 
 
+CHECKSUM = "crc32"  # recorded in run fingerprints: progress made with another checksum cannot be verified
+
+
+def legacy_checksum(block) -> str:
+    """The BLAKE2b-128 checksum of releases before the CRC-32 (to accept calibrations saved by them)."""
+    import hashlib
+
+    a = np.ascontiguousarray(block).view(np.uint8).reshape(-1)
+    return hashlib.blake2b(a, digest_size=16).hexdigest()
+
+
 def checksum(block) -> str:
     """Checksum of a block's bytes (as stored): their CRC-32 and length.
 
@@ -59,6 +70,13 @@ class Checkpoint:
             return True
         except (OSError, ValueError):
             return False
+
+    def stored_fingerprint(self) -> dict | None:
+        """The fingerprint of the interrupted run, or None."""
+        try:
+            return json.loads((self.dir / "run.json").read_text())
+        except (OSError, ValueError):
+            return None
 
     def matches(self, fingerprint: dict) -> bool:
         f = self.dir / "run.json"
