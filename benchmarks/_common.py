@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 from pathlib import Path
 
-
-def machine() -> str:
-    """Architecture, cores and processor, for the results' headers."""
-    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}"
+from pipeline.bench import machine_description as machine  # noqa: F401 - one description for every results file
 
 
 def write_results(out_dir: Path, stem: str, data: dict, lines: list[str]) -> None:

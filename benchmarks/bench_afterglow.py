@@ -14,7 +14,6 @@ import argparse
 import shutil
 import statistics
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 import pipeline
 from _common import machine, write_results
+from pipeline.bench import time_it
 from pipeline.io.models import save_model
 from pipeline.ops.afterglow import remove_lag, steady_state
 
@@ -30,13 +30,8 @@ TERMS = {2: ((0.01, 0.003), (0.015, 0.12)), 4: ((0.01, 0.004, 0.002, 0.001), (0.
 
 
 def _median_time(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    t = time_it(fn, repeats=repeats, warmup=1)
+    return t["median_s"], t["seconds"]
 
 
 def main():

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
-import statistics
 import tempfile
-import time
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 
 import pipeline
 from _common import machine, write_results
+from pipeline.bench import time_it
 from pipeline.config import RunConfig
 from pipeline.io import zarr_store
 from pipeline.stages import FlatFieldStage
@@ -33,13 +32,7 @@ CODECS = ["bitshuffle-lz4", "lz4", "zstd", "none"]
 
 
 def _median_time(fn, repeats=3):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return time_it(fn, repeats=repeats, warmup=1)["median_s"]
 
 
 def main():

@@ -214,6 +214,20 @@ if _nb is not None:
                 i = 2 * n - i - 1
         return i
 
+    @_nb.njit(cache=True, nogil=True, inline="always")
+    def _window_sum_row(col, out, left, size, w):  # pragma: no cover - compiled
+        # col[left:left + w] holds a row; reflect it into the pads at both ends (scipy 'reflect'), then
+        # out[i] = sum of col[i:i + size] in that order: the horizontal pass of a size x size box filter
+        for b in range(left):
+            col[left - 1 - b] = col[left + _reflect(-1 - b, w)]
+        for b in range(size - left):
+            col[left + w + b] = col[left + _reflect(w + b, w)]
+        for i in range(w):
+            out[i] = col[i]
+        for b in range(1, size):
+            for i in range(w):
+                out[i] += col[i + b]
+
     @_nb.njit(parallel=True, cache=True, nogil=True)
     def _temporal(frames, out, x, kprev, d0, smooth, alpha, beta, infl, gmin, lo, span, hold):  # pragma: no cover
         # the motion-adaptive recursive filter of ops.denoise.temporal_filter, frame by frame, x/kprev in place
@@ -249,15 +263,7 @@ if _nb is not None:
                             dr = d0[_reflect(y - left + a, h)]
                             for i in range(w):
                                 col[i + left] += dr[i]
-                        for b in range(left):
-                            col[left - 1 - b] = col[left + _reflect(-1 - b, w)]
-                        for b in range(smooth - left):
-                            col[left + w + b] = col[left + _reflect(w + b, w)]
-                        for i in range(w):
-                            acc[i] = col[i]
-                        for b in range(1, smooth):
-                            for i in range(w):
-                                acc[i] += col[i + b]
+                        _window_sum_row(col, acc, left, smooth, w)
                         for i in range(w):
                             hs[i] = np.float32(acc[i] * inv_area)
                     else:
@@ -346,15 +352,7 @@ if _nb is not None:
                         for a in range(1, patch):
                             for x in range(ww):
                                 v[x + left] += d[i + a, x]
-                        for b in range(left):
-                            v[left - 1 - b] = v[left + _reflect(-1 - b, ww)]
-                        for b in range(patch - left):
-                            v[left + ww + b] = v[left + _reflect(ww + b, ww)]
-                        for x in range(ww):
-                            q[x] = v[x]
-                        for b in range(1, patch):
-                            for x in range(ww):
-                                q[x] += v[x + b]
+                        _window_sum_row(v, q, left, patch, ww)
                         for x in range(ww):  # exp(-0) = 1 exactly: the exponential only where it is not
                             z = q[x] * inv_area - sig2
                             q[x] = np.exp(-z * inv_h2) if z > 0.0 else 1.0
@@ -491,7 +489,7 @@ def correct_into(frames, dark, inv, out, targets, neighbours, saturation) -> int
     if dark.shape != frames.shape[1:] or inv.shape != frames.shape[1:]:
         return None
     if targets is None or len(targets) == 0:
-        targets, neighbours = np.zeros(0, np.int64), np.zeros((0, 1), np.int64)
+        targets, neighbours = _NO_TARGETS, _NO_NEIGHBOURS
     if not isinstance(neighbours, np.ndarray):
         return None
     sat = np.float32(np.nan) if saturation is None else np.float32(saturation)  # v >= NaN: never
@@ -509,6 +507,7 @@ def correct_into(frames, dark, inv, out, targets, neighbours, saturation) -> int
     return int(_correct_fused(frames, dark, inv, out, trow, tcol, nrow, ncol, band_start, band, sat))
 
 
+_NO_TARGETS, _NO_NEIGHBOURS = np.zeros(0, np.int64), np.zeros((0, 1), np.int64)  # no bad pixels: one cached table
 _tables: dict = {}  # bad-pixel tables in band order, per (targets, neighbours) of a run: prepared once
 
 

@@ -1,5 +1,7 @@
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,9 +14,34 @@ def run_cli(*args, cwd=None, timeout=300):
                           cwd=cwd, timeout=timeout)
 
 
+def one_line(proc) -> str:
+    """The single ``error: ...`` line a failed CLI call printed (no traceback); fails the test otherwise."""
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def sim_small(tmp_path_factory):
     """A 48-frame 128 x 160 simulated recording (eu-gc), shared read-only by tests."""
     path = tmp_path_factory.mktemp("sim") / "small.zarr"
     pipeline.simulate(path, frames=48, size=(128, 160), seed=3)
     return path
+
+
+@pytest.fixture(scope="session")
+def build_emulated(tmp_path_factory):
+    """``build(name)``: compile ``tests/cuda/<name>.cpp``, which runs a CUDA source under tests/cuda/emulate.h."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not available")
+    here = Path(__file__).resolve().parent / "cuda"
+
+    def build(name: str) -> Path:
+        out = tmp_path_factory.mktemp("emu") / name
+        # IEEE float ops with no FMA contraction, like the kernels' explicit __f*_rn
+        subprocess.run(["g++", "-std=c++17", "-O2", "-ffp-contract=off", "-I", str(here), str(here / f"{name}.cpp"),
+                        "-o", str(out)], check=True, capture_output=True)
+        return out
+
+    return build

@@ -15,6 +15,7 @@ import pytest
 import zarr
 
 import pipeline
+from conftest import one_line as _one_line
 from conftest import run_cli
 from pipeline.config import load_config
 from pipeline.errors import BackendError, ConfigError
@@ -149,13 +150,6 @@ def test_cli_scheduler_option_runs_on_the_cluster(cluster, recording, tmp_path):
     g = zarr.open_group(str(out), mode="r")
     np.testing.assert_array_equal(g["frames"][:], ref)
     assert g.attrs["provenance"]["config"]["execution"]["scheduler"] == cluster.scheduler_address
-
-
-def _one_line(proc):
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
 
 
 def test_bad_scheduler_and_cluster_values_are_one_line(sim_small, tmp_path):

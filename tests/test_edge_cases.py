@@ -6,14 +6,8 @@ import tifffile
 import zarr
 
 import pipeline
+from conftest import one_line as _one_line
 from conftest import run_cli
-
-
-def _one_line(p):
-    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
-    return lines[0]
 
 
 def test_resume_on_a_complete_output_with_a_stale_progress_folder(sim_small, tmp_path):

@@ -318,10 +318,10 @@ def flat_field(frames, dark, gain, *, scale: float = 1.0, out=None, inv=None):
         inv = inverse_gain(gain, scale)
     if out is None:
         out = xp.empty(frames.shape, dtype=xp.float32)
-    if xp is np and frames.ndim == 3 and frames.flags.c_contiguous and out.flags.c_contiguous:
+    if xp is np:
         from ..jit import flat_field_into  # one fused pass over all cores; bit-identical to the code below
 
-        if flat_field_into(frames, dark, inv, out):
+        if flat_field_into(frames, dark, inv, out):  # False where it cannot take these arrays
             return out
     if xp is not np or frames.ndim != 3:
         xp.subtract(frames, dark, out=out, dtype=xp.float32)

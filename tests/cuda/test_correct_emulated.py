@@ -8,7 +8,6 @@ bit (float32, and float16 as NumPy's astype of the float32 result).
 
 import shutil
 import subprocess
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,7 +19,6 @@ from pipeline.kernels import correct_block_reference, saturation_threshold
 from pipeline.ops.flatfield import DEAD, HOT, Calibration
 from pipeline.stages import AfterglowStage, Chain, FlatFieldStage
 
-HERE = Path(__file__).resolve().parent
 pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not available"),
               pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),  # the subnormal gain
               pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
@@ -29,11 +27,8 @@ H, W = 13, 23  # 299 pixels: five blocks of 64 threads, the last one partly idle
 
 
 @pytest.fixture(scope="module")
-def exe(tmp_path_factory):
-    out = tmp_path_factory.mktemp("emu") / "run_correct"
-    subprocess.run(["g++", "-std=c++17", "-O2", "-ffp-contract=off", "-I", str(HERE), str(HERE / "run_correct.cpp"),
-                    "-o", str(out)], check=True, capture_output=True)
-    return out
+def exe(build_emulated):
+    return build_emulated("run_correct")
 
 
 def _calibration(rng, *, bad: bool):

@@ -3,23 +3,18 @@ compared with the NumPy reference ops (bit for bit: same float32 operations in t
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.ops.afterglow import remove_lag
 
-HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not available")
 
 
 @pytest.fixture(scope="module")
-def exe(tmp_path_factory):
-    out = tmp_path_factory.mktemp("emu") / "run_afterglow"
-    subprocess.run(["g++", "-std=c++17", "-O2", "-ffp-contract=off", "-I", str(HERE), str(HERE / "run_afterglow.cpp"),
-                    "-o", str(out)], check=True, capture_output=True)
-    return out
+def exe(build_emulated):
+    return build_emulated("run_afterglow")
 
 
 @pytest.mark.parametrize("n_terms,per_pixel", [(1, False), (2, False), (4, False), (3, True)])
