@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ._version import __version__
-from .errors import AlreadyComplete, PipelineError, RunInterrupted
+from .errors import AlreadyComplete, ConfigError, PipelineError, RunInterrupted
 
 
 class _Bar:
@@ -429,6 +429,8 @@ def bench(device, sizes, frames, repeats, scaling_frames, scaling_size, workers,
     from .config import load_config
 
     cfg = load_config(config_file, overrides=list(overrides))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; bench writes a folder of results: pass a folder path")
     cmd = "xray-pipeline " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("xray-pipeline") else ""
     _, paths = run_benchmarks(device=device, sizes=sizes, frames=frames, repeats=repeats, out=out, config=cfg,
                               scaling_frames=scaling_frames, scaling_size=scaling_size, workers=workers,

@@ -80,3 +80,11 @@ def test_bench_on_gpu_without_one_says_why(capsys):
     assert main(["bench", "--device", "gpu", "--sizes", "32", "--scaling-frames", ""]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--device cpu" in err[0]
+
+
+def test_bench_out_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
+    f = tmp_path / "results.txt"
+    f.write_text("my notes")
+    assert main(["bench", "--sizes", "32", "--out", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert f.read_text() == "my notes"
