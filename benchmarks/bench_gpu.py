@@ -11,14 +11,15 @@ The ``conveyor_2048`` section (GB/s are 1e9 bytes per second):
   ratio of that to the copy's (1.0: as fast as a copy);
 * ``h2d_pinned_GBps`` and ``d2h_pinned_GBps``: one big copy each way from and into pinned memory;
 * ``conveyor_*``: :class:`pipeline.conveyor.Conveyor` streaming pinned uint16 blocks through all
-  fused stages (and with the temporal denoiser), frames per second, input bytes per second and
-  their ratio to the H2D bandwidth; ``bound_ratio`` is the most the downloads allow
+  fused stages (then also the temporal denoiser; then also NLM, the default denoisers), frames per
+  second, input bytes per second and their ratio to the H2D bandwidth; ``bound_ratio`` is the most the downloads allow
   (``min(1, (2 / out bytes per pixel) * d2h / h2d)``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import sys
@@ -41,7 +42,8 @@ def main():
     from pipeline.backend import cupy_module
     from pipeline.kernels import remove_lag_gpu
     from pipeline.ops.afterglow import remove_lag
-    from pipeline.ops.denoise import NoiseModel, denoise_spatial, temporal_filter
+    from pipeline.ops.denoise import (NoiseModel, _nl_means_arrays, _temporal_arrays, denoise_spatial, nl_means,
+                                      temporal_filter)
     from pipeline.ops.flatfield import compute_calibration, correct_frames
 
     cp = cupy_module()
@@ -83,8 +85,19 @@ def main():
     res["afterglow_xp_gpu_s"] = timed(lambda: remove_lag(gy, a, r, st.copy()), sync)
     res["afterglow_cpu_s"] = timed(lambda: remove_lag(y, a, r, None), n=3)
     nm = NoiseModel(0.16, 15.0)
+    # the denoisers: cuda/denoise.cu (what the CuPy ops run) against the same ops' array code on the GPU and the CPU
+    infl = math.sqrt(1.0 + 0.1 / 1.9) * nm.box_factor
     res["temporal_gpu_s"] = timed(lambda: temporal_filter(gy, None, noise=nm), sync)
-    res["nlm_gpu_s_per_frame"] = timed(lambda: denoise_spatial(gy[:2], "nlm", noise=nm), sync) / 2
+    res["temporal_xp_gpu_s"] = timed(lambda: _temporal_arrays(gy, None, None, out=cp.empty_like(gy), noise=nm,
+                                                              gmin=np.float32(0.1), lo=1.0, hi=3.0, infl=infl,
+                                                              smooth=3, hold=0.0), sync, n=3)
+    res["temporal_cpu_s"] = timed(lambda: temporal_filter(y, None, noise=nm), n=3)
+    nlm = dict(patch_size=5, patch_distance=3, sigma=1.0)
+    g_img, c_img = cp.sqrt(gy[0]), np.sqrt(y[0])  # noise of sigma ~0.5: about what the GAT gives
+    res["nlm_kernel_gpu_s_per_frame"] = timed(lambda: nl_means(g_img, 0.8, **nlm), sync)
+    res["nlm_xp_gpu_s_per_frame"] = timed(lambda: _nl_means_arrays(g_img.astype(cp.float64), 0.8, **nlm), sync, n=3)
+    res["nlm_cpu_s_per_frame"] = timed(lambda: nl_means(c_img, 0.8, **nlm), n=2)
+    res["nlm_gpu_s_per_frame"] = timed(lambda: denoise_spatial(gy[:2], "nlm", noise=nm), sync) / 2  # GAT, NaN check
     res["fps"] = {k[:-2]: t / v for k, v in res.items() if k.endswith("_s") and isinstance(v, float)}
     res["conveyor_2048"] = bench_conveyor(cp, timed)
     res["meta"] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
@@ -104,7 +117,7 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
     from pipeline.kernels import CorrectKernel
     from pipeline.ops.denoise import NoiseModel
     from pipeline.ops.flatfield import HOT, Calibration
-    from pipeline.stages import AfterglowStage, Chain, FlatFieldStage, TemporalDenoiseStage
+    from pipeline.stages import AfterglowStage, Chain, FlatFieldStage, SpatialDenoiseStage, TemporalDenoiseStage
 
     rng = np.random.default_rng(1)
     h = w = size
@@ -153,9 +166,12 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
     video = [cupy_pinned(cp, (block, h, w), np.uint16) for _ in range(blocks)]
     for v in video:
         v[...] = rng.integers(0, 16384, (block, h, w), dtype=np.uint16)
-    temporal = Chain(ff, [lag, TemporalDenoiseStage(NoiseModel(0.5, 20.0), DenoiseConfig(enabled=True))])
+    dn = DenoiseConfig(enabled=True)
+    nm = NoiseModel(0.5, 20.0)
+    temporal = Chain(ff, [lag, TemporalDenoiseStage(nm, dn)])
+    default = Chain(ff, [lag, TemporalDenoiseStage(nm, dn)], post=[SpatialDenoiseStage(nm, dn)])  # + NLM
     for label, ch, dt in (("fused_f32", chain, np.float32), ("fused_f16", chain, np.float16),
-                          ("temporal_f32", temporal, np.float32)):
+                          ("temporal_f32", temporal, np.float32), ("default_nlm_f32", default, np.float32)):
         conv = Conveyor(ch, (h, w), block_frames=block, out_dtype=dt)
         assert all(conv.dev.is_pinned(v) for v in video)
 

@@ -391,3 +391,81 @@ def correct_block_gpu(raw, dark, inv, targets, neighbours, amps, ratios, state, 
     out = cp.empty(raw.shape, np.dtype(out_dtype))
     kernel(raw, out, state)
     return out, state
+
+
+# --------------------------------------------------------------------------- denoisers (cuda/denoise.cu)
+NLM_RUN = 16  # XRAY_NLM_RUN in cuda/denoise.cu: output rows per thread
+NLM_MAX_PATCH = 15  # XRAY_NLM_MAX_PATCH
+
+
+def gpu_launcher(module: str):
+    """``launch(function, grid, block, args)`` for the kernels of ``cuda/<module>.cu`` on the current GPU.
+
+    The wrappers below take such a launcher, so their host logic also runs with the same kernels
+    compiled for the CPU (``tests/cuda/test_denoise_emulated.py``).
+    """
+    def launch(function: str, grid: int, block: int, args: tuple):
+        get_kernel(module, function)((grid,), (block,), args)
+
+    return launch
+
+
+def temporal_filter_kernel(frames, state, *, out, alpha: float, beta: float, infl: float, gain_min: float, lo: float,
+                           span: float, hold: float, smooth: int, launch=None):
+    """The temporal filter of :func:`pipeline.ops.denoise.temporal_filter` with ``temporal_step_f32``.
+
+    ``frames`` and ``out`` (T, H, W) float32 C-contiguous (``out`` may be ``frames``); ``state``
+    (2, H, W) (previous estimate, previous gain) or None (start from the first frame). One launch
+    per frame; the estimate alternates between two buffers (the kernel reads its neighbours' old
+    estimates), and frame ``k``'s output is written by the launch for frame ``k + 1`` (from the
+    estimate it reads) so that ``out`` may overwrite the frames. Returns ``(out, state)``.
+    """
+    from .backend import get_xp
+
+    xp = get_xp(frames)
+    launch = launch or gpu_launcher("denoise")
+    t, h, w = frames.shape
+    f32 = np.float32
+    if state is None:
+        if t == 0:
+            return out, None
+        x = frames[0].astype(f32, copy=True)
+        k = xp.ones((h, w), f32)
+        if out is not frames:
+            out[0] = x
+        start = 1
+    else:
+        x, k, start = state[0].astype(f32, copy=True), state[1].astype(f32, copy=True), 0
+    x_next = xp.empty_like(x)
+    grid = (h * w + _BLOCK - 1) // _BLOCK
+    scalars = (np.int32(h), np.int32(w), np.int32(max(int(smooth), 1)), f32(alpha), f32(beta), f32(infl),
+               f32(gain_min), f32(lo), f32(span), f32(hold))
+    for i in range(start, t):
+        launch("temporal_step_f32", grid, _BLOCK, (frames[i], x, k, x_next, out[i - 1] if i > 0 else None) + scalars)
+        x, x_next = x_next, x
+    if t > start:
+        out[t - 1] = x
+    return out, xp.stack([x, k])
+
+
+def nl_means_kernel(image, *, h: float, patch_size: int, patch_distance: int, sigma: float, launch=None):
+    """Non-local means of one (H, W) image with ``nl_means_f32`` (float32): the result, float32.
+
+    The weights and sums of :func:`pipeline.ops.denoise.nl_means`, in float32 (the reference sums in
+    float64). ``patch_size`` up to :data:`NLM_MAX_PATCH`.
+    """
+    from .backend import get_xp
+
+    if not 1 <= int(patch_size) <= NLM_MAX_PATCH:
+        raise ValueError(f"nlm_patch {patch_size} is outside 1..{NLM_MAX_PATCH}, the GPU kernel's range; "
+                         "choose a smaller patch")
+    xp = get_xp(image)
+    launch = launch or gpu_launcher("denoise")
+    f = xp.ascontiguousarray(image, dtype=np.float32)
+    out = xp.empty_like(f)
+    hh, ww = f.shape
+    n = ((hh + NLM_RUN - 1) // NLM_RUN) * ww
+    launch("nl_means_f32", (n + _BLOCK - 1) // _BLOCK, _BLOCK,
+           (f, out, np.int32(hh), np.int32(ww), np.int32(patch_distance), np.int32(patch_size),
+            np.float32(1.0 / (float(h) * float(h))), np.float32(2.0 * float(sigma) ** 2)))
+    return out

@@ -32,16 +32,17 @@ def sim_small(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def build_emulated(tmp_path_factory):
-    """``build(name)``: compile ``tests/cuda/<name>.cpp``, which runs a CUDA source under tests/cuda/emulate.h."""
+    """``build(name, shared=False)``: compile ``tests/cuda/<name>.cpp`` (a CUDA source under tests/cuda/emulate.h)
+    into an executable, or a shared library for ctypes."""
     if shutil.which("g++") is None:
         pytest.skip("g++ not available")
     here = Path(__file__).resolve().parent / "cuda"
 
-    def build(name: str) -> Path:
-        out = tmp_path_factory.mktemp("emu") / name
+    def build(name: str, *, shared: bool = False) -> Path:
+        out = tmp_path_factory.mktemp("emu") / (f"lib{name}.so" if shared else name)
         # IEEE float ops with no FMA contraction, like the kernels' explicit __f*_rn
-        subprocess.run(["g++", "-std=c++17", "-O2", "-ffp-contract=off", "-I", str(here), str(here / f"{name}.cpp"),
-                        "-o", str(out)], check=True, capture_output=True)
+        subprocess.run(["g++", "-std=c++17", "-O2", "-ffp-contract=off", *(["-shared", "-fPIC"] if shared else []),
+                        "-I", str(here), str(here / f"{name}.cpp"), "-o", str(out)], check=True, capture_output=True)
         return out
 
     return build

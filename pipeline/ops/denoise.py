@@ -211,6 +211,18 @@ def nl_means(image, h: float, *, patch_size: int = 5, patch_distance: int = 5, s
         res = np.empty(image.shape, np.float64)
         if nl_means_into(image, res, h=h, patch_size=patch_size, patch_distance=patch_distance, sigma=sigma):
             return res.astype(image.dtype)
+    if xp is not np and image.ndim == 2 and image.size:
+        from ..kernels import NLM_MAX_PATCH, nl_means_kernel  # one launch per frame (cuda/denoise.cu), float32 sums
+
+        if 1 <= patch_size <= NLM_MAX_PATCH:
+            return nl_means_kernel(image, h=h, patch_size=patch_size, patch_distance=patch_distance,
+                                   sigma=sigma).astype(image.dtype, copy=False)
+    return _nl_means_arrays(image, h, patch_size=patch_size, patch_distance=patch_distance, sigma=sigma)
+
+
+def _nl_means_arrays(image, h: float, *, patch_size: int, patch_distance: int, sigma: float):
+    # the definition, one array operation per offset: the reference for the kernels (and a fallback)
+    xp = get_xp(image)
     ndi = get_ndimage(xp)
     f = image.astype(xp.float64)
     r = int(patch_distance)
@@ -276,10 +288,11 @@ def denoise_spatial(frames, method: str, *, noise: NoiseModel | None = None, ans
     single = frames.ndim == 2
     block = frames[None] if single else frames
     out = xp.empty(block.shape, dtype=xp.float32)
+    frames_with_bad = to_host(~xp.isfinite(block).all(axis=(1, 2)))  # one look for the block (one GPU sync)
     for k in range(block.shape[0]):
         img = block[k].astype(xp.float32)
-        bad = ~xp.isfinite(img)
-        has_bad = bool(bad.any())
+        has_bad = bool(frames_with_bad[k])
+        bad = ~xp.isfinite(img) if has_bad else None
         if has_bad:
             img = xp.where(bad, xp.nanmedian(img), img)
         if anscombe and noise is not None:
@@ -308,7 +321,6 @@ def temporal_filter(frames, state, *, noise: NoiseModel, gain_min: float = 0.1, 
     from the first frame); it is returned for the next block, so blocks chain exactly.
     """
     xp = get_xp(frames)
-    ndi = get_ndimage(xp)
     if out is None:
         out = xp.empty(frames.shape, dtype=xp.float32)
     lo, hi = float(threshold[0]), float(threshold[1])
@@ -332,6 +344,20 @@ def temporal_filter(frames, state, *, noise: NoiseModel, gain_min: float = 0.1, 
                 frames[start:], out[start:], x0, k0, smooth=smooth, alpha=noise.alpha, beta=noise.beta, infl=infl,
                 gain_min=gain_min, lo=lo, span=max(hi - lo, 1e-6), hold=hold):
             return out, np.stack([x0, k0])
+    if (xp is not np and frames.ndim == 3 and frames.size and hold >= 0 and gain_min >= 0
+            and all(a.dtype == np.float32 and a.flags.c_contiguous for a in (frames, out))):
+        from ..kernels import temporal_filter_kernel  # one fused launch per frame (cuda/denoise.cu)
+
+        return temporal_filter_kernel(frames, state, out=out, alpha=noise.alpha, beta=noise.beta, infl=infl,
+                                      gain_min=gain_min, lo=lo, span=max(hi - lo, 1e-6), hold=hold, smooth=smooth)
+    return _temporal_arrays(frames, x, kprev, out=out, noise=noise, gmin=gmin, lo=lo, hi=hi, infl=infl,
+                            smooth=smooth, hold=hold)
+
+
+def _temporal_arrays(frames, x, kprev, *, out, noise, gmin, lo, hi, infl, smooth, hold):
+    # the definition, frame by frame with array operations: the reference for the kernels (and a fallback)
+    xp = get_xp(frames)
+    ndi = get_ndimage(xp)
     for k in range(frames.shape[0]):
         y = frames[k].astype(xp.float32)
         if x is None:

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 
 #define XRAY_EMULATION 1  // .cu sources pick host versions of PTX-only pieces (inline asm)
@@ -18,6 +19,8 @@ static xray_dim3 blockIdx, blockDim, threadIdx, gridDim;
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 
 // Bit casts.
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof f); return f; }

@@ -76,3 +76,31 @@ def test_mtf_and_nnps():
     np.testing.assert_allclose(g.mtf, c.mtf, rtol=1e-6, atol=1e-8)
     flats = RNG.poisson(1000, (2, 512, 512)).astype(np.float32)
     np.testing.assert_allclose(nnps(cp.asarray(flats), 0.05)["nnps_mm2"], nnps(flats, 0.05)["nnps_mm2"], rtol=1e-5)
+
+
+def test_denoise_kernels_against_the_array_code_on_the_gpu():
+    """cuda/denoise.cu (what the CuPy ops use) against the same ops' array code on the same device."""
+    import math
+
+    from pipeline.kernels import nl_means_kernel, temporal_filter_kernel
+    from pipeline.ops.denoise import NoiseModel, _nl_means_arrays, _temporal_arrays
+
+    img = cp.asarray(RNG.normal(20, 1, (70, 83)).astype(np.float32))
+    for patch, r in ((5, 3), (4, 2), (7, 5)):
+        kw = dict(h=0.8, patch_size=patch, patch_distance=r, sigma=1.0)
+        _close(nl_means_kernel(img, **kw), cp.asnumpy(_nl_means_arrays(img.astype(cp.float64), **kw)), rtol=1e-5,
+               atol=1e-5)
+    nm = NoiseModel(1.0, 20.0)
+    y = cp.asarray(RNG.normal(1000, 30, (12, 40, 70)).astype(np.float32))
+    y[3, 5, 6] = cp.nan
+    for smooth, hold in ((3, 0.0), (3, 0.5), (1, 0.0)):
+        infl = math.sqrt(1.0 + 0.1 / 1.9) * nm.box_factor ** (3.0 / smooth if smooth > 1 else 0)
+        ref, rs = _temporal_arrays(y, None, None, out=cp.empty_like(y), noise=nm, gmin=np.float32(0.1), lo=1.0, hi=3.0,
+                                   infl=infl, smooth=smooth, hold=hold)
+        blocks, state = [], None
+        for part in (y[:5].copy(), y[5:].copy()):  # in place, two blocks chained
+            out, state = temporal_filter_kernel(part, state, out=part, alpha=1.0, beta=20.0, infl=infl, gain_min=0.1,
+                                                lo=1.0, span=2.0, hold=hold, smooth=smooth)
+            blocks.append(cp.asnumpy(out))
+        np.testing.assert_allclose(np.concatenate(blocks), cp.asnumpy(ref), rtol=2e-6, atol=1e-3)
+        np.testing.assert_allclose(cp.asnumpy(state), cp.asnumpy(rs), rtol=2e-6, atol=1e-3)

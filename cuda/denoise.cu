@@ -1,0 +1,141 @@
+// Denoisers on the GPU: the motion-adaptive temporal filter (one launch per frame) and non-local
+// means (one launch per frame), the two that CuPy's array operations would run as hundreds of
+// small kernels per frame.
+//
+// The NumPy references are pipeline/ops/denoise.py's temporal_filter and nl_means (the array
+// code); tests/cuda/test_denoise_emulated.py runs these kernels on the CPU under
+// tests/cuda/emulate.h against them. Both kernels are plain one-thread-per-output loops (no shared
+// memory, no barriers) so that the emulation (a loop over the grid) runs them as the GPU does.
+//
+// Edges, as the references: "reflect" below is scipy.ndimage's mode="reflect" (d c b a | a b c d,
+// the edge repeated), used by the box filters; "mirror" is numpy.pad's mode="reflect"
+// (d c b | a b c d, the edge not repeated), used for the NLM search window.
+//
+// Kernels (extern "C"): temporal_step_f32, nl_means_f32.
+
+#define XRAY_NLM_RUN 16        // output rows per NLM thread (a vertical strip of one column)
+#define XRAY_NLM_MAX_PATCH 15  // largest NLM patch (the strip's row sums live in a local array)
+
+__device__ __forceinline__ bool xray_isfinite(float v) { return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u; }
+
+__device__ __forceinline__ int xray_reflect(int i, int n)
+{
+    while (i < 0 || i >= n) {
+        if (i < 0) i = -i - 1;
+        if (i >= n) i = 2 * n - i - 1;
+    }
+    return i;
+}
+
+__device__ __forceinline__ int xray_mirror(int i, int n)
+{
+    if (n == 1) return 0;
+    while (i < 0 || i >= n) {
+        if (i < 0) i = -i;
+        if (i >= n) i = 2 * (n - 1) - i;
+    }
+    return i;
+}
+
+// One frame of the temporal filter (ops.denoise.temporal_filter):
+//   d = y - x_prev (0 where not finite), hs = smooth x smooth box mean of d (float64 sum, reflect edges)
+//   sig = sqrt(max(alpha * x + beta, 1e-12)) * infl     (x: 0 where not finite)
+//   g = gmin + (1 - gmin) * clip((|hs| / sig - lo) / span, 0, 1); g = max(g, hold * k_prev); 1 where d is not finite
+//   x_next = x_prev + g * d (y where x_prev is not finite); k_prev <- g
+// with the same float32 operations in the same order as the reference (no FMA contraction).
+// Every thread reads its neighbours' y and x_prev, so x_next must be another buffer than x_prev,
+// and nothing may write y during the launch. out_prev (may be NULL) receives x_prev: the previous
+// frame's output, written one launch late so that `out` may be the frames themselves.
+extern "C" __global__ void temporal_step_f32(const float* y, const float* x_prev, float* k_prev, float* x_next,
+                                             float* out_prev, int h, int w, int smooth, float alpha, float beta,
+                                             float infl, float gmin, float lo, float span, float hold)
+{
+    long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= (long long)h * w) return;
+    int row = (int)(p / w), col = (int)(p % w);
+    float xv = x_prev[p], yv = y[p];
+    float d = __fsub_rn(yv, xv);
+    bool fin = xray_isfinite(d);
+    float dz = fin ? d : 0.0f;
+    float hs = dz;
+    if (smooth > 1) {
+        int left = smooth / 2;
+        double s = 0.0;
+        for (int a = 0; a < smooth; ++a) {
+            long long base = (long long)xray_reflect(row - left + a, h) * w;
+            for (int b = 0; b < smooth; ++b) {
+                long long q = base + xray_reflect(col - left + b, w);
+                float e = __fsub_rn(y[q], x_prev[q]);
+                s += xray_isfinite(e) ? (double)e : 0.0;
+            }
+        }
+        hs = (float)(s * (1.0 / ((double)smooth * smooth)));
+    }
+    bool okx = xray_isfinite(xv);
+    float xf = okx ? xv : 0.0f;
+    float sig = __fmul_rn(__fsqrt_rn(fmaxf(__fadd_rn(__fmul_rn(alpha, xf), beta), 1e-12f)), infl);
+    float c = fminf(fmaxf(__fdiv_rn(__fsub_rn(__fdiv_rn(fabsf(hs), sig), lo), span), 0.0f), 1.0f);
+    float g = __fadd_rn(gmin, __fmul_rn(__fsub_rn(1.0f, gmin), c));
+    g = fmaxf(g, __fmul_rn(hold, k_prev[p]));  // hold 0: g itself (g >= gmin >= 0)
+    g = fin ? g : 1.0f;
+    k_prev[p] = g;
+    x_next[p] = okx ? __fadd_rn(xv, __fmul_rn(g, dz)) : yv;
+    if (out_prev) out_prev[p] = xv;
+}
+
+// Non-local means of one (h, w) float32 image (ops.denoise.nl_means, the "fast" form): for every
+// offset (dy, dx) of the (2r+1)^2 search window, d2 = patch x patch box mean (reflect edges) of
+// (f[mirror(y+dy), mirror(x+dx)] - f[y, x])^2; weight exp(-max(d2 - sig2, 0) * inv_h2) (1 where
+// d2 <= sig2); out = sum(weight * neighbour) / sum(weight). Sums in float32 (the reference sums in
+// float64: they agree to float32 rounding).
+//
+// Thread t takes column t % w of the strip of XRAY_NLM_RUN rows starting at (t / w) * XRAY_NLM_RUN:
+// per offset it sums the patch's rows once for the strip (run + patch - 1 row sums) and every
+// output row adds `patch` of them. Consecutive threads read consecutive columns (coalesced).
+extern "C" __global__ void nl_means_f32(const float* f, float* out, int h, int w, int r, int patch, float inv_h2,
+                                        float sig2)
+{
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long strips = (h + XRAY_NLM_RUN - 1) / XRAY_NLM_RUN;
+    if (t >= strips * w || patch < 1 || patch > XRAY_NLM_MAX_PATCH) return;
+    int col = (int)(t % w), y0 = (int)(t / w) * XRAY_NLM_RUN;
+    int nr = h - y0 < XRAY_NLM_RUN ? h - y0 : XRAY_NLM_RUN;
+    int left = patch / 2;
+    float inv_area = 1.0f / (float)(patch * patch);
+    float num[XRAY_NLM_RUN], den[XRAY_NLM_RUN];
+    float rs[XRAY_NLM_RUN + XRAY_NLM_MAX_PATCH - 1];
+    int xs[XRAY_NLM_MAX_PATCH];  // the patch's columns (reflect)
+#pragma unroll
+    for (int i = 0; i < XRAY_NLM_RUN; ++i) num[i] = den[i] = 0.0f;
+    for (int b = 0; b < patch; ++b) xs[b] = xray_reflect(col - left + b, w);
+    for (int dy = -r; dy <= r; ++dy) {
+        for (int dx = -r; dx <= r; ++dx) {
+            for (int j = 0; j < nr + patch - 1; ++j) {
+                int yy = xray_reflect(y0 - left + j, h);
+                const float* fr = f + (long long)yy * w;
+                const float* nr_row = f + (long long)xray_mirror(yy + dy, h) * w;
+                float s = 0.0f;
+                for (int b = 0; b < patch; ++b) {
+                    float e = __fsub_rn(nr_row[xray_mirror(xs[b] + dx, w)], fr[xs[b]]);
+                    s = __fadd_rn(s, __fmul_rn(e, e));
+                }
+                rs[j] = s;
+            }
+            int nx = xray_mirror(col + dx, w);
+#pragma unroll
+            for (int i = 0; i < XRAY_NLM_RUN; ++i) {  // unrolled: num and den stay in registers
+                if (i >= nr) break;
+                float s = 0.0f;
+                for (int a = 0; a < patch; ++a) s = __fadd_rn(s, rs[i + a]);
+                float z = __fsub_rn(__fmul_rn(s, inv_area), sig2);
+                float q = z > 0.0f ? expf(-__fmul_rn(z, inv_h2)) : 1.0f;
+                float v = f[(long long)xray_mirror(y0 + i + dy, h) * w + nx];
+                num[i] = __fadd_rn(num[i], __fmul_rn(q, v));
+                den[i] = __fadd_rn(den[i], q);
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < XRAY_NLM_RUN; ++i)
+        if (i < nr) out[(long long)(y0 + i) * w + col] = __fdiv_rn(num[i], den[i]);
+}

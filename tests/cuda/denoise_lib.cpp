@@ -1,0 +1,21 @@
+// cuda/denoise.cu's kernels under emulation, as a shared library: launch_<kernel>(grid, block, args...)
+// runs the kernel over the grid, as CuPy's launch of it would (tests/cuda/test_denoise_emulated.py
+// calls these through ctypes from pipeline.kernels' own host code).
+#include "emulate.h"
+#include "../../cuda/denoise.cu"
+
+extern "C" {
+void launch_temporal_step_f32(unsigned grid, unsigned block, const float* y, const float* x_prev, float* k_prev,
+                              float* x_next, float* out_prev, int h, int w, int smooth, float alpha, float beta,
+                              float infl, float gmin, float lo, float span, float hold)
+{
+    xray_launch(grid, block, temporal_step_f32, y, x_prev, k_prev, x_next, out_prev, h, w, smooth, alpha, beta, infl,
+                gmin, lo, span, hold);
+}
+
+void launch_nl_means_f32(unsigned grid, unsigned block, const float* f, float* out, int h, int w, int r, int patch,
+                         float inv_h2, float sig2)
+{
+    xray_launch(grid, block, nl_means_f32, f, out, h, w, r, patch, inv_h2, sig2);
+}
+}

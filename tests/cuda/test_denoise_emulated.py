@@ -1,0 +1,136 @@
+"""cuda/denoise.cu's kernels on the CPU (g++ under tests/cuda/emulate.h), driven by pipeline.kernels' own
+host code through ctypes, against the NumPy definitions in pipeline.ops.denoise.
+
+The temporal filter uses the reference's float32 operations in the same order (its box mean summed
+in float64, as the Numba kernel): it equals the Numba kernel bit for bit and the array code (scipy's
+running-sum box filter) to float32 rounding. NLM sums in float32 where the references sum in
+float64: agreement to float32 rounding.
+"""
+
+import ctypes
+import math
+
+import numpy as np
+import pytest
+
+from pipeline import jit
+from pipeline.kernels import NLM_RUN, nl_means_kernel, temporal_filter_kernel
+from pipeline.ops.denoise import NoiseModel, nl_means, temporal_filter
+
+
+@pytest.fixture(scope="module")
+def launch(build_emulated):
+    lib = ctypes.CDLL(str(build_emulated("denoise_lib", shared=True)))
+
+    def run(function, grid, block, args):
+        cargs = [ctypes.c_uint(grid), ctypes.c_uint(block)]
+        for a in args:
+            if a is None:
+                cargs.append(ctypes.c_void_p(None))
+            elif isinstance(a, np.ndarray):
+                assert a.dtype == np.float32 and a.flags.c_contiguous, "the kernels take contiguous float32 arrays"
+                cargs.append(ctypes.c_void_p(a.ctypes.data))
+            elif isinstance(a, np.int32):
+                cargs.append(ctypes.c_int(int(a)))
+            elif isinstance(a, np.float32):
+                cargs.append(ctypes.c_float(float(a)))
+            else:
+                raise TypeError(f"argument of type {type(a).__name__}: the GPU launch would reject it too")
+        fn = getattr(lib, "launch_" + function)
+        fn.restype = None
+        fn(*cargs)
+
+    return run
+
+
+def _moving_scene(rng, t, h, w):
+    """A bright bar moving 2 px/frame over a sloped background, Poisson-like noise, a few NaN/Inf pixels."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    frames = np.empty((t, h, w), np.float32)
+    for k in range(t):
+        clean = 500 + 3 * xx + 2 * yy + 800 * ((xx - 2 * k) % w < 4)
+        frames[k] = clean + rng.normal(0, np.sqrt(clean))
+    frames[rng.random(frames.shape) < 0.01] = np.nan
+    frames[1, 3, 4] = np.inf
+    frames[2, 0, 0] = -np.inf
+    return frames
+
+
+def _temporal_args(noise, gain_min, threshold, smooth):
+    lo, hi = threshold
+    infl = math.sqrt(1.0 + gain_min / (2.0 - gain_min)) * noise.box_factor ** (3.0 / smooth if smooth > 1 else 0)
+    return dict(alpha=noise.alpha, beta=noise.beta, infl=infl, gain_min=gain_min, lo=lo, span=max(hi - lo, 1e-6),
+                smooth=smooth)
+
+
+@pytest.mark.parametrize("smooth,hold,in_place", [(3, 0.0, False), (3, 0.7, True), (1, 0.0, True), (4, 0.5, False)])
+def test_temporal_kernel_matches_reference(launch, smooth, hold, in_place):
+    rng = np.random.default_rng(smooth)
+    t, h, w = 11, 9, 37  # 333 pixels: two CUDA blocks of 256, the second partly idle
+    frames = _moving_scene(rng, t, h, w)
+    noise = NoiseModel(1.0, 25.0)
+    kw = dict(noise=noise, gain_min=0.1, threshold=(1.0, 3.0), smooth=smooth, hold=hold)
+    with jit.disabled():  # the array code: scipy's box filter, NumPy's float32 operations
+        ref_a, st_a = temporal_filter(frames[:5].copy(), None, **kw)
+        ref_b, st_b = temporal_filter(frames[5:].copy(), st_a, **kw)
+    args = _temporal_args(noise, 0.1, (1.0, 3.0), smooth)
+    blocks, state = [], None
+    for part in (frames[:5].copy(), frames[5:].copy()):  # two blocks chained through the state
+        out = part if in_place else np.full(part.shape, -1.0, np.float32)
+        res, state = temporal_filter_kernel(part, state, out=out, hold=hold, launch=launch, **args)
+        assert res is out
+        blocks.append(res)
+    got = np.concatenate(blocks)
+    ref = np.concatenate([ref_a, ref_b])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-3, equal_nan=True)
+    np.testing.assert_allclose(state, st_b, rtol=2e-6, atol=1e-3)
+    assert not np.array_equal(got[-1][np.isfinite(got[-1])], frames[-1][np.isfinite(got[-1])])  # it did filter
+    if jit.available():  # the Numba kernel: the same float32 operations, bit for bit
+        j_a, s_a = temporal_filter(frames[:5].copy(), None, **kw)
+        j_b, s_b = temporal_filter(frames[5:].copy(), s_a, **kw)
+        np.testing.assert_array_equal(got, np.concatenate([j_a, j_b]))
+        np.testing.assert_array_equal(state, s_b)
+
+
+def test_temporal_kernel_follows_motion_and_smooths_still_parts(launch):
+    """Independent of the references: a moving bar is followed without a fading copy behind it, and still
+    noise is reduced (to 0.25 of its variance here: 0.053 if the gain stayed at g = 0.1, more where
+    noise alone lifts the smoothed difference over the lower threshold)."""
+    rng = np.random.default_rng(7)
+    t, h, w = 24, 32, 48
+    clean = np.full((t, h, w), 1000.0, np.float32)
+    for k in range(t):
+        clean[k, :, k:k + 4] += 1500.0  # a bar moving 1 px/frame over columns 0..26; 30.. stay still
+    frames = (clean + rng.normal(0, np.sqrt(clean))).astype(np.float32)
+    out, _ = temporal_filter_kernel(frames, None, out=np.empty_like(frames), hold=0.0, launch=launch,
+                                    **_temporal_args(NoiseModel(1.0, 0.0), 0.1, (1.0, 3.0), 3))
+    k = t - 1
+    ratio = np.var(out[k][:, 30:]) / np.var(frames[k][:, 30:])
+    bar = out[k][:, k:k + 4].mean() - 1000
+    trail = out[k][:, k - 4:k].mean() - 1000  # where the bar was during the last four frames
+    assert ratio < 0.4, ratio  # noise std at most 0.63 of the input's
+    assert abs(bar - 1500) < 0.04 * 1500, bar
+    assert abs(trail) < 0.03 * 1500, trail
+
+
+@pytest.mark.parametrize("shape,patch,r", [((21, 37), 5, 3), ((NLM_RUN + 3, 11), 3, 2), ((7, 9), 4, 5),
+                                          ((40, 5), 7, 1), ((1, 13), 3, 2)])
+def test_nl_means_kernel_matches_reference(launch, shape, patch, r):
+    rng = np.random.default_rng(patch * 10 + r)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    img = (20 + 8 * ((xx + yy) % 7 < 3) + rng.normal(0, 1, shape)).astype(np.float32)  # stripes in unit noise
+    kw = dict(h=0.9, patch_size=patch, patch_distance=r, sigma=1.0)
+    got = nl_means_kernel(img, launch=launch, **kw)
+    from pipeline.ops.denoise import _nl_means_arrays
+
+    ref = _nl_means_arrays(img.astype(np.float64), **kw)  # the definition, float64
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    if jit.available() and min(shape) > 1:
+        np.testing.assert_allclose(got, nl_means(img.astype(np.float64), **kw), rtol=1e-5, atol=1e-5)
+    assert np.std(got - img) > 0.2  # it removed noise of std 1 (not an identity)
+
+
+def test_nl_means_kernel_refuses_a_patch_it_cannot_hold(launch):
+    with pytest.raises(ValueError, match="nlm_patch 17"):
+        nl_means_kernel(np.zeros((8, 8), np.float32), h=1.0, patch_size=17, patch_distance=2, sigma=0.0, launch=launch)
