@@ -370,7 +370,7 @@ def run(
     start_block, states, skip, earlier = 0, None, set(), {}
     if resuming:
         for c, m in progress_dir.markers().items():
-            if 0 <= c < n_blocks and m["checksum"] == checksum(np.asarray(target[m["t0"]:m["t1"]], np.float32)):
+            if 0 <= c < n_blocks and m["checksum"] == checksum(np.asarray(target[m["t0"]:m["t1"]])):
                 earlier[c] = m
         # restart after the longest finished prefix whose states were saved; later finished blocks are kept
         prefix = -1
@@ -386,8 +386,11 @@ def run(
             progress(min(start_block * chunk, t))
     else:
         progress_dir.start(fingerprint)
-        target = writer.create("frames", (t, h, w), np.float32, chunks=(chunk, h, w),
-                               codec=cfg.output.codec, level=cfg.output.level, fill_value=np.nan)
+        storage = chain.storage
+        target = writer.create("frames", (t, h, w), storage.numpy_dtype, chunks=(chunk, h, w),
+                               codec=cfg.output.codec, level=cfg.output.level,
+                               fill_value=0 if storage.dtype == "uint16" else np.nan)  # a missing value either way
+        writer.set_attrs(storage.attributes(), "frames")
 
     def on_commit(c, t0, t1, written, sts):
         extra = {"measured": written["measured"], "info": written["info"]}
@@ -412,6 +415,7 @@ def run(
     ordered = [records[c] for c in sorted(records)]
     skipped = [list(s) for r in ordered for s in ((r["info"] or {}).get("skipped") or [])]
     nonfinite = int(sum((r["info"] or {}).get("nonfinite", 0) for r in ordered))
+    at_limit = int(sum((r["info"] or {}).get("at_limit", 0) for r in ordered))
     measured = [(r["t0"], r["measured"]) for r in ordered if r["measured"] is not None]
     mtf_summary = None
     if cfg.mtf.enabled:
@@ -422,7 +426,7 @@ def run(
     seconds = time.perf_counter() - start
     ghost = None
     if model is not None and ds.has_truth and cfg.flatfield.output == "counts" and not skipped:
-        ghost = ghost_report(ds, target, model, chunk)
+        ghost = ghost_report(ds, zarr_store.Decoded(target, chain.storage.decode), model, chunk)
         writer.write("ghost/before", ghost.pop("before"))
         writer.write("ghost/after", ghost.pop("after"))
     attrs = {k: v for k, v in ds.attrs.items() if k in ("pixel_pitch_mm", "frame_rate_hz")}
@@ -445,6 +449,7 @@ def run(
         "chunk_frames": chunk,
         "skipped_frames": skipped,
         "nonfinite_input_pixels": nonfinite,
+        "stored_at_limit": at_limit,
         "resumed": ({"from_block": start_block, "blocks_kept": sorted(earlier)} if resuming else None),
         "start": start_wall,
         "end": _now(),
@@ -464,6 +469,12 @@ def run(
         report.resolution_over_time(m50, m20, unit.replace("_per_", "/"), mtf_summary["plot"])
     if nonfinite:
         warnings.warn(f"{nonfinite} NaN/Inf pixels in the input frames of '{input}' (NaN in the output)", stacklevel=2)
+    if at_limit:
+        st = chain.storage
+        fix = ("lower output.scale (values too large) or raise output.offset (negative values)"
+               if st.dtype == "uint16" else "use output.dtype: float32")
+        warnings.warn(f"{at_limit} output values sit at the ends of {st.dtype}'s range (clipped or Inf): {fix}",
+                      stacklevel=2)
     nbad = int(np.count_nonzero(cal.bad_pixels)) if cal is not None else 0
     return RunResult(final, t, seconds, t / seconds if seconds > 0 else float("inf"), tuple(chain.names), nbad, ghost,
                      mtf_summary, skipped, nonfinite)

@@ -194,6 +194,13 @@ class OutputConfig(_Section):
         "bitshuffle-lz4", description="bitshuffle-lz4: Blosc LZ4 after a bit shuffle, the usual choice for detector "
                                       "frames (float32 frames 1.58x smaller, zstd 1.26x, at a similar speed)")
     level: int = Field(1, ge=0, le=22)
+    dtype: Literal["float32", "float16", "uint16"] = Field(
+        "float32", description="storage type of the corrected frames: float32 exact; float16 and uint16 half the "
+                               "bytes (and half the GPU download)")
+    scale: float | None = Field(
+        None, gt=0, description="uint16 only: stored = round(value * scale + offset), clipped to 1..65535, NaN -> 0 "
+                                "(CF scale_factor = 1/scale); null: 1 for counts, 50000 transmission, 10000 attenuation")
+    offset: float = Field(0.0, description="uint16 only: added after scaling (room for negative values)")
 
 
 class RunConfig(_Section):

@@ -226,13 +226,13 @@ class CupyDevice:
 class _Slot:
     """One set of buffers and events of the conveyor."""
 
-    def __init__(self, dev, frames: int, frame_shape, out_dtype, state_shapes, f16: bool):
+    def __init__(self, dev, frames: int, frame_shape, out_dtype, state_shapes):
         shape = (frames,) + tuple(frame_shape)
         self.dev, self.shape = dev, shape
         self.pin_in: dict = {}
         self.dev_in: dict = {}
         self.work = dev.empty(shape, np.float32)
-        self.dev_out = dev.empty(shape, np.float16) if f16 else self.work
+        self.dev_out = self.work if np.dtype(out_dtype) == np.float32 else dev.empty(shape, out_dtype)
         self.pin_out = dev.empty_pinned(shape, out_dtype)
         self.snap = [dev.empty(s, np.float32) for s in state_shapes]
         self.pin_snap = [dev.empty_pinned(s, np.float32) for s in state_shapes]
@@ -263,8 +263,9 @@ class Conveyor:
         The device (default :class:`CupyDevice` on the current GPU).
     block_frames : int, optional
         Largest block; default: what fits the free GPU memory (:func:`choose_block_frames`).
-    out_dtype : float32 or float16
-        Frames handed back (float16 only halves the download; the run's output is float32).
+    out_dtype : float32, float16 or uint16, optional
+        Frames handed back; default: the chain's storage type (``output.dtype``). float16 and
+        uint16 halve the download; uint16 is the chain's scaled code (:mod:`pipeline.ops.quantise`).
     depth : int
         Buffer slots: 2 (double buffering) or more.
     readers, writers : int
@@ -272,15 +273,16 @@ class Conveyor:
         (:meth:`process_frames`); default writers: half the cores, 2 to 8.
     """
 
-    def __init__(self, chain, frame_shape, *, device=None, block_frames: int | None = None, out_dtype=np.float32,
+    def __init__(self, chain, frame_shape, *, device=None, block_frames: int | None = None, out_dtype=None,
                  depth: int = 2, readers: int = 2, writers: int | None = None):
-        from .stages import AfterglowStage
+        from .stages import AfterglowStage, Storage
 
         if depth < 2:
             raise ValueError("depth must be at least 2 (double buffering)")
-        self.out_dtype = np.dtype(out_dtype)
-        if self.out_dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
-            raise ValueError(f"out_dtype must be float32 or float16, not {self.out_dtype}")
+        self.storage = getattr(chain, "storage", None) or Storage()
+        self.out_dtype = np.dtype(out_dtype) if out_dtype is not None else self.storage.numpy_dtype
+        if self.out_dtype not in (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint16)):
+            raise ValueError(f"out_dtype must be float32, float16 or uint16, not {self.out_dtype}")
         self.chain = chain
         self.frame_shape = tuple(int(v) for v in frame_shape)
         self.dev = device if device is not None else CupyDevice()
@@ -315,8 +317,7 @@ class Conveyor:
         if frames > self._frames or not self._slots:
             if self._slots:
                 self.dev.synchronize()
-            f16 = self.out_dtype == np.dtype(np.float16)
-            self._slots = [_Slot(self.dev, frames, self.frame_shape, self.out_dtype, self.state_shapes, f16)
+            self._slots = [_Slot(self.dev, frames, self.frame_shape, self.out_dtype, self.state_shapes)
                            for _ in range(self.depth)]
             self._frames = frames
             self.allocations += 1
@@ -405,7 +406,7 @@ class Conveyor:
         """Everything a block needs on the device (runs with the compute stream current)."""
         ff = self.chain.flatfield
         denoise = bool(self.stages or self.post)
-        f16 = slot.dev_out is not slot.work
+        f16 = self.out_dtype == np.dtype(np.float16)
         direct = f16 and not denoise and (ff is None or ff.cfg.output != "attenuation")  # the kernel writes float16
         work = slot.dev_out[:n] if direct else slot.work[:n]
         lag_state = self._states[0] if self.lag is not None else None
@@ -423,8 +424,11 @@ class Conveyor:
             self.kernel.saturate(d_in, block)  # after the denoisers, as the CPU chain's tail
         if ff is not None:
             block = ff.tail(block, None)  # attenuation, in place (the mask is done)
-        if f16 and not direct:
-            slot.dev_out[:n][...] = block  # rounded to nearest
+        if slot.dev_out is not slot.work and not direct:  # float16 (rounded to nearest) or the uint16 code
+            from .ops.quantise import encode
+
+            encode(block, self.out_dtype.name, scale=self.storage.scale, offset=self.storage.offset,
+                   out=slot.dev_out[:n])
         if snap:
             for dst, s in zip(slot.snap, self._states):
                 dst[...] = s
@@ -488,11 +492,18 @@ class Conveyor:
                 raw = raw.astype(np.float32)
             return raw, info
 
+        storage = self.storage
+        if self.out_dtype != storage.numpy_dtype:
+            raise ValueError(f"the conveyor hands back {self.out_dtype} frames but the run stores {storage.dtype}; "
+                             "build it without out_dtype")
+
         def write(c, t0, t1, out, info, states):
             target[t0:t1] = out
-            measured = chain.measure(out) if getattr(chain, "measures", None) else None
-            written = {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": checksum(np.asarray(out, np.float32)),
-                       "info": info, "skipped_write": False}
+            measured = chain.measure(storage.decode(out)) if getattr(chain, "measures", None) else None
+            if storage.packed:
+                info = {**info, "at_limit": storage.at_limit(out)}
+            written = {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": checksum(out), "info": info,
+                       "skipped_write": False}
             if progress is not None:
                 progress(t1 - t0)
             if on_commit is not None:
@@ -530,7 +541,7 @@ class Conveyor:
                 if out is None:
                     results.append(skipped(c, t0, t1, info))
                     continue
-                host = np.array(out, dtype=np.float32)  # out of the pinned buffer, which the next block reuses
+                host = np.array(out)  # out of the pinned buffer, which the next block reuses
                 writes.append(wpool.submit(write, c, t0, t1, host, info, states))
                 while len(writes) > 2 * writers:
                     results.append(writes.popleft().result())

@@ -441,7 +441,8 @@ def temporal_filter_kernel(frames, state, *, out, alpha: float, beta: float, inf
     scalars = (np.int32(h), np.int32(w), np.int32(max(int(smooth), 1)), f32(alpha), f32(beta), f32(infl),
                f32(gain_min), f32(lo), f32(span), f32(hold))
     for i in range(start, t):
-        launch("temporal_step_f32", grid, _BLOCK, (frames[i], x, k, x_next, out[i - 1] if i > 0 else None) + scalars)
+        prev = out[i - 1] if i > 0 else np.uint64(0)  # NULL: nothing to write (CuPy passes a uint64 as a pointer)
+        launch("temporal_step_f32", grid, _BLOCK, (frames[i], x, k, x_next, prev) + scalars)
         x, x_next = x_next, x
     if t > start:
         out[t - 1] = x

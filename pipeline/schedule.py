@@ -254,11 +254,18 @@ def _write(chain, target, payload, t0, t1, skip_write, recycle=False):
     if skip_write:  # already written by an earlier (interrupted) run and verified
         return {"n": t1 - t0, "t0": t0, "measured": None, "checksum": None, "info": info, "skipped_write": True}
     out = chain.tail((block, mask))
-    target[t0:t1] = out
-    measured = chain.measure(out) if getattr(chain, "measures", None) else None
+    storage = getattr(chain, "storage", None)
+    stored = storage.encode(out) if storage is not None else out
+    target[t0:t1] = stored
+    if getattr(chain, "measures", None):  # on what is stored: what a reader of the output measures
+        measured = chain.measure(storage.decode(stored) if storage is not None else stored)
+    else:
+        measured = None
+    if storage is not None and storage.packed:
+        info = {**info, "at_limit": storage.at_limit(stored)}
     from .io.checkpoint import checksum
 
-    digest = checksum(np.asarray(out, dtype=np.float32))
+    digest = checksum(np.asarray(stored))
     if recycle and hasattr(chain, "recycle"):  # written (copied: the caller vouches), measured and summed
         chain.recycle(out)
     return {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": digest, "info": info, "skipped_write": False}

@@ -27,6 +27,7 @@ from .ops.denoise import NoiseModel, denoise_spatial, temporal_filter
 from .ops.flatfield import (Calibration, correct_frames, flat_field_and_bad_pixels, inverse_gain, neighbour_table,
                              to_attenuation)
 from .ops.mtf import auto_n_fft, slanted_edge_mtf
+from .ops.quantise import DEFAULT_SCALE, at_limit, cf_attributes, decode, encode
 
 
 class FlatFieldStage:
@@ -215,14 +216,51 @@ class BlockPool:
                     self._free.append(a)
 
 
+class Storage:
+    """How finished blocks are stored (:mod:`pipeline.ops.quantise`): float32, float16, or scaled uint16.
+
+    Measurements are made on what is stored (``decode(encode(block))``), so that they are what a
+    reader of the output would measure, and the same on every engine.
+    """
+
+    name = "storage"
+
+    def __init__(self, dtype: str = "float32", scale: float = 1.0, offset: float = 0.0):
+        self.dtype, self.scale, self.offset = str(dtype), float(scale), float(offset)
+
+    @property
+    def numpy_dtype(self):
+        return np.dtype(self.dtype)
+
+    @property
+    def packed(self) -> bool:
+        """True where storing changes the values (anything but float32)."""
+        return self.dtype != "float32"
+
+    def encode(self, block, out=None):
+        return encode(block, self.dtype, scale=self.scale, offset=self.offset, out=out)
+
+    def decode(self, stored):
+        return decode(stored, scale=self.scale, offset=self.offset)
+
+    def at_limit(self, stored) -> int:
+        """Stored values at the ends of the type's range (0 for float32: not counted)."""
+        return at_limit(stored) if self.packed else 0
+
+    def attributes(self) -> dict:
+        return cf_attributes(self.dtype, scale=self.scale, offset=self.offset)
+
+
 class Chain:
     """head -> stateful stages (in time order) -> tail, on blocks of frames; then measurements."""
 
-    def __init__(self, flatfield: FlatFieldStage | None, stateful=(), measures=(), post=()):
+    def __init__(self, flatfield: FlatFieldStage | None, stateful=(), measures=(), post=(),
+                 storage: Storage | None = None):
         self.flatfield = flatfield
         self.stateful = list(stateful)
         self.measures = list(measures)
         self.post = list(post)
+        self.storage = storage if storage is not None else Storage()
         self.pool = BlockPool()
 
     def __getstate__(self):  # a pool (and its lock) is per process
@@ -292,4 +330,7 @@ def build_chain(config: RunConfig, calibration: Calibration | None, input_dtype,
         if dn.method != "none":
             post.append(SpatialDenoiseStage(noise, dn))
     measures = [MTFStage(mtf_roi, config.mtf)] if config.mtf.enabled and mtf_roi is not None else []
-    return Chain(ff, stateful, measures, post)
+    o = config.output
+    mode = config.flatfield.output if ff is not None else "counts"
+    storage = Storage(o.dtype, o.scale if o.scale is not None else DEFAULT_SCALE[mode], o.offset)
+    return Chain(ff, stateful, measures, post, storage)

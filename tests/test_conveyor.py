@@ -27,7 +27,7 @@ from pipeline.kernels import correct_block_reference
 from pipeline.ops.denoise import NoiseModel
 from pipeline.ops.flatfield import HOT, Calibration
 from pipeline.schedule import process_frames
-from pipeline.stages import AfterglowStage, Chain, FlatFieldStage, SpatialDenoiseStage, TemporalDenoiseStage
+from pipeline.stages import AfterglowStage, Chain, FlatFieldStage, SpatialDenoiseStage, Storage, TemporalDenoiseStage
 
 H, W = 12, 17
 
@@ -210,7 +210,8 @@ class _Mean:
         return {"mean": np.nanmean(block, axis=(1, 2))}
 
 
-def _chain(rng, *, output="counts", afterglow=True, temporal=False, spatial=False, initial="steady", measure=False):
+def _chain(rng, *, output="counts", afterglow=True, temporal=False, spatial=False, initial="steady", measure=False,
+           storage=None):
     ff = FlatFieldStage(_calibration(rng), FlatFieldConfig(output=output, saturation_level=9000.0,
                                                            bad_pixels=BadPixelConfig(replace=True)), np.uint16)
     stateful, post = [], []
@@ -222,7 +223,7 @@ def _chain(rng, *, output="counts", afterglow=True, temporal=False, spatial=Fals
         stateful.append(TemporalDenoiseStage(noise, DenoiseConfig(enabled=True, temporal=True)))
     if spatial:
         post.append(SpatialDenoiseStage(noise, DenoiseConfig(enabled=True, method="median")))
-    return Chain(ff, stateful, [_Mean()] if measure else [], post)
+    return Chain(ff, stateful, [_Mean()] if measure else [], post, storage)
 
 
 def _video(rng, t):
@@ -248,8 +249,12 @@ class _Source:
         return self.data[key]
 
 
+def _target(chain, shape):
+    return np.full(shape, -1, chain.storage.numpy_dtype) if chain.storage.dtype != "uint16" else np.full(shape, 7, np.uint16)
+
+
 def _cpu(chain, source, chunk, **kw):
-    target = np.full(source.shape, -1.0, np.float32)
+    target = _target(chain, source.shape)
     commits = {}
     res = process_frames(source, target, chain, chunk_frames=chunk, scheduler="synchronous",
                          on_commit=lambda c, t0, t1, w, s: commits.__setitem__(c, s), **kw)
@@ -259,7 +264,7 @@ def _cpu(chain, source, chunk, **kw):
 def _gpu(chain, source, chunk, *, seed=0, depth=2, device=None, **kw):
     dev = device or FakeDevice(seed)
     conv = Conveyor(chain, (H, W), device=dev, block_frames=chunk, depth=depth)
-    target = np.full(source.shape, -1.0, np.float32)
+    target = _target(chain, source.shape)
     commits = {}
     res = conv.process_frames(source, target, chain, chunk_frames=chunk, scheduler="threads", num_workers=3,
                               on_commit=lambda c, t0, t1, w, s: commits.__setitem__(c, s), **kw)
@@ -301,6 +306,34 @@ def test_conveyor_equals_cpu_engine(kind, seed):
     _same_records(res_g, res_c)
     _same_states(com_g, com_c)
     assert not any(s.ops for s in dev.streams)
+
+
+@pytest.mark.parametrize("storage", [Storage("uint16", 20.0, 500.0), Storage("float16"), Storage("uint16", 1.0, 0.0)])
+def test_conveyor_equals_cpu_engine_in_packed_storage(storage):
+    """output.dtype float16/uint16: encoded on the device, downloaded at 2 bytes per pixel, bit-identical to the CPU
+    engine's encoding; measurements on the decoded values, 'at_limit' counts in the records."""
+    rng = np.random.default_rng(5)
+    chain = _chain(rng, temporal=True, measure=True, storage=storage)
+    src = _Source(_video(rng, 13))
+    ref, res_c, com_c = _cpu(chain, src, 4)
+    out, res_g, com_g, conv, _ = _gpu(chain, src, 4)
+    assert out.dtype == ref.dtype == storage.numpy_dtype and conv.out_dtype == storage.numpy_dtype
+    np.testing.assert_array_equal(out, ref)
+    _same_records(res_g, res_c)
+    _same_states(com_g, com_c)
+    exact, _ = chain(src.data)  # the float32 values (the whole video as one block: the blocks chain exactly)
+    np.testing.assert_array_equal(ref, storage.encode(exact))
+    fin = np.isfinite(exact)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if storage.dtype == "uint16":
+            code = np.rint(exact.astype(np.float64) * storage.scale + storage.offset)
+            ends = int(np.sum(fin & ((code <= 1) | (code >= 65535))))
+        else:
+            ends = int(np.sum(fin & np.isinf(exact.astype(np.float16))))
+    assert sum(r["info"]["at_limit"] for r in res_c) == ends
+    assert ends > 0 or storage.dtype == "float16"  # uint16 here clips (bright pixels at scale 20, dim ones at 1)
+    m = np.concatenate([r["measured"]["mean"]["mean"] for r in res_c])
+    np.testing.assert_allclose(m, np.nanmean(storage.decode(storage.encode(exact)), axis=(1, 2)), rtol=1e-6)
 
 
 def test_buffers_allocated_once_for_any_length():
@@ -434,14 +467,15 @@ def test_auto_without_cupy_says_why_once():
         backend.resolve_device("gpu")
 
 
-def test_api_run_through_the_conveyor(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", ["float32", "uint16"])
+def test_api_run_through_the_conveyor(tmp_path, monkeypatch, dtype):
     """execution.device=gpu end to end with the fake device: the same output as the CPU engine."""
     import zarr
 
     import pipeline
 
     src = pipeline.simulate(tmp_path / "sim.zarr", frames=12, size=(32, 40), seed=1)
-    over = {"execution": {"chunk_frames": 5}, "flatfield": {"output": "transmission"}}
+    over = {"execution": {"chunk_frames": 5}, "flatfield": {"output": "transmission"}, "output": {"dtype": dtype}}
     cpu = pipeline.run(src, tmp_path / "cpu.zarr", over)
     monkeypatch.setattr(backend, "gpu_unavailable_reason", lambda: None)
     monkeypatch.setattr(conveyor, "CupyDevice", lambda: FakeDevice(3))
@@ -449,6 +483,7 @@ def test_api_run_through_the_conveyor(tmp_path, monkeypatch):
     a = zarr.open_group(str(cpu.output), mode="r")
     b = zarr.open_group(str(gpu.output), mode="r")
     np.testing.assert_array_equal(np.asarray(b["frames"]), np.asarray(a["frames"]))
+    assert b["frames"].dtype == np.dtype(dtype) and dict(b["frames"].attrs) == dict(a["frames"].attrs)
     assert b.attrs["provenance"]["device"] == "gpu"
     assert a.attrs["provenance"]["device"].startswith("cpu")
 

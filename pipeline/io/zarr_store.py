@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,35 @@ class ChunkError(DataError):
     """A stored chunk of the input is corrupt or missing (``on_error: skip`` may pass over it)."""
 
     skippable = True
+
+
+class Decoded:
+    """A stored frames array read back as float32 values: ``decode(array[key])`` for every read.
+
+    For outputs stored as float16 or scaled uint16 (``output.dtype``); everything else
+    (shape, chunks, path, attributes) is the array's.
+    """
+
+    def __init__(self, array, decode):
+        self._a = array
+        self._decode = decode
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key):
+        return self._decode(np.asarray(self._a[key]))
+
+    def __getattr__(self, name):
+        return getattr(self._a, name)
+
+
+def decoded_frames(array):
+    """``array`` itself, or :class:`Decoded` where its attributes say it holds a packed code (float16, uint16)."""
+    rec = dict(array.attrs).get("xray_pipeline_storage") or {}
+    if rec.get("dtype") not in ("float16", "uint16") or np.dtype(array.dtype) != np.dtype(rec["dtype"]):
+        return array
+    from ..ops.quantise import decode
+
+    return Decoded(array, partial(decode, scale=float(rec.get("scale", 1.0)), offset=float(rec.get("offset", 0.0))))
 
 
 class FrameReader:
@@ -200,7 +230,7 @@ def open_input(path: str | Path) -> InputDataset:
     g = _open_group(p, "input")
     if "frames" not in g:
         raise DataError(f"input '{p}' has no 'frames' array; a dataset needs frames (T, H, W)")
-    frames = g["frames"]
+    frames = decoded_frames(g["frames"])  # an output stored as float16 or uint16 reads back as its values
     if frames.ndim != 3:
         raise DataError(f"input '{p}/frames' has shape {tuple(frames.shape)}; expected (T, H, W)")
     if min(frames.shape[1:]) < 1:

@@ -9,6 +9,8 @@ float64: agreement to float32 rounding.
 
 import ctypes
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,24 +20,37 @@ from pipeline.kernels import NLM_RUN, nl_means_kernel, temporal_filter_kernel
 from pipeline.ops.denoise import NoiseModel, nl_means, temporal_filter
 
 
+def _signature(name):
+    """Parameter C types of an extern "C" kernel of cuda/denoise.cu."""
+    src = (Path(__file__).resolve().parents[2] / "cuda" / "denoise.cu").read_text()
+    body = re.search(rf"__global__ void {name}\((.*?)\)", src, re.DOTALL).group(1)
+    return [" ".join(p.split()).rsplit(" ", 1)[0].replace("const ", "").replace(" *", "*") for p in body.split(",")]
+
+
 @pytest.fixture(scope="module")
 def launch(build_emulated):
+    """Launches the emulated kernel with the arguments CuPy would get, checked against the kernel's signature."""
     lib = ctypes.CDLL(str(build_emulated("denoise_lib", shared=True)))
 
     def run(function, grid, block, args):
+        sig = _signature(function)
+        assert len(sig) == len(args), (function, sig, args)
         cargs = [ctypes.c_uint(grid), ctypes.c_uint(block)]
-        for a in args:
-            if a is None:
+        for ctype, a in zip(sig, args):
+            if ctype == "float*" and isinstance(a, np.uint64):
+                assert a == 0, "a pointer passed as a number must be NULL"
                 cargs.append(ctypes.c_void_p(None))
-            elif isinstance(a, np.ndarray):
-                assert a.dtype == np.float32 and a.flags.c_contiguous, "the kernels take contiguous float32 arrays"
+            elif ctype == "float*":
+                assert isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous, (function, a)
                 cargs.append(ctypes.c_void_p(a.ctypes.data))
-            elif isinstance(a, np.int32):
+            elif ctype == "int":
+                assert type(a) is np.int32, (function, ctype, type(a))
                 cargs.append(ctypes.c_int(int(a)))
-            elif isinstance(a, np.float32):
+            elif ctype == "float":
+                assert type(a) is np.float32, (function, ctype, type(a))
                 cargs.append(ctypes.c_float(float(a)))
             else:
-                raise TypeError(f"argument of type {type(a).__name__}: the GPU launch would reject it too")
+                raise AssertionError(f"unexpected parameter type {ctype} in {function}")
         fn = getattr(lib, "launch_" + function)
         fn.restype = None
         fn(*cargs)
