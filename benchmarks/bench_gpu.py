@@ -12,8 +12,9 @@ The ``conveyor_2048`` section (GB/s are 1e9 bytes per second):
 * ``h2d_pinned_GBps`` and ``d2h_pinned_GBps``: one big copy each way from and into pinned memory;
 * ``conveyor_*``: :class:`pipeline.conveyor.Conveyor` streaming pinned uint16 blocks through all
   fused stages (then also the temporal denoiser; then also NLM, the default denoisers), frames per
-  second, input bytes per second and their ratio to the H2D bandwidth; ``bound_ratio`` is the most the downloads allow
-  (``min(1, (2 / out bytes per pixel) * d2h / h2d)``).
+  second, input bytes per second and their ratio to the H2D bandwidth; ``_f16``/``_u16``: frames
+  handed back as float16 / the uint16 code (``output.dtype``), half the download of ``_f32``;
+  ``bound_ratio`` is the most the downloads allow (``min(1, (2 / out bytes per pixel) * d2h / h2d)``).
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
     temporal = Chain(ff, [lag, TemporalDenoiseStage(nm, dn)])
     default = Chain(ff, [lag, TemporalDenoiseStage(nm, dn)], post=[SpatialDenoiseStage(nm, dn)])  # + NLM
     for label, ch, dt in (("fused_f32", chain, np.float32), ("fused_f16", chain, np.float16),
-                          ("temporal_f32", temporal, np.float32), ("default_nlm_f32", default, np.float32)):
+                          ("fused_u16", chain, np.uint16), ("temporal_f32", temporal, np.float32),
+                          ("default_nlm_f32", default, np.float32), ("default_nlm_u16", default, np.uint16)):
         conv = Conveyor(ch, (h, w), block_frames=block, out_dtype=dt)
         assert all(conv.dev.is_pinned(v) for v in video)
 

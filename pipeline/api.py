@@ -908,6 +908,8 @@ def export(
                         "pick a (T, H, W) or (H, W) array with --array")
     if len(frames.shape) == 2:
         frames = frames[...][None]
+    else:
+        frames = zarr_store.decoded_frames(frames)  # an output stored as float16/uint16: its values
     suf = d.suffix.lower()
     if suf in (".tif", ".tiff"):
         return write_tiff_stack(frames, d)

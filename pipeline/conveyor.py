@@ -65,8 +65,6 @@ def unsupported_reason(chain, input_dtype, execution=None) -> str | None:
     if dt not in (np.dtype(np.uint16), np.dtype(np.float32)):
         return f"the GPU engine reads uint16 or float32 frames, not {dt}"
     ff = chain.flatfield
-    if ff is not None and getattr(ff, "response", None) is not None:
-        return "flatfield.response (a per-pixel response) is not in the GPU engine yet"
     stateful = list(chain.stateful)
     for i, stage in enumerate(stateful):
         if isinstance(stage, AfterglowStage):
@@ -288,6 +286,9 @@ class Conveyor:
         self.dev = device if device is not None else CupyDevice()
         self.params = parameters_from_chain(chain, self.frame_shape)
         self.kernel = self.dev.prepare(self.params)
+        ff = chain.flatfield
+        # a per-pixel response (a non-linear screen): the head runs as the CuPy ops on a device copy of the stage
+        self.ff_dev = _device_stage(ff, self.dev) if ff is not None and ff.response is not None else None
         stateful = list(chain.stateful)
         self.lag = stateful[0] if stateful and isinstance(stateful[0], AfterglowStage) else None
         self.stages = stateful[1:] if self.lag is not None else stateful  # CuPy stages with a state
@@ -410,20 +411,27 @@ class Conveyor:
         direct = f16 and not denoise and (ff is None or ff.cfg.output != "attenuation")  # the kernel writes float16
         work = slot.dev_out[:n] if direct else slot.work[:n]
         lag_state = self._states[0] if self.lag is not None else None
-        self.kernel(d_in, work, lag_state, saturation=not denoise)
-        block = work
+        mask = None
+        if self.ff_dev is None:  # the fused kernel: head and afterglow in one pass (saturation too, if nothing follows)
+            self.kernel(d_in, work, lag_state, saturation=not denoise)
+            block = work
+        else:  # the same stages as the CPU chain, as CuPy ops
+            block, mask = self.ff_dev.head(d_in)
+            if self.lag is not None:
+                block, self._states[0] = self.lag(block, lag_state)
         first = 1 if self.lag is not None else 0
         for i, stage in enumerate(self.stages):
             block, self._states[first + i] = stage(block, self._states[first + i])
         for stage in self.post:
             block = stage(block)
-        if denoise:
+        if denoise or self.ff_dev is not None:
             if block is not work:
                 work[...] = block
                 block = work
-            self.kernel.saturate(d_in, block)  # after the denoisers, as the CPU chain's tail
+            if self.ff_dev is None:
+                self.kernel.saturate(d_in, block)  # after the denoisers, as the CPU chain's tail
         if ff is not None:
-            block = ff.tail(block, None)  # attenuation, in place (the mask is done)
+            block = (self.ff_dev or ff).tail(block, mask)  # the mask (if not done), attenuation; in place
         if slot.dev_out is not slot.work and not direct:  # float16 (rounded to nearest) or the uint16 code
             from .ops.quantise import encode
 
@@ -557,6 +565,22 @@ class Conveyor:
         if sum(r["n"] for r in results) != expected:  # pragma: no cover - a conveyor bug
             raise RuntimeError("the GPU engine did not process every block")
         return sorted(results, key=lambda r: r["t0"])
+
+
+def _device_stage(ff, dev):
+    """A copy of a :class:`pipeline.stages.FlatFieldStage` whose arrays live on ``dev`` (for its CuPy head)."""
+    import copy
+    import dataclasses
+
+    up = dev.upload
+    stage = copy.copy(ff)
+    cal = ff.cal
+    stage.cal = dataclasses.replace(cal, dark=up(np.asarray(cal.dark, np.float32)),
+                                    gain=up(np.asarray(cal.gain, np.float32)))
+    stage.response = up(np.asarray(ff.response, np.float32))
+    if ff.table is not None:
+        stage.table = tuple(up(np.asarray(a)) for a in ff.table)
+    return stage
 
 
 # --------------------------------------------------------------------------- for api.run

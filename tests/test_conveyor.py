@@ -429,23 +429,51 @@ def test_block_frames_from_free_memory():
         choose_block_frames((2048, 2048), free_bytes=2**20)
 
 
+class _Odd:
+    name = "odd"
+    stateful = True
+
+
+@pytest.mark.parametrize("kind", ["afterglow", "denoise"])
+def test_conveyor_with_a_per_pixel_response_equals_cpu_engine(kind):
+    """flatfield.response (a non-linear screen): the head runs as the ops on device copies of the stage's arrays."""
+    rng = np.random.default_rng(11)
+    chain = _chain(rng, temporal=kind == "denoise", spatial=kind == "denoise", measure=True)
+    coeffs = np.zeros((4, H, W), np.float32)  # ln S = a + b x + c x^2, x = ln K - ln K_ref: a mildly bent screen
+    coeffs[0] = rng.uniform(7.5, 8.0, (H, W))
+    coeffs[1] = rng.uniform(1.05, 1.2, (H, W))
+    coeffs[2] = 0.02
+    coeffs[3] = np.log(5.0)
+    chain.flatfield.response = coeffs
+    chain.flatfield.inv_gain = None
+    src = _Source(_video(rng, 11))
+    ref, res_c, com_c = _cpu(chain, src, 4)
+    out, res_g, com_g, conv, _ = _gpu(chain, src, 4)
+    assert conv.ff_dev is not None and conv.ff_dev.response is not coeffs
+    np.testing.assert_array_equal(out, ref)
+    assert np.isnan(out).any() and np.isfinite(out).mean() > 0.5
+    _same_records(res_g, res_c)
+    _same_states(com_g, com_c)
+    plain = _chain(np.random.default_rng(11), temporal=kind == "denoise", spatial=kind == "denoise")
+    assert not np.allclose(_cpu(plain, src, 4)[0], ref, equal_nan=True)  # the response changed the result
+
+
 def test_unsupported_chains_and_auto_fallback(monkeypatch):
     rng = np.random.default_rng(7)
     chain = _chain(rng)
     assert unsupported_reason(chain, np.uint16) is None
     assert "uint16 or float32" in unsupported_reason(chain, np.int32)
-    ff = chain.flatfield
-    ff.response = np.zeros((3, H, W), np.float32)
-    assert "flatfield.response" in unsupported_reason(chain, np.uint16)
-    with pytest.raises(BackendError, match=r"^execution.device=gpu: flatfield.response .*; use --device cpu or auto$"):
+    chain.stateful.append(_Odd())
+    assert "stage 'odd' has no GPU version" in unsupported_reason(chain, np.uint16)
+    with pytest.raises(BackendError, match=r"^execution.device=gpu: stage 'odd' has no GPU .*; use --device cpu or auto$"):
         gpu_engine(chain, np.uint16, (H, W), requested="gpu", device=FakeDevice())
     backend._said.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
             assert gpu_engine(chain, np.uint16, (H, W), requested="auto", device=FakeDevice()) == (None, "cpu")
-    assert len(caught) == 1 and "runs on the CPU: flatfield.response" in str(caught[0].message)
-    ff.response = None
+    assert len(caught) == 1 and "runs on the CPU: stage 'odd'" in str(caught[0].message)
+    chain.stateful.pop()
     dist = SimpleNamespace(scheduler="tcp://h:8786", cluster="none")
     assert "dask.distributed" in unsupported_reason(chain, np.uint16, dist)
     engine, dev = gpu_engine(chain, np.uint16, (H, W), requested="auto", device=FakeDevice())

@@ -78,3 +78,14 @@ def test_clipping_is_counted_and_named(tmp_path, runs):
     want = int(np.sum(np.isfinite(exact) & (np.rint(exact.astype(np.float64) * 1e5) >= 65535)))
     assert want > 0
     assert zarr.open_group(str(res.output), mode="r").attrs["provenance"]["stored_at_limit"] >= want
+
+
+def test_export_of_a_uint16_output_writes_its_values(runs, tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    path = pipeline.export(runs["uint16"], tmp_path / "o.tif")
+    got = tifffile.imread(path)
+    exact = _frames(runs["float32"])[:]
+    assert got.dtype == np.float32 and got.shape == exact.shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(exact))
+    ok = np.isfinite(exact)
+    assert np.max(np.abs(got[ok] - exact[ok])) <= 0.5 / 50000 + 1e-6
