@@ -128,7 +128,7 @@ extern "C" __global__ void nl_means_f32(const float* f, float* out, int h, int w
                 float s = 0.0f;
                 for (int a = 0; a < patch; ++a) s = __fadd_rn(s, rs[i + a]);
                 float z = __fsub_rn(__fmul_rn(s, inv_area), sig2);
-                float q = z > 0.0f ? expf(-__fmul_rn(z, inv_h2)) : 1.0f;
+                float q = z <= 0.0f ? 1.0f : expf(-__fmul_rn(z, inv_h2));  // a NaN distance: NaN, as the reference
                 float v = f[(long long)xray_mirror(y0 + i + dy, h) * w + nx];
                 num[i] = __fadd_rn(num[i], __fmul_rn(q, v));
                 den[i] = __fadd_rn(den[i], q);

@@ -200,7 +200,9 @@ class OutputConfig(_Section):
     scale: float | None = Field(
         None, gt=0, description="uint16 only: stored = round(value * scale + offset), clipped to 1..65535, NaN -> 0 "
                                 "(CF scale_factor = 1/scale); null: 1 for counts, 50000 transmission, 10000 attenuation")
-    offset: float = Field(0.0, description="uint16 only: added after scaling (room for negative values)")
+    offset: float | None = Field(
+        None, description="uint16 only: added after scaling (room for values below zero); null: 100 for counts, "
+                          "500 transmission, 1000 attenuation")
 
 
 class RunConfig(_Section):

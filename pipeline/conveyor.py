@@ -64,7 +64,6 @@ def unsupported_reason(chain, input_dtype, execution=None) -> str | None:
     dt = np.dtype(input_dtype)
     if dt not in (np.dtype(np.uint16), np.dtype(np.float32)):
         return f"the GPU engine reads uint16 or float32 frames, not {dt}"
-    ff = chain.flatfield
     stateful = list(chain.stateful)
     for i, stage in enumerate(stateful):
         if isinstance(stage, AfterglowStage):
@@ -115,19 +114,23 @@ def parameters_from_chain(chain, frame_shape) -> CorrectionParameters:
 
 
 def choose_block_frames(frame_shape, *, free_bytes: int, input_itemsize: int = 2, out_itemsize: int = 4,
-                        n_terms: int = 0, depth: int = 2, denoise: bool = False, requested: int | None = None,
-                        cap: int = MAX_BLOCK_FRAMES, fraction: float = MEMORY_FRACTION) -> int:
+                        n_terms: int = 0, depth: int = 2, denoise: bool = False, response: bool = False,
+                        requested: int | None = None, cap: int = MAX_BLOCK_FRAMES,
+                        fraction: float = MEMORY_FRACTION) -> int:
     """Frames per block that fit ``fraction`` of ``free_bytes`` of GPU memory: ``requested``, or ``cap`` if None, or fewer.
 
     Per slot and frame: the device input, the float32 working output (and a float16 output);
     fixed: the maps, the afterglow state and its snapshots, and (with denoisers) a working
-    set of float64 frames and per-frame copies. Raises :class:`BackendError` if not even one
-    frame fits.
+    set of float64 frames and per-frame copies; with a per-pixel ``response``, the CuPy head's
+    block-sized temporaries (about 9 float32 blocks alive at once). Raises :class:`BackendError`
+    if not even one frame fits.
     """
     p = int(np.prod(frame_shape))
     per_frame = depth * p * (input_itemsize + 4 + (out_itemsize if out_itemsize != 4 else 0))
     if denoise:
         per_frame += 2 * 4 * p  # the spatial denoiser's new block and its stabilised copy
+    if response:
+        per_frame += 9 * 4 * p  # linearize's and correct_frames' temporaries, the mask
     fixed = p * 4 * (3 + n_terms * (1 + depth) + (2 * (1 + depth) + 12 if denoise else 0))
     budget = int(fraction * free_bytes) - fixed
     fit = budget // per_frame if budget > 0 else 0
@@ -312,7 +315,8 @@ class Conveyor:
         return choose_block_frames(self.frame_shape, free_bytes=self.dev.free_bytes(),
                                    input_itemsize=np.dtype(input_dtype).itemsize,
                                    out_itemsize=self.out_dtype.itemsize, n_terms=self.params.n_terms,
-                                   depth=self.depth, denoise=bool(self.stages or self.post), requested=requested)
+                                   depth=self.depth, denoise=bool(self.stages or self.post),
+                                   response=self.ff_dev is not None, requested=requested)
 
     def _ensure_slots(self, frames: int):
         if frames > self._frames or not self._slots:

@@ -355,7 +355,7 @@ if _nb is not None:
                         _window_sum_row(v, q, left, patch, ww)
                         for x in range(ww):  # exp(-0) = 1 exactly: the exponential only where it is not
                             z = q[x] * inv_area - sig2
-                            q[x] = np.exp(-z * inv_h2) if z > 0.0 else 1.0
+                            q[x] = 1.0 if z <= 0.0 else np.exp(-z * inv_h2)  # NaN stays NaN, as the array code
                         _shifted_row(f, _mirror(y0 + i + dy, hh), dx, row)
                         for x in range(ww):
                             num[i, x] += q[x] * row[x]

@@ -27,7 +27,7 @@ from .ops.denoise import NoiseModel, denoise_spatial, temporal_filter
 from .ops.flatfield import (Calibration, correct_frames, flat_field_and_bad_pixels, inverse_gain, neighbour_table,
                              to_attenuation)
 from .ops.mtf import auto_n_fft, slanted_edge_mtf
-from .ops.quantise import DEFAULT_SCALE, at_limit, cf_attributes, decode, encode
+from .ops.quantise import DEFAULT_OFFSET, DEFAULT_SCALE, at_limit, cf_attributes, decode, encode
 
 
 class FlatFieldStage:
@@ -332,5 +332,6 @@ def build_chain(config: RunConfig, calibration: Calibration | None, input_dtype,
     measures = [MTFStage(mtf_roi, config.mtf)] if config.mtf.enabled and mtf_roi is not None else []
     o = config.output
     mode = config.flatfield.output if ff is not None else "counts"
-    storage = Storage(o.dtype, o.scale if o.scale is not None else DEFAULT_SCALE[mode], o.offset)
+    storage = Storage(o.dtype, o.scale if o.scale is not None else DEFAULT_SCALE[mode],
+                      o.offset if o.offset is not None else DEFAULT_OFFSET[mode])
     return Chain(ff, stateful, measures, post, storage)

@@ -423,6 +423,9 @@ def test_block_frames_from_free_memory():
     assert 1 <= n <= 64
     assert choose_block_frames((2048, 2048), free_bytes=80 * 2**30) == 64  # the cap
     assert choose_block_frames((2048, 2048), free_bytes=80 * 2**30, requested=5) == 5
+    plain = choose_block_frames((2048, 2048), free_bytes=8 * 2**30)
+    with_response = choose_block_frames((2048, 2048), free_bytes=8 * 2**30, response=True)
+    assert with_response * (2 * 6 + 36) * 2048 * 2048 <= 4 * 2**30 < plain * (2 * 6 + 36) * 2048 * 2048
     small = choose_block_frames((2048, 2048), free_bytes=200 * 2**20)
     assert small * 2 * p * 6 <= 100 * 2**20
     with pytest.raises(BackendError, match="not enough for a block of one 2048 x 2048 frame"):

@@ -60,7 +60,12 @@ class Decoded:
         return self._decode(np.asarray(self._a[key]))
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # not the array's: also what pickle and copy look up before __init__ ran
+            raise AttributeError(name)
         return getattr(self._a, name)
+
+    def __reduce__(self):  # to worker processes (scheduler 'processes', dask.distributed)
+        return Decoded, (self._a, self._decode)
 
 
 def decoded_frames(array):

@@ -261,7 +261,7 @@ def denoise_frame(img, method: str, params: dict):
 
             return denoise_tv_chambolle(img.astype(np.float64), weight=wgt).astype(img.dtype)
         return tv_chambolle(img, wgt)
-    if method == "nlm":  # the array code on both backends (CPU == GPU); checked against the definition
+    if method == "nlm":  # Numba on a CPU, cuda/denoise.cu on a GPU: both equal to the array code (float32 rounding)
         return nl_means(img, float(params.get("nlm_h", 0.8)), patch_size=int(params.get("nlm_patch", 5)),
                         patch_distance=int(params.get("nlm_search", 3)), sigma=float(params.get("nlm_sigma", 1.0)))
     raise ValueError(f"unknown denoising method '{method}'; choose one of {', '.join(SPATIAL_METHODS)}")

@@ -18,9 +18,12 @@ import numpy as np
 from ..backend import get_xp
 
 STORAGE_DTYPES = ("float32", "float16", "uint16")
-#: Default uint16 scale per flat-field output: counts stay counts; transmission 1.0 -> 50000
-#: (up to 1.31); attenuation (-ln T) 1.0 -> 10000 (up to 6.55; T down to 0.0014).
+#: Default uint16 scale and offset per flat-field output, so that the noise around zero (counts at the
+#: dark level, transmission behind a thick object, attenuation in open beam) is kept, not clipped:
+#: counts -100..65435 in steps of 1; transmission -0.01..1.3007 in steps of 2e-5; attenuation
+#: (-ln T) -0.1..6.4535 in steps of 1e-4 (T down to 0.0016).
 DEFAULT_SCALE = {"counts": 1.0, "transmission": 50000.0, "attenuation": 10000.0}
+DEFAULT_OFFSET = {"counts": 100.0, "transmission": 500.0, "attenuation": 1000.0}
 MISSING = 0  # the uint16 code of NaN
 
 

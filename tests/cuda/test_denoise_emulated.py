@@ -149,3 +149,18 @@ def test_nl_means_kernel_matches_reference(launch, shape, patch, r):
 def test_nl_means_kernel_refuses_a_patch_it_cannot_hold(launch):
     with pytest.raises(ValueError, match="nlm_patch 17"):
         nl_means_kernel(np.zeros((8, 8), np.float32), h=1.0, patch_size=17, patch_distance=2, sigma=0.0, launch=launch)
+
+
+def test_nl_means_kernel_spreads_nan_as_the_definition(launch):
+    """A NaN pixel makes every patch distance that sums over it NaN: exactly the outputs within
+    search radius + patch radius of it are NaN (the pipeline fills NaN before it denoises). scipy's
+    running-sum box filter, in the array code, carries a NaN further along its lines."""
+    img = np.random.default_rng(3).normal(10, 1, (15, 15)).astype(np.float32)
+    img[7, 7] = np.nan
+    kw = dict(h=0.9, patch_size=5, patch_distance=2, sigma=1.0)
+    got = nl_means_kernel(img, launch=launch, **kw)
+    want = np.zeros(img.shape, bool)
+    want[7 - 4:7 + 5, 7 - 4:7 + 5] = True  # reach 2 + 2
+    np.testing.assert_array_equal(np.isnan(got), want)
+    if jit.available():
+        np.testing.assert_array_equal(np.isnan(nl_means(img.astype(np.float64), **kw)), want)
