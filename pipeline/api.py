@@ -29,7 +29,7 @@ from .errors import AlreadyComplete, CalibrationError, ConfigError, DataError, P
 from .io import models, zarr_store
 from .ops import afterglow as ag
 from .ops.flatfield import Calibration, compute_calibration
-from .schedule import check_execution, frame_means, frame_statistics, process_frames
+from .schedule import check_execution, frame_means, frame_statistics, is_distributed, process_frames
 from .simulator import SimulationSpec, build
 from .stages import build_chain
 
@@ -289,8 +289,10 @@ def run(
                 shutil.rmtree(staged, ignore_errors=True)
 
     cfg = load_config(config, overrides=overrides)
-    device = resolve_device(cfg.execution.device)
     check_execution(cfg.execution.scheduler, cfg.execution.cluster)  # a missing dask-cuda fails before any output
+    on_cluster = is_distributed(cfg.execution.scheduler, cfg.execution.cluster)
+    # device gpu on a cluster: the workers' GPUs (the client needs none); otherwise this process's
+    device = "gpu" if on_cluster and cfg.execution.device == "gpu" else resolve_device(cfg.execution.device)
     ds = zarr_store.open_input(input)
     t, h, w = ds.shape
     if t < 1:
@@ -319,7 +321,11 @@ def run(
         chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, mtf_roi=mtf_roi, noise=noise,
                             response=response)
     engine = process_frames  # device gpu (or auto with a working GPU): the GPU conveyor, where it can run this chain
-    if device == "gpu":
+    if device == "gpu" and on_cluster:  # the same graph; every task runs its stages on its worker's GPU
+        from .conveyor import DeviceChain
+
+        chain = DeviceChain(chain)
+    elif device == "gpu":
         from .conveyor import gpu_engine
 
         gpu, device = gpu_engine(chain, ds.frames.dtype, (h, w), requested=cfg.execution.device,
@@ -455,7 +461,7 @@ def run(
         "end": _now(),
         "seconds": seconds,
         "frames_per_second": t / seconds if seconds > 0 else None,
-        "device": describe_device(device),
+        "device": "gpu (each dask.distributed worker's)" if device == "gpu" and on_cluster else describe_device(device),
         "host": socket.gethostname(),
         "python": platform.python_version(),
     }

@@ -238,7 +238,9 @@ def _head(source, chain, t0, t1, skip_errors, *after):
     return block, mask, info
 
 
-def _stateful(stage, payload, state):
+def _stateful(chain, i, payload, state):
+    # the stage through the chain (a data node: shipped once per worker, with whatever it keeps per process)
+    stage = chain.stateful[i]
     block, mask, info = payload  # unreadable frames are NaN: the stages carry on over them
     state = stage.initial_state(block) if state is None else _copy(state)
     block, state = stage(block, state)
@@ -375,7 +377,7 @@ def process_frames(
                 state_prev = (f"state{i}-{tok}", c - 1)
             else:
                 state_prev = initial_states[i] if initial_states is not None else None
-            dsk[key] = (_stateful, stage, prev, state_prev)
+            dsk[key] = (_stateful, chain_k, i, prev, state_prev)
             dsk[(f"state{i}-{tok}", c)] = (operator.getitem, key, 1)
             dsk[(f"payload{i}-{tok}", c)] = (operator.getitem, key, 0)
             prev = (f"payload{i}-{tok}", c)

@@ -223,3 +223,66 @@ def test_dead_workers_and_in_memory_output_are_one_line(tmp_path):
     with pytest.raises(BackendError, match="workers died") as exc:
         process_frames(src, target, _die, chunk_frames=4, cluster="local", num_workers=1)
     assert "\n" not in str(exc.value)
+
+
+def _host_copy(a):
+    """A stand-in for the upload to a worker's GPU, for a machine without one: a NumPy copy."""
+    return np.array(a)
+
+
+def test_device_chain_on_workers_equals_single_process(cluster, recording, tmp_path):
+    """execution.device=gpu on a cluster runs every task's stages through DeviceChain on its worker's device;
+    with NumPy standing in for the GPU the output equals the single-process run bit for bit, and the graph
+    ships the chain once per worker (its device copies are made there, once)."""
+    from pipeline.conveyor import DeviceChain
+    from pipeline.schedule import process_frames
+
+    vid, overrides, ref = recording
+    chain, ds = _chain_and_source(vid, overrides)
+    dchain = DeviceChain(chain, upload=_host_copy, download=np.asarray)
+    target = zarr.open_array(str(tmp_path / "g.zarr"), mode="w", shape=ds.shape, chunks=(4, 64, 64), dtype="float32")
+    process_frames(ds.reader(), target, dchain, chunk_frames=4, scheduler=cluster.scheduler_address)
+    np.testing.assert_array_equal(target[:], ref)
+    assert dchain._local is None  # the client made no device copies: the workers did
+
+
+def test_device_chain_makes_its_device_copies_once(recording):
+    from pipeline.conveyor import DeviceChain
+
+    vid, overrides, ref = recording
+    chain, ds = _chain_and_source(vid, overrides)
+    sizes = []
+
+    def counting_upload(a):
+        sizes.append(np.asarray(a).shape)
+        return np.array(a)
+
+    dchain = DeviceChain(chain, upload=counting_upload, download=np.asarray)
+    raw = np.asarray(ds.frames[0:4])
+    block, mask = dchain.head(raw)
+    fixed = len(sizes)  # dark, gain, inverse gain, bad-pixel table: made now
+    assert fixed >= 3
+    states = [None] * len(dchain.stateful)
+    for t0 in (0, 4, 8):
+        block, mask = dchain.head(np.asarray(ds.frames[t0:t0 + 4]))
+        for i, stage in enumerate(dchain.stateful):
+            st = stage.initial_state(block) if states[i] is None else states[i]
+            block, states[i] = stage(block, st)
+        out = dchain.tail((block, mask))
+        np.testing.assert_array_equal(out, ref[t0:t0 + 4])
+    assert sum(1 for s in sizes[fixed:] if s == (64, 64)) == 0  # no map uploaded again: only blocks and states
+
+
+def test_device_gpu_on_a_cluster_without_cupy_is_one_line(cluster, recording, tmp_path):
+    """The client needs no GPU; workers without CuPy fail the run with the backend's one-line reason."""
+    from pipeline.backend import gpu_unavailable_reason
+
+    if gpu_unavailable_reason() is None:
+        pytest.skip("a GPU is usable here")
+    vid, overrides, _ = recording
+    one_line = (r"^execution.device=gpu: the worker on .* has no usable GPU: CuPy is not installed .*; "
+                r"give every worker CuPy and a GPU, or use --device cpu$")
+    with pytest.raises(BackendError, match=one_line):
+        pipeline.run(vid, tmp_path / "x.zarr", overrides=[*overrides, "execution.device=gpu",
+                                                          f"execution.scheduler={cluster.scheduler_address}"])
+    assert not (tmp_path / "x.zarr").exists()

@@ -211,3 +211,20 @@ def test_conveyor_with_a_per_pixel_response_close_to_cpu_engine():
     assert conv.ff_dev is not None
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
     np.testing.assert_allclose(out, ref, rtol=2e-5, atol=1e-6)  # log/exp/sqrt on the GPU: a few ulps apart
+
+
+def test_device_chain_on_the_gpu_close_to_cpu_engine():
+    """DeviceChain (device gpu on a cluster) with the real CuPy upload, in this process's scheduler."""
+    from pipeline.conveyor import DeviceChain
+
+    rng = np.random.default_rng(7)
+    chain = _chain(rng, temporal=True, spatial=True, output="transmission")
+    video = _raw(rng, 13, np.uint16)
+    ref = np.zeros(video.shape, np.float32)
+    process_frames(video, ref, chain, chunk_frames=4, scheduler="synchronous")
+    out = np.zeros(video.shape, np.float32)
+    dchain = DeviceChain(chain)
+    process_frames(video, out, dchain, chunk_frames=4, scheduler="threads", num_workers=2)
+    assert dchain._local is not None and isinstance(dchain._local[0].cal.dark, cp.ndarray)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-5)
