@@ -143,6 +143,51 @@ def choose_block_frames(frame_shape, *, free_bytes: int, input_itemsize: int = 2
     return int(max(1, min(fit, requested if requested else cap)))
 
 
+# --------------------------------------------------------------------------- the fused kernel's specification
+def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dtype=np.float32):
+    """The fused kernel's computation with the NumPy ops (its specification; slow).
+
+    Parameters
+    ----------
+    raw : ndarray (T, H, W) uint16 or float32
+    params : CorrectionParameters
+    state : ndarray (N, H, W) float32
+        Afterglow state before the block, updated in place to the state after it.
+    out_dtype : float32 or float16
+
+    Returns
+    -------
+    out : ndarray (T, H, W) of ``out_dtype``
+    state : the same ``state``
+    """
+    from .kernels import _check_dtypes, saturation_threshold
+    from .ops.afterglow import remove_lag
+    from .ops.flatfield import replace_bad_pixels
+
+    raw_dtype, out_dtype = _check_dtypes(raw.dtype, out_dtype)
+    t, p = raw.shape[0], params.n_pixels
+    r2 = np.asarray(raw).reshape(t, p)
+    v = np.empty((t, p), np.float32)
+    v[...] = r2
+    v -= params.dark
+    v *= params.inv
+    if params.targets.size:
+        replace_bad_pixels(v.reshape(t, 1, p), params.targets, params.neighbours, out=v.reshape(t, 1, p))
+    finite = np.isfinite(v)
+    x = np.where(finite, v, np.float32(0))
+    if params.n_terms:
+        amps = params.amplitudes.reshape(params.n_terms, 1, p) if params.amplitudes.ndim > 1 else params.amplitudes
+        st = state.reshape(params.n_terms, 1, p)
+        remove_lag(x.reshape(t, 1, p), amps, params.ratios, st, out=x.reshape(t, 1, p))
+    to_nan = raw_dtype.kind == "f" or params.nonfinite_to_nan
+    o = np.where(finite, x, np.float32(np.nan) if to_nan else v)
+    thr = saturation_threshold(params.saturation, raw_dtype)
+    if not np.isnan(thr):
+        o[r2.astype(np.float32) >= thr] = np.nan
+    return o.astype(out_dtype).reshape(raw.shape), state
+
+
+
 # --------------------------------------------------------------------------- the device
 class CupyDevice:
     """The conveyor's view of the current CUDA device, through CuPy (from :func:`pipeline.backend.cupy_module`).
@@ -745,5 +790,6 @@ def gpu_engine(chain, input_dtype, frame_shape, *, requested: str = "gpu", execu
     return None, "cpu"
 
 
-__all__ = ["MAX_BLOCK_FRAMES", "Conveyor", "CupyDevice", "DeviceChain", "choose_block_frames", "gpu_engine", "parameters_from_chain",
+__all__ = ["MAX_BLOCK_FRAMES", "Conveyor", "CupyDevice", "DeviceChain", "choose_block_frames", "correct_block_reference",
+           "gpu_engine", "parameters_from_chain",
            "unsupported_reason"]

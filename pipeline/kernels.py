@@ -8,8 +8,9 @@ The fused correction (``cuda/correct.cu``) has three parts here:
 * :func:`correction_parameters`: its parameters on the host (NumPy), in the layout it reads;
 * :class:`CorrectKernel`: those parameters on the device, launched block after block
   (what :mod:`pipeline.conveyor` uses), and :func:`correct_block_gpu`, a one-call wrapper;
-* :func:`correct_block_reference`: the same computation with the NumPy ops, the specification
-  the kernel is tested against (bit for bit, ``tests/cuda/test_correct_emulated.py``).
+* :func:`pipeline.conveyor.correct_block_reference`: the same computation with the NumPy ops, the
+  specification the kernel is tested against (bit for bit, ``tests/cuda/test_correct_emulated.py``);
+  it lives with the engine so that this module imports no op (the ops call its kernels).
 """
 
 from __future__ import annotations
@@ -222,48 +223,6 @@ def _check_dtypes(raw_dtype, out_dtype):
     if out_dtype not in _OUTPUTS:
         raise ValueError(f"the fused kernel writes float32 or float16, not {out_dtype}")
     return raw_dtype, out_dtype
-
-
-def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dtype=np.float32):
-    """The fused kernel's computation with the NumPy ops (its specification; slow).
-
-    Parameters
-    ----------
-    raw : ndarray (T, H, W) uint16 or float32
-    params : CorrectionParameters
-    state : ndarray (N, H, W) float32
-        Afterglow state before the block, updated in place to the state after it.
-    out_dtype : float32 or float16
-
-    Returns
-    -------
-    out : ndarray (T, H, W) of ``out_dtype``
-    state : the same ``state``
-    """
-    from .ops.afterglow import remove_lag
-    from .ops.flatfield import replace_bad_pixels
-
-    raw_dtype, out_dtype = _check_dtypes(raw.dtype, out_dtype)
-    t, p = raw.shape[0], params.n_pixels
-    r2 = np.asarray(raw).reshape(t, p)
-    v = np.empty((t, p), np.float32)
-    v[...] = r2
-    v -= params.dark
-    v *= params.inv
-    if params.targets.size:
-        replace_bad_pixels(v.reshape(t, 1, p), params.targets, params.neighbours, out=v.reshape(t, 1, p))
-    finite = np.isfinite(v)
-    x = np.where(finite, v, np.float32(0))
-    if params.n_terms:
-        amps = params.amplitudes.reshape(params.n_terms, 1, p) if params.amplitudes.ndim > 1 else params.amplitudes
-        st = state.reshape(params.n_terms, 1, p)
-        remove_lag(x.reshape(t, 1, p), amps, params.ratios, st, out=x.reshape(t, 1, p))
-    to_nan = raw_dtype.kind == "f" or params.nonfinite_to_nan
-    o = np.where(finite, x, np.float32(np.nan) if to_nan else v)
-    thr = saturation_threshold(params.saturation, raw_dtype)
-    if not np.isnan(thr):
-        o[r2.astype(np.float32) >= thr] = np.nan
-    return o.astype(out_dtype).reshape(raw.shape), state
 
 
 class CorrectKernel:

@@ -4,7 +4,7 @@ The fake device queues every copy, kernel and event of a stream and runs the que
 when the host waits, picking at random among the streams whose next operation is allowed by
 the events recorded so far. A missing wait (a buffer reused before the device is done with it)
 then shows up as wrong frames. The fused kernel is its NumPy reference
-(pipeline.kernels.correct_block_reference), tested bit for bit against the CUDA source in
+(pipeline.conveyor.correct_block_reference), tested bit for bit against the CUDA source in
 tests/cuda/test_correct_emulated.py; the CuPy stages run on NumPy arrays. So the conveyor's
 output must equal the CPU engine's, checksum for checksum.
 """
@@ -23,7 +23,7 @@ from pipeline import backend, conveyor
 from pipeline.config import AfterglowConfig, BadPixelConfig, DenoiseConfig, FlatFieldConfig
 from pipeline.conveyor import Conveyor, choose_block_frames, gpu_engine, unsupported_reason
 from pipeline.errors import BackendError
-from pipeline.kernels import correct_block_reference
+from pipeline.conveyor import correct_block_reference
 from pipeline.ops.denoise import NoiseModel
 from pipeline.ops.flatfield import HOT, Calibration
 from pipeline.schedule import process_frames

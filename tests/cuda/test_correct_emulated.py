@@ -15,7 +15,8 @@ import pytest
 
 from pipeline.config import AfterglowConfig, BadPixelConfig, FlatFieldConfig
 from pipeline.conveyor import parameters_from_chain
-from pipeline.kernels import correct_block_reference, saturation_threshold
+from pipeline.conveyor import correct_block_reference
+from pipeline.kernels import saturation_threshold
 from pipeline.ops.flatfield import DEAD, HOT, Calibration
 from pipeline.stages import AfterglowStage, Chain, FlatFieldStage
 
