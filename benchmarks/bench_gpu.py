@@ -14,7 +14,9 @@ The ``conveyor_2048`` section (GB/s are 1e9 bytes per second):
   fused stages (then also the temporal denoiser; then also NLM, the default denoisers), frames per
   second, input bytes per second and their ratio to the H2D bandwidth; ``_f16``/``_u16``: frames
   handed back as float16 / the uint16 code (``output.dtype``), half the download of ``_f32``;
-  ``bound_ratio`` is the most the downloads allow (``min(1, (2 / out bytes per pixel) * d2h / h2d)``).
+  ``bound_ratio`` is the most the downloads allow (``min(1, (2 / out bytes per pixel) * d2h / h2d)``);
+  ``speedup_vs_cpu_engine``: against the same chain and frames through the CPU engine (``cpu_engine_fps``,
+  float32 out, in-memory target; with NLM on one block) on this machine.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
     from pipeline.kernels import CorrectKernel
     from pipeline.ops.denoise import NoiseModel
     from pipeline.ops.flatfield import HOT, Calibration
+    from pipeline.schedule import process_frames
     from pipeline.stages import AfterglowStage, Chain, FlatFieldStage, SpatialDenoiseStage, TemporalDenoiseStage
 
     rng = np.random.default_rng(1)
@@ -167,6 +170,17 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
     video = [cupy_pinned(cp, (block, h, w), np.uint16) for _ in range(blocks)]
     for v in video:
         v[...] = rng.integers(0, 16384, (block, h, w), dtype=np.uint16)
+    host_video = np.concatenate([np.asarray(v) for v in video])
+    cpu_fps: dict = {}
+
+    def cpu_engine(ch, key):  # the same chain and frames through the CPU engine (NLM: one block, it is slow)
+        if key not in cpu_fps:
+            n = block if key == "default" else blocks * block
+            tgt = np.empty((n, h, w), np.float32)
+            tc = timed(lambda: process_frames(host_video[:n], tgt, ch, chunk_frames=block, scheduler="threads"), n=1)
+            cpu_fps[key] = n / tc
+        return cpu_fps[key]
+
     dn = DenoiseConfig(enabled=True)
     nm = NoiseModel(0.5, 20.0)
     temporal = Chain(ff, [lag, TemporalDenoiseStage(nm, dn)])
@@ -190,6 +204,9 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
         isz = np.dtype(dt).itemsize
         out[f"conveyor_{label}_bound_ratio"] = min(1.0, (2 / isz) * out["d2h_pinned_GBps"] / out["h2d_pinned_GBps"])
         out[f"conveyor_{label}_block_frames"] = conv.block_frames
+        key = label.rsplit("_", 1)[0].replace("default_nlm", "default")
+        out[f"conveyor_{label}_speedup_vs_cpu_engine"] = out[f"conveyor_{label}_fps"] / cpu_engine(ch, key)
+    out["cpu_engine_fps"] = cpu_fps
     return out
 
 

@@ -378,14 +378,18 @@ def bench_pipelines(path: Path, tmp: Path, *, config: RunConfig, device: str, re
         "zarr copy uint16->float32": (lambda: _zarr_copy(path, tmp / "c32.zarr", np.float32, config, chunk), t,
                                       b16 + b32),
     }
-    for name, over in PIPELINES.items():
-        over = [*over, f"execution.device={device}"]
-        if not name.startswith("flat-field"):
-            over.append(f"afterglow.model={model}")
-        src, n = (short, full_frames) if name.startswith("full") and full_frames < t else (path, t)
-        out_bytes = 2 if "uint16 output" in name else 4
-        jobs[name] = (lambda s=src, o=over: api.run(s, tmp / "out.zarr", config, overrides=o, calibration=cal,
-                                                   overwrite=True), n, n * h * w * (2 + out_bytes))
+    # on a GPU, every pipeline also on the CPU engine of the same machine: the speed-up
+    devices = [device] if device == "cpu" else [device, "cpu"]
+    for name, over0 in PIPELINES.items():
+        for dev in devices:
+            over = [*over0, f"execution.device={dev}"]
+            if not name.startswith("flat-field"):
+                over.append(f"afterglow.model={model}")
+            src, n = (short, full_frames) if name.startswith("full") and full_frames < t else (path, t)
+            out_bytes = 2 if "uint16 output" in name else 4
+            key = name if dev == device else f"{name} [cpu engine]"
+            jobs[key] = (lambda s=src, o=over: api.run(s, tmp / "out.zarr", config, overrides=o, calibration=cal,
+                                                      overwrite=True), n, n * h * w * (2 + out_bytes))
     order = list(jobs)
     times: dict = {k: [] for k in order}
     for k in order:  # warm-up: compilation, page cache
@@ -408,6 +412,8 @@ def bench_pipelines(path: Path, tmp: Path, *, config: RunConfig, device: str, re
     for k in order:  # a float32 output: also against the copy that writes the same dtype
         if not k.startswith("zarr") and "uint16 output" not in k:
             res[k]["ratio_to_float32_copy"] = res[k]["per_s"] / res["zarr copy uint16->float32"]["per_s"]
+        if f"{k} [cpu engine]" in res:
+            res[k]["speedup_vs_cpu_engine"] = res[k]["per_s"] / res[f"{k} [cpu engine]"]["per_s"]
         log(f"    {k:<34} {res[k]['per_s']:9.1f} frames/s")
     for p in ("c16.zarr", "c32.zarr", "out.zarr", "short.zarr"):
         shutil.rmtree(tmp / p, ignore_errors=True)
@@ -529,7 +535,11 @@ def write_report(data: dict, out: Path) -> list[Path]:
         _table(lines, block["pipelines"])
         lines += ["", "Against the Zarr copy that writes float32 (the pipelines' output dtype): " + ", ".join(
             f"{k} {e['ratio_to_float32_copy']:.2f}" for k, e in block["pipelines"].items()
-            if "ratio_to_float32_copy" in e) + ".", ""]
+            if "ratio_to_float32_copy" in e and "[cpu engine]" not in k) + ".", ""]
+        speed = [f"{k} {e['speedup_vs_cpu_engine']:.1f}x" for k, e in block["pipelines"].items()
+                 if "speedup_vs_cpu_engine" in e]
+        if speed:
+            lines += ["Speed-up over the CPU engine on this machine (same run): " + ", ".join(speed) + ".", ""]
     if data.get("mtf"):
         lines += ["## Slanted-edge MTF", ""]
         _table(lines, data["mtf"], unit="ROIs/s")
