@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv bench bench-detail cuda-check gpu-check wheelhouse clean
+.PHONY: demo test venv bench bench-detail cuda-check gpu-check gpu-bundle wheelhouse clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,18 @@ gpu-check: $(if $(filter $(PY),$(GPU_PY)),$(STAMP))
 	  $(GPU_PY) -m pipeline.cli bench --device gpu --sizes 1024,2048 --frames 256 --scaling-frames 256,1024,4096 \
 	    --out benchmarks/results; \
 	else echo "gpu-check: no GPU here, xray-pipeline bench --device gpu skipped"; fi
+
+# Only the wheels this workplace's GPU node lacks (its image has Python 3.12 with CuPy, NumPy, SciPy,
+# scikit-image, numba, h5py, ...: GPU_NODE_HAS), in .whl/ (about 8 MB), for benchmarks/gpu_session.sh.
+GPU_NODE_HAS = click cloudpickle fsspec jinja2 markupsafe msgpack numpy packaging psutil pyyaml \
+  sortedcontainers toolz typing_extensions zipp urllib3 scipy pillow tqdm
+gpu-bundle: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl "dask[array,distributed]>=2024.8" "zarr>=3.0,<4" "pydantic>=2.5,<3"
+	@cd .whl && for f in *.whl; do n=$$(echo $$f | cut -d- -f1 | tr 'A-Z' 'a-z'); \
+	  case " $(GPU_NODE_HAS) " in *" $$n "*) rm -f $$f;; esac; done; ls; du -sh .
 
 # An offline bundle of wheels for another Python/platform (air-gapped GPU nodes):
 #   make wheelhouse PYVER=3.12 PLATFORM=manylinux2014_x86_64   then there:

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Everything a session with a GPU should run, in one call of this workplace's device tool, most important
+# first, each part under its own time limit so that what finished comes back even if a later part runs long:
+#   here:   make gpu-bundle                 (the wheels the GPU node lacks, in .whl/, about 8 MB)
+#   device: bash benchmarks/gpu_session.sh  (carry: .whl; timeout_s 590)
+# Results land in benchmarks/results/ there and are copied to $OUT (the device tool brings $OUT back):
+# gpu-check.log, gpu-<device>.json (bench_gpu.py), bench_gpu.{json,md} and two plots (bench --device gpu).
+# Budget (seconds, about 9.5 minutes in all): GPU tests 150, bench_gpu.py 150, bench --device gpu 240.
+set -u
+OUT=${OUT:-/tmp/gpu-session-out}
+mkdir -p "$OUT"
+log="$OUT/gpu-check.log"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "gpu_session: could not install .whl" | tee -a "$log"; exit 1; }
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"  # after the repository; the node's own packages stay first
+fi
+{ date -u; nvidia-smi -L; python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"; } \
+  2>&1 | tee -a "$log"
+step() {  # step SECONDS NAME COMMAND...
+  local limit=$1 name=$2; shift 2
+  echo "=== $name (limit ${limit}s)" | tee -a "$log"
+  local t0=$SECONDS
+  timeout "$limit" "$@" >>"$log" 2>&1
+  local rc=$?
+  echo "=== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$log"
+}
+step 150 "GPU tests" python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider
+step 150 "bench_gpu.py" python3 benchmarks/bench_gpu.py
+step 240 "bench --device gpu" python3 -m pipeline.cli bench --device gpu --sizes 2048 --frames 128 \
+  --scaling-frames 256,1024 --workers 1,16 --repeats 2 --out benchmarks/results
+cp benchmarks/results/gpu-*.json benchmarks/results/bench_gpu.json benchmarks/results/bench_gpu.md \
+  benchmarks/results/bench_gpu_*.png "$OUT"/ 2>/dev/null
+tail -n 40 "$log"
