@@ -110,13 +110,15 @@ extern "C" __global__ void nl_means_f32(const float* f, float* out, int h, int w
     for (int b = 0; b < patch; ++b) xs[b] = xray_reflect(col - left + b, w);
     for (int dy = -r; dy <= r; ++dy) {
         for (int dx = -r; dx <= r; ++dx) {
+            int nxs[XRAY_NLM_MAX_PATCH];  // the shifted patch columns (mirror), the same for every row
+            for (int b = 0; b < patch; ++b) nxs[b] = xray_mirror(xs[b] + dx, w);
             for (int j = 0; j < nr + patch - 1; ++j) {
                 int yy = xray_reflect(y0 - left + j, h);
                 const float* fr = f + (long long)yy * w;
                 const float* nr_row = f + (long long)xray_mirror(yy + dy, h) * w;
                 float s = 0.0f;
                 for (int b = 0; b < patch; ++b) {
-                    float e = __fsub_rn(nr_row[xray_mirror(xs[b] + dx, w)], fr[xs[b]]);
+                    float e = __fsub_rn(nr_row[nxs[b]], fr[xs[b]]);
                     s = __fadd_rn(s, __fmul_rn(e, e));
                 }
                 rs[j] = s;
