@@ -59,14 +59,16 @@ gpu-check: $(if $(filter $(PY),$(GPU_PY)),$(STAMP))
 	else echo "gpu-check: no GPU here, xray-pipeline bench --device gpu skipped"; fi
 
 # Only the wheels this workplace's GPU node lacks (its image has Python 3.12 with CuPy, NumPy, SciPy,
-# scikit-image, numba, h5py, ...: GPU_NODE_HAS), in .whl/ (about 8 MB), for benchmarks/gpu_session.sh.
+# scikit-image, numba, h5py, ...: GPU_NODE_HAS), in .whl/ (about 8 MB), for benchmarks/gpu_session.sh;
+# dask, distributed, zarr, numcodecs and pydantic at the versions the tests ran with here.
 GPU_NODE_HAS = click cloudpickle fsspec jinja2 markupsafe msgpack numpy packaging psutil pyyaml \
   sortedcontainers toolz typing_extensions zipp urllib3 scipy pillow tqdm
 gpu-bundle: $(STAMP)
 	rm -rf .whl && mkdir -p .whl
 	$(PY) -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-	  --platform manylinux2014_x86_64 -d .whl "dask[array,distributed]>=2024.8" "zarr>=3.0,<4" "pydantic>=2.5,<3"
+	  --platform manylinux2014_x86_64 -d .whl $$($(PY) -c "from importlib.metadata import version as v; \
+	  print(' '.join(f'{n}=={v(n)}' for n in ('dask', 'distributed', 'zarr', 'numcodecs', 'pydantic')))")
 	@cd .whl && for f in *.whl; do n=$$(echo $$f | cut -d- -f1 | tr 'A-Z' 'a-z'); \
 	  case " $(GPU_NODE_HAS) " in *" $$n "*) rm -f $$f;; esac; done; ls; du -sh .
 

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ._version import __version__
-from .backend import describe_device, resolve_device
+from .backend import describe_device, resolve_device, say_once
 from .config import RunConfig, load_config
 from .errors import AlreadyComplete, CalibrationError, ConfigError, DataError, PipelineError, RunInterrupted
 from .io import models, zarr_store
@@ -291,8 +291,16 @@ def run(
     cfg = load_config(config, overrides=overrides)
     check_execution(cfg.execution.scheduler, cfg.execution.cluster)  # a missing dask-cuda fails before any output
     on_cluster = is_distributed(cfg.execution.scheduler, cfg.execution.cluster)
-    # device gpu on a cluster: the workers' GPUs (the client needs none); otherwise this process's
-    device = "gpu" if on_cluster and cfg.execution.device == "gpu" else resolve_device(cfg.execution.device)
+    # device gpu on a cluster: the workers' GPUs (the client needs none); auto: only on a local-cuda cluster,
+    # whose workers share this machine's GPUs; otherwise this process's device
+    if on_cluster and cfg.execution.device == "gpu":
+        device = "gpu"
+    elif on_cluster and cfg.execution.device == "auto" and cfg.execution.cluster != "local-cuda":
+        say_once("execution.device=auto on a dask.distributed cluster runs the stages on the workers' CPUs; "
+                 "use --device gpu to run them on the workers' GPUs")
+        device = "cpu"
+    else:
+        device = resolve_device(cfg.execution.device)
     ds = zarr_store.open_input(input)
     t, h, w = ds.shape
     if t < 1:
@@ -373,6 +381,7 @@ def run(
         writer = zarr_store.OutputWriter(out_path, overwrite=overwrite, inputs=[input, calibration])
     n_blocks = -(-t // chunk)
     stages = list(chain.stateful)
+    has_states = bool(stages)  # what on_commit needs (it travels to the workers: not the stages themselves)
     start_block, states, skip, earlier = 0, None, set(), {}
     if resuming:
         for c, m in progress_dir.markers().items():
@@ -400,7 +409,7 @@ def run(
 
     def on_commit(c, t0, t1, written, sts):
         extra = {"measured": written["measured"], "info": written["info"]}
-        progress_dir.commit(c, t0, t1, written["checksum"], sts if stages else None, extra)
+        progress_dir.commit(c, t0, t1, written["checksum"], sts if has_states else None, extra)
 
     try:
         results = engine(ds.reader(check_missing=cfg.execution.check_missing_chunks), target, chain,

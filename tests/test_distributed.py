@@ -286,3 +286,15 @@ def test_device_gpu_on_a_cluster_without_cupy_is_one_line(cluster, recording, tm
         pipeline.run(vid, tmp_path / "x.zarr", overrides=[*overrides, "execution.device=gpu",
                                                           f"execution.scheduler={cluster.scheduler_address}"])
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_auto_on_a_cluster_address_uses_the_workers_cpus(cluster, recording, tmp_path):
+    """auto cannot see a remote cluster's GPUs: the stages run on the workers' CPUs, said once."""
+    from pipeline import backend
+
+    vid, overrides, ref = recording
+    backend._said.clear()
+    with pytest.warns(RuntimeWarning, match="auto on a dask.distributed cluster runs the stages on the workers' CPUs"):
+        pipeline.run(vid, tmp_path / "a.zarr", overrides=[*overrides, "execution.device=auto",
+                                                          f"execution.scheduler={cluster.scheduler_address}"])
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["frames"][:], ref)
