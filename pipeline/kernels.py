@@ -71,7 +71,7 @@ def remove_lag_gpu(frames, amplitudes, ratios, state):
     n_pix = int(np.prod(frames.shape[1:]))
     a = cp.ascontiguousarray(cp.asarray(amplitudes, dtype=cp.float32))
     r = cp.asarray(np.asarray(ratios, dtype=np.float32))
-    per_pixel = int(a.ndim == 3)
+    per_pixel = int(a.ndim > 1)  # (N, ...) maps, one value per pixel and term
     grid = (n_pix + _BLOCK - 1) // _BLOCK
     get_kernel("afterglow", "remove_lag_f32")(
         (grid,), (_BLOCK,),

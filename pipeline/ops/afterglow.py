@@ -147,6 +147,12 @@ def remove_lag(frames, amplitudes, ratios, state=None, *, out=None):
 
         if remove_lag_into(out, state, a, r):
             return out, state
+    if xp is not np and n and out.size and all(v.dtype == np.float32 and v.flags.c_contiguous for v in (out, state)):
+        from ..kernels import MAX_LAG_TERMS, remove_lag_gpu  # cuda/afterglow.cu: one launch for the block, bit-identical
+
+        if n <= MAX_LAG_TERMS and np.ndim(amplitudes) in (1, out.ndim):
+            remove_lag_gpu(out, amplitudes, ratios, state)
+            return out, state
     for k in range(out.shape[0]):
         xk = out[k]
         for i in range(n):
