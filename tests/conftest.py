@@ -46,3 +46,16 @@ def build_emulated(tmp_path_factory):
         return out
 
     return build
+
+
+def bent_screen_response(rng, h: int, w: int):
+    """A per-pixel log-log response (``flatfield.response``, as ``fit_pixel_response`` gives it) of a mildly
+    non-linear screen: ``ln S = a + b x + c x^2``, ``x = ln K - ln 5``, ``b`` 1.05-1.2 and ``c`` 0.02 per pixel."""
+    import numpy as np
+
+    coeffs = np.zeros((4, h, w), np.float32)
+    coeffs[0] = rng.uniform(7.5, 8.0, (h, w))
+    coeffs[1] = rng.uniform(1.05, 1.2, (h, w))
+    coeffs[2] = 0.02
+    coeffs[3] = np.log(5.0)
+    return coeffs

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from conftest import bent_screen_response
 from pipeline import backend, conveyor
 from pipeline.config import AfterglowConfig, BadPixelConfig, DenoiseConfig, FlatFieldConfig
 from pipeline.conveyor import Conveyor, choose_block_frames, gpu_engine, unsupported_reason
@@ -442,11 +443,7 @@ def test_conveyor_with_a_per_pixel_response_equals_cpu_engine(kind):
     """flatfield.response (a non-linear screen): the head runs as the ops on device copies of the stage's arrays."""
     rng = np.random.default_rng(11)
     chain = _chain(rng, temporal=kind == "denoise", spatial=kind == "denoise", measure=True)
-    coeffs = np.zeros((4, H, W), np.float32)  # ln S = a + b x + c x^2, x = ln K - ln K_ref: a mildly bent screen
-    coeffs[0] = rng.uniform(7.5, 8.0, (H, W))
-    coeffs[1] = rng.uniform(1.05, 1.2, (H, W))
-    coeffs[2] = 0.02
-    coeffs[3] = np.log(5.0)
+    coeffs = bent_screen_response(rng, H, W)
     chain.flatfield.response = coeffs
     chain.flatfield.inv_gain = None
     src = _Source(_video(rng, 11))

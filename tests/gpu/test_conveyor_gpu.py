@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_unavailable_reason() is no
                                                   reason=str(gpu_unavailable_reason())),
               pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")]
 
+from conftest import bent_screen_response  # noqa: E402
 from pipeline.config import AfterglowConfig, BadPixelConfig, DenoiseConfig, FlatFieldConfig  # noqa: E402
 from pipeline.conveyor import Conveyor, parameters_from_chain  # noqa: E402
 from pipeline.kernels import CorrectKernel, correct_block_gpu  # noqa: E402
@@ -200,11 +201,7 @@ def test_conveyor_default_denoisers_nlm_close_to_cpu_engine():
 def test_conveyor_with_a_per_pixel_response_close_to_cpu_engine():
     rng = np.random.default_rng(6)
     chain = _chain(rng, output="transmission")
-    coeffs = np.zeros((4, H, W), np.float32)
-    coeffs[0] = rng.uniform(7.5, 8.0, (H, W))
-    coeffs[1] = rng.uniform(1.05, 1.2, (H, W))
-    coeffs[2] = 0.02
-    coeffs[3] = np.log(5.0)
+    coeffs = bent_screen_response(rng, H, W)
     chain.flatfield.response = coeffs
     chain.flatfield.inv_gain = None
     out, ref, conv = _run_both(chain, _raw(rng, 11, np.uint16))
