@@ -637,15 +637,21 @@ def _device_stage(ff, up):
 
 # --------------------------------------------------------------------------- a GPU per cluster worker
 def _upload(array):
-    from .backend import gpu_unavailable_reason, to_device
+    from .backend import to_device
+
+    return to_device(array)
+
+
+def _check_worker_gpu() -> None:
+    """Raise, naming this worker, where it has no usable GPU (once per process, before its device copies)."""
+    from .backend import gpu_unavailable_reason
 
     reason = gpu_unavailable_reason()
-    if reason:  # in a worker process: say which one
+    if reason:
         import socket
 
         raise BackendError(f"execution.device=gpu: the worker on {socket.gethostname()} (pid {os.getpid()}) has no "
                            f"usable GPU: {reason}; give every worker CuPy and a GPU, or use --device cpu")
-    return to_device(array)
 
 
 def _download(array):
@@ -695,6 +701,9 @@ class DeviceChain:
         with self._lock:
             if self._local is None:
                 import copy
+
+                if self.upload is _upload:
+                    _check_worker_gpu()
 
                 from .stages import AfterglowStage
 

@@ -81,28 +81,37 @@ if _nb is not None:
 
 
     @_nb.njit(cache=True, nogil=True, inline="always")
+    def _median_of(vals, n, buf):  # pragma: no cover - compiled
+        # median of the n finite vals[:n], sorted by insertion into buf, as numpy.nanmedian; NaN where n == 0
+        for m in range(n):
+            v = vals[m]
+            j = m
+            while j > 0 and buf[j - 1] > v:
+                buf[j] = buf[j - 1]
+                j -= 1
+            buf[j] = v
+        if n == 0:
+            return np.float32(np.nan)
+        if n % 2 == 1:
+            return buf[n // 2]
+        return (buf[n // 2 - 1] + buf[n // 2]) / np.float32(2)
+
+    @_nb.njit(cache=True, nogil=True, inline="always")
     def _median_into(row, target, nbrs, buf):  # pragma: no cover - compiled
-        # row[target] = median of the finite row[nbrs >= 0] (NaN where none), as numpy.nanmedian
-        m = 0
-        for q in range(nbrs.size):
+        # row[target] = median of the finite row[nbrs >= 0] (NaN where none); buf holds 2 * nbrs.size values
+        k = nbrs.size
+        vals = buf[k:]
+        n = 0
+        for q in range(k):
             idx = nbrs[q]
             if idx < 0:
                 continue
             v = row[idx]
             if v != v:
                 continue
-            j = m
-            while j > 0 and buf[j - 1] > v:
-                buf[j] = buf[j - 1]
-                j -= 1
-            buf[j] = v
-            m += 1
-        if m == 0:
-            row[target] = np.float32(np.nan)
-        elif m % 2 == 1:
-            row[target] = buf[m // 2]
-        else:
-            row[target] = (buf[m // 2 - 1] + buf[m // 2]) / np.float32(2)
+            vals[n] = v
+            n += 1
+        row[target] = _median_of(vals, n, buf)
 
     @_nb.njit(cache=True, nogil=True, inline="always")
     def _median8(v):  # pragma: no cover - compiled
@@ -176,22 +185,8 @@ if _nb is not None:
                     tx = tcol[j]
                     if n_ok == 8:  # the common case, eight good neighbours: no data-dependent branches
                         o[ty, tx] = _median8(vals)
-                        continue
-                    m = 0
-                    for q in range(n_ok):
-                        v = vals[q]
-                        i = m
-                        while i > 0 and buf[i - 1] > v:
-                            buf[i] = buf[i - 1]
-                            i -= 1
-                        buf[i] = v
-                        m += 1
-                    if m == 0:
-                        o[ty, tx] = np.float32(np.nan)
-                    elif m % 2 == 1:
-                        o[ty, tx] = buf[m // 2]
                     else:
-                        o[ty, tx] = (buf[m // 2 - 1] + buf[m // 2]) / np.float32(2)
+                        o[ty, tx] = _median_of(vals, n_ok, buf)
         return nsat
 
     @_nb.njit(parallel=True, cache=True, nogil=True)
@@ -200,7 +195,7 @@ if _nb is not None:
         t = stack.shape[0]
         n, k = neighbours.shape
         for i in _nb.prange(n):
-            buf = np.empty(k, np.float32)
+            buf = np.empty(2 * k, np.float32)
             for f in range(t):
                 _median_into(stack[f], targets[i], neighbours[i], buf)
 
