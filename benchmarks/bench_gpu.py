@@ -111,7 +111,7 @@ def main():
     return 0
 
 
-def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
+def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8, passes=4):
     """The fused kernel and the conveyor at ``size`` x ``size`` uint16 (see the module docstring)."""
     from types import SimpleNamespace
 
@@ -137,7 +137,8 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
     lag = AfterglowStage(SimpleNamespace(amplitudes=np.array([0.01, 0.004, 0.001]), ratios=np.array([0.3, 0.8, 0.98])),
                          AfterglowConfig(initial_state="zero"))
     chain = Chain(ff, [lag])
-    out = {"size": [h, w], "block_frames": block, "blocks": blocks, "bad_pixel_fraction": float((bp != 0).mean())}
+    out = {"size": [h, w], "block_frames": block, "blocks": blocks, "passes": passes,
+           "bad_pixel_fraction": float((bp != 0).mean())}
 
     src = cp.asarray(rng.integers(0, 16384, (block, h, w)).astype(np.uint16))
     big = cp.empty((block, h, w), cp.float32)
@@ -145,7 +146,8 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
     t_copy = timed(lambda: cp.copyto(big2, big), sync)
     out["d2d_copy_GBps"] = 2 * big.nbytes / t_copy / 1e9
 
-    kernel = CorrectKernel(parameters_from_chain(chain, (h, w)))
+    params = parameters_from_chain(chain, (h, w))
+    kernel = CorrectKernel(params)
     state = cp.zeros((3, h, w), cp.float32)
     fixed = p * 4 * (2 + 2 * 3) + p * 4  # dark, inv, state in and out, slot map
     for name, dt in (("f32", cp.float32), ("f16", cp.float16)):
@@ -156,6 +158,8 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
         out[f"fused_kernel_{name}_GBps"] = moved / tk / 1e9
         out[f"fused_kernel_{name}_ratio_to_copy"] = (moved / tk) / (2 * big.nbytes / t_copy)
         out[f"fused_kernel_{name}_fps"] = block / tk
+    out["fused_kernel_variants"] = kernel_variants(cp, timed, sync, params, src, block * p * 6 + fixed,
+                                                   2 * big.nbytes / t_copy)
 
     dev_in = cp.empty((block, h, w), cp.uint16)
     pinned = cupy_pinned(cp, (block, h, w), np.uint16)
@@ -166,6 +170,20 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
     pin_out = cupy_pinned(cp, (block, h, w), np.float32)
     t_d2h = timed(lambda: (big.get(stream=stream, out=pin_out, blocking=False), stream.synchronize()))
     out["d2h_pinned_GBps"] = pin_out.nbytes / t_d2h / 1e9
+    # both directions at once, as the conveyor moves them: a block up (2 bytes a pixel) while one comes down
+    # (2 or 4 bytes a pixel); the frames per second this allows bounds the conveyor (the link may not carry
+    # both directions at full speed together)
+    stream2 = cp.cuda.Stream(non_blocking=True)
+    pin16 = cupy_pinned(cp, (block, h, w), np.uint16)
+    for name, dsrc, dpin in (("f16", src, pin16), ("f32", big, pin_out)):
+        def both(dsrc=dsrc, dpin=dpin):
+            dev_in.set(pinned, stream=stream)
+            dsrc.get(stream=stream2, out=dpin, blocking=False)
+            stream.synchronize()
+            stream2.synchronize()
+        tb = timed(both)
+        out[f"bidirectional_{name}_fps"] = block / tb
+        out[f"bidirectional_{name}_h2d_GBps"] = pinned.nbytes / tb / 1e9
 
     video = [cupy_pinned(cp, (block, h, w), np.uint16) for _ in range(blocks)]
     for v in video:
@@ -191,23 +209,67 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8):
         conv = Conveyor(ch, (h, w), block_frames=block, out_dtype=dt)
         assert all(conv.dev.is_pinned(v) for v in video)
 
-        def run(conv=conv):
-            for _ in conv.stream((i, v, True) for i, v in enumerate(video)):
+        n_blocks = blocks * (passes if not label.startswith("default") else 1)  # NLM: slow enough as it is
+
+        def run(conv=conv, n_blocks=n_blocks):
+            for _ in conv.stream((i, video[i % blocks], True) for i in range(n_blocks)):
                 pass
 
         tc = timed(run, n=3)
-        rate = blocks * block * p * 2 / tc
+        rate = n_blocks * block * p * 2 / tc
         out[f"conveyor_{label}_s"] = tc
-        out[f"conveyor_{label}_fps"] = blocks * block / tc
+        out[f"conveyor_{label}_frames"] = n_blocks * block
+        out[f"conveyor_{label}_fps"] = n_blocks * block / tc
         out[f"conveyor_{label}_input_GBps"] = rate / 1e9
         out[f"conveyor_{label}_ratio_to_h2d"] = rate / (out["h2d_pinned_GBps"] * 1e9)
         isz = np.dtype(dt).itemsize
         out[f"conveyor_{label}_bound_ratio"] = min(1.0, (2 / isz) * out["d2h_pinned_GBps"] / out["h2d_pinned_GBps"])
+        both = out["bidirectional_f16_fps" if isz == 2 else "bidirectional_f32_fps"]
+        out[f"conveyor_{label}_ratio_to_bidirectional"] = out[f"conveyor_{label}_fps"] / both
         out[f"conveyor_{label}_block_frames"] = conv.block_frames
         key = label.rsplit("_", 1)[0].replace("default_nlm", "default")
         out[f"conveyor_{label}_speedup_vs_cpu_engine"] = out[f"conveyor_{label}_fps"] / cpu_engine(ch, key)
     out["cpu_engine_fps"] = cpu_fps
     return out
+
+
+def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
+    """Where the fused kernel's time goes: it (float32 out) without bad pixels, without afterglow, and built
+    with other numbers of frames' loads in flight (XRAY_FRAMES_IN_FLIGHT); ``ratio_to_copy`` counts the full
+    kernel's bytes in every case (a time ratio, not the variant's own traffic)."""
+    import dataclasses
+
+    from pipeline.kernels import CorrectKernel, cuda_source
+
+    res = {}
+    t, h, w = src.shape
+    o = cp.empty((t, h, w), cp.float32)
+    cases = {"as_built": (params, None),
+             "no_bad_pixels": (dataclasses.replace(params, targets=np.zeros(0, np.int64),
+                                                   neighbours=np.full((0, 1), -1, np.int32), slot=None), None),
+             "no_afterglow": (dataclasses.replace(params, amplitudes=np.zeros(0, np.float32),
+                                                  ratios=np.zeros(0, np.float32)), None)}
+    for fif in (2, 8, 16, 32):
+        cases[f"frames_in_flight_{fif}"] = (params, fif)
+    code = cuda_source("correct").read_text()
+    for name, (prm, fif) in cases.items():
+        k = CorrectKernel(prm)
+        if fif is not None:  # the same source built with another XRAY_FRAMES_IN_FLIGHT
+            mod = cp.RawModule(code=code, options=("-std=c++14", f"-DXRAY_FRAMES_IN_FLIGHT={fif}"))
+            k._functions[np.dtype(np.uint16), np.dtype(np.float32)] = mod.get_function("correct_u16_f32")
+            k._bad_heads[np.dtype(np.uint16)] = mod.get_function("bad_heads_u16")
+        st = cp.zeros((max(prm.n_terms, 1), h, w), cp.float32)
+        tk = timed(lambda k=k, st=st: k(src, o, st), sync)
+        res[name] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate}
+    # a 4x longer block: the maps and the state are read and written once a block, so they weigh less
+    src4 = cp.concatenate([src] * 4)
+    o4 = cp.empty(src4.shape, cp.float32)
+    k = CorrectKernel(params)
+    st = cp.zeros((params.n_terms, h, w), cp.float32)
+    tk = timed(lambda: k(src4, o4, st), sync)
+    moved4 = moved + 3 * t * h * w * 6  # three more blocks' frames (2 bytes in, 4 out a pixel)
+    res[f"block_{4 * t}"] = {"s": tk, "fps": 4 * t / tk, "ratio_to_copy": moved4 / tk / copy_rate}
+    return res
 
 
 def cupy_pinned(cp, shape, dtype):

@@ -44,8 +44,8 @@ step() {  # step SECONDS NAME COMMAND...
 [ "$T_TESTS" -gt 0 ] && step "$T_TESTS" "GPU tests" python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider \
   --tb=short -ra --durations=8
 [ "$T_BENCH_GPU" -gt 0 ] && step "$T_BENCH_GPU" "bench_gpu.py" python3 benchmarks/bench_gpu.py
-# shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-[ "$T_BENCH" -gt 0 ] && step "$T_BENCH" "bench --device gpu" python3 -m pipeline.cli bench --device gpu $BENCH_ARGS \
+eval "set -- $BENCH_ARGS"  # BENCH_ARGS is shell words: --scaling-frames '' (skip the scaling run) survives
+[ "$T_BENCH" -gt 0 ] && step "$T_BENCH" "bench --device gpu" python3 -m pipeline.cli bench --device gpu "$@" \
   --out benchmarks/results
 cp benchmarks/results/gpu-*.json benchmarks/results/bench_gpu.json benchmarks/results/bench_gpu.md \
   benchmarks/results/bench_gpu_*.png "$OUT"/ 2>/dev/null

@@ -2,14 +2,16 @@
 //
 // One thread per pixel loops over the T frames of the block with the afterglow lag states in
 // registers (as cuda/afterglow.cu), loading XRAY_FRAMES_IN_FLIGHT frames' raw values at a time.
-// Per frame k and pixel p it computes what the NumPy chain (pipeline.stages: FlatFieldStage.head
-// -> AfterglowStage -> FlatFieldStage.tail, linear output) computes, with the same float32
-// operations in the same order, so the float32 output and the state are bit-identical to it
-// (tests/cuda/test_correct_emulated.py checks this):
+// The bad pixels' replacement values come from a first, small launch (bad_heads_*: one thread per
+// bad pixel and frame), so the main loop of a warp holding a bad pixel waits on one extra load,
+// not on a median of its neighbours. Per frame k and pixel p the two compute what the NumPy chain
+// (pipeline.stages: FlatFieldStage.head -> AfterglowStage -> FlatFieldStage.tail, linear output)
+// computes, with the same float32 operations in the same order, so the float32 output and the
+// state are bit-identical to it (tests/cuda/test_correct_emulated.py checks this):
 //
 //   head   v = (float(raw) - dark) * inv                      flat_field: o = raw; o -= dark; o *= inv
 //          a bad pixel (slot[p] >= 0): v = median of the head values of its good neighbours,
-//          computed here from their raw values, exactly as replace_bad_pixels (np.nanmedian):
+//          computed from their raw values, exactly as replace_bad_pixels (np.nanmedian):
 //          NaN values and -1 entries left out; odd count: (m + m) * 0.5; even: (lo + hi) * 0.5
 //          (both exact halvings, as np.ma.median's sum / 2.); none left: NaN.
 //   lag    a non-finite v enters the recursion as 0 (AfterglowStage) and comes out NaN:
@@ -22,15 +24,17 @@
 // to NumPy's float32 -> float16 conversion of the float32 output.
 //
 // Layout: raw, out (T, P) frame-major (out must not overlap raw); state (N, P); amps (N) or
-// (N, P); ratios (N); dark, inv, slot (P); neighbours (n_bad, k_max) int32 flat indices, -1 = none.
-// slot[p] is the row of pixel p in `neighbours` (-1: a good pixel); slot may be NULL (no
-// bad-pixel replacement). saturation: the threshold compared with float(raw) (the host turns the
+// (N, P); ratios (N); dark, inv, slot (P); neighbours (n_bad, k_max) int32 flat indices, -1 = none;
+// bad (T, n_bad) float32, the replacement values (bad_heads_* writes them, correct_* reads them).
+// slot[p] is the row of pixel p in `neighbours` and the column in `bad` (-1: a good pixel); slot
+// may be NULL (no bad-pixel replacement: no bad_heads_* launch). saturation: the threshold compared with float(raw) (the host turns the
 // configured level into it: ceil(level) for integer input, float32(level) for float input, as
 // NumPy compares); NaN disables the check. nonfinite_to_nan: 1 when the chain has an afterglow
 // stage (which turns non-finite values into NaN); float input always turns them into NaN
 // (FlatFieldStage.head).
 //
-// Kernels (extern "C"): correct_u16_f32, correct_u16_f16, correct_f32_f32, correct_f32_f16
+// Kernels (extern "C"): bad_heads_u16, bad_heads_f32 (launched first, where there are bad pixels);
+// correct_u16_f32, correct_u16_f16, correct_f32_f32, correct_f32_f16
 // (input dtype _ output dtype; a float16 output is passed as unsigned short); saturate_u16 and
 // saturate_f32 (the saturation mask alone, for chains with denoisers; see the end of the file).
 
@@ -110,13 +114,15 @@ __device__ __forceinline__ float xray_lag_step(float v, float* L, const float* a
     return finite ? x : ((kFloatIn || nonfinite_to_nan) ? xray_nan() : v);
 }
 
+#ifndef XRAY_FRAMES_IN_FLIGHT
 #define XRAY_FRAMES_IN_FLIGHT 4  // raw loads issued together per thread (memory-level parallelism)
+#endif
 
 template <typename Tin, typename Tout, bool kFloatIn>
 __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* __restrict__ out,
                                              float* __restrict__ state, const float* __restrict__ dark,
                                              const float* __restrict__ inv, const int* __restrict__ slot,
-                                             const int* __restrict__ neighbours, int k_max,
+                                             const float* __restrict__ bad, int n_bad,
                                              const float* __restrict__ amps, const float* __restrict__ ratios,
                                              int n_terms, int amps_per_pixel, int n_frames, long long n_pixels,
                                              float saturation, int nonfinite_to_nan)
@@ -134,7 +140,6 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
         r[i] = on ? ratios[i] : 0.0f;
     }
     const int row = slot ? slot[p] : -1;
-    const int* nb = row >= 0 ? neighbours + (long long)row * k_max : (const int*)0;
     const float d = dark[p], g = inv[p];
     for (int k0 = 0; k0 < n_frames; k0 += XRAY_FRAMES_IN_FLIGHT) {
         Tin in[XRAY_FRAMES_IN_FLIGHT];
@@ -145,8 +150,7 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
         for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j) {
             if (k0 + j >= n_frames) break;
             long long idx = (long long)(k0 + j) * n_pixels + p;
-            float v = nb ? xray_neighbour_median(raw + (idx - p), dark, inv, nb, k_max)
-                         : __fmul_rn(__fsub_rn((float)in[j], d), g);
+            float v = row >= 0 ? bad[(long long)(k0 + j) * n_bad + row] : __fmul_rn(__fsub_rn((float)in[j], d), g);
             float o = xray_lag_step<kFloatIn>(v, L, a, r, n_terms, nonfinite_to_nan);
             if ((float)in[j] >= saturation) o = xray_nan();  // false for a NaN threshold (check off)
             xray_store(out, idx, o);
@@ -157,13 +161,40 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
         if (i < n_terms) state[(long long)i * n_pixels + p] = L[i];
 }
 
+// The bad pixels' head values, one thread per (frame k, bad pixel b): bad[k * n_bad + b] = the median
+// of the head values of row b of `neighbours` in frame k (see the top of the file).
+template <typename Tin>
+__device__ __forceinline__ void xray_bad_heads(const Tin* __restrict__ raw, const float* __restrict__ dark,
+                                               const float* __restrict__ inv, const int* __restrict__ neighbours,
+                                               int k_max, int n_bad, int n_frames, long long n_pixels,
+                                               float* __restrict__ bad)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n_frames * n_bad) return;
+    long long k = i / n_bad, b = i % n_bad;
+    bad[i] = xray_neighbour_median(raw + k * n_pixels, dark, inv, neighbours + b * k_max, k_max);
+}
+
+extern "C" __global__ void bad_heads_u16(const unsigned short* raw, const float* dark, const float* inv,
+                                         const int* neighbours, int k_max, int n_bad, int n_frames,
+                                         long long n_pixels, float* bad)
+{
+    xray_bad_heads<unsigned short>(raw, dark, inv, neighbours, k_max, n_bad, n_frames, n_pixels, bad);
+}
+
+extern "C" __global__ void bad_heads_f32(const float* raw, const float* dark, const float* inv, const int* neighbours,
+                                         int k_max, int n_bad, int n_frames, long long n_pixels, float* bad)
+{
+    xray_bad_heads<float>(raw, dark, inv, neighbours, k_max, n_bad, n_frames, n_pixels, bad);
+}
+
 #define XRAY_CORRECT_KERNEL(NAME, TIN, TOUT, FLOAT_IN)                                                          \
     extern "C" __global__ void NAME(const TIN* raw, TOUT* out, float* state, const float* dark, const float* inv, \
-                                    const int* slot, const int* neighbours, int k_max, const float* amps,         \
+                                    const int* slot, const float* bad, int n_bad, const float* amps,              \
                                     const float* ratios, int n_terms, int amps_per_pixel, int n_frames,          \
                                     long long n_pixels, float saturation, int nonfinite_to_nan)                  \
     {                                                                                                            \
-        xray_correct<TIN, TOUT, FLOAT_IN>(raw, out, state, dark, inv, slot, neighbours, k_max, amps, ratios,     \
+        xray_correct<TIN, TOUT, FLOAT_IN>(raw, out, state, dark, inv, slot, bad, n_bad, amps, ratios,            \
                                           n_terms, amps_per_pixel, n_frames, n_pixels, saturation,               \
                                           nonfinite_to_nan);                                                     \
     }

@@ -49,6 +49,8 @@ from .kernels import CorrectionParameters, correction_parameters
 #: Largest block (frames) the conveyor picks by itself, and the share of free GPU memory it may take.
 MAX_BLOCK_FRAMES = 64
 MEMORY_FRACTION = 0.5
+#: Most bytes of raw blocks the GPU engine's readers hold ahead of the conveyor.
+READ_AHEAD_BYTES = 2 << 30
 
 
 # --------------------------------------------------------------------------- the chain on a GPU
@@ -316,12 +318,14 @@ class Conveyor:
     depth : int
         Buffer slots: 2 (double buffering) or more.
     readers, writers : int
-        Host threads reading blocks ahead and writing (compressing) finished blocks
-        (:meth:`process_frames`); default writers: half the cores, 2 to 8.
+        Host threads reading (decompressing) blocks ahead and writing (compressing) finished blocks
+        (:meth:`process_frames`); default: half the cores each, at least 2. The codecs, not the GPU, set
+        the pace of a Zarr-to-Zarr run, so both sides get as many threads as a CPU copy would use.
+        At most :data:`READ_AHEAD_BYTES` of raw blocks are read ahead.
     """
 
     def __init__(self, chain, frame_shape, *, device=None, block_frames: int | None = None, out_dtype=None,
-                 depth: int = 2, readers: int = 2, writers: int | None = None):
+                 depth: int = 2, readers: int | None = None, writers: int | None = None):
         from .stages import AfterglowStage, Storage
 
         if depth < 2:
@@ -342,8 +346,10 @@ class Conveyor:
         self.lag = stateful[0] if stateful and isinstance(stateful[0], AfterglowStage) else None
         self.stages = stateful[1:] if self.lag is not None else stateful  # CuPy stages with a state
         self.post = list(chain.post)
-        self.depth, self.readers = int(depth), int(readers)
-        self.writers = int(writers) if writers else max(2, min(8, (os.cpu_count() or 2) // 2))
+        half = max(2, (os.cpu_count() or 2) // 2)
+        self.depth = int(depth)
+        self.readers = int(readers) if readers else half
+        self.writers = int(writers) if writers else half
         n = self.params.n_terms
         self.state_shapes = ([(n,) + self.frame_shape] if self.lag is not None else []) + \
             [(2,) + self.frame_shape for _ in self.stages]  # temporal_filter's (estimate, gain)
@@ -574,7 +580,8 @@ class Conveyor:
         rpool = ThreadPoolExecutor(max(1, self.readers), thread_name_prefix="xray-gpu-read")
         writers = max(1, int(_scheduler.get("num_workers") or self.writers))
         wpool = ThreadPoolExecutor(writers, thread_name_prefix="xray-gpu-write")
-        ahead = max(2, self.readers + 1)
+        block_bytes = chunk_frames * int(np.prod(self.frame_shape)) * np.dtype(getattr(source, "dtype", np.float32)).itemsize
+        ahead = max(2, min(self.readers + 1, READ_AHEAD_BYTES // max(block_bytes, 1)))
 
         def feed():
             queue = iter(blocks)

@@ -249,6 +249,9 @@ class CorrectKernel:
         self._functions = {(r, o): get_kernel("correct", f"correct_{_INPUTS[r]}_{_OUTPUTS[o]}")
                            for r in _INPUTS for o in _OUTPUTS}
         self._saturate = {r: get_kernel("correct", f"saturate_{_INPUTS[r]}") for r in _INPUTS}
+        self._bad_heads = {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}") for r in _INPUTS}
+        self.n_bad = int(params.targets.size)
+        self._bad = cp.empty(0, cp.float32)  # (T, n_bad) replacement values, grown to the largest block once
 
     def _function(self, raw_dtype, out_dtype):
         return self._functions[np.dtype(raw_dtype), np.dtype(out_dtype)]
@@ -275,12 +278,21 @@ class CorrectKernel:
         thr = saturation_threshold(p.saturation if saturation else None, raw.dtype)
         out_arg = out.view(cp.uint16) if out.dtype == cp.float16 else out
         slot = self.slot if self.slot is not None else np.uint64(0)  # NULL: no bad pixels
-        args = (raw, out_arg, state if p.n_terms else self.no_state, self.dark, self.inv, slot, self.neighbours,
-                np.int32(self.neighbours.shape[1]), self.amplitudes, self.ratios, np.int32(p.n_terms),
-                np.int32(p.amplitudes.ndim > 1), np.int32(t), np.int64(n), thr, np.int32(p.nonfinite_to_nan))
         if t == 0:
             return out
+        nb = self.n_bad if self.slot is not None else 0
+        if nb and self._bad.size < t * nb:
+            self._bad = cp.empty(t * nb, cp.float32)  # before the launches: an allocation may synchronise
+        bad = self._bad if nb else self.no_state
+        args = (raw, out_arg, state if p.n_terms else self.no_state, self.dark, self.inv, slot, bad, np.int32(nb),
+                self.amplitudes, self.ratios, np.int32(p.n_terms), np.int32(p.amplitudes.ndim > 1), np.int32(t),
+                np.int64(n), thr, np.int32(p.nonfinite_to_nan))
         with stream if stream is not None else _null():
+            if nb:  # the bad pixels' replacement values (medians of their neighbours), one thread per pixel and frame
+                self._bad_heads[np.dtype(raw.dtype)](
+                    ((t * nb + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
+                    (raw, self.dark, self.inv, self.neighbours, np.int32(self.neighbours.shape[1]), np.int32(nb),
+                     np.int32(t), np.int64(n), bad))
             self._function(raw.dtype, out.dtype)(((n + _BLOCK - 1) // _BLOCK,), (_BLOCK,), args)
         return out
 

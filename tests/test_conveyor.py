@@ -567,8 +567,8 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
         def __call__(self, grid, block, args):
             calls.append((self.name, grid, block, args))
 
-    fake_cp = SimpleNamespace(asarray=np.asarray, zeros=np.zeros, float32=np.float32, float16=np.float16,
-                              uint16=np.uint16)
+    fake_cp = SimpleNamespace(asarray=np.asarray, zeros=np.zeros, empty=np.empty, float32=np.float32,
+                              float16=np.float16, uint16=np.uint16)
     monkeypatch.setattr(backend, "cupy_module", lambda: fake_cp)
     monkeypatch.setattr(kernels, "get_kernel", lambda module, fn: _Fn(fn))
     rng = np.random.default_rng(9)
@@ -584,7 +584,16 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
     out = np.zeros((3, H, W), out_dtype)
     k(raw, out, np.zeros((n_terms, H, W), np.float32))
     k.saturate(raw, np.zeros((3, H, W), np.float32))
+    if bad:  # first the bad pixels' replacement values: one thread per bad pixel and frame, into k._bad
+        bname, bgrid, bblock, bargs = calls.pop(0)
+        assert bname == f"bad_heads_{'u16' if raw_dtype == np.uint16 else 'f32'}"
+        _check_args(_signature(bname), bargs)
+        n_bad = targets.size
+        assert bgrid[0] * bblock[0] >= 3 * n_bad > (bgrid[0] - 1) * bblock[0]
+        assert bargs[-1] is k._bad and k._bad.size >= 3 * n_bad and bargs[5] == n_bad
     (name, grid, block, args), (sname, sgrid, _, sargs) = calls
+    if bad:
+        assert args[6] is k._bad and args[7] == targets.size  # the main kernel reads the same buffer
     assert name == f"correct_{'u16' if raw_dtype == np.uint16 else 'f32'}_{'f16' if out_dtype == np.float16 else 'f32'}"
     _check_args(_signature(name), args)
     assert grid[0] * block[0] >= H * W > (grid[0] - 1) * block[0]

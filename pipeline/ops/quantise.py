@@ -53,7 +53,7 @@ def encode(values, dtype: str, *, scale: float = 1.0, offset: float = 0.0, out=N
         xp.rint(v, out=v)
         nan = xp.isnan(v)
         xp.clip(v, 1, 65535, out=v)
-        v[nan] = MISSING
+        xp.copyto(v, np.float32(MISSING), where=nan)  # not v[nan] = ...: on a GPU that waits for the device
         res = v.astype(np.uint16)
     else:
         raise ValueError(f"unknown storage dtype '{dtype}'; choose one of {', '.join(STORAGE_DTYPES)}")

@@ -42,8 +42,8 @@ static size_t file_size(const std::string& path) {
     return (size_t)n;
 }
 
-template <class Tin, class Tout, class Kernel>
-static void run(Kernel kernel, const std::string& dir, int T, long long P, int N, int per_pixel, int k_max, int n_bad,
+template <class Tin, class Tout, class Heads, class Kernel>
+static void run(Heads heads, Kernel kernel, const std::string& dir, int T, long long P, int N, int per_pixel, int k_max, int n_bad,
                 float saturation, int nonfinite) {
     auto raw = load<Tin>(dir + "/raw.bin", (size_t)T * P);
     auto dark = load<float>(dir + "/dark.bin", (size_t)P);
@@ -58,11 +58,16 @@ static void run(Kernel kernel, const std::string& dir, int T, long long P, int N
     auto state = load<float>(dir + "/state.bin", (size_t)N * P);
     std::vector<Tout> out((size_t)T * P);
     const int* slot_p = n_bad > 0 ? slot.data() : nullptr;
-    const int* nb_p = n_bad > 0 ? nb.data() : nullptr;
+    std::vector<float> bad((size_t)T * (n_bad > 0 ? n_bad : 1));
     unsigned block = 64, grid = (unsigned)((P + block - 1) / block);
+    if (n_bad > 0) {  // as pipeline.kernels.CorrectKernel: the bad pixels' values first, then the main kernel
+        unsigned grid_bad = (unsigned)(((long long)T * n_bad + block - 1) / block);
+        xray_launch(grid_bad, block, heads, (const Tin*)raw.data(), (const float*)dark.data(),
+                    (const float*)inv.data(), (const int*)nb.data(), k_max, n_bad, T, P, bad.data());
+    }
     xray_launch(grid, block, kernel, (const Tin*)raw.data(), out.data(), state.data(), (const float*)dark.data(),
-                (const float*)inv.data(), slot_p, nb_p, k_max, (const float*)amps.data(), (const float*)ratios.data(),
-                N, per_pixel, T, P, saturation, nonfinite);
+                (const float*)inv.data(), slot_p, (const float*)bad.data(), n_bad, (const float*)amps.data(),
+                (const float*)ratios.data(), N, per_pixel, T, P, saturation, nonfinite);
     save(dir + "/out.bin", out);
     save(dir + "/state_out.bin", state);
 }
@@ -83,14 +88,14 @@ int main(int argc, char** argv) {
     int k_max = std::atoi(argv[8]), n_bad = std::atoi(argv[9]), nonfinite = std::atoi(argv[11]);
     float saturation = std::strtof(argv[10], nullptr);
     if (in == "u16" && out == "f32")
-        run<unsigned short, float>(correct_u16_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
+        run<unsigned short, float>(bad_heads_u16, correct_u16_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
     else if (in == "u16" && out == "f16")
-        run<unsigned short, unsigned short>(correct_u16_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
+        run<unsigned short, unsigned short>(bad_heads_u16, correct_u16_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
                                             nonfinite);
     else if (in == "f32" && out == "f32")
-        run<float, float>(correct_f32_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
+        run<float, float>(bad_heads_f32, correct_f32_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
     else if (in == "f32" && out == "f16")
-        run<float, unsigned short>(correct_f32_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
+        run<float, unsigned short>(bad_heads_f32, correct_f32_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
     else { std::fprintf(stderr, "bad dtypes\n"); return 2; }
     return 0;
 }

@@ -121,8 +121,11 @@ def test_conveyor_matches_cpu_engine(denoise):
     res_g = conv.process_frames(video, out, chain, chunk_frames=4,
                                 on_commit=lambda c, t0, t1, w, s: commits_g.__setitem__(c, s))
     if denoise:
+        # NLM on the GPU sums its patch distances in float32, the CPU reference in float64; exp(-d2 / h^2)
+        # multiplies their relative rounding by d2 / h^2 (tens), so weights and outputs agree to ~1e-4, not
+        # 1e-6 (seen on an H200: 167 of 250647 values beyond 2e-5, the largest 3.5e-5, on values ~0.4)
         np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
-        np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
     else:
         _same(out, ref)
         assert [r["checksum"] for r in res_g] == [r["checksum"] for r in res_c]
