@@ -150,7 +150,7 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8, passes=4):
     kernel = CorrectKernel(params)
     state = cp.zeros((3, h, w), cp.float32)
     fixed = p * 4 * (2 + 2 * 3) + p * 4  # dark, inv, state in and out, slot map
-    for name, dt in (("f32", cp.float32), ("f16", cp.float16)):
+    for name, dt in (("f32", cp.float32), ("f16", cp.float16), ("u16", cp.uint16)):
         o = cp.empty((block, h, w), dt)
         tk = timed(lambda o=o: kernel(src, o, state), sync)
         moved = block * p * (2 + o.itemsize) + fixed
@@ -235,7 +235,7 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8, passes=4):
 
 def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
     """Where the fused kernel's time goes: it (float32 out) without bad pixels, without afterglow, and built
-    with other numbers of frames' loads in flight (XRAY_FRAMES_IN_FLIGHT); ``ratio_to_copy`` counts the full
+    with one pixel a thread instead of four, with other numbers of frames' loads in flight (XRAY_FRAMES_IN_FLIGHT); ``ratio_to_copy`` counts the full
     kernel's bytes in every case (a time ratio, not the variant's own traffic)."""
     import dataclasses
 
@@ -244,19 +244,20 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
     res = {}
     t, h, w = src.shape
     o = cp.empty((t, h, w), cp.float32)
-    cases = {"as_built": (params, None),
+    cases = {"as_built": (params, None), "one_pixel_per_thread": (params, "lanes1"),
              "no_bad_pixels": (dataclasses.replace(params, targets=np.zeros(0, np.int64),
                                                    neighbours=np.full((0, 1), -1, np.int32), slot=None), None),
              "no_afterglow": (dataclasses.replace(params, amplitudes=np.zeros(0, np.float32),
                                                   ratios=np.zeros(0, np.float32)), None)}
-    for fif in (2, 8, 16, 32):
+    for fif in (2, 8):
         cases[f"frames_in_flight_{fif}"] = (params, fif)
     code = cuda_source("correct").read_text()
     for name, (prm, fif) in cases.items():
-        k = CorrectKernel(prm)
-        if fif is not None:  # the same source built with another XRAY_FRAMES_IN_FLIGHT
+        k = CorrectKernel(prm, lanes=1 if fif == "lanes1" else None)
+        if isinstance(fif, int):  # the same source built with another XRAY_FRAMES_IN_FLIGHT
             mod = cp.RawModule(code=code, options=("-std=c++14", f"-DXRAY_FRAMES_IN_FLIGHT={fif}"))
-            k._functions[np.dtype(np.uint16), np.dtype(np.float32)] = mod.get_function("correct_u16_f32")
+            k._functions[np.dtype(np.uint16), np.dtype(np.float32), k.lanes] = mod.get_function(
+                "correct_u16_f32" + ("_v4" if k.lanes == 4 else ""))
             k._bad_heads[np.dtype(np.uint16)] = mod.get_function("bad_heads_u16")
         st = cp.zeros((max(prm.n_terms, 1), h, w), cp.float32)
         tk = timed(lambda k=k, st=st: k(src, o, st), sync)

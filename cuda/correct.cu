@@ -19,6 +19,10 @@
 //   tail   raw >= saturation -> NaN in the output, never in the state (the mask is applied after
 //          the recursion, as FlatFieldStage.tail does).
 //
+// A uint16 code output (c16: output.dtype uint16, pipeline.ops.quantise.encode) is
+// rint(o * scale + offset) in float32 (no FMA), clipped to 1..65535, NaN stored as 0: bit-identical
+// to encode of the float32 output (the conversion rounds half to even and saturates, as rint + clip).
+//
 // Float16 outputs are the float32 result rounded to nearest even (cvt.rn.f16.f32, what
 // __float2half_rn compiles to), NaN written as 0x7E00 like NumPy's astype(float16): bit-identical
 // to NumPy's float32 -> float16 conversion of the float32 output.
@@ -34,8 +38,9 @@
 // (FlatFieldStage.head).
 //
 // Kernels (extern "C"): bad_heads_u16, bad_heads_f32 (launched first, where there are bad pixels);
-// correct_u16_f32, correct_u16_f16, correct_f32_f32, correct_f32_f16
-// (input dtype _ output dtype; a float16 output is passed as unsigned short); saturate_u16 and
+// correct_u16_f32, correct_u16_f16, correct_u16_c16, correct_f32_f32, correct_f32_f16, correct_f32_c16
+// (input dtype _ output: float32, float16 passed as unsigned short, or the uint16 code with
+// code_scale and code_offset, which the other outputs ignore); saturate_u16 and
 // saturate_f32 (the saturation mask alone, for chains with denoisers; see the end of the file).
 
 #ifndef XRAY_MAX_LAG_TERMS
@@ -64,6 +69,15 @@ __device__ __forceinline__ void xray_store(float* out, long long i, float v) { o
 __device__ __forceinline__ void xray_store(unsigned short* out, long long i, float v)
 {
     out[i] = (v != v) ? (unsigned short)0x7e00 : xray_f2h(v);
+}
+
+// The uint16 code of v (see the top of the file); __float2int_rn rounds half to even and saturates.
+__device__ __forceinline__ unsigned short xray_code(float v, float scale, float offset)
+{
+    float x = __fadd_rn(__fmul_rn(v, scale), offset);
+    if (x != x) return 0;  // NaN: the missing value
+    int i = __float2int_rn(x);
+    return (unsigned short)(i < 1 ? 1 : (i > 65535 ? 65535 : i));
 }
 
 template <typename Tin>
@@ -118,47 +132,100 @@ __device__ __forceinline__ float xray_lag_step(float v, float* L, const float* a
 #define XRAY_FRAMES_IN_FLIGHT 4  // raw loads issued together per thread (memory-level parallelism)
 #endif
 
-template <typename Tin, typename Tout, bool kFloatIn>
+// V consecutive values of one array, loaded or stored as one access (V = 4: 8 bytes of uint16, 16 of
+// float32); the pointer must be aligned to the whole pack (the host checks, and falls back to V = 1).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) xray_pack {
+    T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ xray_pack<T, V> xray_load(const T* base, long long i)
+{
+    return *reinterpret_cast<const xray_pack<T, V>*>(base + i);
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void xray_save(T* base, long long i, const xray_pack<T, V>& x)
+{
+    *reinterpret_cast<xray_pack<T, V>*>(base + i) = x;
+}
+
+// One output value as stored: float32; float16 bits (kCode false) or the uint16 code (kCode true).
+template <bool kCode>
+__device__ __forceinline__ float xray_out(float v, float*, float, float) { return v; }
+template <bool kCode>
+__device__ __forceinline__ unsigned short xray_out(float v, unsigned short*, float scale, float offset)
+{
+    return kCode ? xray_code(v, scale, offset) : ((v != v) ? (unsigned short)0x7e00 : xray_f2h(v));
+}
+
+// Thread q takes the V pixels p = q * V .. q * V + V - 1 (n_pixels must be a multiple of V); every
+// pixel gets exactly the scalar computation at the top of the file, so V changes only the accesses.
+template <typename Tin, typename Tout, bool kFloatIn, bool kCode, int V>
 __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* __restrict__ out,
                                              float* __restrict__ state, const float* __restrict__ dark,
                                              const float* __restrict__ inv, const int* __restrict__ slot,
                                              const float* __restrict__ bad, int n_bad,
                                              const float* __restrict__ amps, const float* __restrict__ ratios,
                                              int n_terms, int amps_per_pixel, int n_frames, long long n_pixels,
-                                             float saturation, int nonfinite_to_nan)
+                                             float saturation, int nonfinite_to_nan, float code_scale,
+                                             float code_offset)
 {
-    long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long p = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (p >= n_pixels) return;
-    float L[XRAY_MAX_LAG_TERMS];
-    float a[XRAY_MAX_LAG_TERMS];
+    float L[V][XRAY_MAX_LAG_TERMS];
+    float a[V][XRAY_MAX_LAG_TERMS];
     float r[XRAY_MAX_LAG_TERMS];
 #pragma unroll
     for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i) {
         bool on = i < n_terms;
-        L[i] = on ? state[(long long)i * n_pixels + p] : 0.0f;
-        a[i] = on ? (amps_per_pixel ? amps[(long long)i * n_pixels + p] : amps[i]) : 0.0f;
+        xray_pack<float, V> s{}, am{};
+        if (on) s = xray_load<float, V>(state, (long long)i * n_pixels + p);
+        if (on && amps_per_pixel) am = xray_load<float, V>(amps, (long long)i * n_pixels + p);
+#pragma unroll
+        for (int l = 0; l < V; ++l) {
+            L[l][i] = on ? s.v[l] : 0.0f;
+            a[l][i] = on ? (amps_per_pixel ? am.v[l] : amps[i]) : 0.0f;
+        }
         r[i] = on ? ratios[i] : 0.0f;
     }
-    const int row = slot ? slot[p] : -1;
-    const float d = dark[p], g = inv[p];
+    xray_pack<int, V> row;
+    if (slot)
+        row = xray_load<int, V>(slot, p);
+    else
+#pragma unroll
+        for (int l = 0; l < V; ++l) row.v[l] = -1;
+    const xray_pack<float, V> d = xray_load<float, V>(dark, p), g = xray_load<float, V>(inv, p);
     for (int k0 = 0; k0 < n_frames; k0 += XRAY_FRAMES_IN_FLIGHT) {
-        Tin in[XRAY_FRAMES_IN_FLIGHT];
+        xray_pack<Tin, V> in[XRAY_FRAMES_IN_FLIGHT];
 #pragma unroll
         for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j)
-            in[j] = k0 + j < n_frames ? raw[(long long)(k0 + j) * n_pixels + p] : (Tin)0;
+            if (k0 + j < n_frames) in[j] = xray_load<Tin, V>(raw, (long long)(k0 + j) * n_pixels + p);
 #pragma unroll
         for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j) {
             if (k0 + j >= n_frames) break;
-            long long idx = (long long)(k0 + j) * n_pixels + p;
-            float v = row >= 0 ? bad[(long long)(k0 + j) * n_bad + row] : __fmul_rn(__fsub_rn((float)in[j], d), g);
-            float o = xray_lag_step<kFloatIn>(v, L, a, r, n_terms, nonfinite_to_nan);
-            if ((float)in[j] >= saturation) o = xray_nan();  // false for a NaN threshold (check off)
-            xray_store(out, idx, o);
+            xray_pack<Tout, V> o;
+#pragma unroll
+            for (int l = 0; l < V; ++l) {
+                float x = (float)in[j].v[l];
+                float v = row.v[l] >= 0 ? bad[(long long)(k0 + j) * n_bad + row.v[l]]
+                                        : __fmul_rn(__fsub_rn(x, d.v[l]), g.v[l]);
+                float y = xray_lag_step<kFloatIn>(v, L[l], a[l], r, n_terms, nonfinite_to_nan);
+                if (x >= saturation) y = xray_nan();  // false for a NaN threshold (check off)
+                o.v[l] = xray_out<kCode>(y, out, code_scale, code_offset);
+            }
+            xray_save<Tout, V>(out, (long long)(k0 + j) * n_pixels + p, o);
         }
     }
 #pragma unroll
-    for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i)
-        if (i < n_terms) state[(long long)i * n_pixels + p] = L[i];
+    for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i) {
+        if (i >= n_terms) continue;
+        xray_pack<float, V> s;
+#pragma unroll
+        for (int l = 0; l < V; ++l) s.v[l] = L[l][i];
+        xray_save<float, V>(state, (long long)i * n_pixels + p, s);
+    }
 }
 
 // The bad pixels' head values, one thread per (frame k, bad pixel b): bad[k * n_bad + b] = the median
@@ -188,21 +255,31 @@ extern "C" __global__ void bad_heads_f32(const float* raw, const float* dark, co
     xray_bad_heads<float>(raw, dark, inv, neighbours, k_max, n_bad, n_frames, n_pixels, bad);
 }
 
-#define XRAY_CORRECT_KERNEL(NAME, TIN, TOUT, FLOAT_IN)                                                          \
+#define XRAY_CORRECT_KERNEL(NAME, TIN, TOUT, FLOAT_IN, CODE, V)                                                 \
     extern "C" __global__ void NAME(const TIN* raw, TOUT* out, float* state, const float* dark, const float* inv, \
                                     const int* slot, const float* bad, int n_bad, const float* amps,              \
                                     const float* ratios, int n_terms, int amps_per_pixel, int n_frames,          \
-                                    long long n_pixels, float saturation, int nonfinite_to_nan)                  \
+                                    long long n_pixels, float saturation, int nonfinite_to_nan,                  \
+                                    float code_scale, float code_offset)                                         \
     {                                                                                                            \
-        xray_correct<TIN, TOUT, FLOAT_IN>(raw, out, state, dark, inv, slot, bad, n_bad, amps, ratios,            \
-                                          n_terms, amps_per_pixel, n_frames, n_pixels, saturation,               \
-                                          nonfinite_to_nan);                                                     \
+        xray_correct<TIN, TOUT, FLOAT_IN, CODE, V>(raw, out, state, dark, inv, slot, bad, n_bad, amps, ratios,   \
+                                                   n_terms, amps_per_pixel, n_frames, n_pixels, saturation,      \
+                                                   nonfinite_to_nan, code_scale, code_offset);                   \
     }
 
-XRAY_CORRECT_KERNEL(correct_u16_f32, unsigned short, float, false)
-XRAY_CORRECT_KERNEL(correct_u16_f16, unsigned short, unsigned short, false)
-XRAY_CORRECT_KERNEL(correct_f32_f32, float, float, true)
-XRAY_CORRECT_KERNEL(correct_f32_f16, float, unsigned short, true)
+// One pixel a thread (any frame size), and four (_v4: frame sizes a multiple of 4, aligned buffers).
+XRAY_CORRECT_KERNEL(correct_u16_f32, unsigned short, float, false, false, 1)
+XRAY_CORRECT_KERNEL(correct_u16_f16, unsigned short, unsigned short, false, false, 1)
+XRAY_CORRECT_KERNEL(correct_u16_c16, unsigned short, unsigned short, false, true, 1)
+XRAY_CORRECT_KERNEL(correct_f32_f32, float, float, true, false, 1)
+XRAY_CORRECT_KERNEL(correct_f32_f16, float, unsigned short, true, false, 1)
+XRAY_CORRECT_KERNEL(correct_f32_c16, float, unsigned short, true, true, 1)
+XRAY_CORRECT_KERNEL(correct_u16_f32_v4, unsigned short, float, false, false, 4)
+XRAY_CORRECT_KERNEL(correct_u16_f16_v4, unsigned short, unsigned short, false, false, 4)
+XRAY_CORRECT_KERNEL(correct_u16_c16_v4, unsigned short, unsigned short, false, true, 4)
+XRAY_CORRECT_KERNEL(correct_f32_f32_v4, float, float, true, false, 4)
+XRAY_CORRECT_KERNEL(correct_f32_f16_v4, float, unsigned short, true, false, 4)
+XRAY_CORRECT_KERNEL(correct_f32_c16_v4, float, unsigned short, true, true, 4)
 
 // Saturated pixels to NaN after the stages that must see them unmasked (the denoisers run between
 // the fused kernel and this, as in the CPU chain's tail): out[i] = NaN where float(raw[i]) >= saturation.

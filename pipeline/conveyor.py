@@ -146,7 +146,8 @@ def choose_block_frames(frame_shape, *, free_bytes: int, input_itemsize: int = 2
 
 
 # --------------------------------------------------------------------------- the fused kernel's specification
-def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dtype=np.float32):
+def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dtype=np.float32, scale: float = 1.0,
+                            offset: float = 0.0):
     """The fused kernel's computation with the NumPy ops (its specification; slow).
 
     Parameters
@@ -155,7 +156,8 @@ def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dty
     params : CorrectionParameters
     state : ndarray (N, H, W) float32
         Afterglow state before the block, updated in place to the state after it.
-    out_dtype : float32 or float16
+    out_dtype : float32, float16 or uint16
+        uint16: the storage code with ``scale`` and ``offset`` (:func:`pipeline.ops.quantise.encode`).
 
     Returns
     -------
@@ -165,6 +167,7 @@ def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dty
     from .kernels import _check_dtypes, saturation_threshold
     from .ops.afterglow import remove_lag
     from .ops.flatfield import replace_bad_pixels
+    from .ops.quantise import encode
 
     raw_dtype, out_dtype = _check_dtypes(raw.dtype, out_dtype)
     t, p = raw.shape[0], params.n_pixels
@@ -186,6 +189,8 @@ def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dty
     thr = saturation_threshold(params.saturation, raw_dtype)
     if not np.isnan(thr):
         o[r2.astype(np.float32) >= thr] = np.nan
+    if out_dtype == np.uint16:
+        return encode(o, "uint16", scale=scale, offset=offset).reshape(raw.shape), state
     return o.astype(out_dtype).reshape(raw.shape), state
 
 
@@ -319,9 +324,11 @@ class Conveyor:
         Buffer slots: 2 (double buffering) or more.
     readers, writers : int
         Host threads reading (decompressing) blocks ahead and writing (compressing) finished blocks
-        (:meth:`process_frames`); default: half the cores each, at least 2. The codecs, not the GPU, set
-        the pace of a Zarr-to-Zarr run, so both sides get as many threads as a CPU copy would use.
-        At most :data:`READ_AHEAD_BYTES` of raw blocks are read ahead.
+        (:meth:`process_frames`); default: half the cores reading, all of them writing, at least 2 each.
+        The codecs, not the GPU, set the pace of a Zarr-to-Zarr run, and compressing a float32
+        output costs more than decompressing the uint16 input: the writers get as many threads as a
+        CPU copy would use (on a 16-core H200 node, with 8 readers and 8 writers, a flat-field run went
+        at 0.66 of the CPU engine's pace). At most :data:`READ_AHEAD_BYTES` of raw blocks are read ahead.
     """
 
     def __init__(self, chain, frame_shape, *, device=None, block_frames: int | None = None, out_dtype=None,
@@ -346,10 +353,10 @@ class Conveyor:
         self.lag = stateful[0] if stateful and isinstance(stateful[0], AfterglowStage) else None
         self.stages = stateful[1:] if self.lag is not None else stateful  # CuPy stages with a state
         self.post = list(chain.post)
-        half = max(2, (os.cpu_count() or 2) // 2)
+        cores = os.cpu_count() or 2
         self.depth = int(depth)
-        self.readers = int(readers) if readers else half
-        self.writers = int(writers) if writers else half
+        self.readers = int(readers) if readers else max(2, cores // 2)
+        self.writers = int(writers) if writers else max(2, cores)
         n = self.params.n_terms
         self.state_shapes = ([(n,) + self.frame_shape] if self.lag is not None else []) + \
             [(2,) + self.frame_shape for _ in self.stages]  # temporal_filter's (estimate, gain)
@@ -463,13 +470,15 @@ class Conveyor:
         """Everything a block needs on the device (runs with the compute stream current)."""
         ff = self.chain.flatfield
         denoise = bool(self.stages or self.post)
-        f16 = self.out_dtype == np.dtype(np.float16)
-        direct = f16 and not denoise and (ff is None or ff.cfg.output != "attenuation")  # the kernel writes float16
+        packed = self.out_dtype != np.dtype(np.float32)
+        # the kernel writes float16 or the uint16 code itself where nothing follows it
+        direct = packed and not denoise and (ff is None or ff.cfg.output != "attenuation") and self.ff_dev is None
         work = slot.dev_out[:n] if direct else slot.work[:n]
         lag_state = self._states[0] if self.lag is not None else None
         mask = None
         if self.ff_dev is None:  # the fused kernel: head and afterglow in one pass (saturation too, if nothing follows)
-            self.kernel(d_in, work, lag_state, saturation=not denoise)
+            self.kernel(d_in, work, lag_state, saturation=not denoise, scale=self.storage.scale,
+                        offset=self.storage.offset)
             block = work
         else:  # the same stages as the CPU chain, as CuPy ops
             block, mask = self.ff_dev.head(d_in)

@@ -82,7 +82,7 @@ def remove_lag_gpu(frames, amplitudes, ratios, state):
 
 # --------------------------------------------------------------------------- fused correction
 _INPUTS = {np.dtype(np.uint16): "u16", np.dtype(np.float32): "f32"}
-_OUTPUTS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+_OUTPUTS = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.uint16): "c16"}  # c16: the code
 
 
 def saturation_threshold(level: float | None, input_dtype) -> np.float32:
@@ -221,8 +221,13 @@ def _check_dtypes(raw_dtype, out_dtype):
     if raw_dtype not in _INPUTS:
         raise ValueError(f"the fused kernel reads uint16 or float32 frames, not {raw_dtype}")
     if out_dtype not in _OUTPUTS:
-        raise ValueError(f"the fused kernel writes float32 or float16, not {out_dtype}")
+        raise ValueError(f"the fused kernel writes float32, float16 or the uint16 code, not {out_dtype}")
     return raw_dtype, out_dtype
+
+
+#: Pixels per thread of the fused kernel where the frame size and the buffers allow (``_v4`` kernels: 8-
+#: and 16-byte accesses); ``XRAY_PIPELINE_KERNEL_LANES=1`` turns them off.
+LANES = 4
 
 
 class CorrectKernel:
@@ -231,13 +236,21 @@ class CorrectKernel:
     Parameters
     ----------
     params : CorrectionParameters
+    lanes : {1, 4}, optional
+        Pixels per thread: 4 (default, ``$XRAY_PIPELINE_KERNEL_LANES`` or :data:`LANES`) where the frame's
+        pixel count is a multiple of 4 and every buffer is aligned to 4 values, else 1. The results are
+        identical (each pixel gets the same operations); only the memory accesses differ.
     """
 
-    def __init__(self, params: CorrectionParameters):
+    def __init__(self, params: CorrectionParameters, *, lanes: int | None = None):
         from .backend import cupy_module
 
         cp = self._cp = cupy_module()
         self.params = params
+        lanes = int(lanes if lanes is not None else os.environ.get("XRAY_PIPELINE_KERNEL_LANES", LANES))
+        if lanes not in (1, 4):
+            raise ValueError(f"lanes must be 1 or 4, not {lanes}")
+        self.lanes = lanes if params.n_pixels % 4 == 0 else 1
         self.dark = cp.asarray(params.dark)
         self.inv = cp.asarray(params.inv)
         self.slot = cp.asarray(params.slot) if params.slot is not None else None
@@ -246,24 +259,26 @@ class CorrectKernel:
         self.ratios = cp.asarray(params.ratios if params.n_terms else np.zeros(1, np.float32))
         self.no_state = cp.zeros(1, cp.float32)
         # compiled now: a missing compiler or a bad source fails at set-up, not in the middle of a run
-        self._functions = {(r, o): get_kernel("correct", f"correct_{_INPUTS[r]}_{_OUTPUTS[o]}")
-                           for r in _INPUTS for o in _OUTPUTS}
+        self._functions = {(r, o, v): get_kernel("correct", f"correct_{_INPUTS[r]}_{_OUTPUTS[o]}{'_v4' if v > 1 else ''}")
+                           for r in _INPUTS for o in _OUTPUTS for v in {1, self.lanes}}
         self._saturate = {r: get_kernel("correct", f"saturate_{_INPUTS[r]}") for r in _INPUTS}
         self._bad_heads = {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}") for r in _INPUTS}
         self.n_bad = int(params.targets.size)
         self._bad = cp.empty(0, cp.float32)  # (T, n_bad) replacement values, grown to the largest block once
 
-    def _function(self, raw_dtype, out_dtype):
-        return self._functions[np.dtype(raw_dtype), np.dtype(out_dtype)]
+    def _function(self, raw_dtype, out_dtype, lanes: int = 1):
+        return self._functions[np.dtype(raw_dtype), np.dtype(out_dtype), lanes]
 
     def _saturate_function(self, raw_dtype):
         return self._saturate[np.dtype(raw_dtype)]
 
-    def __call__(self, raw, out, state, *, saturation: bool = True, stream=None):
+    def __call__(self, raw, out, state, *, saturation: bool = True, stream=None, scale: float = 1.0,
+                 offset: float = 0.0):
         """Correct ``raw`` (T, H, W) into ``out`` (T, H, W) on the current (or given) stream.
 
         ``state`` (N, H, W) float32 is updated in place (ignored without afterglow terms);
-        ``saturation=False`` leaves saturated pixels for :meth:`saturate`.
+        ``saturation=False`` leaves saturated pixels for :meth:`saturate`. A uint16 ``out`` receives
+        the storage code with ``scale`` and ``offset`` (:func:`pipeline.ops.quantise.encode`).
         """
         cp, p = self._cp, self.params
         _check_dtypes(raw.dtype, out.dtype)
@@ -286,14 +301,18 @@ class CorrectKernel:
         bad = self._bad if nb else self.no_state
         args = (raw, out_arg, state if p.n_terms else self.no_state, self.dark, self.inv, slot, bad, np.int32(nb),
                 self.amplitudes, self.ratios, np.int32(p.n_terms), np.int32(p.amplitudes.ndim > 1), np.int32(t),
-                np.int64(n), thr, np.int32(p.nonfinite_to_nan))
+                np.int64(n), thr, np.int32(p.nonfinite_to_nan), np.float32(scale), np.float32(offset))
         with stream if stream is not None else _null():
             if nb:  # the bad pixels' replacement values (medians of their neighbours), one thread per pixel and frame
                 self._bad_heads[np.dtype(raw.dtype)](
                     ((t * nb + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
                     (raw, self.dark, self.inv, self.neighbours, np.int32(self.neighbours.shape[1]), np.int32(nb),
                      np.int32(t), np.int64(n), bad))
-            self._function(raw.dtype, out.dtype)(((n + _BLOCK - 1) // _BLOCK,), (_BLOCK,), args)
+            v = self.lanes if self.lanes > 1 and all(_address(a) % (a.itemsize * self.lanes) == 0
+                                                     for a in (raw, out, state if p.n_terms else None)
+                                                     if a is not None) else 1
+            threads = n // v
+            self._function(raw.dtype, out.dtype, v)(((threads + _BLOCK - 1) // _BLOCK,), (_BLOCK,), args)
         return out
 
     def saturate(self, raw, out, *, stream=None):
@@ -308,6 +327,12 @@ class CorrectKernel:
             self._saturate_function(raw.dtype)(((raw.size + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
                                                (raw, out, np.int64(raw.size), thr))
         return out
+
+
+def _address(a) -> int:
+    """Device (CuPy) or host (NumPy, in tests) address of an array's first element."""
+    data = getattr(a, "data", None)
+    return int(data.ptr) if hasattr(data, "ptr") else int(a.ctypes.data)
 
 
 class _null:

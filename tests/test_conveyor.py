@@ -53,11 +53,11 @@ class FakeKernel:
     def __init__(self, params):
         self.params = params
 
-    def __call__(self, raw, out, state, *, saturation=True, stream=None):
+    def __call__(self, raw, out, state, *, saturation=True, stream=None, scale=1.0, offset=0.0):
         params = self.params if saturation else replace(self.params, saturation=None)
         n = params.n_terms
         st = state if n else np.zeros((0,) + params.frame_shape, np.float32)
-        res, _ = correct_block_reference(raw, params, st, out_dtype=out.dtype)
+        res, _ = correct_block_reference(raw, params, st, out_dtype=out.dtype, scale=scale, offset=offset)
         out[...] = res
         return out
 
@@ -524,10 +524,10 @@ def _signature(name):
 
     src = (Path(__file__).resolve().parents[1] / "cuda" / "correct.cu").read_text()
     if name.startswith("correct_"):
-        body = re.search(r"#define XRAY_CORRECT_KERNEL\(NAME, TIN, TOUT, FLOAT_IN\)\s*\\\s*extern \"C\" __global__ "
+        body = re.search(r"#define XRAY_CORRECT_KERNEL\(NAME, TIN, TOUT, FLOAT_IN, CODE, V\)\s*\\\s*extern \"C\" __global__ "
                          r"void NAME\((.*?)\)", src, re.DOTALL).group(1)
         tin = {"u16": "unsigned short", "f32": "float"}[name.split("_")[1]]
-        tout = {"f16": "unsigned short", "f32": "float"}[name.split("_")[2]]
+        tout = {"f16": "unsigned short", "c16": "unsigned short", "f32": "float"}[name.split("_")[2]]
         body = body.replace("TIN", tin).replace("TOUT", tout)
     else:
         body = re.search(rf"__global__ void {name}\((.*?)\)", src, re.DOTALL).group(1)
@@ -553,7 +553,7 @@ def _check_args(sig, args):
 
 @pytest.mark.parametrize("raw_dtype,out_dtype,n_terms,bad", [
     (np.uint16, np.float32, 2, True), (np.uint16, np.float16, 0, False), (np.float32, np.float32, 3, False),
-    (np.float32, np.float16, 1, True)])
+    (np.float32, np.float16, 1, True), (np.uint16, np.uint16, 2, True), (np.float32, np.uint16, 0, False)])
 def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_dtype, n_terms, bad):
     """CorrectKernel's launches against the parameter lists in cuda/correct.cu (count, order of types, NULL)."""
     from pipeline import kernels
@@ -594,9 +594,11 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
     (name, grid, block, args), (sname, sgrid, _, sargs) = calls
     if bad:
         assert args[6] is k._bad and args[7] == targets.size  # the main kernel reads the same buffer
-    assert name == f"correct_{'u16' if raw_dtype == np.uint16 else 'f32'}_{'f16' if out_dtype == np.float16 else 'f32'}"
+    suffix = {np.float16: "f16", np.uint16: "c16"}.get(out_dtype, "f32")
+    lanes = 4 if (H * W) % 4 == 0 else 1  # four pixels a thread where the frame size allows (aligned NumPy buffers)
+    assert name == f"correct_{'u16' if raw_dtype == np.uint16 else 'f32'}_{suffix}" + ("_v4" if lanes == 4 else "")
     _check_args(_signature(name), args)
-    assert grid[0] * block[0] >= H * W > (grid[0] - 1) * block[0]
+    assert grid[0] * block[0] >= H * W // lanes > (grid[0] - 1) * block[0]
     assert sname == f"saturate_{'u16' if raw_dtype == np.uint16 else 'f32'}"
     _check_args(_signature(sname), sargs)
     assert sgrid[0] * block[0] >= 3 * H * W

@@ -21,6 +21,13 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+// float -> int, round half to even (the default rounding mode), saturating; NaN -> 0 (cvt.rni.s32.f32).
+inline int __float2int_rn(float a) {
+    if (a != a) return 0;
+    if (a >= 2147483648.0f) return 2147483647;
+    if (a <= -2147483648.0f) return -2147483647 - 1;
+    return (int)std::nearbyint(a);
+}
 
 // Bit casts.
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof f); return f; }

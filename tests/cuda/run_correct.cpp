@@ -1,11 +1,13 @@
 // Runs cuda/correct.cu's kernels under emulation on raw binary files in a folder.
 //
-// usage: run_correct DIR IN OUT T P N per_pixel k_max n_bad saturation nonfinite_to_nan
-//   IN: u16 | f32, OUT: f32 | f16; saturation: a decimal float ("nan": no check).
+// usage: run_correct DIR IN OUT T P N per_pixel k_max n_bad saturation nonfinite_to_nan code_scale code_offset lanes
+//   lanes: 1 (correct_*) or 4 (correct_*_v4: P a multiple of 4).
+//   IN: u16 | f32, OUT: f32 | f16 | c16 (the uint16 code); saturation: a decimal float ("nan": no check).
 //   DIR holds raw.bin (T*P IN), dark.bin, inv.bin (P float32), slot.bin (P int32, read when n_bad > 0),
 //   nb.bin (n_bad*k_max int32), amps.bin (N or N*P float32), ratios.bin (N float32), state.bin (N*P float32);
 //   writes out.bin (T*P OUT) and state_out.bin (N*P float32).
 // usage: run_correct --half IN_F32 OUT_U16   (float32 -> float16 bits with xray_f2h, for the conversion test)
+// usage: run_correct --code IN_F32 OUT_U16 SCALE OFFSET   (float32 -> uint16 code with xray_code)
 #include "emulate.h"
 #include "../../cuda/correct.cu"
 
@@ -44,7 +46,7 @@ static size_t file_size(const std::string& path) {
 
 template <class Tin, class Tout, class Heads, class Kernel>
 static void run(Heads heads, Kernel kernel, const std::string& dir, int T, long long P, int N, int per_pixel, int k_max, int n_bad,
-                float saturation, int nonfinite) {
+                float saturation, int nonfinite, float scale, float offset, int lanes) {
     auto raw = load<Tin>(dir + "/raw.bin", (size_t)T * P);
     auto dark = load<float>(dir + "/dark.bin", (size_t)P);
     auto inv = load<float>(dir + "/inv.bin", (size_t)P);
@@ -59,7 +61,7 @@ static void run(Heads heads, Kernel kernel, const std::string& dir, int T, long 
     std::vector<Tout> out((size_t)T * P);
     const int* slot_p = n_bad > 0 ? slot.data() : nullptr;
     std::vector<float> bad((size_t)T * (n_bad > 0 ? n_bad : 1));
-    unsigned block = 64, grid = (unsigned)((P + block - 1) / block);
+    unsigned block = 64, grid = (unsigned)((P / lanes + block - 1) / block);
     if (n_bad > 0) {  // as pipeline.kernels.CorrectKernel: the bad pixels' values first, then the main kernel
         unsigned grid_bad = (unsigned)(((long long)T * n_bad + block - 1) / block);
         xray_launch(grid_bad, block, heads, (const Tin*)raw.data(), (const float*)dark.data(),
@@ -67,7 +69,7 @@ static void run(Heads heads, Kernel kernel, const std::string& dir, int T, long 
     }
     xray_launch(grid, block, kernel, (const Tin*)raw.data(), out.data(), state.data(), (const float*)dark.data(),
                 (const float*)inv.data(), slot_p, (const float*)bad.data(), n_bad, (const float*)amps.data(),
-                (const float*)ratios.data(), N, per_pixel, T, P, saturation, nonfinite);
+                (const float*)ratios.data(), N, per_pixel, T, P, saturation, nonfinite, scale, offset);
     save(dir + "/out.bin", out);
     save(dir + "/state_out.bin", state);
 }
@@ -81,21 +83,40 @@ int main(int argc, char** argv) {
         save(argv[3], h);
         return 0;
     }
-    if (argc != 12) { std::fprintf(stderr, "bad arguments\n"); return 2; }
+    if (argc == 6 && std::string(argv[1]) == "--code") {
+        size_t n = file_size(argv[2]) / sizeof(float);
+        auto v = load<float>(argv[2], n);
+        float scale = std::strtof(argv[4], nullptr), offset = std::strtof(argv[5], nullptr);
+        std::vector<unsigned short> c(n);
+        for (size_t i = 0; i < n; ++i) c[i] = xray_code(v[i], scale, offset);
+        save(argv[3], c);
+        return 0;
+    }
+    if (argc != 15) { std::fprintf(stderr, "bad arguments\n"); return 2; }
     std::string dir = argv[1], in = argv[2], out = argv[3];
     int T = std::atoi(argv[4]), N = std::atoi(argv[6]), per_pixel = std::atoi(argv[7]);
     long long P = std::atoll(argv[5]);
     int k_max = std::atoi(argv[8]), n_bad = std::atoi(argv[9]), nonfinite = std::atoi(argv[11]);
     float saturation = std::strtof(argv[10], nullptr);
+    float scale = std::strtof(argv[12], nullptr), offset = std::strtof(argv[13], nullptr);
+    int lanes = std::atoi(argv[14]);
+    if (lanes != 1 && (lanes != 4 || P % 4)) { std::fprintf(stderr, "bad lanes\n"); return 2; }
+    const bool v4 = lanes == 4;
     if (in == "u16" && out == "f32")
-        run<unsigned short, float>(bad_heads_u16, correct_u16_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
+        run<unsigned short, float>(bad_heads_u16, v4 ? correct_u16_f32_v4 : correct_u16_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
     else if (in == "u16" && out == "f16")
-        run<unsigned short, unsigned short>(bad_heads_u16, correct_u16_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
-                                            nonfinite);
+        run<unsigned short, unsigned short>(bad_heads_u16, v4 ? correct_u16_f16_v4 : correct_u16_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
+                                            nonfinite, scale, offset, lanes);
     else if (in == "f32" && out == "f32")
-        run<float, float>(bad_heads_f32, correct_f32_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
+        run<float, float>(bad_heads_f32, v4 ? correct_f32_f32_v4 : correct_f32_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
     else if (in == "f32" && out == "f16")
-        run<float, unsigned short>(bad_heads_f32, correct_f32_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite);
+        run<float, unsigned short>(bad_heads_f32, v4 ? correct_f32_f16_v4 : correct_f32_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
+    else if (in == "u16" && out == "c16")
+        run<unsigned short, unsigned short>(bad_heads_u16, v4 ? correct_u16_c16_v4 : correct_u16_c16, dir, T, P, N, per_pixel, k_max, n_bad,
+                                            saturation, nonfinite, scale, offset, lanes);
+    else if (in == "f32" && out == "c16")
+        run<float, unsigned short>(bad_heads_f32, v4 ? correct_f32_c16_v4 : correct_f32_c16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
+                                   nonfinite, scale, offset, lanes);
     else { std::fprintf(stderr, "bad dtypes\n"); return 2; }
     return 0;
 }

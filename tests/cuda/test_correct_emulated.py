@@ -17,6 +17,7 @@ from pipeline.config import AfterglowConfig, BadPixelConfig, FlatFieldConfig
 from pipeline.conveyor import parameters_from_chain
 from pipeline.conveyor import correct_block_reference
 from pipeline.kernels import saturation_threshold
+from pipeline.ops.quantise import DEFAULT_OFFSET, DEFAULT_SCALE, encode
 from pipeline.ops.flatfield import DEAD, HOT, Calibration
 from pipeline.stages import AfterglowStage, Chain, FlatFieldStage
 
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not av
               pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),  # the subnormal gain
               pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")]  # a pixel without neighbours
-H, W = 13, 23  # 299 pixels: five blocks of 64 threads, the last one partly idle
+H, W = 16, 23  # 368 pixels: six blocks of 64 threads (two of 64 four-pixel threads), the last one partly idle
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def _chain(cal, *, output, saturation_level, replace, n_terms, per_pixel, initia
     return Chain(ff, stages)
 
 
-def _run_kernel(exe, tmp_path, raw, params, state, out_dtype):
+def _run_kernel(exe, tmp_path, raw, params, state, out_dtype, code=(1.0, 0.0), lanes=1):
     t = raw.shape[0]
     p = params.n_pixels
     raw.tofile(tmp_path / "raw.bin")
@@ -90,10 +91,11 @@ def _run_kernel(exe, tmp_path, raw, params, state, out_dtype):
     np.ascontiguousarray(state, np.float32).tofile(tmp_path / "state.bin")
     thr = saturation_threshold(params.saturation, raw.dtype)
     subprocess.run([str(exe), str(tmp_path), "u16" if raw.dtype == np.uint16 else "f32",
-                    "f16" if out_dtype == np.float16 else "f32", str(t), str(p), str(params.n_terms),
+                    {np.float16: "f16", np.uint16: "c16"}.get(out_dtype, "f32"), str(t), str(p), str(params.n_terms),
                     str(int(params.amplitudes.ndim > 1)), str(params.neighbours.shape[1]), str(n_bad),
-                    "nan" if np.isnan(thr) else repr(float(thr)), str(int(params.nonfinite_to_nan))], check=True)
-    out = np.fromfile(tmp_path / "out.bin", np.float16 if out_dtype == np.float16 else np.float32).reshape(raw.shape)
+                    "nan" if np.isnan(thr) else repr(float(thr)), str(int(params.nonfinite_to_nan)),
+                    repr(float(np.float32(code[0]))), repr(float(np.float32(code[1]))), str(lanes)], check=True)
+    out = np.fromfile(tmp_path / "out.bin", out_dtype).reshape(raw.shape)
     st = np.fromfile(tmp_path / "state_out.bin", np.float32).reshape((params.n_terms, H, W))
     return out, st
 
@@ -117,14 +119,20 @@ CASES = [  # input, output, afterglow terms, per-pixel amplitudes, flat-field ou
     ("f32", "f32", 2, False, "counts", True, "steady"),
     ("f32", "f32", 0, False, "transmission", True, "zero"),
     ("f32", "f16", 3, True, "counts", True, "zero"),
+    ("u16", "c16", 2, False, "transmission", True, "steady"),
+    ("u16", "c16", 0, False, "counts", True, "zero"),
+    ("f32", "c16", 1, True, "counts", True, "zero"),
 ]
 
 
+@pytest.mark.parametrize("lanes", [1, 4])
 @pytest.mark.parametrize("seed,case", list(enumerate(CASES)), ids=["-".join(map(str, c)) for c in CASES])
-def test_fused_kernel_matches_numpy_chain(exe, tmp_path, seed, case):
+def test_fused_kernel_matches_numpy_chain(exe, tmp_path, seed, case, lanes):
     inp, outp, n_terms, per_pixel, output, replace, initial = case
     dtype = np.uint16 if inp == "u16" else np.float32
-    out_dtype = np.float16 if outp == "f16" else np.float32
+    out_dtype = {"f16": np.float16, "c16": np.uint16}.get(outp, np.float32)
+    # the uint16 code (output.dtype uint16) with the storage defaults of its output kind
+    code = (DEFAULT_SCALE[output], DEFAULT_OFFSET[output])
     rng = np.random.default_rng(seed)
     sat_level = {"u16": 60000.0, "f32": 8000.5}[inp]
     cal = _calibration(rng, bad=replace)
@@ -141,9 +149,12 @@ def test_fused_kernel_matches_numpy_chain(exe, tmp_path, seed, case):
         if st_k is None:  # the conveyor's initial state: the stage's own, from the head of the first frame
             st_k = (chain.stateful[0].initial_state(chain.head(raw[:1])[0]) if n_terms
                     else np.zeros((0, H, W), np.float32))
-        out_k, st_k = _run_kernel(exe, tmp_path, raw, params, st_k, out_dtype)
-        with np.errstate(over="ignore"):  # counts above 65504 are Inf in float16
-            _same(out_k, ref.astype(out_dtype))
+        out_k, st_k = _run_kernel(exe, tmp_path, raw, params, st_k, out_dtype, code, lanes)
+        if out_dtype == np.uint16:
+            np.testing.assert_array_equal(out_k, encode(ref, "uint16", scale=code[0], offset=code[1]))
+        else:
+            with np.errstate(over="ignore"):  # counts above 65504 are Inf in float16
+                _same(out_k, ref.astype(out_dtype))
         if n_terms:
             _same(st_k, states[0])
     assert np.isnan(ref).any() and np.isfinite(ref).any()
@@ -183,6 +194,22 @@ def test_float16_rounding_matches_numpy(exe, tmp_path):
     nan = np.isnan(f)
     np.testing.assert_array_equal(h[~nan], want[~nan])
     assert (h[nan] == 0x7E00).all()
+
+
+@pytest.mark.parametrize("scale,offset", [(1.0, 100.0), (50000.0, 500.0), (10000.0, 1000.0), (0.37, -3.5)])
+def test_uint16_code_matches_encode(exe, tmp_path, scale, offset):
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32)
+    f = np.concatenate([bits.view(np.float32), rng.uniform(-0.1, 1.4, 100_000).astype(np.float32),
+                        rng.uniform(-200, 70000, 100_000).astype(np.float32),
+                        ((np.arange(-4, 131076) - offset) / scale).astype(np.float32),  # halves, both ends
+                        np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30], np.float32)])
+    f.tofile(tmp_path / "f.bin")
+    subprocess.run([str(exe), "--code", tmp_path / "f.bin", tmp_path / "c.bin", repr(float(np.float32(scale))),
+                    repr(float(np.float32(offset)))], check=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = encode(f, "uint16", scale=scale, offset=offset)
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "c.bin", np.uint16), want)
 
 
 @pytest.mark.parametrize("dtype,level,expect", [

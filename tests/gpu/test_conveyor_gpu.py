@@ -88,6 +88,44 @@ def test_fused_kernel_bit_identical_to_numpy_chain(dtype, out_dtype, n_terms, pe
             _same(cp.asnumpy(st), states[0])
 
 
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float16, np.uint16])
+def test_fused_kernel_four_pixels_a_thread(monkeypatch, out_dtype):
+    """The _v4 kernels (frame size a multiple of 4): bit-identical to the NumPy chain and to one pixel a
+    thread; a misaligned input falls back to one pixel a thread with the same result."""
+    import sys
+
+    from pipeline.ops.quantise import encode
+
+    monkeypatch.setattr(sys.modules[__name__], "W", 128)  # 67 x 128: a multiple of 4
+    rng = np.random.default_rng(11)
+    chain = _chain(rng, n_terms=3, per_pixel=True, output="transmission")
+    params = parameters_from_chain(chain, (H, W))
+    k4, k1 = CorrectKernel(params), CorrectKernel(params, lanes=1)
+    assert (k4.lanes, k1.lanes) == (4, 1)
+    raw = _raw(rng, 7, np.uint16)
+    ref, states = chain(raw.copy(), None)
+    st0 = chain.stateful[0].initial_state(chain.head(raw[:1])[0])
+    outs = []
+    for k, misaligned in ((k4, False), (k1, False), (k4, True)):
+        st = cp.asarray(st0)
+        if misaligned:
+            buf = cp.empty(raw.size + 1, cp.uint16)
+            g_raw = buf[1:].reshape(raw.shape)
+            g_raw[...] = cp.asarray(raw)
+        else:
+            g_raw = cp.asarray(raw)
+        out = cp.empty(raw.shape, out_dtype)
+        k(g_raw, out, st, scale=50000.0, offset=500.0)
+        outs.append(cp.asnumpy(out))
+        _same(cp.asnumpy(st), states[0])
+    want = encode(ref, "uint16", scale=50000.0, offset=500.0) if out_dtype == np.uint16 else ref.astype(out_dtype)
+    for o in outs:
+        if out_dtype == np.uint16:
+            np.testing.assert_array_equal(o, want)
+        else:
+            _same(o, want)
+
+
 def test_correct_block_gpu_one_call():
     from pipeline.ops.afterglow import remove_lag
     from pipeline.ops.flatfield import flat_field, neighbour_table, replace_bad_pixels
@@ -180,9 +218,13 @@ def _run_both(chain, video, chunk=4):
     return out, ref, conv
 
 
-def test_conveyor_uint16_output_equals_cpu_engine():
+@pytest.mark.parametrize("width", [129, 128])  # 128: the fused kernel writes the code itself, four pixels a thread
+def test_conveyor_uint16_output_equals_cpu_engine(monkeypatch, width):
+    import sys
+
     from pipeline.stages import Storage
 
+    monkeypatch.setattr(sys.modules[__name__], "W", width)
     rng = np.random.default_rng(4)
     chain = _chain(rng, output="transmission")
     chain.storage = Storage("uint16", 50000.0, 500.0)
