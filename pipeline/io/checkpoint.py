@@ -4,7 +4,14 @@ Layout (a folder ``OUT.progress`` beside ``OUT.partial``, removed when the run c
 
     run.json              fingerprint of the run (config, input identity, calibration checksum, chunking)
     block_000012.json     written only after block 12 is in the output: frame range, checksum, measurements
-    state_000012.npz      states of the stateful stages after block 12 (kept for the last finished prefix)
+    state_000012.npz      states of the stateful stages after block 12 (the newest within the finished
+                          prefix is kept; later ones until the prefix reaches them)
+
+States are saved for some blocks only: once the output committed since the last saved states is
+:data:`STATE_EVERY` times their size (at 2048 x 2048 with afterglow and the temporal filter they are
+64 MB, as much as a 4-frame float32 block: saving them with every block doubled the bytes written). A
+resume restarts after the newest saved states within the finished prefix and recomputes the blocks
+after it (their finished outputs are not written again), so it stays bit-identical.
 
 Every file is written to a temporary name and renamed, so a marker is either whole or absent.
 """
@@ -14,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import zlib
 from pathlib import Path
 
@@ -21,6 +29,8 @@ import numpy as np
 
 
 CHECKSUM = "crc32"  # recorded in run fingerprints: progress made with another checksum cannot be verified
+#: Output bytes committed between two saved states, in units of the states' size.
+STATE_EVERY = 8
 
 
 def legacy_checksum(block) -> str:
@@ -53,8 +63,30 @@ def _atomic_write(path: Path, data: bytes):
 class Checkpoint:
     """Markers of finished blocks and the stateful stages' states."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, *, state_every: float = STATE_EVERY):
         self.dir = Path(folder)
+        self.state_every = float(state_every)
+        self._since = None  # output bytes committed since the last saved states (None: none saved yet)
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # commits run in cluster workers too: each process keeps its own cadence
+        state = dict(self.__dict__)
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _states_due(self, state_bytes: int, out_bytes: int | None) -> bool:
+        """Whether this commit saves its states (the first one does; then every STATE_EVERY x their size)."""
+        with self._lock:
+            if self._since is not None and out_bytes is not None:
+                self._since += out_bytes
+                if self._since < self.state_every * state_bytes:
+                    return False
+            self._since = 0
+            return True
 
     # --- set-up
     def start(self, fingerprint: dict):
@@ -88,9 +120,14 @@ class Checkpoint:
             return False
 
     # --- per block
-    def commit(self, c: int, t0: int, t1: int, digest: str, states, extra: dict | None):
-        """Record block ``c`` as finished (after its data is written), with the states after it."""
-        if states is not None and any(s is not None for s in states):
+    def commit(self, c: int, t0: int, t1: int, digest: str, states, extra: dict | None, *,
+               out_bytes: int | None = None):
+        """Record block ``c`` as finished (after its data is written), with the states after it where due.
+
+        ``out_bytes``: the block's output size, for the cadence of saved states (None: save them).
+        """
+        present = states is not None and any(s is not None for s in states)
+        if present and self._states_due(sum(int(np.asarray(s).nbytes) for s in states if s is not None), out_bytes):
             buf = {f"s{i}": np.asarray(s) for i, s in enumerate(states) if s is not None}
             buf["present"] = np.array([s is not None for s in states])
             tmp = self.dir / f".state_{c:06d}.{os.getpid()}.tmp.npz"
@@ -120,16 +157,17 @@ class Checkpoint:
             return [z[f"s{i}"] if present[i] else None for i in range(n)]
 
     def _prune(self):
-        """Keep only the state of the last block of the finished prefix (what a resume needs)."""
+        """Keep the newest states within the finished prefix (what a resume needs) and any after it."""
         done = sorted(int(f.stem.split("_")[1]) for f in self.dir.glob("block_*.json"))
         prefix = -1
         for b in done:
             if b != prefix + 1:
                 break
             prefix = b
-        for f in self.dir.glob("state_*.npz"):
-            k = int(f.stem.split("_")[1])
-            if k < prefix:
+        saved = {int(f.stem.split("_")[1]): f for f in self.dir.glob("state_*.npz")}
+        keep = max((k for k in saved if k <= prefix), default=-1)
+        for k, f in saved.items():
+            if k < keep:
                 try:
                     f.unlink()
                 except FileNotFoundError:

@@ -1,0 +1,68 @@
+"""The run's progress folder: states saved at a bounded cadence, pruning, and a resume from sparse states."""
+
+import pickle
+
+import numpy as np
+import zarr
+
+import pipeline
+from pipeline import api
+from pipeline.io.models import save_model
+from pipeline.io.checkpoint import Checkpoint
+
+
+def _saved(folder):
+    return sorted(int(f.stem.split("_")[1]) for f in folder.glob("state_*.npz"))
+
+
+def test_states_saved_once_the_output_since_is_state_every_times_their_size(tmp_path):
+    ck = Checkpoint(tmp_path / "p", state_every=8)
+    ck.start({"run": 1})
+    states = [np.zeros((4, 4), np.float32), None, np.ones((2, 4, 4), np.float32)]  # 192 bytes
+    seen = []
+    for c in range(12):  # 384 output bytes a block: every 8 * 192 / 384 = 4 blocks
+        ck.commit(c, c, c + 1, "x", states, {}, out_bytes=384)
+        seen.append(_saved(ck.dir))
+    assert seen[0] == [0] and seen[3] == [0] and seen[4] == [4] and seen[11] == [8]  # the newest within the prefix
+    restored = ck.states_after(8, 3)
+    assert restored[1] is None and np.array_equal(restored[2], states[2])
+    ck.commit(13, 13, 14, "x", states, {})  # out of order, size unknown: saved, and kept beyond the prefix
+    ck.commit(14, 14, 15, "x", None, {})  # no states: only the marker
+    assert _saved(ck.dir) == [8, 13] and (ck.dir / "block_000014.json").is_file()
+    ck2 = pickle.loads(pickle.dumps(ck))  # commits also run in cluster workers
+    ck2.commit(12, 12, 13, "x", states, {}, out_bytes=384)
+    # 12 is not due (its cadence carried over); the prefix is now 0..14, whose newest states are 13's
+    assert _saved(ck2.dir) == [13] and (ck2.dir / "block_000012.json").is_file()
+
+
+def test_resume_after_sparse_states_is_bit_identical(tmp_path):
+    """A run cut off after its last saved states: the resume recomputes from them, exactly."""
+    src = pipeline.simulate(tmp_path / "in.zarr", frames=40, size=(32, 48), seed=4, truth_frames=False)
+    model = save_model(tmp_path / "m.json", {"frame_rate_hz": 50.0, "tau_s": [0.02, 0.1], "amplitudes": [0.01, 0.004]})
+    over = [f"afterglow.model={model}", "execution.chunk_frames=4", "execution.scheduler=synchronous",
+            "denoise.enabled=true", "denoise.method=none"]
+    ref = api.run(src, tmp_path / "ref.zarr", overrides=over)
+    reference = np.asarray(zarr.open_group(str(ref.output), mode="r")["frames"][:])
+    out = tmp_path / "out.zarr"
+
+    class Cut(Exception):
+        pass
+
+    commit = Checkpoint.commit
+
+    def commit_then_stop(self, c, *a, **k):  # the run dies after block 6's marker
+        commit(self, c, *a, **k)
+        if c == 6:
+            raise Cut
+
+    Checkpoint.commit = commit_then_stop
+    try:
+        api.run(src, out, overrides=over)
+    except Cut:
+        pass
+    finally:
+        Checkpoint.commit = commit
+    progress = tmp_path / "out.zarr.progress"
+    assert _saved(progress) and max(_saved(progress)) < 6  # sparse: block 6 itself has no saved states
+    api.run(src, out, overrides=over, resume=True)
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(out), mode="r")["frames"][:]), reference)
