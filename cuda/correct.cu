@@ -37,7 +37,8 @@
 // stage (which turns non-finite values into NaN); float input always turns them into NaN
 // (FlatFieldStage.head).
 //
-// Kernels (extern "C"): bad_heads_u16, bad_heads_f32 (launched first, where there are bad pixels);
+// Kernels (extern "C"): bad_heads_u16, bad_heads_f32 and their _k8/_k24 versions for narrow tables
+// (launched first, where there are bad pixels);
 // correct_u16_f32, correct_u16_f16, correct_u16_c16, correct_f32_f32, correct_f32_f16, correct_f32_c16
 // (input dtype _ output: float32, float16 passed as unsigned short, or the uint16 code with
 // code_scale and code_offset, which the other outputs ignore); saturate_u16 and
@@ -110,6 +111,40 @@ __device__ float xray_neighbour_median(const Tin* frame, const float* dark, cons
     int h = n / 2;
     int l = (n & 1) ? h : h - 1;
     return __fmul_rn(__fadd_rn(v[l], v[h]), 0.5f);
+}
+
+// The same median for tables of at most K columns, in registers: every valid value's rank among the
+// valid ones (ties broken by column, the order the insertion sort above keeps) picks the two middle
+// values, so the result is the generic version's bit for bit without its local-memory array.
+template <typename Tin, int K>
+__device__ __forceinline__ float xray_neighbour_median_k(const Tin* frame, const float* dark, const float* inv,
+                                                         const int* nb, int k_max)
+{
+    float v[K];
+    bool ok[K];
+    int n = 0;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        int q = j < k_max ? nb[j] : -1;
+        v[j] = q >= 0 ? xray_head(frame, dark, inv, q) : 0.0f;
+        ok[j] = q >= 0 && v[j] == v[j];  // NaN left out
+        n += ok[j];
+    }
+    if (n == 0) return xray_nan();
+    float lo = 0.0f, hi = 0.0f, first = 0.0f;
+    int h = n / 2;
+    int l = (n & 1) ? h : h - 1;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        int rank = 0;
+#pragma unroll
+        for (int i = 0; i < K; ++i) rank += ok[i] && (v[i] < v[j] || (v[i] == v[j] && i < j));
+        if (ok[j] && rank == l) lo = v[j];
+        if (ok[j] && rank == h) hi = v[j];
+        if (ok[j] && rank == 0) first = v[j];
+    }
+    if (k_max == 1) return first;  // replace_bad_pixels takes a one-column table as it is
+    return __fmul_rn(__fadd_rn(lo, hi), 0.5f);
 }
 
 // One frame of one pixel: head value v -> lag recursion -> output (see the top of the file).
@@ -230,7 +265,7 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
 
 // The bad pixels' head values, one thread per (frame k, bad pixel b): bad[k * n_bad + b] = the median
 // of the head values of row b of `neighbours` in frame k (see the top of the file).
-template <typename Tin>
+template <typename Tin, int K>
 __device__ __forceinline__ void xray_bad_heads(const Tin* __restrict__ raw, const float* __restrict__ dark,
                                                const float* __restrict__ inv, const int* __restrict__ neighbours,
                                                int k_max, int n_bad, int n_frames, long long n_pixels,
@@ -239,21 +274,27 @@ __device__ __forceinline__ void xray_bad_heads(const Tin* __restrict__ raw, cons
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n_frames * n_bad) return;
     long long k = i / n_bad, b = i % n_bad;
-    bad[i] = xray_neighbour_median(raw + k * n_pixels, dark, inv, neighbours + b * k_max, k_max);
+    const Tin* frame = raw + k * n_pixels;
+    const int* nb = neighbours + b * k_max;
+    bad[i] = K > 0 ? xray_neighbour_median_k<Tin, (K > 0 ? K : 1)>(frame, dark, inv, nb, k_max)
+                   : xray_neighbour_median(frame, dark, inv, nb, k_max);
 }
 
-extern "C" __global__ void bad_heads_u16(const unsigned short* raw, const float* dark, const float* inv,
-                                         const int* neighbours, int k_max, int n_bad, int n_frames,
-                                         long long n_pixels, float* bad)
-{
-    xray_bad_heads<unsigned short>(raw, dark, inv, neighbours, k_max, n_bad, n_frames, n_pixels, bad);
-}
+// bad_heads_<in>: any table; _k8 and _k24: tables of at most 8 and 24 columns (isolated bad pixels find
+// their good neighbours within radius 1, small clusters within 2), the median in registers.
+#define XRAY_BAD_HEADS_KERNEL(NAME, TIN, K)                                                                   \
+    extern "C" __global__ void NAME(const TIN* raw, const float* dark, const float* inv, const int* neighbours, \
+                                    int k_max, int n_bad, int n_frames, long long n_pixels, float* bad)        \
+    {                                                                                                          \
+        xray_bad_heads<TIN, K>(raw, dark, inv, neighbours, k_max, n_bad, n_frames, n_pixels, bad);             \
+    }
 
-extern "C" __global__ void bad_heads_f32(const float* raw, const float* dark, const float* inv, const int* neighbours,
-                                         int k_max, int n_bad, int n_frames, long long n_pixels, float* bad)
-{
-    xray_bad_heads<float>(raw, dark, inv, neighbours, k_max, n_bad, n_frames, n_pixels, bad);
-}
+XRAY_BAD_HEADS_KERNEL(bad_heads_u16, unsigned short, 0)
+XRAY_BAD_HEADS_KERNEL(bad_heads_u16_k8, unsigned short, 8)
+XRAY_BAD_HEADS_KERNEL(bad_heads_u16_k24, unsigned short, 24)
+XRAY_BAD_HEADS_KERNEL(bad_heads_f32, float, 0)
+XRAY_BAD_HEADS_KERNEL(bad_heads_f32_k8, float, 8)
+XRAY_BAD_HEADS_KERNEL(bad_heads_f32_k24, float, 24)
 
 #define XRAY_CORRECT_KERNEL(NAME, TIN, TOUT, FLOAT_IN, CODE, V)                                                 \
     extern "C" __global__ void NAME(const TIN* raw, TOUT* out, float* state, const float* dark, const float* inv, \

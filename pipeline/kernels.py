@@ -262,7 +262,11 @@ class CorrectKernel:
         self._functions = {(r, o, v): get_kernel("correct", f"correct_{_INPUTS[r]}_{_OUTPUTS[o]}{'_v4' if v > 1 else ''}")
                            for r in _INPUTS for o in _OUTPUTS for v in {1, self.lanes}}
         self._saturate = {r: get_kernel("correct", f"saturate_{_INPUTS[r]}") for r in _INPUTS}
-        self._bad_heads = {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}") for r in _INPUTS}
+        # the medians in registers for tables of up to 8 or 24 columns (bad pixels with good neighbours within
+        # radius 1 or 2), the generic version (a local array) for wider ones
+        k = int(params.neighbours.shape[1])
+        width = "_k8" if k <= 8 else "_k24" if k <= 24 else ""
+        self._bad_heads = {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}{width}") for r in _INPUTS}
         self.n_bad = int(params.targets.size)
         self._bad = cp.empty(0, cp.float32)  # (T, n_bad) replacement values, grown to the largest block once
 

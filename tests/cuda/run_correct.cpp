@@ -103,19 +103,19 @@ int main(int argc, char** argv) {
     if (lanes != 1 && (lanes != 4 || P % 4)) { std::fprintf(stderr, "bad lanes\n"); return 2; }
     const bool v4 = lanes == 4;
     if (in == "u16" && out == "f32")
-        run<unsigned short, float>(bad_heads_u16, v4 ? correct_u16_f32_v4 : correct_u16_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
+        run<unsigned short, float>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_f32_v4 : correct_u16_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
     else if (in == "u16" && out == "f16")
-        run<unsigned short, unsigned short>(bad_heads_u16, v4 ? correct_u16_f16_v4 : correct_u16_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
+        run<unsigned short, unsigned short>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_f16_v4 : correct_u16_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
                                             nonfinite, scale, offset, lanes);
     else if (in == "f32" && out == "f32")
-        run<float, float>(bad_heads_f32, v4 ? correct_f32_f32_v4 : correct_f32_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
+        run<float, float>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_f32_v4 : correct_f32_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
     else if (in == "f32" && out == "f16")
-        run<float, unsigned short>(bad_heads_f32, v4 ? correct_f32_f16_v4 : correct_f32_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
+        run<float, unsigned short>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_f16_v4 : correct_f32_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
     else if (in == "u16" && out == "c16")
-        run<unsigned short, unsigned short>(bad_heads_u16, v4 ? correct_u16_c16_v4 : correct_u16_c16, dir, T, P, N, per_pixel, k_max, n_bad,
+        run<unsigned short, unsigned short>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_c16_v4 : correct_u16_c16, dir, T, P, N, per_pixel, k_max, n_bad,
                                             saturation, nonfinite, scale, offset, lanes);
     else if (in == "f32" && out == "c16")
-        run<float, unsigned short>(bad_heads_f32, v4 ? correct_f32_c16_v4 : correct_f32_c16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
+        run<float, unsigned short>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_c16_v4 : correct_f32_c16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
                                    nonfinite, scale, offset, lanes);
     else { std::fprintf(stderr, "bad dtypes\n"); return 2; }
     return 0;

@@ -33,11 +33,19 @@ def exe(build_emulated):
     return build_emulated("run_correct")
 
 
-def _calibration(rng, *, bad: bool):
+def _calibration(rng, *, bad: bool, layout: str = "block"):
     dark = rng.uniform(90, 110, (H, W)).astype(np.float32)
     gain = rng.uniform(0.6, 1.4, (H, W)).astype(np.float32)
     bp = np.zeros((H, W), np.uint8)
-    if bad:
+    if layout == "isolated":  # good neighbours within radius 1: a table of at most 8 columns (bad_heads_*_k8)
+        bp[rng.random((H, W)) < 0.05] = HOT
+        gain[bp != 0] = 1.0
+    elif layout == "clusters":  # 3 x 3 dead clusters: their centres reach radius 2, at most 24 columns (_k24)
+        for y, x in ((2, 3), (9, 14), (12, 2)):
+            bp[y:y + 3, x:x + 3] = DEAD
+        bp[rng.random((H, W)) < 0.02] = HOT
+        gain[bp != 0] = 1.0
+    elif bad:
         bp[rng.random((H, W)) < 0.06] = HOT
         bp[0:11, 0:11] = DEAD  # pixel (5, 5) has no good neighbour within the table's reach: NaN
         bp[12, 20:23] = DEAD  # a corner cluster: fewer neighbours, even counts
@@ -158,6 +166,26 @@ def test_fused_kernel_matches_numpy_chain(exe, tmp_path, seed, case, lanes):
         if n_terms:
             _same(st_k, states[0])
     assert np.isnan(ref).any() and np.isfinite(ref).any()
+
+
+@pytest.mark.parametrize("lanes", [1, 4])
+@pytest.mark.parametrize("layout,widths", [("isolated", (2, 8)), ("clusters", (9, 24))])
+def test_narrow_tables_medians_in_registers(exe, tmp_path, layout, widths, lanes):
+    """Tables of <= 8 and <= 24 columns take the register medians (bad_heads_*_k8/_k24): bit-identical too."""
+    rng = np.random.default_rng(17)
+    cal = _calibration(rng, bad=False, layout=layout)
+    for dtype, sat in ((np.uint16, 60000.0), (np.float32, 8000.5)):
+        chain = _chain(cal, output="counts", saturation_level=sat, replace=True, n_terms=2, per_pixel=False,
+                       initial="steady", rng=rng, dtype=dtype)
+        params = parameters_from_chain(chain, (H, W))
+        assert widths[0] <= params.neighbours.shape[1] <= widths[1]
+        raw = _raw(rng, 6, dtype, sat)
+        ref, states = chain(raw.copy(), None)
+        st = chain.stateful[0].initial_state(chain.head(raw[:1])[0])
+        out, st = _run_kernel(exe, tmp_path, raw, params, st, np.float32, lanes=lanes)
+        _same(out, ref)
+        _same(st, states[0])
+        assert np.isfinite(ref).any()
 
 
 def test_reference_matches_numpy_chain():

@@ -126,6 +126,30 @@ def test_fused_kernel_four_pixels_a_thread(monkeypatch, out_dtype):
             _same(o, want)
 
 
+@pytest.mark.parametrize("cluster", [False, True])
+def test_fused_kernel_narrow_tables_bit_identical(cluster):
+    """Isolated bad pixels (a table of <= 8 columns) and 3 x 3 clusters (<= 24): the register medians."""
+    rng = np.random.default_rng(13)
+    dark = rng.uniform(90, 110, (H, W)).astype(np.float32)
+    gain = rng.uniform(0.6, 1.4, (H, W)).astype(np.float32)
+    bp = np.zeros((H, W), np.uint8)
+    bp[rng.random((H, W)) < 0.02] = HOT
+    if cluster:
+        bp[30:33, 40:43] = DEAD
+    gain[bp != 0] = 1
+    cal = Calibration(dark=dark, gain=gain, flat_level=6000.0, exposure_ratio=0.9, bad_pixels=bp)
+    ff = FlatFieldStage(cal, FlatFieldConfig(output="counts", saturation_level=9000.0,
+                                             bad_pixels=BadPixelConfig(replace=True)), np.uint16)
+    chain = Chain(ff, [], [], [])
+    params = parameters_from_chain(chain, (H, W))
+    assert (8 < params.neighbours.shape[1] <= 24) if cluster else (params.neighbours.shape[1] <= 8)
+    raw = _raw(rng, 5, np.uint16)
+    ref, _ = chain(raw.copy(), [])
+    out = cp.empty(raw.shape, cp.float32)
+    CorrectKernel(params)(cp.asarray(raw), out, None)
+    _same(cp.asnumpy(out), ref)
+
+
 def test_correct_block_gpu_one_call():
     from pipeline.ops.afterglow import remove_lag
     from pipeline.ops.flatfield import flat_field, neighbour_table, replace_bad_pixels
