@@ -51,6 +51,8 @@ MAX_BLOCK_FRAMES = 64
 MEMORY_FRACTION = 0.5
 #: Most bytes of raw blocks the GPU engine's readers hold ahead of the conveyor.
 READ_AHEAD_BYTES = 2 << 30
+#: Most bytes of pinned output blocks handed to the writing threads at once (:meth:`Conveyor.process_frames`).
+PINNED_OUT_BYTES = 1 << 30
 
 
 # --------------------------------------------------------------------------- the chain on a GPU
@@ -287,7 +289,7 @@ class _Slot:
         self.dev_in: dict = {}
         self.work = dev.empty(shape, np.float32)
         self.dev_out = self.work if np.dtype(out_dtype) == np.float32 else dev.empty(shape, out_dtype)
-        self.pin_out = dev.empty_pinned(shape, out_dtype)
+        self.pin_out = None  # a pinned output block from the conveyor's pool, taken when a block is fetched
         self.snap = [dev.empty(s, np.float32) for s in state_shapes]
         self.pin_snap = [dev.empty_pinned(s, np.float32) for s in state_shapes]
         self.uploaded, self.computed, self.downloaded = dev.event(), dev.event(), dev.event()
@@ -367,6 +369,13 @@ class Conveyor:
         self._slots: list[_Slot] = []
         self._frames = 0
         self.allocations = 0  # slot (re)allocations: 1 for a whole run
+        # pinned output blocks: each slot downloads into one; handed over (process_frames) they come back
+        # through release() once written, so the host never copies them out and nothing is allocated per block
+        self._out_free: list = []
+        self._out_lent: dict = {}  # address -> buffer, lent to the writers
+        self._out_cv = threading.Condition()
+        self.pinned_out_allocations = 0
+        self._lend_cap = self.lend_limit()
 
     # ----------------------------------------------------------------- sizing
     def fit_block_frames(self, requested: int, input_dtype=np.uint16) -> int:
@@ -385,9 +394,46 @@ class Conveyor:
                            for _ in range(self.depth)]
             self._frames = frames
             self.allocations += 1
+            with self._out_cv:
+                self._out_free = []  # blocks of the old size are dropped (those lent out too, when they come back)
+
+    def _out_shape(self):
+        return (max(self._frames, self.block_frames),) + self.frame_shape
+
+    def lend_limit(self, writers: int | None = None) -> int:
+        """Most pinned output blocks lent out at once: enough for the writers' queue, at most PINNED_OUT_BYTES."""
+        block = max(1, int(np.prod(self._out_shape())) * self.out_dtype.itemsize)
+        return int(max(2, min(2 * (writers or self.writers) + 2, PINNED_OUT_BYTES // block)))
+
+    def _take_out(self):
+        """A pinned output block for a slot: a returned one, or a new one (only until the pool is full)."""
+        with self._out_cv:
+            if self._out_free:
+                return self._out_free.pop()
+        self.pinned_out_allocations += 1
+        return self.dev.empty_pinned(self._out_shape(), self.out_dtype)
+
+    def _lend(self, slot: _Slot):
+        """Hand the slot's output block over (the slot takes another for its next download)."""
+        buf = slot.pin_out
+        with self._out_cv:
+            while len(self._out_lent) >= self._lend_cap:  # the writers hold enough: wait for one back
+                self._out_cv.wait()
+            self._out_lent[_address(buf)] = buf
+        slot.pin_out = None
+        return buf
+
+    def release(self, out) -> None:
+        """Give back a block handed out by :meth:`stream` with ``hand_over=True`` (any view of it from its start)."""
+        with self._out_cv:
+            buf = self._out_lent.pop(_address(out), None)
+            if buf is not None and buf.shape == self._out_shape():
+                self._out_free.append(buf)
+            self._out_cv.notify_all()
 
     # ----------------------------------------------------------------- the conveyor
-    def stream(self, blocks: Iterable, *, states=None, keep_states: bool = False) -> Iterator:
+    def stream(self, blocks: Iterable, *, states=None, keep_states: bool = False,
+               hand_over: bool = False) -> Iterator:
         """Correct blocks in order; uploads, computes and downloads overlap.
 
         Parameters
@@ -401,6 +447,9 @@ class Conveyor:
             the stages' initial states from the first frame).
         keep_states : bool
             Also hand out the states after every fetched block (host copies).
+        hand_over : bool
+            ``out`` stays valid after the next item: the caller owns it until it passes it to
+            :meth:`release` (at most :meth:`lend_limit` blocks at once; the conveyor waits for one back).
 
         Yields
         ------
@@ -421,9 +470,9 @@ class Conveyor:
                 self._submit(self._slots[c % depth], key, raw, bool(fetch), keep_states)
                 pending.append(self._slots[c % depth])
                 if len(pending) >= depth:
-                    yield self._finish(pending.popleft(), keep_states)
+                    yield self._finish(pending.popleft(), keep_states, hand_over)
             while pending:
-                yield self._finish(pending.popleft(), keep_states)
+                yield self._finish(pending.popleft(), keep_states, hand_over)
         finally:
             dev.synchronize()  # nothing left in flight on buffers the caller may reuse
 
@@ -459,6 +508,8 @@ class Conveyor:
         dev.record(slot.computed, self.s_compute)
         slot.key, slot.n, slot.fetch, slot.raw = key, n, fetch, raw  # raw: alive until its upload is done
         if fetch:
+            if slot.pin_out is None:
+                slot.pin_out = self._take_out()
             dev.wait(self.s_down, slot.computed)
             dev.d2h(slot.pin_out[:n], slot.dev_out[:n], self.s_down)
             if snap:
@@ -506,13 +557,14 @@ class Conveyor:
             for dst, s in zip(slot.snap, self._states):
                 dst[...] = s
 
-    def _finish(self, slot: _Slot, keep_states: bool):
+    def _finish(self, slot: _Slot, keep_states: bool, hand_over: bool = False):
         self.dev.sync(slot.downloaded if slot.fetch else slot.computed)
         slot.raw = None
         if not slot.fetch:
             return slot.key, None, None
         states = [p.copy() for p in slot.pin_snap] if keep_states else None
-        return slot.key, slot.pin_out[: slot.n], states
+        out = self._lend(slot) if hand_over else slot.pin_out
+        return slot.key, out[: slot.n], states
 
     # ----------------------------------------------------------------- a whole run
     def process_frames(self, source, target, chain=None, *, chunk_frames: int,
@@ -571,6 +623,12 @@ class Conveyor:
                              "build it without out_dtype")
 
         def write(c, t0, t1, out, info, states):
+            try:
+                return _write(c, t0, t1, out, info, states)
+            finally:
+                self.release(out)  # the pinned block goes back to the conveyor
+
+        def _write(c, t0, t1, out, info, states):
             target[t0:t1] = out
             measured = chain.measure(storage.decode(out)) if getattr(chain, "measures", None) else None
             if storage.packed:
@@ -589,6 +647,7 @@ class Conveyor:
         rpool = ThreadPoolExecutor(max(1, self.readers), thread_name_prefix="xray-gpu-read")
         writers = max(1, int(_scheduler.get("num_workers") or self.writers))
         wpool = ThreadPoolExecutor(writers, thread_name_prefix="xray-gpu-write")
+        self._lend_cap = self.lend_limit(writers)
         block_bytes = chunk_frames * int(np.prod(self.frame_shape)) * np.dtype(getattr(source, "dtype", np.float32)).itemsize
         ahead = max(2, min(self.readers + 1, READ_AHEAD_BYTES // max(block_bytes, 1)))
 
@@ -610,13 +669,16 @@ class Conveyor:
         ok = False
         try:
             keep = on_commit is not None and stateful
-            for c, out, states in self.stream(feed(), states=initial_states, keep_states=keep):
+            for c, out, states in self.stream(feed(), states=initial_states, keep_states=keep, hand_over=True):
                 t0, t1, info = infos.pop(c)
                 if out is None:
                     results.append(skipped(c, t0, t1, info))
                     continue
-                host = np.array(out)  # out of the pinned buffer, which the next block reuses
-                writes.append(wpool.submit(write, c, t0, t1, host, info, states))
+                try:  # written straight from the pinned block (no host copy); write() gives it back
+                    writes.append(wpool.submit(write, c, t0, t1, out, info, states))
+                except BaseException:
+                    self.release(out)
+                    raise
                 while len(writes) > 2 * writers:
                     results.append(writes.popleft().result())
             while writes:
@@ -627,10 +689,18 @@ class Conveyor:
                 fut.cancel()
             rpool.shutdown(wait=True, cancel_futures=True)
             wpool.shutdown(wait=True, cancel_futures=not ok)  # writes already started finish
+            with self._out_cv:  # blocks of cancelled writes never come back: forget them
+                self._out_lent.clear()
+                self._out_cv.notify_all()
         expected = t - (starts[start_block] if start_block < len(starts) else t)
         if sum(r["n"] for r in results) != expected:  # pragma: no cover - a conveyor bug
             raise RuntimeError("the GPU engine did not process every block")
         return sorted(results, key=lambda r: r["t0"])
+
+
+def _address(a) -> int:
+    """Address of a host array's first element (a view from the start of a block has its block's)."""
+    return int(a.__array_interface__["data"][0])
 
 
 def _device_stage(ff, up):

@@ -343,7 +343,10 @@ def test_buffers_allocated_once_for_any_length():
         rng = np.random.default_rng(1)
         chain = _chain(rng, temporal=True)
         _, _, _, conv, dev = _gpu(chain, _Source(_video(rng, t)), 3)
-        counts.append((dev.allocations, dev.pinned_allocations, conv.allocations))
+        # pinned output blocks: one per slot plus those lent to the writers at once, never one per block
+        assert 1 <= conv.pinned_out_allocations <= conv.depth + conv.lend_limit()
+        counts.append((dev.allocations, dev.pinned_allocations - conv.pinned_out_allocations, conv.allocations))
+        assert not conv._out_lent  # every block came back
     assert counts[0] == counts[1]
     assert counts[0][2] == 1
 
@@ -628,3 +631,69 @@ def test_correction_parameters_checks_and_source_lookup(monkeypatch, tmp_path):
     assert kernels.cuda_source("correct") == tmp_path / "correct.cu"
     with pytest.raises(BackendError, match="CUDA source 'nothing.cu' not found"):
         kernels.cuda_source("nothing")
+
+
+class _SlowTarget:
+    """An output that takes its time to store a block and checks that nothing changes under it meanwhile."""
+
+    def __init__(self, shape, dtype, rng):
+        self.data = np.full(shape, -1, dtype)
+        self.rng = rng
+        self.torn = 0
+
+    def __setitem__(self, key, value):
+        import time
+
+        before = np.array(value)
+        time.sleep(float(self.rng.uniform(0, 0.01)))
+        self.torn += int(not np.array_equal(before, value, equal_nan=True))  # the block changed while lent
+        self.data[key] = value
+
+
+def test_output_blocks_lent_to_slow_writers_come_back_unchanged(monkeypatch):
+    """Blocks written straight from pinned memory: never reused while a writer holds them, at most
+    lend_limit() lent at once, recycled (a handful of allocations for 30 blocks), equal to the CPU engine."""
+    import pipeline.conveyor as conveyor_mod
+
+    rng = np.random.default_rng(8)
+    chain = _chain(rng, temporal=True)
+    src = _Source(_video(rng, 61))
+    ref, *_ = _cpu(chain, src, 2)
+    conv = Conveyor(chain, (H, W), device=FakeDevice(3), block_frames=2)
+    monkeypatch.setattr(conveyor_mod, "PINNED_OUT_BYTES", 3 * 2 * H * W * 4)  # three blocks
+    assert conv.lend_limit(4) == 3
+    peak = []
+    lend = conv._lend
+
+    def watched(slot):
+        out = lend(slot)
+        peak.append(len(conv._out_lent))
+        return out
+
+    conv._lend = watched
+    target = _SlowTarget(src.shape, np.float32, np.random.default_rng(0))
+    conv.process_frames(src, target, chain, chunk_frames=2, num_workers=4)
+    assert target.torn == 0 and max(peak) <= 3 and not conv._out_lent
+    assert conv.pinned_out_allocations <= conv.depth + 3
+    np.testing.assert_array_equal(target.data, ref)
+
+
+def test_a_failed_write_gives_its_blocks_back(monkeypatch):
+    rng = np.random.default_rng(9)
+    chain = _chain(rng)
+    src = _Source(_video(rng, 30))
+    conv = Conveyor(chain, (H, W), device=FakeDevice(4), block_frames=3)
+
+    class Broken(_SlowTarget):
+        def __setitem__(self, key, value):
+            if key.start >= 9:
+                raise OSError("disk full")
+            super().__setitem__(key, value)
+
+    with pytest.raises(OSError, match="disk full"):
+        conv.process_frames(src, Broken(src.shape, np.float32, rng), chain, chunk_frames=3, num_workers=2)
+    assert not conv._out_lent
+    target = np.full(src.shape, -1, np.float32)  # the same conveyor runs again, with every block back
+    conv.process_frames(src, target, chain, chunk_frames=3, num_workers=2)
+    ref, *_ = _cpu(chain, src, 3)
+    np.testing.assert_array_equal(target, ref)
