@@ -9,7 +9,8 @@ For every block of frames (``execution.device: gpu``, or ``auto`` with a working
                      (temporal and spatial denoisers, saturation mask,
                      attenuation) when configured
     download stream  device -> pinned                                   (D2H copy engine)
-    host   copy out of the pinned buffer -> write, checksum, measure, commit (threads, behind)
+    host   write straight from the pinned block, checksum, measure, commit (threads, behind; the
+           block goes back to the conveyor's pool once written)
 
 Buffers come in ``depth`` slots (2: double buffering), each with its pinned input, device input,
 device output and pinned output buffers and three events (uploaded, computed, downloaded). Block
