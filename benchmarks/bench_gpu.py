@@ -258,7 +258,9 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
             mod = cp.RawModule(code=code, options=("-std=c++14", f"-DXRAY_FRAMES_IN_FLIGHT={fif}"))
             k._functions[np.dtype(np.uint16), np.dtype(np.float32), k.lanes] = mod.get_function(
                 "correct_u16_f32" + ("_v4" if k.lanes == 4 else ""))
-            k._bad_heads[np.dtype(np.uint16)] = mod.get_function("bad_heads_u16")
+            cols = prm.neighbours.shape[1]  # the same median kernel as CorrectKernel picked
+            k._bad_heads[np.dtype(np.uint16)] = mod.get_function(
+                "bad_heads_u16" + ("_k8" if cols <= 8 else "_k24" if cols <= 24 else ""))
         st = cp.zeros((max(prm.n_terms, 1), h, w), cp.float32)
         tk = timed(lambda k=k, st=st: k(src, o, st), sync)
         res[name] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate}

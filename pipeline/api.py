@@ -407,12 +407,14 @@ def run(
                                fill_value=0 if storage.dtype == "uint16" else np.nan)  # a missing value either way
         writer.set_attrs(storage.attributes(), "frames")
 
-    frame_bytes = h * w * chain.storage.numpy_dtype.itemsize
+    block_bytes = chunk * h * w * chain.storage.numpy_dtype.itemsize
 
     def on_commit(c, t0, t1, written, sts):
         extra = {"measured": written["measured"], "info": written["info"]}
         progress_dir.commit(c, t0, t1, written["checksum"], sts if has_states else None, extra,
-                            out_bytes=(t1 - t0) * frame_bytes)
+                            block_bytes=block_bytes)
+
+    on_commit.block_bytes = block_bytes  # the GPU engine downloads the states of the blocks that save them only
 
     try:
         results = engine(ds.reader(check_missing=cfg.execution.check_missing_chunks), target, chain,

@@ -297,6 +297,7 @@ class _Slot:
         self.key = None
         self.n = 0
         self.fetch = False
+        self.snapped = False
 
     def inputs(self, dtype):
         dtype = np.dtype(dtype)
@@ -433,7 +434,7 @@ class Conveyor:
             self._out_cv.notify_all()
 
     # ----------------------------------------------------------------- the conveyor
-    def stream(self, blocks: Iterable, *, states=None, keep_states: bool = False,
+    def stream(self, blocks: Iterable, *, states=None, keep_states: bool | Callable = False,
                hand_over: bool = False) -> Iterator:
         """Correct blocks in order; uploads, computes and downloads overlap.
 
@@ -446,8 +447,9 @@ class Conveyor:
         states : list, optional
             States of the stateful stages before the first block (host arrays; None entries:
             the stages' initial states from the first frame).
-        keep_states : bool
-            Also hand out the states after every fetched block (host copies).
+        keep_states : bool or callable
+            Also hand out the states after every fetched block (host copies); a callable of the
+            block's key says for which (the others hand out None).
         hand_over : bool
             ``out`` stays valid after the next item: the caller owns it until it passes it to
             :meth:`release` (at most :meth:`lend_limit` blocks at once; the conveyor waits for one back).
@@ -504,7 +506,8 @@ class Conveyor:
         dev.record(slot.uploaded, self.s_up)
         dev.wait(self.s_compute, slot.uploaded)
         dev.wait(self.s_compute, slot.downloaded)  # block c - depth's output (and states) are downloaded
-        snap = keep_states and fetch
+        snap = fetch and bool(keep_states(key) if callable(keep_states) else keep_states)
+        slot.snapped = snap
         dev.launch(self.s_compute, lambda: self._compute(slot, d_in, n, snap))
         dev.record(slot.computed, self.s_compute)
         slot.key, slot.n, slot.fetch, slot.raw = key, n, fetch, raw  # raw: alive until its upload is done
@@ -563,7 +566,7 @@ class Conveyor:
         slot.raw = None
         if not slot.fetch:
             return slot.key, None, None
-        states = [p.copy() for p in slot.pin_snap] if keep_states else None
+        states = [p.copy() for p in slot.pin_snap] if keep_states and slot.snapped else None
         out = self._lend(slot) if hand_over else slot.pin_out
         return slot.key, out[: slot.n], states
 
@@ -670,6 +673,12 @@ class Conveyor:
         ok = False
         try:
             keep = on_commit is not None and stateful
+            block_bytes = getattr(on_commit, "block_bytes", None)
+            if keep and block_bytes:  # only the states the checkpoint will save (the others: a wasted download)
+                from .io.checkpoint import Checkpoint
+
+                every = Checkpoint.state_blocks(sum(4 * int(np.prod(s)) for s in self.state_shapes), block_bytes)
+                keep = (lambda c: c % every == 0) if every > 1 else True
             for c, out, states in self.stream(feed(), states=initial_states, keep_states=keep, hand_over=True):
                 t0, t1, info = infos.pop(c)
                 if out is None:

@@ -300,13 +300,13 @@ class CorrectKernel:
         if t == 0:
             return out
         nb = self.n_bad if self.slot is not None else 0
-        if nb and self._bad.size < t * nb:
-            self._bad = cp.empty(t * nb, cp.float32)  # before the launches: an allocation may synchronise
-        bad = self._bad if nb else self.no_state
-        args = (raw, out_arg, state if p.n_terms else self.no_state, self.dark, self.inv, slot, bad, np.int32(nb),
-                self.amplitudes, self.ratios, np.int32(p.n_terms), np.int32(p.amplitudes.ndim > 1), np.int32(t),
-                np.int64(n), thr, np.int32(p.nonfinite_to_nan), np.float32(scale), np.float32(offset))
         with stream if stream is not None else _null():
+            if nb and self._bad.size < t * nb:  # grown once, on the stream that uses it
+                self._bad = cp.empty(t * nb, cp.float32)
+            bad = self._bad if nb else self.no_state
+            args = (raw, out_arg, state if p.n_terms else self.no_state, self.dark, self.inv, slot, bad,
+                    np.int32(nb), self.amplitudes, self.ratios, np.int32(p.n_terms), np.int32(p.amplitudes.ndim > 1),
+                    np.int32(t), np.int64(n), thr, np.int32(p.nonfinite_to_nan), np.float32(scale), np.float32(offset))
             if nb:  # the bad pixels' replacement values (medians of their neighbours), one thread per pixel and frame
                 self._bad_heads[np.dtype(raw.dtype)](
                     ((t * nb + _BLOCK - 1) // _BLOCK,), (_BLOCK,),

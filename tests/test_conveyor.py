@@ -697,3 +697,31 @@ def test_a_failed_write_gives_its_blocks_back(monkeypatch):
     conv.process_frames(src, target, chain, chunk_frames=3, num_workers=2)
     ref, *_ = _cpu(chain, src, 3)
     np.testing.assert_array_equal(target, ref)
+
+
+def test_states_downloaded_only_for_the_blocks_whose_states_are_saved():
+    """With the checkpoint's cadence (on_commit.block_bytes), the conveyor snapshots every k-th block only."""
+    from pipeline.io.checkpoint import Checkpoint
+
+    rng = np.random.default_rng(12)
+    chain = _chain(rng, temporal=True)
+    src = _Source(_video(rng, 23))
+    ref, _, commits_c = _cpu(chain, src, 2)
+    conv = Conveyor(chain, (H, W), device=FakeDevice(5), block_frames=2)
+    state_bytes = sum(4 * int(np.prod(s)) for s in conv.state_shapes)  # lag (2) + temporal (2) frames
+    block_bytes = 8 * state_bytes // 3 + 1  # states every third block
+    assert Checkpoint.state_blocks(state_bytes, block_bytes) == 3
+    commits = {}
+
+    def on_commit(c, t0, t1, written, states):
+        commits[c] = states
+
+    on_commit.block_bytes = block_bytes
+    target = np.full(src.shape, -1, np.float32)
+    conv.process_frames(src, target, chain, chunk_frames=2, on_commit=on_commit)
+    np.testing.assert_array_equal(target, ref)
+    assert sorted(commits) == list(range(12))
+    assert sorted(c for c in commits if commits[c]) == [0, 3, 6, 9]  # the others got no states (not downloaded)
+    for c in (0, 3, 6, 9):
+        for a, b in zip(commits[c], commits_c[c]):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -7,10 +7,10 @@ Layout (a folder ``OUT.progress`` beside ``OUT.partial``, removed when the run c
     state_000012.npz      states of the stateful stages after block 12 (the newest within the finished
                           prefix is kept; later ones until the prefix reaches them)
 
-States are saved for some blocks only: once the output committed since the last saved states is
-:data:`STATE_EVERY` times their size (at 2048 x 2048 with afterglow and the temporal filter they are
-64 MB, as much as a 4-frame float32 block: saving them with every block doubled the bytes written). A
-resume restarts after the newest saved states within the finished prefix and recomputes the blocks
+States are saved for every k-th block only, k such that the output between two is at least
+:data:`STATE_EVERY` times their size (:meth:`Checkpoint.state_blocks`; at 2048 x 2048 with afterglow
+and the temporal filter they are 64 MB, as much as a 4-frame float32 block: saving them with every
+block doubled the bytes written). A resume restarts after the newest saved states within the finished prefix and recomputes the blocks
 after it (their finished outputs are not written again), so it stays bit-identical.
 
 Every file is written to a temporary name and renamed, so a marker is either whole or absent.
@@ -19,9 +19,9 @@ Every file is written to a temporary name and renamed, so a marker is either who
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
-import threading
 import zlib
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import numpy as np
 
 
 CHECKSUM = "crc32"  # recorded in run fingerprints: progress made with another checksum cannot be verified
-#: Output bytes committed between two saved states, in units of the states' size.
+#: Output bytes between two saved states, in units of the states' size.
 STATE_EVERY = 8
 
 
@@ -66,27 +66,18 @@ class Checkpoint:
     def __init__(self, folder: str | Path, *, state_every: float = STATE_EVERY):
         self.dir = Path(folder)
         self.state_every = float(state_every)
-        self._since = None  # output bytes committed since the last saved states (None: none saved yet)
-        self._lock = threading.Lock()
 
-    def __getstate__(self):  # commits run in cluster workers too: each process keeps its own cadence
-        state = dict(self.__dict__)
-        state["_lock"] = None
-        return state
+    @staticmethod
+    def state_blocks(state_bytes: int, block_bytes: int, state_every: float = STATE_EVERY) -> int:
+        """Blocks between two saved states: the states of blocks 0, k, 2k, ... are saved (k >= 1).
 
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def _states_due(self, state_bytes: int, out_bytes: int | None) -> bool:
-        """Whether this commit saves its states (the first one does; then every STATE_EVERY x their size)."""
-        with self._lock:
-            if self._since is not None and out_bytes is not None:
-                self._since += out_bytes
-                if self._since < self.state_every * state_bytes:
-                    return False
-            self._since = 0
-            return True
+        ``block_bytes``: a (full) block's output. Decided from the block index alone, so every
+        process of a run (cluster workers, Dask's process scheduler) and the GPU engine, which
+        downloads the states of those blocks only, agree whatever order the blocks finish in.
+        """
+        if block_bytes <= 0:
+            return 1
+        return max(1, math.ceil(state_every * state_bytes / block_bytes))
 
     # --- set-up
     def start(self, fingerprint: dict):
@@ -121,13 +112,17 @@ class Checkpoint:
 
     # --- per block
     def commit(self, c: int, t0: int, t1: int, digest: str, states, extra: dict | None, *,
-               out_bytes: int | None = None):
+               block_bytes: int | None = None):
         """Record block ``c`` as finished (after its data is written), with the states after it where due.
 
-        ``out_bytes``: the block's output size, for the cadence of saved states (None: save them).
+        ``block_bytes``: a full block's output size, for the cadence of saved states
+        (:meth:`state_blocks`; None: save them with every block).
         """
         present = states is not None and any(s is not None for s in states)
-        if present and self._states_due(sum(int(np.asarray(s).nbytes) for s in states if s is not None), out_bytes):
+        if present:
+            size = sum(int(np.asarray(s).nbytes) for s in states if s is not None)
+            present = block_bytes is None or c % self.state_blocks(size, block_bytes, self.state_every) == 0
+        if present:
             buf = {f"s{i}": np.asarray(s) for i, s in enumerate(states) if s is not None}
             buf["present"] = np.array([s is not None for s in states])
             tmp = self.dir / f".state_{c:06d}.{os.getpid()}.tmp.npz"

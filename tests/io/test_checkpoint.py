@@ -15,24 +15,26 @@ def _saved(folder):
     return sorted(int(f.stem.split("_")[1]) for f in folder.glob("state_*.npz"))
 
 
-def test_states_saved_once_the_output_since_is_state_every_times_their_size(tmp_path):
+def test_states_saved_every_kth_block_whatever_the_order(tmp_path):
     ck = Checkpoint(tmp_path / "p", state_every=8)
     ck.start({"run": 1})
     states = [np.zeros((4, 4), np.float32), None, np.ones((2, 4, 4), np.float32)]  # 192 bytes
+    assert Checkpoint.state_blocks(192, 384, 8) == 4 and Checkpoint.state_blocks(192, 10**9) == 1
     seen = []
-    for c in range(12):  # 384 output bytes a block: every 8 * 192 / 384 = 4 blocks
-        ck.commit(c, c, c + 1, "x", states, {}, out_bytes=384)
+    for c in range(12):  # 384 output bytes a block: every ceil(8 * 192 / 384) = 4 blocks
+        ck.commit(c, c, c + 1, "x", states, {}, block_bytes=384)
         seen.append(_saved(ck.dir))
     assert seen[0] == [0] and seen[3] == [0] and seen[4] == [4] and seen[11] == [8]  # the newest within the prefix
     restored = ck.states_after(8, 3)
     assert restored[1] is None and np.array_equal(restored[2], states[2])
-    ck.commit(13, 13, 14, "x", states, {})  # out of order, size unknown: saved, and kept beyond the prefix
+    ck.commit(17, 17, 18, "x", states, {}, block_bytes=384)  # out of order: not due
+    ck.commit(16, 16, 17, "x", states, {}, block_bytes=384)  # out of order: due, kept beyond the prefix
     ck.commit(14, 14, 15, "x", None, {})  # no states: only the marker
-    assert _saved(ck.dir) == [8, 13] and (ck.dir / "block_000014.json").is_file()
-    ck2 = pickle.loads(pickle.dumps(ck))  # commits also run in cluster workers
-    ck2.commit(12, 12, 13, "x", states, {}, out_bytes=384)
-    # 12 is not due (its cadence carried over); the prefix is now 0..14, whose newest states are 13's
-    assert _saved(ck2.dir) == [13] and (ck2.dir / "block_000012.json").is_file()
+    assert _saved(ck.dir) == [8, 16] and (ck.dir / "block_000014.json").is_file()
+    ck2 = pickle.loads(pickle.dumps(ck))  # commits also run in other processes: the same decision there
+    ck2.commit(12, 12, 13, "x", states, {}, block_bytes=384)
+    ck2.commit(13, 13, 14, "x", states, {}, block_bytes=384)
+    assert _saved(ck2.dir) == [12, 16]  # the prefix is 0..14 now: 12 is its newest, 8 goes
 
 
 def test_resume_after_sparse_states_is_bit_identical(tmp_path):
@@ -49,10 +51,12 @@ def test_resume_after_sparse_states_is_bit_identical(tmp_path):
         pass
 
     commit = Checkpoint.commit
+    done = []
 
-    def commit_then_stop(self, c, *a, **k):  # the run dies after block 6's marker
+    def commit_then_stop(self, c, *a, **k):  # the run dies after its fifth commit (blocks finish in any order)
         commit(self, c, *a, **k)
-        if c == 6:
+        done.append(c)
+        if len(done) == 5:
             raise Cut
 
     Checkpoint.commit = commit_then_stop
@@ -63,6 +67,14 @@ def test_resume_after_sparse_states_is_bit_identical(tmp_path):
     finally:
         Checkpoint.commit = commit
     progress = tmp_path / "out.zarr.progress"
-    assert _saved(progress) and max(_saved(progress)) < 6  # sparse: block 6 itself has no saved states
+    prefix = -1
+    while prefix + 1 in done:
+        prefix += 1
+    saved = [k for k in _saved(progress) if k <= prefix]
+    assert 0 in saved and 1 in done  # block 1 finished, without saved states (every 8th block saves them)
     api.run(src, out, overrides=over, resume=True)
-    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(out), mode="r")["frames"][:]), reference)
+    group = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(group["frames"][:], reference)
+    resumed = group.attrs["provenance"]["resumed"]
+    assert resumed["from_block"] == max(saved) + 1  # from the newest saved states, not from the start
+    assert set(resumed["blocks_kept"]) == set(done)
