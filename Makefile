@@ -59,7 +59,7 @@ gpu-check: $(if $(filter $(PY),$(GPU_PY)),$(STAMP))
 	else echo "gpu-check: no GPU here, xray-pipeline bench --device gpu skipped"; fi
 
 # Only the wheels this workplace's GPU node lacks (its image has Python 3.12 with CuPy, NumPy, SciPy,
-# scikit-image, numba, h5py, ...: GPU_NODE_HAS), in .whl/ (about 8 MB), for benchmarks/gpu_session.sh;
+# scikit-image, numba, h5py, ...: GPU_NODE_HAS), in .whl/ (about 15 MB), for benchmarks/gpu_session.sh;
 # dask, distributed, zarr, numcodecs and pydantic at the versions the tests ran with here.
 GPU_NODE_HAS = click cloudpickle fsspec jinja2 markupsafe msgpack numpy packaging psutil pyyaml \
   sortedcontainers toolz typing_extensions zipp urllib3 scipy pillow tqdm

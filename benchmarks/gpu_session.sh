@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Everything a session with a GPU should run, in one call of this workplace's device tool, most important
 # first, each part under its own time limit so that what finished comes back even if a later part runs long:
-#   here:   make gpu-bundle                 (the wheels the GPU node lacks, in .whl/, about 8 MB)
+#   here:   make gpu-bundle                 (the wheels the GPU node lacks, in .whl/, about 15 MB)
 #   device: bash benchmarks/gpu_session.sh  (carry: .whl; timeout_s 590)
 # Results land in benchmarks/results/ there and are copied to $OUT (the device tool brings $OUT back):
 # gpu-check.log, gpu-<device>.json (bench_gpu.py), bench_gpu.{json,md} and two plots (bench --device gpu).
-# Budget (seconds, about 9.5 minutes in all): GPU tests 120, bench_gpu.py 150, bench --device gpu 270 (its
+# Budget (seconds, about 9.5 minutes in all): GPU tests 90, bench_gpu.py 120, bench --device gpu 330 (its
 # report is rewritten after each part, so a run cut off at its limit still leaves what it measured).
 set -u
 OUT=${OUT:-/tmp/gpu-session-out}
@@ -17,8 +17,10 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export CUPY_CACHE_DIR="$PWD/.cupycache"
 mkdir -p "$CUPY_CACHE_DIR"
 # Per-part limits (seconds) and the bench's arguments can be set from outside for a shorter call
-T_TESTS=${T_TESTS:-120} T_BENCH_GPU=${T_BENCH_GPU:-150} T_BENCH=${T_BENCH:-270}
-BENCH_ARGS=${BENCH_ARGS:---sizes 2048 --frames 64 --full-frames 4 --scaling-frames 256,1024 --workers 1,16 --repeats 2}
+# (on an H200, 2026-11-27: the GPU tests took 57 s, bench_gpu.py 51 s, and bench at 2048 x 2048 with 128 frames
+# about 200 s before its scaling part)
+T_TESTS=${T_TESTS:-90} T_BENCH_GPU=${T_BENCH_GPU:-120} T_BENCH=${T_BENCH:-330}
+BENCH_ARGS=${BENCH_ARGS:---sizes 2048 --frames 128 --full-frames 16 --scaling-frames 256,1024 --workers 16 --repeats 2}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "gpu_session: could not install .whl" | tee -a "$log"; exit 1; }
