@@ -239,7 +239,7 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
     kernel's bytes in every case (a time ratio, not the variant's own traffic)."""
     import dataclasses
 
-    from pipeline.kernels import CorrectKernel, cuda_source
+    from pipeline.kernels import CorrectKernel
 
     res = {}
     t, h, w = src.shape
@@ -251,16 +251,9 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
                                                   ratios=np.zeros(0, np.float32)), None)}
     for fif in (2, 8):
         cases[f"frames_in_flight_{fif}"] = (params, fif)
-    code = cuda_source("correct").read_text()
     for name, (prm, fif) in cases.items():
-        k = CorrectKernel(prm, lanes=1 if fif == "lanes1" else None)
-        if isinstance(fif, int):  # the same source built with another XRAY_FRAMES_IN_FLIGHT
-            mod = cp.RawModule(code=code, options=("-std=c++14", f"-DXRAY_FRAMES_IN_FLIGHT={fif}"))
-            k._functions[np.dtype(np.uint16), np.dtype(np.float32), k.lanes] = mod.get_function(
-                "correct_u16_f32" + ("_v4" if k.lanes == 4 else ""))
-            cols = prm.neighbours.shape[1]  # the same median kernel as CorrectKernel picked
-            k._bad_heads[np.dtype(np.uint16)] = mod.get_function(
-                "bad_heads_u16" + ("_k8" if cols <= 8 else "_k24" if cols <= 24 else ""))
+        defines = (f"XRAY_FRAMES_IN_FLIGHT={fif}",) if isinstance(fif, int) else ()  # the same source, rebuilt
+        k = CorrectKernel(prm, lanes=1 if fif == "lanes1" else None, defines=defines)
         st = cp.zeros((max(prm.n_terms, 1), h, w), cp.float32)
         tk = timed(lambda k=k, st=st: k(src, o, st), sync)
         res[name] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate}

@@ -308,19 +308,17 @@ XRAY_BAD_HEADS_KERNEL(bad_heads_f32_k24, float, 24)
                                                    nonfinite_to_nan, code_scale, code_offset);                   \
     }
 
-// One pixel a thread (any frame size), and four (_v4: frame sizes a multiple of 4, aligned buffers).
-XRAY_CORRECT_KERNEL(correct_u16_f32, unsigned short, float, false, false, 1)
-XRAY_CORRECT_KERNEL(correct_u16_f16, unsigned short, unsigned short, false, false, 1)
-XRAY_CORRECT_KERNEL(correct_u16_c16, unsigned short, unsigned short, false, true, 1)
-XRAY_CORRECT_KERNEL(correct_f32_f32, float, float, true, false, 1)
-XRAY_CORRECT_KERNEL(correct_f32_f16, float, unsigned short, true, false, 1)
-XRAY_CORRECT_KERNEL(correct_f32_c16, float, unsigned short, true, true, 1)
-XRAY_CORRECT_KERNEL(correct_u16_f32_v4, unsigned short, float, false, false, 4)
-XRAY_CORRECT_KERNEL(correct_u16_f16_v4, unsigned short, unsigned short, false, false, 4)
-XRAY_CORRECT_KERNEL(correct_u16_c16_v4, unsigned short, unsigned short, false, true, 4)
-XRAY_CORRECT_KERNEL(correct_f32_f32_v4, float, float, true, false, 4)
-XRAY_CORRECT_KERNEL(correct_f32_f16_v4, float, unsigned short, true, false, 4)
-XRAY_CORRECT_KERNEL(correct_f32_c16_v4, float, unsigned short, true, true, 4)
+// NAME: one pixel a thread (any frame size); NAME_v4: four (frame sizes a multiple of 4, aligned buffers).
+#define XRAY_CORRECT_KERNELS(NAME, TIN, TOUT, FLOAT_IN, CODE)       \
+    XRAY_CORRECT_KERNEL(NAME, TIN, TOUT, FLOAT_IN, CODE, 1)         \
+    XRAY_CORRECT_KERNEL(NAME##_v4, TIN, TOUT, FLOAT_IN, CODE, 4)
+
+XRAY_CORRECT_KERNELS(correct_u16_f32, unsigned short, float, false, false)
+XRAY_CORRECT_KERNELS(correct_u16_f16, unsigned short, unsigned short, false, false)
+XRAY_CORRECT_KERNELS(correct_u16_c16, unsigned short, unsigned short, false, true)
+XRAY_CORRECT_KERNELS(correct_f32_f32, float, float, true, false)
+XRAY_CORRECT_KERNELS(correct_f32_f16, float, unsigned short, true, false)
+XRAY_CORRECT_KERNELS(correct_f32_c16, float, unsigned short, true, true)
 
 // Saturated pixels to NaN after the stages that must see them unmasked (the denoisers run between
 // the fused kernel and this, as in the CPU chain's tail): out[i] = NaN where float(raw[i]) >= saturation.

@@ -45,7 +45,7 @@ import numpy as np
 
 from .backend import say_once
 from .errors import BackendError
-from .kernels import CorrectionParameters, correction_parameters
+from .kernels import CorrectionParameters, array_address, correction_parameters
 
 #: Largest block (frames) the conveyor picks by itself, and the share of free GPU memory it may take.
 MAX_BLOCK_FRAMES = 64
@@ -421,14 +421,14 @@ class Conveyor:
         with self._out_cv:
             while len(self._out_lent) >= self._lend_cap:  # the writers hold enough: wait for one back
                 self._out_cv.wait()
-            self._out_lent[_address(buf)] = buf
+            self._out_lent[array_address(buf)] = buf
         slot.pin_out = None
         return buf
 
     def release(self, out) -> None:
         """Give back a block handed out by :meth:`stream` with ``hand_over=True`` (any view of it from its start)."""
         with self._out_cv:
-            buf = self._out_lent.pop(_address(out), None)
+            buf = self._out_lent.pop(array_address(out), None)
             if buf is not None and buf.shape == self._out_shape():
                 self._out_free.append(buf)
             self._out_cv.notify_all()
@@ -706,11 +706,6 @@ class Conveyor:
         if sum(r["n"] for r in results) != expected:  # pragma: no cover - a conveyor bug
             raise RuntimeError("the GPU engine did not process every block")
         return sorted(results, key=lambda r: r["t0"])
-
-
-def _address(a) -> int:
-    """Address of a host array's first element (a view from the start of a block has its block's)."""
-    return int(a.__array_interface__["data"][0])
 
 
 def _device_stage(ff, up):

@@ -45,21 +45,22 @@ def cuda_source(name: str) -> Path:
 
 
 @lru_cache(maxsize=None)
-def _module(name: str, device_id: int):
+def _module(name: str, device_id: int, defines: tuple = ()):
     from .backend import cupy_module
 
     cp = cupy_module()
     src = cuda_source(name)
     code = f'#line 1 "{src}"\n' + src.read_text()
     with cp.cuda.Device(device_id):
-        return cp.RawModule(code=code, options=("-std=c++14",))
+        return cp.RawModule(code=code, options=("-std=c++14", *(f"-D{d}" for d in defines)))
 
 
-def get_kernel(name: str, function: str):
-    """The kernel ``function`` of ``cuda/<name>.cu`` for the current device."""
+def get_kernel(name: str, function: str, defines: tuple = ()):
+    """The kernel ``function`` of ``cuda/<name>.cu`` for the current device (``defines``: ``NAME=VALUE`` macros
+    for the build, e.g. ``("XRAY_FRAMES_IN_FLIGHT=8",)``; each set is built once)."""
     from .backend import cupy_module
 
-    return _module(name, cupy_module().cuda.Device().id).get_function(function)
+    return _module(name, cupy_module().cuda.Device().id, tuple(defines)).get_function(function)
 
 
 def remove_lag_gpu(frames, amplitudes, ratios, state):
@@ -240,9 +241,11 @@ class CorrectKernel:
         Pixels per thread: 4 (default, ``$XRAY_PIPELINE_KERNEL_LANES`` or :data:`LANES`) where the frame's
         pixel count is a multiple of 4 and every buffer is aligned to 4 values, else 1. The results are
         identical (each pixel gets the same operations); only the memory accesses differ.
+    defines : tuple of str, optional
+        Macros for building ``cuda/correct.cu`` (benchmarks try other ``XRAY_FRAMES_IN_FLIGHT``).
     """
 
-    def __init__(self, params: CorrectionParameters, *, lanes: int | None = None):
+    def __init__(self, params: CorrectionParameters, *, lanes: int | None = None, defines: tuple = ()):
         from .backend import cupy_module
 
         cp = self._cp = cupy_module()
@@ -259,14 +262,15 @@ class CorrectKernel:
         self.ratios = cp.asarray(params.ratios if params.n_terms else np.zeros(1, np.float32))
         self.no_state = cp.zeros(1, cp.float32)
         # compiled now: a missing compiler or a bad source fails at set-up, not in the middle of a run
-        self._functions = {(r, o, v): get_kernel("correct", f"correct_{_INPUTS[r]}_{_OUTPUTS[o]}{'_v4' if v > 1 else ''}")
+        self._functions = {(r, o, v): get_kernel("correct", f"correct_{_INPUTS[r]}_{_OUTPUTS[o]}{'_v4' if v > 1 else ''}",
+                                                 defines)
                            for r in _INPUTS for o in _OUTPUTS for v in {1, self.lanes}}
-        self._saturate = {r: get_kernel("correct", f"saturate_{_INPUTS[r]}") for r in _INPUTS}
+        self._saturate = {r: get_kernel("correct", f"saturate_{_INPUTS[r]}", defines) for r in _INPUTS}
         # the medians in registers for tables of up to 8 or 24 columns (bad pixels with good neighbours within
         # radius 1 or 2), the generic version (a local array) for wider ones
         k = int(params.neighbours.shape[1])
         width = "_k8" if k <= 8 else "_k24" if k <= 24 else ""
-        self._bad_heads = {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}{width}") for r in _INPUTS}
+        self._bad_heads = {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}{width}", defines) for r in _INPUTS}
         self.n_bad = int(params.targets.size)
         self._bad = cp.empty(0, cp.float32)  # (T, n_bad) replacement values, grown to the largest block once
 
@@ -312,7 +316,7 @@ class CorrectKernel:
                     ((t * nb + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
                     (raw, self.dark, self.inv, self.neighbours, np.int32(self.neighbours.shape[1]), np.int32(nb),
                      np.int32(t), np.int64(n), bad))
-            v = self.lanes if self.lanes > 1 and all(_address(a) % (a.itemsize * self.lanes) == 0
+            v = self.lanes if self.lanes > 1 and all(array_address(a) % (a.itemsize * self.lanes) == 0
                                                      for a in (raw, out, state if p.n_terms else None)
                                                      if a is not None) else 1
             threads = n // v
@@ -333,8 +337,8 @@ class CorrectKernel:
         return out
 
 
-def _address(a) -> int:
-    """Device (CuPy) or host (NumPy, in tests) address of an array's first element."""
+def array_address(a) -> int:
+    """Device (CuPy) or host (NumPy) address of an array's first element (a view from an array's start: its own)."""
     data = getattr(a, "data", None)
     return int(data.ptr) if hasattr(data, "ptr") else int(a.ctypes.data)
 

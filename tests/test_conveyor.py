@@ -577,7 +577,7 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
     fake_cp = SimpleNamespace(asarray=np.asarray, zeros=np.zeros, empty=np.empty, float32=np.float32,
                               float16=np.float16, uint16=np.uint16)
     monkeypatch.setattr(backend, "cupy_module", lambda: fake_cp)
-    monkeypatch.setattr(kernels, "get_kernel", lambda module, fn: _Fn(fn))
+    monkeypatch.setattr(kernels, "get_kernel", lambda module, fn, defines=(): _Fn(fn))
     rng = np.random.default_rng(9)
     bp = (rng.random((H, W)) < 0.1).astype(np.uint8) if bad else np.zeros((H, W), np.uint8)
     from pipeline.ops.flatfield import neighbour_table
