@@ -250,9 +250,10 @@ class CorrectKernel:
 
         cp = self._cp = cupy_module()
         self.params = params
-        lanes = int(lanes if lanes is not None else os.environ.get("XRAY_PIPELINE_KERNEL_LANES", LANES))
-        if lanes not in (1, 4):
-            raise ValueError(f"lanes must be 1 or 4, not {lanes}")
+        given = lanes if lanes is not None else os.environ.get("XRAY_PIPELINE_KERNEL_LANES", LANES)
+        if str(given).strip() not in ("1", "4"):
+            raise ValueError(f"pixels per thread (lanes, or $XRAY_PIPELINE_KERNEL_LANES) must be 1 or 4, not {given!r}")
+        lanes = int(given)
         self.lanes = lanes if params.n_pixels % 4 == 0 else 1
         self.dark = cp.asarray(params.dark)
         self.inv = cp.asarray(params.inv)

@@ -725,3 +725,20 @@ def test_states_downloaded_only_for_the_blocks_whose_states_are_saved():
     for c in (0, 3, 6, 9):
         for a, b in zip(commits[c], commits_c[c]):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_kernel_lanes_setting_is_checked(monkeypatch):
+    from pipeline import kernels
+
+    fake_cp = SimpleNamespace(asarray=np.asarray, zeros=np.zeros, empty=np.empty, float32=np.float32)
+    monkeypatch.setattr(backend, "cupy_module", lambda: fake_cp)
+    monkeypatch.setattr(kernels, "get_kernel", lambda module, fn, defines=(): fn)
+    params = kernels.correction_parameters((H, W))
+    monkeypatch.setenv("XRAY_PIPELINE_KERNEL_LANES", "two")
+    with pytest.raises(ValueError, match=r"XRAY_PIPELINE_KERNEL_LANES\) must be 1 or 4, not 'two'"):
+        kernels.CorrectKernel(params)
+    assert kernels.CorrectKernel(params, lanes=1).lanes == 1
+    monkeypatch.setenv("XRAY_PIPELINE_KERNEL_LANES", "1")
+    assert kernels.CorrectKernel(params).lanes == 1
+    monkeypatch.delenv("XRAY_PIPELINE_KERNEL_LANES")
+    assert kernels.CorrectKernel(params).lanes == 4  # 12 x 17 pixels: a multiple of 4
