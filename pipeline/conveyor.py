@@ -389,7 +389,7 @@ class Conveyor:
                                    response=self.ff_dev is not None, requested=requested)
 
     def _ensure_slots(self, frames: int):
-        if frames > self._frames or not self._slots:
+        if frames != self._frames or not self._slots:
             if self._slots:
                 self.dev.synchronize()
             self._slots = [_Slot(self.dev, frames, self.frame_shape, self.out_dtype, self.state_shapes)
@@ -588,8 +588,10 @@ class Conveyor:
             raise ValueError("process_frames got another chain than the conveyor was built for")
         chain = self.chain
         t = int(source.shape[0])
-        if chunk_frames > self.block_frames:
-            self.block_frames = int(chunk_frames)  # the output's chunks are the blocks
+        # the output's chunks are the blocks: buffers and the pinned pool are counted in them (slots sized
+        # for 64-frame blocks would pin 16x the memory a 4-frame chunk needs, and the pool would lend
+        # only PINNED_OUT_BYTES / (64 frames) blocks: two writers busy, the others idle)
+        self.block_frames = int(chunk_frames)
         starts = list(range(0, t, chunk_frames))
         stateful = self.lag is not None or bool(self.stages)
         blocks = [(c, s, min(s + chunk_frames, t)) for c, s in enumerate(starts) if c >= start_block]

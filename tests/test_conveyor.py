@@ -742,3 +742,44 @@ def test_kernel_lanes_setting_is_checked(monkeypatch):
     assert kernels.CorrectKernel(params).lanes == 1
     monkeypatch.delenv("XRAY_PIPELINE_KERNEL_LANES")
     assert kernels.CorrectKernel(params).lanes == 4  # 12 x 17 pixels: a multiple of 4
+
+
+class _CountingTarget(_SlowTarget):
+    """A slow target that records how many writes run at once."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        import threading
+
+        self.lock = threading.Lock()
+        self.now = self.peak = 0
+
+    def __setitem__(self, key, value):
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            super().__setitem__(key, value)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_blocks_of_a_run_are_its_chunks_so_every_writer_gets_one(monkeypatch):
+    """A conveyor sized for large blocks (what api.run builds) running a video in small chunks: its
+    buffers shrink to the chunk, so the pinned pool lends enough blocks for all the writers at once
+    (a pool counted in 64-frame blocks lent two 4-frame chunks and left the other writers idle)."""
+    import pipeline.conveyor as conveyor_mod
+
+    rng = np.random.default_rng(13)
+    chain = _chain(rng)
+    src = _Source(_video(rng, 40))
+    ref, *_ = _cpu(chain, src, 2)
+    monkeypatch.setattr(conveyor_mod, "PINNED_OUT_BYTES", 16 * 2 * H * W * 4)  # 16 blocks of 2 frames
+    conv = Conveyor(chain, (H, W), device=FakeDevice(6))  # sized from the free memory: 64 frames
+    assert conv.block_frames == 64
+    target = _CountingTarget(src.shape, np.float32, np.random.default_rng(1))
+    conv.process_frames(src, target, chain, chunk_frames=2, num_workers=4)
+    np.testing.assert_array_equal(target.data, ref)
+    assert conv._slots[0].shape[0] == 2 and conv.lend_limit(4) == 10
+    assert target.peak == 4  # every writer busy at once (the pool sized in 64-frame blocks allowed 2)
