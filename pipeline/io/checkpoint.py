@@ -22,6 +22,8 @@ import json
 import math
 import os
 import shutil
+import threading
+import uuid
 import zlib
 from pathlib import Path
 
@@ -66,6 +68,9 @@ class Checkpoint:
     def __init__(self, folder: str | Path, *, state_every: float = STATE_EVERY):
         self.dir = Path(folder)
         self.state_every = float(state_every)
+        # what this process knows of the folder, shared by the copies of this checkpoint (threads, pickled
+        # copies in worker processes): a new Checkpoint (a new run or resume) starts from nothing
+        self._token = uuid.uuid4().hex
 
     @staticmethod
     def state_blocks(state_bytes: int, block_bytes: int, state_every: float = STATE_EVERY) -> int:
@@ -152,24 +157,45 @@ class Checkpoint:
             return [z[f"s{i}"] if present[i] else None for i in range(n)]
 
     def _prune(self):
-        """Keep the newest states within the finished prefix (what a resume needs) and any after it."""
-        done = sorted(int(f.stem.split("_")[1]) for f in self.dir.glob("block_*.json"))
-        prefix = -1
-        for b in done:
-            if b != prefix + 1:
-                break
-            prefix = b
-        saved = {int(f.stem.split("_")[1]): f for f in self.dir.glob("state_*.npz")}
-        keep = max((k for k in saved if k <= prefix), default=-1)
-        for k, f in saved.items():
-            if k < keep:
-                try:
-                    f.unlink()
-                except FileNotFoundError:
-                    pass
+        """Keep the newest states within the finished prefix (what a resume needs) and any after it.
+
+        Amortised O(1) a commit: the prefix only grows (markers are never removed during a run), so
+        each process looks at each block's files once (globbing the folder at every commit made a
+        long run quadratic: 6 ms a commit at 4 000 blocks).
+        """
+        with _KNOWN_LOCK:
+            known = _KNOWN.setdefault((str(self.dir), self._token), _Known())
+        with known.lock:
+            p = known.prefix
+            while (self.dir / f"block_{p + 1:06d}.json").is_file():
+                p += 1
+                if (self.dir / f"state_{p:06d}.npz").is_file():  # written before its marker
+                    known.states.append(p)
+            known.prefix = p
+            old, known.states = known.states[:-1], known.states[-1:]
+        for k in old:
+            try:
+                (self.dir / f"state_{k:06d}.npz").unlink()
+            except FileNotFoundError:  # another process pruned it
+                pass
 
     def remove(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+        with _KNOWN_LOCK:
+            _KNOWN.pop((str(self.dir), self._token), None)
+
+
+class _Known:
+    """A process's view of a progress folder: the finished prefix and the saved states within it."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.prefix = -1
+        self.states: list[int] = []
+
+
+_KNOWN: dict = {}
+_KNOWN_LOCK = threading.Lock()
 
 
 def _jsonable(o):

@@ -78,3 +78,26 @@ def test_resume_after_sparse_states_is_bit_identical(tmp_path):
     resumed = group.attrs["provenance"]["resumed"]
     assert resumed["from_block"] == max(saved) + 1  # from the newest saved states, not from the start
     assert set(resumed["blocks_kept"]) == set(done)
+
+
+def test_commits_never_list_the_folder(tmp_path, monkeypatch):
+    """A commit looks at its own blocks' files only: listing the folder every commit made long runs quadratic."""
+    from pathlib import Path
+
+    ck = Checkpoint(tmp_path / "p", state_every=8)
+    ck.start({"run": 1})
+    states = [np.ones((2, 4, 4), np.float32)]  # 128 bytes: saved every 4th block of 256 bytes
+    real_glob = Path.glob
+
+    def no_glob(self, pattern):
+        if self == ck.dir:
+            raise AssertionError(f"the progress folder was listed ({pattern})")
+        return real_glob(self, pattern)
+
+    monkeypatch.setattr(Path, "glob", no_glob)
+    order = [1, 0, 3, 2, 5, 4, 6, 8, 7, 9]  # out of order, as threads and processes finish
+    for c in order:
+        ck.commit(c, c, c + 1, "x", states, {}, block_bytes=256)
+    monkeypatch.setattr(Path, "glob", real_glob)
+    assert _saved(ck.dir) == [8]  # 0 and 4 pruned once 8 is within the finished prefix
+    assert sorted(ck.markers()) == list(range(10))
