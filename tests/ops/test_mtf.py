@@ -213,3 +213,25 @@ def test_mtf_stage_in_run(tmp_path):
     np.testing.assert_allclose(m20, _cross(f, truth, 0.2) / 0.01, rtol=0.05)
     assert g["mtf/frequencies_lp_per_mm"][:].shape[0] == g["mtf/mtf"].shape[1]
     assert Path(res.mtf_summary["plot"]).exists()
+
+
+def test_batched_normal_equations_equal_one_solve_each():
+    """The edge fit's batched solve: each system as np.linalg.solve alone; a singular one gives zeros."""
+    from pipeline.ops.mtf import _solve_batch
+
+    rng = np.random.default_rng(4)
+    for p in (2, 3):
+        a = rng.normal(size=(7, 40, p))
+        lhs = np.swapaxes(a, 1, 2) @ a  # positive definite
+        lhs[3] = 0.0  # no valid rows: singular
+        lhs[5, :, -1] = lhs[5, :, 0]  # two equal columns: singular (rank p - 1)
+        lhs[5, -1, :] = lhs[5, 0, :]
+        rhs = rng.normal(size=(7, p))
+        got = _solve_batch(lhs, rhs, np)
+        for i in range(7):
+            try:
+                want = np.linalg.solve(lhs[i], rhs[i])
+            except np.linalg.LinAlgError:
+                want = np.zeros(p)
+            np.testing.assert_allclose(got[i], want, rtol=1e-12, atol=1e-12)
+        assert not got[3].any()
