@@ -11,6 +11,7 @@ get the same behaviour (and the same one-line errors) as the CLI::
 
 from __future__ import annotations
 
+import os
 import platform
 import warnings
 import socket
@@ -48,6 +49,8 @@ class RunResult:
     mtf_summary: dict | None = None
     skipped_frames: list | None = None
     nonfinite_input_pixels: int = 0
+    #: where the time went (:func:`time_account`)
+    time_account: dict | None = None
 
 
 def _now() -> str:
@@ -329,6 +332,7 @@ def run(
         chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, mtf_roi=mtf_roi, noise=noise,
                             response=response)
     engine = process_frames  # device gpu (or auto with a working GPU): the GPU conveyor, where it can run this chain
+    gpu = None
     if device == "gpu" and on_cluster:  # the same graph; every task runs its stages on its worker's GPU
         from .conveyor import DeviceChain
 
@@ -417,11 +421,13 @@ def run(
     on_commit.block_bytes = block_bytes  # the GPU engine downloads the states of the blocks that save them only
 
     try:
+        engine_start = time.perf_counter()
         results = engine(ds.reader(check_missing=cfg.execution.check_missing_chunks), target, chain,
                          chunk_frames=chunk, scheduler=cfg.execution.scheduler, cluster=cfg.execution.cluster,
                          num_workers=cfg.execution.num_workers, progress=progress, start_block=start_block,
                          initial_states=states, skip_write=skip, on_commit=on_commit,
                          skip_errors=cfg.execution.on_error == "skip", recycle=True)
+        engine_s = time.perf_counter() - engine_start
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted; the finished blocks are kept: resume with 'xray-pipeline run "
                              f"{_source or input} {output} --resume{' --overwrite' if overwrite else ''}' and the same "
@@ -444,6 +450,14 @@ def run(
         writer.write("calibration/bad_pixels", np.asarray(cal.bad_pixels, np.uint8))
         writer.write("calibration/gain", np.asarray(cal.gain, np.float32))
     seconds = time.perf_counter() - start
+    if gpu is not None:
+        threads = {"readers": gpu.readers, "writers": int(cfg.execution.num_workers or gpu.writers)}
+    elif on_cluster:
+        threads = None  # the cluster's
+    else:
+        threads = 1 if cfg.execution.scheduler == "synchronous" else int(cfg.execution.num_workers or os.cpu_count() or 1)
+    account = time_account(results, seconds, threads=threads, blocks_s=engine_s,
+                           waits=dict(gpu.waits) if gpu is not None else None)
     ghost = None
     if model is not None and ds.has_truth and cfg.flatfield.output == "counts" and not skipped:
         ghost = ghost_report(ds, zarr_store.Decoded(target, chain.storage.decode), model, chunk)
@@ -475,6 +489,7 @@ def run(
         "end": _now(),
         "seconds": seconds,
         "frames_per_second": t / seconds if seconds > 0 else None,
+        "time_account": account,
         "device": "gpu (each dask.distributed worker's)" if device == "gpu" and on_cluster else describe_device(device),
         "host": socket.gethostname(),
         "python": platform.python_version(),
@@ -497,7 +512,31 @@ def run(
                       stacklevel=2)
     nbad = int(np.count_nonzero(cal.bad_pixels)) if cal is not None else 0
     return RunResult(final, t, seconds, t / seconds if seconds > 0 else float("inf"), tuple(chain.names), nbad, ghost,
-                     mtf_summary, skipped, nonfinite)
+                     mtf_summary, skipped, nonfinite, account)
+
+
+def time_account(results, seconds: float, *, threads, blocks_s: float | None = None,
+                 waits: dict | None = None) -> dict:
+    """Where a run's time went, from the blocks' records (:func:`pipeline.schedule.process_frames`).
+
+    Returns ``wall_s``; ``blocks_s``: the part of it spent running the blocks (the rest: opening,
+    calibrating, fitting the noise model, finding the MTF edge, writing the summaries); ``read_s``, ``stages_s``, ``write_s``, ``record_s``: thread-seconds summed
+    over this run's blocks (reading and decompressing the input; the stages and the storage
+    encoding, on the CPU engine; compressing and storing the output; measurements, checksums and
+    progress markers); ``threads``: how many threads shared them (an int, ``{"readers": n,
+    "writers": n}`` on the GPU engine, None on a cluster); on the GPU engine ``gpu_waits_s``: the
+    seconds its conveyor thread waited on the ``reads``, the ``device`` and the ``writers``, and
+    ``bound_by``: the one it waited on most (what sets the pace).
+    """
+    tot = {"read": 0.0, "stages": 0.0, "write": 0.0, "record": 0.0}
+    for r in results:
+        for k, v in (r.get("seconds") or {}).items():
+            tot[k] = tot.get(k, 0.0) + float(v)
+    out = {"wall_s": float(seconds), "blocks_s": None if blocks_s is None else float(blocks_s), "threads": threads, **{f"{k}_s": round(v, 4) for k, v in tot.items()}}
+    if waits is not None:
+        out["gpu_waits_s"] = {k: round(float(v), 4) for k, v in waits.items()}
+        out["bound_by"] = max(waits, key=waits.get) if any(waits.values()) else None
+    return out
 
 
 def _revive(measured):
@@ -949,7 +988,7 @@ def info(path: str | Path) -> dict:
     return zarr_store.describe(path)
 
 
-__all__ = ["RunResult", "run", "simulate", "calibrate", "save_calibration", "load_calibration", "info",
+__all__ = ["RunResult", "run", "time_account", "simulate", "calibrate", "save_calibration", "load_calibration", "info",
            "PipelineError"]
 
 

@@ -392,6 +392,7 @@ def bench_pipelines(path: Path, tmp: Path, *, config: RunConfig, device: str, re
                                                       overwrite=True), n, n * h * w * (2 + out_bytes))
     order = list(jobs)
     times: dict = {k: [] for k in order}
+    accounts: dict = {}  # the pipelines' time accounts (api.time_account), of their last timed run
     for k in order:  # warm-up: compilation, page cache
         if not k.startswith("full"):
             jobs[k][0]()
@@ -400,8 +401,10 @@ def bench_pipelines(path: Path, tmp: Path, *, config: RunConfig, device: str, re
             if k.startswith("full") and i >= max(1, repeats - 1):
                 continue
             t0 = time.perf_counter()
-            jobs[k][0]()
+            done = jobs[k][0]()
             times[k].append(time.perf_counter() - t0)
+            if getattr(done, "time_account", None):
+                accounts[k] = done.time_account
     for k in order:
         med = statistics.median(times[k])
         timing = {"median_s": med, "seconds": times[k],
@@ -409,6 +412,8 @@ def bench_pipelines(path: Path, tmp: Path, *, config: RunConfig, device: str, re
         res[k] = _entry(timing, frames=jobs[k][1], nbytes=jobs[k][2],
                         roofline=None if k.startswith("zarr") else "zarr copy uint16",
                         kind="roofline" if k.startswith("zarr") else "pipeline")
+        if k in accounts:
+            res[k]["time_account"] = accounts[k]
     for k in order:  # a float32 output: also against the copy that writes the same dtype
         if not k.startswith("zarr") and "uint16 output" not in k:
             res[k]["ratio_to_float32_copy"] = res[k]["per_s"] / res["zarr copy uint16->float32"]["per_s"]
@@ -511,6 +516,27 @@ def _table(lines: list, res: dict, unit: str = "frames/s"):
                      f"{e['median_s']:.3f} | {e['spread_pct']:.0f} |")
 
 
+def _time_table(lines: list, pipelines: dict):
+    """Where each pipeline's time went (its last timed run): thread-seconds, and the GPU conveyor's waits."""
+    acc = {k: e["time_account"] for k, e in pipelines.items() if e.get("time_account")}
+    if not acc:
+        return
+    lines += ["Where the time went (last timed run; thread-seconds summed over the blocks; the GPU engine's "
+              "conveyor waits and what it waited on most):", "",
+              "| pipeline | wall s | blocks s | read | stages | write | record | threads | waits: reads / device / "
+              "writers s | paced by |", "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    for k, a in acc.items():
+        th = a.get("threads")
+        th = f"{th['readers']} + {th['writers']}" if isinstance(th, dict) else str(th)
+        w = a.get("gpu_waits_s")
+        ws = " / ".join(f"{w[x]:.2f}" for x in ("reads", "device", "writers")) if w else ""
+        blocks = a.get("blocks_s")
+        lines.append(f"| {k} | {a['wall_s']:.2f} | {'' if blocks is None else f'{blocks:.2f}'} | {a['read_s']:.2f} | "
+                     f"{a['stages_s']:.2f} | {a['write_s']:.2f} | {a['record_s']:.2f} | {th} | {ws} | "
+                     f"{a.get('bound_by') or ''} |")
+    lines.append("")
+
+
 def write_report(data: dict, out: Path) -> list[Path]:
     """``bench_<device>.json``, ``.md`` and the two plots into ``out``; returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -540,6 +566,7 @@ def write_report(data: dict, out: Path) -> list[Path]:
                  if "speedup_vs_cpu_engine" in e]
         if speed:
             lines += ["Speed-up over the CPU engine on this machine (same run): " + "; ".join(speed) + ".", ""]
+        _time_table(lines, block["pipelines"])
     if data.get("mtf"):
         lines += ["## Slanted-edge MTF", ""]
         _table(lines, data["mtf"], unit="ROIs/s")

@@ -189,6 +189,8 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
     finally:
         bar.close()
     click.echo(f"{res.frames} frames in {res.seconds:.2f} s ({res.frames_per_second:.1f} frames/s) -> {res.output}")
+    if res.time_account and not quiet:
+        click.echo(describe_time(res.time_account))
     if res.skipped_frames:
         click.echo("skipped (unreadable input, NaN in the output): "
                    + ", ".join(f"frames {a}-{b}" for a, b, _ in res.skipped_frames), err=True)
@@ -447,6 +449,26 @@ def config_cmd(config_file, overrides):
     from .config import dump_yaml, load_config
 
     click.echo(dump_yaml(load_config(config_file, overrides=list(overrides))), nl=False)
+
+
+_PACE = {"reads": "reading the input (decompression)", "device": "the GPU",
+         "writers": "writing the output (compression)"}
+
+
+def describe_time(acc: dict) -> str:
+    """One line from :func:`pipeline.api.time_account`: where the time went, and what set the pace."""
+    th = acc.get("threads")
+    who = (f"{th['readers']} reading, {th['writers']} writing threads" if isinstance(th, dict)
+           else f"{th} threads" if th else "the cluster's workers")
+    setup = (f"{acc['wall_s'] - acc['blocks_s']:.1f} s setting up, {acc['blocks_s']:.1f} s on the blocks: "
+             if acc.get("blocks_s") is not None else "")
+    line = (f"time: {setup}reading {acc['read_s']:.1f} s, stages {acc['stages_s']:.1f} s, writing {acc['write_s']:.1f} s, "
+            f"recording {acc['record_s']:.1f} s (thread-seconds over {who})")
+    waits = acc.get("gpu_waits_s")
+    if waits:
+        line += ("; the GPU conveyor waited " + ", ".join(f"{v:.1f} s on the {k}" for k, v in waits.items())
+                 + (f": paced by {_PACE[acc['bound_by']]}" if acc.get("bound_by") else ""))
+    return line
 
 
 def main(argv=None) -> int:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -378,6 +379,10 @@ class Conveyor:
         self._out_cv = threading.Condition()
         self.pinned_out_allocations = 0
         self._lend_cap = self.lend_limit()
+        #: seconds the conveyor's thread waited, since the last process_frames began, on the readers, the
+        #: device and the writers (a pinned block to download into, or room in the writers' queue): what
+        #: it waits on most sets the pace
+        self.waits = {"reads": 0.0, "device": 0.0, "writers": 0.0}
 
     # ----------------------------------------------------------------- sizing
     def fit_block_frames(self, requested: int, input_dtype=np.uint16) -> int:
@@ -418,10 +423,12 @@ class Conveyor:
     def _lend(self, slot: _Slot):
         """Hand the slot's output block over (the slot takes another for its next download)."""
         buf = slot.pin_out
+        waited = time.perf_counter()
         with self._out_cv:
             while len(self._out_lent) >= self._lend_cap:  # the writers hold enough: wait for one back
                 self._out_cv.wait()
             self._out_lent[array_address(buf)] = buf
+        self.waits["writers"] += time.perf_counter() - waited
         slot.pin_out = None
         return buf
 
@@ -562,7 +569,9 @@ class Conveyor:
                 dst[...] = s
 
     def _finish(self, slot: _Slot, keep_states: bool, hand_over: bool = False):
+        waited = time.perf_counter()
         self.dev.sync(slot.downloaded if slot.fetch else slot.computed)
+        self.waits["device"] += time.perf_counter() - waited
         slot.raw = None
         if not slot.fetch:
             return slot.key, None, None
@@ -587,6 +596,7 @@ class Conveyor:
         if chain is not None and chain is not self.chain:
             raise ValueError("process_frames got another chain than the conveyor was built for")
         chain = self.chain
+        self.waits = dict.fromkeys(self.waits, 0.0)
         t = int(source.shape[0])
         # the output's chunks are the blocks: buffers and the pinned pool are counted in them (slots sized
         # for 64-frame blocks would pin 16x the memory a 4-frame chunk needs, and the pool would lend
@@ -609,6 +619,7 @@ class Conveyor:
             blocks = [b for b in blocks if b[0] not in skip_write]
 
         def read(t0, t1):
+            start = time.perf_counter()
             info = {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}
             if hasattr(source, "read_block"):
                 raw, bad = source.read_block(t0, t1, skip=skip_errors)
@@ -621,30 +632,33 @@ class Conveyor:
                 info["nonfinite"] = nonfinite - skipped_px
             if raw.dtype not in (np.dtype(np.uint16), np.dtype(np.float32)):
                 raw = raw.astype(np.float32)
-            return raw, info
+            return raw, info, time.perf_counter() - start
 
         storage = self.storage
         if self.out_dtype != storage.numpy_dtype:
             raise ValueError(f"the conveyor hands back {self.out_dtype} frames but the run stores {storage.dtype}; "
                              "build it without out_dtype")
 
-        def write(c, t0, t1, out, info, states):
+        def write(c, t0, t1, out, info, states, read_s):
             try:
-                return _write(c, t0, t1, out, info, states)
+                return _write(c, t0, t1, out, info, states, read_s)
             finally:
                 self.release(out)  # the pinned block goes back to the conveyor
 
-        def _write(c, t0, t1, out, info, states):
+        def _write(c, t0, t1, out, info, states, read_s):
+            start = time.perf_counter()
             target[t0:t1] = out
+            stored_at = time.perf_counter()
             measured = chain.measure(storage.decode(out)) if getattr(chain, "measures", None) else None
             if storage.packed:
                 info = {**info, "at_limit": storage.at_limit(out)}
             written = {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": checksum(out), "info": info,
-                       "skipped_write": False}
+                       "skipped_write": False, "seconds": {"read": read_s, "write": stored_at - start}}
             if progress is not None:
                 progress(t1 - t0)
             if on_commit is not None:
                 on_commit(c, t0, t1, written, list(states) if states is not None else [])
+            written["seconds"]["record"] = time.perf_counter() - stored_at
             return written
 
         infos: dict = {}
@@ -668,8 +682,10 @@ class Conveyor:
                 nxt = next(queue, None)
                 if nxt is not None:
                     reads.append((nxt, rpool.submit(read, nxt[1], nxt[2])))
-                raw, info = fut.result()
-                infos[c] = (t0, t1, info)
+                waited = time.perf_counter()
+                raw, info, read_s = fut.result()
+                self.waits["reads"] += time.perf_counter() - waited
+                infos[c] = (t0, t1, info, read_s)
                 yield c, raw, c not in skip_write
 
         ok = False
@@ -682,17 +698,19 @@ class Conveyor:
                 every = Checkpoint.state_blocks(sum(4 * int(np.prod(s)) for s in self.state_shapes), block_bytes)
                 keep = (lambda c: c % every == 0) if every > 1 else True
             for c, out, states in self.stream(feed(), states=initial_states, keep_states=keep, hand_over=True):
-                t0, t1, info = infos.pop(c)
+                t0, t1, info, read_s = infos.pop(c)
                 if out is None:
                     results.append(skipped(c, t0, t1, info))
                     continue
                 try:  # written straight from the pinned block (no host copy); write() gives it back
-                    writes.append(wpool.submit(write, c, t0, t1, out, info, states))
+                    writes.append(wpool.submit(write, c, t0, t1, out, info, states, read_s))
                 except BaseException:
                     self.release(out)
                     raise
+                waited = time.perf_counter()
                 while len(writes) > 2 * writers:
                     results.append(writes.popleft().result())
+                self.waits["writers"] += time.perf_counter() - waited
             while writes:
                 results.append(writes.popleft().result())
             ok = True

@@ -34,6 +34,7 @@ import contextlib
 import logging
 import operator
 import os
+import time
 import uuid
 from typing import Callable
 
@@ -224,6 +225,7 @@ def _read_ahead(scheduler: str, cluster: str, num_workers: int | None) -> int:
 
 def _head(source, chain, t0, t1, skip_errors, *after):
     """Read a block and run the stateless head stages; a unreadable block becomes NaN when skipping errors."""
+    start = time.perf_counter()
     info = {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}
     if hasattr(source, "read_block"):
         raw, skipped = source.read_block(t0, t1, skip=skip_errors)
@@ -234,16 +236,29 @@ def _head(source, chain, t0, t1, skip_errors, *after):
         nonfinite = int(raw.size - np.count_nonzero(np.isfinite(raw)))
         skipped_px = sum((b - a + 1) for a, b, _ in info["skipped"]) * int(np.prod(raw.shape[1:]))
         info["nonfinite"] = nonfinite - skipped_px
+    read = time.perf_counter()
     block, mask = chain.head(raw)
+    info[SECONDS] = {"read": read - start, "stages": time.perf_counter() - read}
     return block, mask, info
+
+
+SECONDS = "_seconds"  # the block's thread-seconds so far, carried in its info from task to task
+
+
+def _add_seconds(info, key, since):
+    sec = info.get(SECONDS)
+    if sec is not None:
+        sec[key] = sec.get(key, 0.0) + time.perf_counter() - since
 
 
 def _stateful(chain, i, payload, state):
     # the stage through the chain (a data node: shipped once per worker, with whatever it keeps per process)
     stage = chain.stateful[i]
     block, mask, info = payload  # unreadable frames are NaN: the stages carry on over them
+    start = time.perf_counter()
     state = stage.initial_state(block) if state is None else _copy(state)
     block, state = stage(block, state)
+    _add_seconds(info, "stages", start)
     return (block, mask, info), state
 
 
@@ -253,12 +268,18 @@ def _copy(state):
 
 def _write(chain, target, payload, t0, t1, skip_write, recycle=False):
     block, mask, info = payload
+    seconds = info.get(SECONDS) or {}
+    info = {k: v for k, v in info.items() if k != SECONDS}
     if skip_write:  # already written by an earlier (interrupted) run and verified
-        return {"n": t1 - t0, "t0": t0, "measured": None, "checksum": None, "info": info, "skipped_write": True}
+        return {"n": t1 - t0, "t0": t0, "measured": None, "checksum": None, "info": info, "skipped_write": True,
+                "seconds": seconds}
+    start = time.perf_counter()
     out = chain.tail((block, mask))
     storage = getattr(chain, "storage", None)
     stored = storage.encode(out) if storage is not None else out
+    written = time.perf_counter()
     target[t0:t1] = stored
+    stored_at = time.perf_counter()
     if getattr(chain, "measures", None):  # on what is stored: what a reader of the output measures
         measured = chain.measure(storage.decode(stored) if storage is not None else stored)
     else:
@@ -270,12 +291,19 @@ def _write(chain, target, payload, t0, t1, skip_write, recycle=False):
     digest = checksum(np.asarray(stored))
     if recycle and hasattr(chain, "recycle"):  # written (copied: the caller vouches), measured and summed
         chain.recycle(out)
-    return {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": digest, "info": info, "skipped_write": False}
+    seconds = {**seconds, "stages": seconds.get("stages", 0.0) + written - start, "write": stored_at - written,
+               "record": time.perf_counter() - stored_at}
+    return {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": digest, "info": info, "skipped_write": False,
+            "seconds": seconds}
 
 
 def _commit(on_commit, c, t0, t1, written, *states):
     if on_commit is not None and not written["skipped_write"]:
+        start = time.perf_counter()
         on_commit(c, t0, t1, written, list(states))
+        sec = written.get("seconds")
+        if sec is not None:  # a new dict: the write task's result may be shared
+            written = {**written, "seconds": {**sec, "record": sec.get("record", 0.0) + time.perf_counter() - start}}
     return written
 
 
@@ -342,7 +370,10 @@ def process_frames(
 
     Returns
     -------
-    list of dict, one per processed block: ``t0``, ``n``, ``measured``, ``checksum``, ``info``.
+    list of dict, one per processed block: ``t0``, ``n``, ``measured``, ``checksum``, ``info``, and
+    ``seconds``: the thread-seconds the block spent being read (``read``: decompression), in the
+    stages and the storage encoding (``stages``), written (``write``: compression and storing) and
+    recorded (``record``: measurements, checksum, ``on_commit``).
     """
     check_execution(scheduler, cluster)
     remote = is_distributed(scheduler, cluster)

@@ -48,12 +48,16 @@ def test_bench_command_writes_consistent_results(tmp_path):
             assert st[name]["roofline"] in st and st[st[name]["roofline"]]["kind"] == "roofline"
         assert {"zarr copy uint16", "flat-field", "full default (+ spatial denoiser)"} <= set(pp)
         assert pp["full default (+ spatial denoiser)"]["items"] == 4
+        for name, e in pp.items():  # every pipeline run says where its time went, within its own wall time
+            if not name.startswith("zarr"):
+                a = e["time_account"]
+                assert a["blocks_s"] <= a["wall_s"] <= max(e["seconds"]) and a["write_s"] > 0
     sc = data["scaling"]
     assert [p["frames"] for p in sc["frames"]] == [8, 24]
     assert [p["workers"] for p in sc["workers"]] == [1, 2]
     assert all(p["peak_rss_MiB"] > 50 for p in sc["frames"])  # a Python process with NumPy and Dask loaded
     md = (out / "bench_cpu.md").read_text()
-    assert "| flatfield |" in md and "## Scaling" in md
+    assert "| flatfield |" in md and "## Scaling" in md and "Where the time went" in md
 
 
 def test_bench_rejects_bad_sizes(capsys):

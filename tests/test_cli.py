@@ -34,6 +34,9 @@ def test_end_to_end(tmp_path):
     prov = g.attrs["provenance"]
     for key in ("version", "config", "input", "start", "end", "device"):
         assert key in prov
+    acc = prov["time_account"]
+    assert acc["threads"] >= 1 and 0 < acc["blocks_s"] < acc["wall_s"] <= prov["seconds"]
+    assert all(acc[k] >= 0 for k in ("read_s", "stages_s", "write_s", "record_s")) and acc["write_s"] > 0
     assert prov["config"]["flatfield"]["output"] == "transmission"
     # transmission of the open beam is about 1
     truth = zarr.open_group(str(sim), mode="r")["truth/frames"][:]
@@ -98,3 +101,16 @@ def test_import_pulls_in_neither_dask_nor_cupy():
     code = "import sys, pipeline; print('dask' in sys.modules, 'cupy' in sys.modules, 'zarr' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False", "False"]
+
+
+def test_time_line_names_what_set_the_pace():
+    from pipeline.cli import describe_time
+
+    acc = {"wall_s": 2.0, "threads": {"readers": 8, "writers": 16}, "read_s": 3.0, "stages_s": 0.0, "write_s": 20.5,
+           "record_s": 0.5, "gpu_waits_s": {"reads": 0.1, "device": 0.2, "writers": 1.5}, "bound_by": "writers"}
+    line = describe_time(acc)
+    assert line.startswith("time: reading 3.0 s, stages 0.0 s, writing 20.5 s, recording 0.5 s")
+    assert "8 reading, 16 writing threads" in line and line.endswith("paced by writing the output (compression)")
+    cpu = describe_time({k: v for k, v in acc.items() if k not in ("gpu_waits_s", "bound_by")} | {"threads": 2})
+    assert cpu.endswith("(thread-seconds over 2 threads)")
+    assert describe_time(acc | {"blocks_s": 1.5}).startswith("time: 0.5 s setting up, 1.5 s on the blocks: reading 3.0 s")

@@ -516,6 +516,9 @@ def test_api_run_through_the_conveyor(tmp_path, monkeypatch, dtype):
     np.testing.assert_array_equal(np.asarray(b["frames"]), np.asarray(a["frames"]))
     assert b["frames"].dtype == np.dtype(dtype) and dict(b["frames"].attrs) == dict(a["frames"].attrs)
     assert b.attrs["provenance"]["device"] == "gpu"
+    acc = gpu.time_account
+    assert set(acc["gpu_waits_s"]) == {"reads", "device", "writers"} and acc["bound_by"] in acc["gpu_waits_s"]
+    assert acc["read_s"] > 0 and acc["write_s"] > 0 and set(acc["threads"]) == {"readers", "writers"}
     assert a.attrs["provenance"]["device"].startswith("cpu")
 
 
@@ -783,3 +786,48 @@ def test_blocks_of_a_run_are_its_chunks_so_every_writer_gets_one(monkeypatch):
     np.testing.assert_array_equal(target.data, ref)
     assert conv._slots[0].shape[0] == 2 and conv.lend_limit(4) == 10
     assert target.peak == 4  # every writer busy at once (the pool sized in 64-frame blocks allowed 2)
+
+
+class _SlowSource(_Source):
+    def __init__(self, data, delay):
+        super().__init__(data)
+        self.delay = delay
+
+    def read_block(self, t0, t1, *, skip):
+        import time
+
+        time.sleep(self.delay)
+        return super().read_block(t0, t1, skip=skip)
+
+
+class _SleepyTarget:
+    def __init__(self, shape, delay):
+        self.data = np.full(shape, -1, np.float32)
+        self.delay = delay
+
+    def __setitem__(self, key, value):
+        import time
+
+        time.sleep(self.delay)
+        self.data[key] = value
+
+
+@pytest.mark.parametrize("slow", ["reads", "writers"])
+def test_conveyor_says_what_it_waited_on(slow):
+    """The conveyor's waits name the slow side (slow reads or slow writes), and the blocks' seconds add up."""
+    from pipeline.api import time_account
+
+    rng = np.random.default_rng(14)
+    chain = _chain(rng)
+    video = _video(rng, 24)
+    src = _SlowSource(video, 0.03 if slow == "reads" else 0.0)
+    target = _SleepyTarget(video.shape, 0.03 if slow == "writers" else 0.0)
+    conv = Conveyor(chain, (H, W), device=FakeDevice(7), block_frames=2, readers=1, writers=1)
+    res = conv.process_frames(src, target, chain, chunk_frames=2, num_workers=1)
+    ref, *_ = _cpu(chain, _Source(video), 2)
+    np.testing.assert_array_equal(target.data, ref)
+    acc = time_account(res, 1.0, threads={"readers": 1, "writers": 1}, waits=conv.waits)
+    assert acc["bound_by"] == slow
+    assert conv.waits[slow] > 0.2  # 12 blocks of 30 ms, most of them waited for
+    key = "read_s" if slow == "reads" else "write_s"
+    assert 12 * 0.03 <= acc[key] < 12 * 0.03 + 0.5  # every block's sleep, counted once

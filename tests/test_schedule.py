@@ -121,3 +121,62 @@ def test_blocks_are_recycled_only_when_asked(sim_small, tmp_path):
                             compressors=None)
     process_frames(ds.reader(), mem, chain, chunk_frames=4, scheduler="synchronous")
     np.testing.assert_array_equal(mem[:], ref)
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "synchronous"])
+def test_time_account_counts_each_activity_once(scheduler):
+    """Each block's seconds: its sleeps in reading, a stateful stage and writing, counted once and where they happen."""
+    import time
+
+    from pipeline.api import time_account
+    from pipeline.schedule import process_frames
+
+    class SlowSource:
+        def __init__(self, data):
+            self.data, self.shape, self.dtype = data, data.shape, data.dtype
+
+        def read_block(self, t0, t1, *, skip):
+            time.sleep(0.02)
+            return self.data[t0:t1].copy(), []
+
+    class SlowTarget:
+        def __init__(self, shape):
+            self.data = np.zeros(shape, np.float32)
+
+        def __setitem__(self, key, value):
+            time.sleep(0.03)
+            self.data[key] = value
+
+    class Lag:
+        name = "lag"
+
+        def initial_state(self, block):
+            return 0.0
+
+        def __call__(self, block, state):
+            time.sleep(0.01)
+            return block + state, state + 1.0
+
+    class Chain:
+        measures = ()
+        stateful = [Lag()]
+
+        def head(self, raw):
+            return raw.astype(np.float32), None
+
+        def tail(self, payload):
+            return payload[0]
+
+    src = SlowSource(np.ones((20, 3, 3), np.uint16))
+    out = SlowTarget(src.shape)
+    start = time.perf_counter()
+    res = process_frames(src, out, Chain(), chunk_frames=2, scheduler=scheduler, num_workers=2)
+    wall = time.perf_counter() - start
+    assert out.data[:, 0, 0].tolist() == np.repeat(np.arange(1.0, 11.0), 2).tolist()
+    threads = 1 if scheduler == "synchronous" else 2
+    acc = time_account(res, wall, threads=threads)
+    for key, sleep in (("read_s", 0.02), ("stages_s", 0.01), ("write_s", 0.03)):
+        assert 10 * sleep <= acc[key] < 10 * sleep + 0.25, (key, acc)
+    busy = acc["read_s"] + acc["stages_s"] + acc["write_s"] + acc["record_s"]
+    assert busy <= threads * wall * 1.05  # thread-seconds fit in the threads' time
+    assert all(set(r["info"]) == {"t0", "t1", "skipped", "nonfinite"} for r in res)  # the seconds left it
