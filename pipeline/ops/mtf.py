@@ -178,6 +178,25 @@ def _fill_empty(values, counts):
 _CPU_GROUP_PIXELS = 1 << 19  # ROI pixels per vectorised group on a CPU (keeps temporaries in cache)
 
 
+def _window_band(d, xs, pred, half_w, xp):
+    """The columns of ``d`` (at positions ``xs``) within ``half_w`` of ``pred`` in some row: a view.
+
+    Outside them the centroid window is exactly zero, so the sums over the band are the sums over
+    the whole row (in another order of addition: equal to rounding); a few times fewer columns once
+    the window has shrunk to the LSF's width.
+    """
+    reach = xp.stack([(pred - half_w[:, None]).min(), (pred + half_w[:, None]).max()])
+    lo, hi = (float(v) for v in to_host(reach))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return d, xs
+    x0 = float(to_host(xs[:1])[0])
+    j0 = max(0, int(math.floor(lo - x0)))
+    j1 = min(d.shape[-1], int(math.ceil(hi - x0)) + 1)
+    if j1 - j0 < 1:
+        j0, j1 = 0, d.shape[-1]
+    return d[..., j0:j1], xs[j0:j1]
+
+
 def _solve_batch(lhs, rhs, xp):
     """Solutions of the (B, P, P) systems ``lhs x = rhs`` in one call; a singular system gives zeros.
 
@@ -284,13 +303,15 @@ def slanted_edge_mtf(
     rms = xp.zeros(b)
     for it in range(4):
         pred = coef[:, 0, None] + coef[:, 1, None] * (ys - yc) + coef[:, 2, None] * (ys - yc) ** 2  # (B, H)
-        u = (xs[None, None, :] - pred[:, :, None]) / half_w[:, None, None]
-        wd = _biweight(u) * d
+        # the window is zero beyond half_w of the edge: only the columns it reaches in some row of some ROI
+        db, xb = _window_band(d, xs, pred, half_w, xp)
+        u = (xb[None, None, :] - pred[:, :, None]) / half_w[:, None, None]
+        wd = _biweight(u) * db
         s0 = wd.sum(axis=2)
-        cen = (wd * xs).sum(axis=2) / xp.where(s0 > 0, s0, 1.0)
+        cen = (wd * xb).sum(axis=2) / xp.where(s0 > 0, s0, 1.0)
         valid = s0 > 0
         # width of the LSF (second moment) for the next window
-        var = (wd * (xs[None, None, :] - cen[:, :, None]) ** 2).sum(axis=2) / xp.where(s0 > 0, s0, 1.0)
+        var = (wd * (xb[None, None, :] - cen[:, :, None]) ** 2).sum(axis=2) / xp.where(s0 > 0, s0, 1.0)
         sig = xp.sqrt(xp.maximum(_nanmedian(xp.where(valid, var, xp.nan), axis=1), 0.25))
         sig = xp.where(xp.isfinite(sig), sig, half / 4)
         # weighted least squares over valid rows, with outlier rejection after the first pass
