@@ -78,6 +78,85 @@ def decoded_frames(array):
     return Decoded(array, partial(decode, scale=float(rec.get("scale", 1.0)), offset=float(rec.get("offset", 0.0))))
 
 
+class ChunkDecoder:
+    """Chunks of whole frames read and decompressed in the calling thread, straight into the block.
+
+    Zarr's own reads finish on its single event-loop thread (the decoded chunk is copied into the
+    result there), so however many threads read, one core caps them: on a 2-core VM, 2048 x 2048
+    uint16 frames in bitshuffle-lz4 read at 114 frames/s with two threads through Zarr and 336
+    frames/s through this (4.9 against 10 CPU-ms a frame); a 16-core node was capped near 80.
+    It takes what this project writes, the common case: Zarr v3 in a local folder, chunks of whole
+    frames, no shards or filters, little-endian bytes, then Blosc, Zstd or no compression.
+    :meth:`for_array` returns None for anything else (Zarr reads it). A missing chunk file reads
+    as the fill value, as in Zarr; a chunk that does not decode raises.
+    """
+
+    def __init__(self, array, folder: Path, decode):
+        self.folder = Path(folder)
+        self.shape = tuple(int(v) for v in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.chunk = int(array.chunks[0])
+        self.fill = array.fill_value
+        self._key = array.metadata.encode_chunk_key
+        self._decode = decode
+
+    @classmethod
+    def for_array(cls, array, folder: Path | None):
+        """The decoder for ``array`` stored in ``folder``, or None where Zarr must read it."""
+        from numcodecs import Zstd, blosc
+
+        meta = getattr(array, "metadata", None)
+        if (not isinstance(array, zarr.Array) or folder is None or not Path(folder).is_dir() or getattr(meta, "zarr_format", None) != 3
+                or getattr(array, "shards", None) is not None or tuple(array.chunks[1:]) != tuple(array.shape[1:])):
+            return None
+        dtype = np.dtype(array.dtype)
+        if dtype.byteorder == ">" or (dtype.byteorder == "=" and np.little_endian is False):
+            return None
+        codecs = list(meta.codecs)
+        first = codecs.pop(0) if codecs else None
+        endian = getattr(getattr(first, "endian", None), "value", getattr(first, "endian", None))
+        if not isinstance(first, zarr.codecs.BytesCodec) or endian not in (None, "little") or len(codecs) > 1:
+            return None
+        comp = codecs[0] if codecs else None
+        if comp is None:
+            def decode(data, dest):
+                if len(data) != dest.nbytes:
+                    raise ValueError(f"chunk holds {len(data)} bytes, not {dest.nbytes}")
+                dest.reshape(-1).view(np.uint8)[...] = np.frombuffer(data, np.uint8)
+        elif isinstance(comp, zarr.codecs.BloscCodec):
+            def decode(data, dest):
+                blosc.decompress(data, dest)  # checks the decompressed size against dest
+        elif isinstance(comp, zarr.codecs.ZstdCodec):
+            zstd = Zstd(level=int(comp.level))
+
+            def decode(data, dest):
+                got = zstd.decode(data, out=dest)
+                if np.asarray(got).nbytes != dest.nbytes:
+                    raise ValueError("chunk decompresses to the wrong size")
+        else:
+            return None
+        return cls(array, Path(folder), decode)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames start..stop-1 as a new array."""
+        c, frame = self.chunk, self.shape[1:]
+        out = np.empty((stop - start,) + frame, self.dtype)
+        for i in range(start // c, (stop - 1) // c + 1):
+            a, b = i * c, (i + 1) * c  # the chunk as stored: full size, also past the array's end
+            lo, hi = max(a, start), min(b, stop)
+            whole = lo == a and hi == b
+            dest = out[a - start : b - start] if whole else np.empty((c,) + frame, self.dtype)
+            try:
+                data = (self.folder / self._key((i,) + (0,) * len(frame))).read_bytes()
+            except FileNotFoundError:
+                dest[...] = self.fill
+            else:
+                self._decode(data, dest)
+            if not whole:
+                out[lo - start : hi - start] = dest[lo - a : hi - a]
+        return out
+
+
 class FrameReader:
     """Array-like view of a Zarr array for Dask; read errors and missing chunks name the frame range."""
 
@@ -88,6 +167,21 @@ class FrameReader:
         self.ndim = len(self.shape)
         self.label = label
         self._dir = (Path(root) / array.path) if root is not None else None
+        self._decoder = ChunkDecoder.for_array(array, self._dir)
+
+    def __getstate__(self):  # to worker processes: the decoder (closures) is made again there
+        state = dict(self.__dict__)
+        state["_decoder"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._decoder = ChunkDecoder.for_array(self._a, self._dir)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        if self._decoder is not None and 0 <= start < stop <= self.shape[0]:
+            return self._decoder.read(start, stop)
+        return np.asarray(self._a[start:stop])
 
     def _where(self, key):
         t = key[0] if isinstance(key, tuple) else key
@@ -153,12 +247,12 @@ class FrameReader:
         its frames come back as NaN (float32) and are listed.
         """
         try:
-            data = np.asarray(self._a[start:stop])
+            data = self._read(start, stop)
             failed = False
         except Exception:
             failed = True
         bad = self._bad_chunks(start, stop) if (failed or self._dir is not None and self._missing(start, stop)) else []
-        if failed and not bad:  # the block failed but every chunk alone reads: a transient error
+        if failed and not bad:  # the block failed but every chunk alone reads through Zarr: a transient error
             data = np.asarray(self._a[start:stop])
         if not bad:
             return data, []

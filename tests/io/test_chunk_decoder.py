@@ -1,0 +1,111 @@
+"""The input reader's own chunk decoder (whole-frame chunks, decompressed in the reading thread) against Zarr."""
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.io import zarr_store
+from pipeline.io.zarr_store import ChunkDecoder, ChunkError, FrameReader
+
+
+def _array(tmp_path, codec, dtype, *, shape=(11, 6, 5), chunks=(4, 6, 5), fill_value=0, **kw):
+    g = zarr.open_group(str(tmp_path / f"{codec}-{np.dtype(dtype).name}.zarr"), mode="w", zarr_format=3)
+    comp = {"zstd": [zarr.codecs.ZstdCodec(level=3)], "none": None,
+            "bitshuffle-lz4": [zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")],
+            "lz4": [zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")],
+            "gzip": [zarr.codecs.GzipCodec(level=1)]}[codec]
+    a = g.create_array("frames", shape=shape, dtype=dtype, chunks=chunks, compressors=comp, fill_value=fill_value,
+                       **kw)
+    rng = np.random.default_rng(0)
+    data = (rng.uniform(0, 4000, shape)).astype(dtype)
+    a[...] = data
+    return g, a, data
+
+
+def _reader(g, a):
+    return FrameReader(a, "test", root=g.store.root)
+
+
+@pytest.mark.parametrize("codec", ["bitshuffle-lz4", "lz4", "zstd", "none"])
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_every_block_reads_as_zarr_reads_it(tmp_path, codec, dtype):
+    g, a, data = _array(tmp_path, codec, dtype)
+    r = _reader(g, a)
+    assert isinstance(r._decoder, ChunkDecoder)
+    for start in range(11):
+        for stop in range(start + 1, 12):  # aligned, unaligned, spanning chunks, the short last chunk
+            got, bad = r.read_block(start, stop, skip=False)
+            assert bad == [] and got.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(got, data[start:stop])
+
+
+def test_the_decoder_reads_not_zarr(tmp_path, monkeypatch):
+    """Blocks come from the decoder (Zarr's read path is not called); Zarr stays the fallback for what it cannot read."""
+    g, a, data = _array(tmp_path, "bitshuffle-lz4", np.uint16)
+    r = _reader(g, a)
+
+    def no_zarr(*args, **kw):
+        raise AssertionError("read through Zarr")
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", no_zarr)
+    np.testing.assert_array_equal(r.read_block(2, 10, skip=False)[0], data[2:10])
+
+
+@pytest.mark.parametrize("case", ["spatial chunks", "gzip", "sharded", "zarr v2"])
+def test_other_layouts_are_read_by_zarr(tmp_path, case):
+    if case == "spatial chunks":
+        g, a, data = _array(tmp_path, "zstd", np.uint16, chunks=(4, 3, 5))
+    elif case == "gzip":
+        g, a, data = _array(tmp_path, "gzip", np.uint16)
+    elif case == "sharded":
+        g, a, data = _array(tmp_path, "zstd", np.uint16, chunks=(2, 6, 5), shards=(4, 6, 5))
+    else:
+        g = zarr.open_group(str(tmp_path / "v2.zarr"), mode="w", zarr_format=2)
+        data = np.arange(11 * 6 * 5, dtype=np.uint16).reshape(11, 6, 5)
+        a = g.create_array("frames", shape=data.shape, dtype=data.dtype, chunks=(4, 6, 5))
+        a[...] = data
+    r = _reader(g, a)
+    assert r._decoder is None
+    np.testing.assert_array_equal(r.read_block(3, 9, skip=False)[0], data[3:9])
+
+
+def test_missing_and_corrupt_chunks_as_with_zarr(tmp_path):
+    g, a, data = _array(tmp_path, "bitshuffle-lz4", np.uint16, fill_value=7)
+    r = _reader(g, a)
+    folder = r._dir
+    (folder / a.metadata.encode_chunk_key((1, 0, 0))).unlink()  # frames 4-7
+    r.check_missing = False  # data from a tool that leaves empty chunks out: the fill value, as Zarr reads it
+    got = r.read_block(0, 11, skip=False)[0]
+    np.testing.assert_array_equal(got, np.asarray(a[0:11]))
+    assert (got[4:8] == 7).all() and np.array_equal(got[8:], data[8:])
+    r.check_missing = True  # the project's own data: a missing chunk is a lost chunk
+    with pytest.raises(ChunkError, match="frames 4-7 .*chunk file missing"):
+        r.read_block(0, 11, skip=False)
+    key = folder / a.metadata.encode_chunk_key((2, 0, 0))  # frames 8-10
+    key.write_bytes(key.read_bytes()[:40])  # torn
+    with pytest.raises(ChunkError, match="frames 8-10 .*does not decode"):
+        r.read_block(8, 11, skip=False)
+    got, bad = r.read_block(0, 11, skip=True)
+    assert [b[:2] for b in bad] == [(4, 7), (8, 10)] and np.isnan(got[4:]).all()
+    np.testing.assert_array_equal(got[:4], data[:4])
+
+
+def test_pickled_reader_decodes_too(tmp_path):
+    import pickle
+
+    g, a, data = _array(tmp_path, "zstd", np.float32)
+    r = pickle.loads(pickle.dumps(_reader(g, a)))
+    assert isinstance(r._decoder, ChunkDecoder)
+    np.testing.assert_array_equal(r.read_block(1, 11, skip=False)[0], data[1:11])
+
+
+def test_packed_outputs_read_back_as_values_through_zarr(tmp_path):
+    """A float16/uint16 output opened as an input reads its decoded values (the decoder leaves those to Zarr)."""
+    import pipeline
+
+    sim = pipeline.simulate(tmp_path / "sim.zarr", frames=6, size=(32, 40), seed=2)
+    res = pipeline.run(sim, tmp_path / "u16.zarr", overrides=["output.dtype=uint16"])
+    ds = zarr_store.open_input(res.output)
+    r = ds.reader()
+    assert r._decoder is None and r.dtype == np.float32
+    np.testing.assert_array_equal(r.read_block(0, 6, skip=False)[0], np.asarray(ds.frames[0:6]))
