@@ -457,7 +457,8 @@ def run(
     else:
         threads = 1 if cfg.execution.scheduler == "synchronous" else int(cfg.execution.num_workers or os.cpu_count() or 1)
     account = time_account(results, seconds, threads=threads, blocks_s=engine_s,
-                           waits=dict(gpu.waits) if gpu is not None else None)
+                           waits=dict(gpu.waits) if gpu is not None else None,
+                           busy_s=gpu.busy_s if gpu is not None else None)
     ghost = None
     if model is not None and ds.has_truth and cfg.flatfield.output == "counts" and not skipped:
         ghost = ghost_report(ds, zarr_store.Decoded(target, chain.storage.decode), model, chunk)
@@ -516,7 +517,7 @@ def run(
 
 
 def time_account(results, seconds: float, *, threads, blocks_s: float | None = None,
-                 waits: dict | None = None) -> dict:
+                 waits: dict | None = None, busy_s: float | None = None) -> dict:
     """Where a run's time went, from the blocks' records (:func:`pipeline.schedule.process_frames`).
 
     Returns ``wall_s``; ``blocks_s``: the part of it spent running the blocks (the rest: opening,
@@ -525,8 +526,10 @@ def time_account(results, seconds: float, *, threads, blocks_s: float | None = N
     encoding, on the CPU engine; compressing and storing the output; measurements, checksums and
     progress markers); ``threads``: how many threads shared them (an int, ``{"readers": n,
     "writers": n}`` on the GPU engine, None on a cluster); on the GPU engine ``gpu_waits_s``: the
-    seconds its conveyor thread waited on the ``reads``, the ``device`` and the ``writers``, and
-    ``bound_by``: the one it waited on most (what sets the pace).
+    seconds its conveyor thread waited on the ``reads``, the ``device`` (transfers and kernels) and
+    the ``writers``, ``gpu_busy_s``: the seconds it worked itself (copies into pinned memory,
+    launches), and ``bound_by``: the largest of the four (``conveyor`` for its own work): what set
+    the pace.
     """
     tot = {"read": 0.0, "stages": 0.0, "write": 0.0, "record": 0.0}
     for r in results:
@@ -535,7 +538,9 @@ def time_account(results, seconds: float, *, threads, blocks_s: float | None = N
     out = {"wall_s": float(seconds), "blocks_s": None if blocks_s is None else float(blocks_s), "threads": threads, **{f"{k}_s": round(v, 4) for k, v in tot.items()}}
     if waits is not None:
         out["gpu_waits_s"] = {k: round(float(v), 4) for k, v in waits.items()}
-        out["bound_by"] = max(waits, key=waits.get) if any(waits.values()) else None
+        out["gpu_busy_s"] = round(float(busy_s or 0.0), 4)
+        pace = {**waits, "conveyor": float(busy_s or 0.0)}
+        out["bound_by"] = max(pace, key=pace.get) if any(pace.values()) else None
     return out
 
 

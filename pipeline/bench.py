@@ -530,14 +530,15 @@ def _time_table(lines: list, pipelines: dict):
     lines += ["Where the time went (last timed run; thread-seconds summed over the blocks; the GPU engine's "
               "conveyor waits and what it waited on most):", "",
               "| pipeline | wall s | blocks s | frames/s on the blocks | read | stages | write | record | threads | "
-              "waits: reads / device / writers s | paced by |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
+              "waits: reads / device / writers, own work s | paced by |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for k, a in acc.items():
         blocks = a.get("blocks_s")
         rate = f"{pipelines[k]['items'] / blocks:.1f}" if blocks else ""
         th = a.get("threads")
         th = f"{th['readers']} + {th['writers']}" if isinstance(th, dict) else str(th)
         w = a.get("gpu_waits_s")
-        ws = " / ".join(f"{w[x]:.2f}" for x in ("reads", "device", "writers")) if w else ""
+        ws = (" / ".join(f"{w[x]:.2f}" for x in ("reads", "device", "writers")) + f", {a.get('gpu_busy_s', 0):.2f}"
+              if w else "")
         lines.append(f"| {k} | {a['wall_s']:.2f} | {'' if blocks is None else f'{blocks:.2f}'} | {rate} | {a['read_s']:.2f} | "
                      f"{a['stages_s']:.2f} | {a['write_s']:.2f} | {a['record_s']:.2f} | {th} | {ws} | "
                      f"{a.get('bound_by') or ''} |")

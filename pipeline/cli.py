@@ -451,8 +451,8 @@ def config_cmd(config_file, overrides):
     click.echo(dump_yaml(load_config(config_file, overrides=list(overrides))), nl=False)
 
 
-_PACE = {"reads": "reading the input (decompression)", "device": "the GPU",
-         "writers": "writing the output (compression)"}
+_PACE = {"reads": "reading the input (decompression)", "device": "the GPU (transfers and kernels)",
+         "writers": "writing the output (compression)", "conveyor": "the conveyor thread's own work"}
 
 
 def describe_time(acc: dict) -> str:
@@ -467,6 +467,7 @@ def describe_time(acc: dict) -> str:
     waits = acc.get("gpu_waits_s")
     if waits:
         line += ("; the GPU conveyor waited " + ", ".join(f"{v:.1f} s on the {k}" for k, v in waits.items())
+                 + f" and worked {acc.get('gpu_busy_s', 0.0):.1f} s itself"
                  + (f": paced by {_PACE[acc['bound_by']]}" if acc.get("bound_by") else ""))
     return line
 

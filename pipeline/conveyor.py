@@ -383,6 +383,7 @@ class Conveyor:
         #: device and the writers (a pinned block to download into, or room in the writers' queue): what
         #: it waits on most sets the pace
         self.waits = {"reads": 0.0, "device": 0.0, "writers": 0.0}
+        self.busy_s = 0.0  #: and the time it spent working itself (the last whole process_frames)
 
     # ----------------------------------------------------------------- sizing
     def fit_block_frames(self, requested: int, input_dtype=np.uint16) -> int:
@@ -597,6 +598,7 @@ class Conveyor:
             raise ValueError("process_frames got another chain than the conveyor was built for")
         chain = self.chain
         self.waits = dict.fromkeys(self.waits, 0.0)
+        self.busy_s = 0.0
         t = int(source.shape[0])
         # the output's chunks are the blocks: buffers and the pinned pool are counted in them (slots sized
         # for 64-frame blocks would pin 16x the memory a 4-frame chunk needs, and the pool would lend
@@ -689,6 +691,7 @@ class Conveyor:
                 yield c, raw, c not in skip_write
 
         ok = False
+        began = time.perf_counter()
         try:
             keep = on_commit is not None and stateful
             block_bytes = getattr(on_commit, "block_bytes", None)
@@ -714,6 +717,8 @@ class Conveyor:
             while writes:
                 results.append(writes.popleft().result())
             ok = True
+            # the rest of the conveyor thread's time: its own work (copies into pinned memory, launches)
+            self.busy_s = max(0.0, time.perf_counter() - began - sum(self.waits.values()))
         finally:
             for _, fut in reads:
                 fut.cancel()

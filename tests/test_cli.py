@@ -107,10 +107,12 @@ def test_time_line_names_what_set_the_pace():
     from pipeline.cli import describe_time
 
     acc = {"wall_s": 2.0, "threads": {"readers": 8, "writers": 16}, "read_s": 3.0, "stages_s": 0.0, "write_s": 20.5,
-           "record_s": 0.5, "gpu_waits_s": {"reads": 0.1, "device": 0.2, "writers": 1.5}, "bound_by": "writers"}
+           "record_s": 0.5, "gpu_waits_s": {"reads": 0.1, "device": 0.2, "writers": 1.5}, "gpu_busy_s": 0.3,
+           "bound_by": "writers"}
     line = describe_time(acc)
     assert line.startswith("time: reading 3.0 s, stages 0.0 s, writing 20.5 s, recording 0.5 s")
     assert "8 reading, 16 writing threads" in line and line.endswith("paced by writing the output (compression)")
+    assert "1.5 s on the writers and worked 0.3 s itself" in line
     cpu = describe_time({k: v for k, v in acc.items() if k not in ("gpu_waits_s", "bound_by")} | {"threads": 2})
     assert cpu.endswith("(thread-seconds over 2 threads)")
     assert describe_time(acc | {"blocks_s": 1.5}).startswith("time: 0.5 s setting up, 1.5 s on the blocks: reading 3.0 s")

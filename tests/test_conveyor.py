@@ -517,7 +517,7 @@ def test_api_run_through_the_conveyor(tmp_path, monkeypatch, dtype):
     assert b["frames"].dtype == np.dtype(dtype) and dict(b["frames"].attrs) == dict(a["frames"].attrs)
     assert b.attrs["provenance"]["device"] == "gpu"
     acc = gpu.time_account
-    assert set(acc["gpu_waits_s"]) == {"reads", "device", "writers"} and acc["bound_by"] in acc["gpu_waits_s"]
+    assert set(acc["gpu_waits_s"]) == {"reads", "device", "writers"} and acc["bound_by"] in {*acc["gpu_waits_s"], "conveyor"}
     assert acc["read_s"] > 0 and acc["write_s"] > 0 and set(acc["threads"]) == {"readers", "writers"}
     assert a.attrs["provenance"]["device"].startswith("cpu")
 
@@ -823,11 +823,16 @@ def test_conveyor_says_what_it_waited_on(slow):
     src = _SlowSource(video, 0.03 if slow == "reads" else 0.0)
     target = _SleepyTarget(video.shape, 0.03 if slow == "writers" else 0.0)
     conv = Conveyor(chain, (H, W), device=FakeDevice(7), block_frames=2, readers=1, writers=1)
+    import time
+
+    began = time.perf_counter()
     res = conv.process_frames(src, target, chain, chunk_frames=2, num_workers=1)
+    wall = time.perf_counter() - began
     ref, *_ = _cpu(chain, _Source(video), 2)
     np.testing.assert_array_equal(target.data, ref)
-    acc = time_account(res, 1.0, threads={"readers": 1, "writers": 1}, waits=conv.waits)
+    acc = time_account(res, 1.0, threads={"readers": 1, "writers": 1}, waits=conv.waits, busy_s=conv.busy_s)
     assert acc["bound_by"] == slow
+    assert 0 < acc["gpu_busy_s"] and sum(conv.waits.values()) + conv.busy_s <= wall  # the thread's time, split
     assert conv.waits[slow] > 0.2  # 12 blocks of 30 ms, most of them waited for
     key = "read_s" if slow == "reads" else "write_s"
     assert 12 * 0.03 <= acc[key] < 12 * 0.03 + 0.5  # every block's sleep, counted once
