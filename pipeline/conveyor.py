@@ -35,6 +35,7 @@ streams run out of order wherever the events allow, to check the ordering.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -301,11 +302,18 @@ class _Slot:
         self.snapped = False
 
     def inputs(self, dtype):
+        """The device input of ``dtype`` (a float32 block in a uint16 run: frames skipped as NaN), made once."""
         dtype = np.dtype(dtype)
-        if dtype not in self.dev_in:  # a float32 block in a uint16 run (frames skipped as NaN): once
-            self.pin_in[dtype] = self.dev.empty_pinned(self.shape, dtype)
+        if dtype not in self.dev_in:
             self.dev_in[dtype] = self.dev.empty(self.shape, dtype)
-        return self.pin_in[dtype], self.dev_in[dtype]
+        return self.dev_in[dtype]
+
+    def staging(self, dtype):
+        """A pinned buffer to copy a block that is not in pinned memory into, made once (where needed)."""
+        dtype = np.dtype(dtype)
+        if dtype not in self.pin_in:
+            self.pin_in[dtype] = self.dev.empty_pinned(self.shape, dtype)
+        return self.pin_in[dtype]
 
 
 class Conveyor:
@@ -379,6 +387,11 @@ class Conveyor:
         self._out_cv = threading.Condition()
         self.pinned_out_allocations = 0
         self._lend_cap = self.lend_limit()
+        # pinned input blocks the readers read into (process_frames): uploaded from directly, back once uploaded
+        self._in_free: list = []
+        self._in_lent: dict = {}  # address -> block
+        self._in_lock = threading.Lock()
+        self.pinned_in_allocations = 0
         #: seconds the conveyor's thread waited, since the last process_frames began, on the readers, the
         #: device and the writers (a pinned block to download into, or room in the writers' queue): what
         #: it waits on most sets the pace
@@ -404,6 +417,8 @@ class Conveyor:
             self.allocations += 1
             with self._out_cv:
                 self._out_free = []  # blocks of the old size are dropped (those lent out too, when they come back)
+            with self._in_lock:
+                self._in_free = []
 
     def _out_shape(self):
         return (max(self._frames, self.block_frames),) + self.frame_shape
@@ -432,6 +447,33 @@ class Conveyor:
         self.waits["writers"] += time.perf_counter() - waited
         slot.pin_out = None
         return buf
+
+    def _take_in(self, dtype):
+        """A pinned input block for a reader: a returned one, or a new one (as many as are in flight at once)."""
+        shape = (self.block_frames,) + self.frame_shape
+        dtype = np.dtype(dtype)
+        buf = None
+        with self._in_lock:
+            for i, b in enumerate(self._in_free):
+                if b.dtype == dtype and b.shape == shape:
+                    buf = self._in_free.pop(i)
+                    break
+            if buf is None:
+                self.pinned_in_allocations += 1
+        if buf is None:
+            buf = self.dev.empty_pinned(shape, dtype)
+        with self._in_lock:
+            self._in_lent[array_address(buf)] = buf
+        return buf
+
+    def _give_in(self, raw) -> None:
+        """Take back a pinned input block (any view of it from its start); anything else is ignored."""
+        if not isinstance(raw, np.ndarray) or raw.size == 0:
+            return
+        with self._in_lock:
+            buf = self._in_lent.pop(array_address(raw), None)
+            if buf is not None and buf.shape == (self.block_frames,) + self.frame_shape:
+                self._in_free.append(buf)
 
     def release(self, out) -> None:
         """Give back a block handed out by :meth:`stream` with ``hand_over=True`` (any view of it from its start)."""
@@ -501,12 +543,12 @@ class Conveyor:
         if tuple(raw.shape[1:]) != self.frame_shape or not 0 < n <= self._frames:
             raise ValueError(f"a block must be (1..{self._frames}, {', '.join(map(str, self.frame_shape))}), "
                              f"not {tuple(raw.shape)}")
-        pin, d_all = slot.inputs(raw.dtype)
+        d_all = slot.inputs(raw.dtype)
         dev.sync(slot.uploaded)  # block c - depth is uploaded: the pinned input is free
-        if dev.is_pinned(raw):
+        if dev.is_pinned(raw):  # read into the conveyor's pinned blocks (process_frames), or given so
             src = raw
         else:
-            src = pin[:n]
+            src = slot.staging(raw.dtype)[:n]
             np.copyto(src, raw)
         d_in = d_all[:n]
         dev.wait(self.s_up, slot.computed)  # block c - depth's compute has read the device input
@@ -573,6 +615,7 @@ class Conveyor:
         waited = time.perf_counter()
         self.dev.sync(slot.downloaded if slot.fetch else slot.computed)
         self.waits["device"] += time.perf_counter() - waited
+        self._give_in(slot.raw)  # uploaded: a pinned block the readers read into goes back to them
         slot.raw = None
         if not slot.fetch:
             return slot.key, None, None
@@ -620,11 +663,19 @@ class Conveyor:
                     results.append(skipped(c, t0, t1, {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}))
             blocks = [b for b in blocks if b[0] not in skip_write]
 
+        src_dtype = np.dtype(getattr(source, "dtype", np.float32))
+        pooled = src_dtype in (np.dtype(np.uint16), np.dtype(np.float32))  # what the kernels take as it is
+        into = pooled and hasattr(source, "read_block") and "out" in inspect.signature(source.read_block).parameters
+
         def read(t0, t1):
             start = time.perf_counter()
             info = {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}
+            # a pinned block to read into (uploaded from directly: no copy on the conveyor's thread, and no
+            # fresh host array a block)
+            buf = self._take_in(src_dtype)[: t1 - t0] if pooled else None
             if hasattr(source, "read_block"):
-                raw, bad = source.read_block(t0, t1, skip=skip_errors)
+                raw, bad = (source.read_block(t0, t1, skip=skip_errors, out=buf) if into
+                            else source.read_block(t0, t1, skip=skip_errors))
                 info["skipped"] = [list(s) for s in bad]
             else:
                 raw = np.asarray(source[t0:t1])
@@ -634,6 +685,12 @@ class Conveyor:
                 info["nonfinite"] = nonfinite - skipped_px
             if raw.dtype not in (np.dtype(np.uint16), np.dtype(np.float32)):
                 raw = raw.astype(np.float32)
+            if buf is not None and raw is not buf:
+                if raw.dtype == buf.dtype and raw.shape == buf.shape:  # a source that cannot read into it
+                    np.copyto(buf, raw)
+                    raw = buf
+                else:  # frames skipped as NaN (float32 in a uint16 run): staged by the slot instead
+                    self._give_in(buf)
             return raw, info, time.perf_counter() - start
 
         storage = self.storage
@@ -727,6 +784,8 @@ class Conveyor:
             with self._out_cv:  # blocks of cancelled writes never come back: forget them
                 self._out_lent.clear()
                 self._out_cv.notify_all()
+            with self._in_lock:  # nor do those of cancelled reads
+                self._in_lent.clear()
         expected = t - (starts[start_block] if start_block < len(starts) else t)
         if sum(r["n"] for r in results) != expected:  # pragma: no cover - a conveyor bug
             raise RuntimeError("the GPU engine did not process every block")

@@ -83,6 +83,7 @@ class FakeDevice:
         self.pinned_allocations = 0
         self.log: list = []  # host calls: ("h2d", stream), ("sync", event name)
         self.pinned_ids: set = set()
+        self.pinned: list = []
 
     # memory
     def free_bytes(self):
@@ -99,10 +100,18 @@ class FakeDevice:
 
     def empty_pinned(self, shape, dtype):
         self.pinned_allocations += 1
-        return self._garbage(shape, dtype)
+        a = self._garbage(shape, dtype)
+        self.pinned.append(a)  # kept: an address is never reused by a pageable array
+        return a
 
     def is_pinned(self, array):
-        return id(array) in self.pinned_ids
+        """As CupyDevice: any C-contiguous view within a pinned allocation (or an array marked so)."""
+        if id(array) in self.pinned_ids:
+            return True
+        if not isinstance(array, np.ndarray) or not array.flags.c_contiguous or array.size == 0:
+            return False
+        p = array.ctypes.data
+        return any(b.ctypes.data <= p and p + array.nbytes <= b.ctypes.data + b.nbytes for b in self.pinned)
 
     def upload(self, array):
         return np.array(array, copy=True)
@@ -343,9 +352,12 @@ def test_buffers_allocated_once_for_any_length():
         rng = np.random.default_rng(1)
         chain = _chain(rng, temporal=True)
         _, _, _, conv, dev = _gpu(chain, _Source(_video(rng, t)), 3)
-        # pinned output blocks: one per slot plus those lent to the writers at once, never one per block
+        # pinned output blocks: one per slot plus those lent to the writers at once, never one per block;
+        # pinned input blocks: those read ahead plus those in the slots
         assert 1 <= conv.pinned_out_allocations <= conv.depth + conv.lend_limit()
-        counts.append((dev.allocations, dev.pinned_allocations - conv.pinned_out_allocations, conv.allocations))
+        assert 1 <= conv.pinned_in_allocations <= conv.readers + 1 + conv.depth + 1
+        counts.append((dev.allocations, dev.pinned_allocations - conv.pinned_out_allocations
+                       - conv.pinned_in_allocations, conv.allocations))
         assert not conv._out_lent  # every block came back
     assert counts[0] == counts[1]
     assert counts[0][2] == 1
@@ -836,3 +848,43 @@ def test_conveyor_says_what_it_waited_on(slow):
     assert conv.waits[slow] > 0.2  # 12 blocks of 30 ms, most of them waited for
     key = "read_s" if slow == "reads" else "write_s"
     assert 12 * 0.03 <= acc[key] < 12 * 0.03 + 0.5  # every block's sleep, counted once
+
+
+class _IntoSource(_Source):
+    """A source that reads into the caller's buffer (as FrameReader.read_block(out=)), a little slowly."""
+
+    def __init__(self, data, rng):
+        super().__init__(data)
+        self.rng = rng
+        self.into = 0
+
+    def read_block(self, t0, t1, *, skip, out=None):
+        import time
+
+        time.sleep(float(self.rng.uniform(0, 0.003)))
+        if out is None:
+            return super().read_block(t0, t1, skip=skip)
+        out[...] = self.data[t0:t1]
+        self.into += 1
+        return out, []
+
+
+@pytest.mark.parametrize("into", [True, False])
+def test_blocks_are_read_into_recycled_pinned_blocks(into):
+    """The readers fill the conveyor's pinned blocks (read into, or copied into in the reading thread), the
+    slots upload from them without a staging copy, and a block is reused only once its upload has run
+    (the fake device runs uploads late and out of order: an early reuse would change the output)."""
+    rng = np.random.default_rng(15)
+    chain = _chain(rng, temporal=True)
+    video = _video(rng, 81)
+    src = _IntoSource(video, np.random.default_rng(2)) if into else _Source(video)
+    conv = Conveyor(chain, (H, W), device=FakeDevice(9), block_frames=2, readers=3)
+    target = np.full(video.shape, -1, np.float32)
+    conv.process_frames(src, target, chain, chunk_frames=2)
+    ref, *_ = _cpu(chain, _Source(video), 2)
+    np.testing.assert_array_equal(target, ref)
+    assert not any(slot.pin_in for slot in conv._slots)  # nothing staged: every block was pinned already
+    assert conv.pinned_in_allocations <= conv.readers + 1 + conv.depth + 1 < 41  # recycled, not one a block
+    assert not conv._in_lent and len(conv._in_free) == conv.pinned_in_allocations
+    if into:
+        assert src.into == 41

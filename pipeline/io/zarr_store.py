@@ -137,10 +137,11 @@ class ChunkDecoder:
             return None
         return cls(array, Path(folder), decode)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Frames start..stop-1 as a new array."""
+    def read(self, start: int, stop: int, out=None) -> np.ndarray:
+        """Frames start..stop-1, into ``out`` (a C-contiguous array of their shape and dtype) or a new array."""
         c, frame = self.chunk, self.shape[1:]
-        out = np.empty((stop - start,) + frame, self.dtype)
+        if out is None:
+            out = np.empty((stop - start,) + frame, self.dtype)
         for i in range(start // c, (stop - 1) // c + 1):
             a, b = i * c, (i + 1) * c  # the chunk as stored: full size, also past the array's end
             lo, hi = max(a, start), min(b, stop)
@@ -178,10 +179,14 @@ class FrameReader:
         self.__dict__.update(state)
         self._decoder = ChunkDecoder.for_array(self._a, self._dir)
 
-    def _read(self, start: int, stop: int) -> np.ndarray:
+    def _read(self, start: int, stop: int, out=None) -> np.ndarray:
         if self._decoder is not None and 0 <= start < stop <= self.shape[0]:
-            return self._decoder.read(start, stop)
-        return np.asarray(self._a[start:stop])
+            return self._decoder.read(start, stop, out)
+        data = np.asarray(self._a[start:stop])
+        if out is None:
+            return data
+        np.copyto(out, data)
+        return out
 
     def _where(self, key):
         t = key[0] if isinstance(key, tuple) else key
@@ -240,14 +245,20 @@ class FrameReader:
                 bad.append((a, b, f"chunk does not decode ({type(exc).__name__})"))
         return bad
 
-    def read_block(self, start: int, stop: int, *, skip: bool):
+    def read_block(self, start: int, stop: int, *, skip: bool, out=None):
         """Frames start..stop-1 and the list of unreadable ranges ``[(a, b, why), ...]``.
 
         A corrupt or missing chunk raises :class:`ChunkError` naming its frames, or with ``skip``
-        its frames come back as NaN (float32) and are listed.
+        its frames come back as NaN (float32) and are listed. ``out``: a C-contiguous array of the
+        block's shape and the input's dtype (the GPU engine's pinned buffers) that a readable block
+        is read into and returned as; a block with unreadable frames comes back in a new array.
         """
+        if out is not None and not (isinstance(out, np.ndarray) and out.flags.c_contiguous and out.dtype == self.dtype
+                                    and out.shape == (stop - start,) + self.shape[1:]):
+            raise ValueError(f"read_block: out must be a C-contiguous {self.dtype} array of shape "
+                             f"{(stop - start,) + self.shape[1:]}")
         try:
-            data = self._read(start, stop)
+            data = self._read(start, stop, out)
             failed = False
         except Exception:
             failed = True

@@ -109,3 +109,22 @@ def test_packed_outputs_read_back_as_values_through_zarr(tmp_path):
     r = ds.reader()
     assert r._decoder is None and r.dtype == np.float32
     np.testing.assert_array_equal(r.read_block(0, 6, skip=False)[0], np.asarray(ds.frames[0:6]))
+
+
+@pytest.mark.parametrize("decoder", [True, False])
+def test_blocks_read_into_the_callers_buffer(tmp_path, decoder):
+    """out=: the block lands in the caller's (pinned) buffer, through the decoder or through Zarr."""
+    g, a, data = _array(tmp_path, "bitshuffle-lz4", np.uint16)
+    r = _reader(g, a)
+    if not decoder:
+        r._decoder = None
+    buf = np.full((20, 6, 5), 9, np.uint16)
+    got, bad = r.read_block(3, 10, skip=False, out=buf[:7])
+    assert bad == [] and got.ctypes.data == buf.ctypes.data
+    np.testing.assert_array_equal(buf[:7], data[3:10])
+    assert (buf[7:] == 9).all()
+    with pytest.raises(ValueError, match="out must be a C-contiguous uint16 array of shape"):
+        r.read_block(3, 10, skip=False, out=buf[:6])
+    (r._dir / a.metadata.encode_chunk_key((1, 0, 0))).unlink()
+    got, bad = r.read_block(3, 10, skip=True, out=buf[:7])  # unreadable frames: a new NaN float32 block
+    assert got.dtype == np.float32 and bad and np.isnan(got[1:5]).all()
