@@ -421,7 +421,7 @@ class Conveyor:
                 self._in_free = []
 
     def _out_shape(self):
-        return (max(self._frames, self.block_frames),) + self.frame_shape
+        return (self.block_frames,) + self.frame_shape  # the slots' size, once stream() has (re)made them
 
     def lend_limit(self, writers: int | None = None) -> int:
         """Most pinned output blocks lent out at once: enough for the writers' queue, at most PINNED_OUT_BYTES."""
@@ -454,6 +454,7 @@ class Conveyor:
         dtype = np.dtype(dtype)
         buf = None
         with self._in_lock:
+            self._in_free = [b for b in self._in_free if b.dtype == dtype]  # another source's: let them go
             for i, b in enumerate(self._in_free):
                 if b.dtype == dtype and b.shape == shape:
                     buf = self._in_free.pop(i)
@@ -652,10 +653,11 @@ class Conveyor:
         blocks = [(c, s, min(s + chunk_frames, t)) for c, s in enumerate(starts) if c >= start_block]
         results: list[dict] = []
 
-        def skipped(c, t0, t1, info):
+        def skipped(c, t0, t1, info, read_s=None):
             if progress is not None:
                 progress(t1 - t0)
-            return {"n": t1 - t0, "t0": t0, "measured": None, "checksum": None, "info": info, "skipped_write": True}
+            return {"n": t1 - t0, "t0": t0, "measured": None, "checksum": None, "info": info, "skipped_write": True,
+                    "seconds": {} if read_s is None else {"read": read_s}}
 
         if not stateful:  # nothing to carry: blocks already written are not even read
             for c, t0, t1 in blocks:
@@ -760,7 +762,7 @@ class Conveyor:
             for c, out, states in self.stream(feed(), states=initial_states, keep_states=keep, hand_over=True):
                 t0, t1, info, read_s = infos.pop(c)
                 if out is None:
-                    results.append(skipped(c, t0, t1, info))
+                    results.append(skipped(c, t0, t1, info, read_s))
                     continue
                 try:  # written straight from the pinned block (no host copy); write() gives it back
                     writes.append(wpool.submit(write, c, t0, t1, out, info, states, read_s))
@@ -771,8 +773,10 @@ class Conveyor:
                 while len(writes) > 2 * writers:
                     results.append(writes.popleft().result())
                 self.waits["writers"] += time.perf_counter() - waited
-            while writes:
+            waited = time.perf_counter()
+            while writes:  # the last blocks' writes
                 results.append(writes.popleft().result())
+            self.waits["writers"] += time.perf_counter() - waited
             ok = True
             # the rest of the conveyor thread's time: its own work (copies into pinned memory, launches)
             self.busy_s = max(0.0, time.perf_counter() - began - sum(self.waits.values()))

@@ -18,6 +18,7 @@ Every file is written to a temporary name and renamed, so a marker is either who
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -133,6 +134,10 @@ class Checkpoint:
             tmp = self.dir / f".state_{c:06d}.{os.getpid()}.tmp.npz"
             np.savez(tmp, **buf)
             os.replace(tmp, self.dir / f"state_{c:06d}.npz")
+            known = self._known()
+            with known.lock:  # a block committed again behind the walk (a retried task, a resume): track it too
+                if c <= known.prefix and c not in known.states:
+                    bisect.insort(known.states, c)
         doc = {"block": c, "t0": t0, "t1": t1, "checksum": digest, "extra": extra or {}}
         _atomic_write(self.dir / f"block_{c:06d}.json", json.dumps(doc, default=_jsonable).encode())
         self._prune()
@@ -156,6 +161,10 @@ class Checkpoint:
             present = z["present"]
             return [z[f"s{i}"] if present[i] else None for i in range(n)]
 
+    def _known(self) -> "_Known":
+        with _KNOWN_LOCK:
+            return _KNOWN.setdefault((str(self.dir), self._token), _Known())
+
     def _prune(self):
         """Keep the newest states within the finished prefix (what a resume needs) and any after it.
 
@@ -163,8 +172,7 @@ class Checkpoint:
         each process looks at each block's files once (globbing the folder at every commit made a
         long run quadratic: 6 ms a commit at 4 000 blocks).
         """
-        with _KNOWN_LOCK:
-            known = _KNOWN.setdefault((str(self.dir), self._token), _Known())
+        known = self._known()
         with known.lock:
             p = known.prefix
             while (self.dir / f"block_{p + 1:06d}.json").is_file():

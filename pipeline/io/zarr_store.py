@@ -125,14 +125,20 @@ class ChunkDecoder:
                 dest.reshape(-1).view(np.uint8)[...] = np.frombuffer(data, np.uint8)
         elif isinstance(comp, zarr.codecs.BloscCodec):
             def decode(data, dest):
-                blosc.decompress(data, dest)  # checks the decompressed size against dest
+                # the Blosc header (bytes 4-7: decompressed size, 12-15: compressed size, little-endian):
+                # decompress refuses a dest too small, not a chunk too short (that would leave frames unset)
+                if (len(data) < 16 or int.from_bytes(data[4:8], "little") != dest.nbytes
+                        or int.from_bytes(data[12:16], "little") != len(data)):
+                    raise ValueError(f"chunk is not a Blosc buffer of {dest.nbytes} bytes")
+                blosc.decompress(data, dest)
         elif isinstance(comp, zarr.codecs.ZstdCodec):
             zstd = Zstd(level=int(comp.level))
 
             def decode(data, dest):
-                got = zstd.decode(data, out=dest)
-                if np.asarray(got).nbytes != dest.nbytes:
-                    raise ValueError("chunk decompresses to the wrong size")
+                got = np.frombuffer(zstd.decode(data), np.uint8)  # its size checked (a frame need not state it)
+                if got.size != dest.nbytes:
+                    raise ValueError(f"chunk decompresses to {got.size} bytes, not {dest.nbytes}")
+                dest.reshape(-1).view(np.uint8)[...] = got
         else:
             return None
         return cls(array, Path(folder), decode)

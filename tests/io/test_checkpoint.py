@@ -101,3 +101,18 @@ def test_commits_never_list_the_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "glob", real_glob)
     assert _saved(ck.dir) == [8]  # 0 and 4 pruned once 8 is within the finished prefix
     assert sorted(ck.markers()) == list(range(10))
+
+
+def test_a_block_committed_again_behind_the_prefix_is_pruned_too(tmp_path):
+    """A retried task or a resume commits a block again after the walk passed it: its new states are pruned as well."""
+    ck = Checkpoint(tmp_path / "p", state_every=8)
+    ck.start({"run": 1})
+    states = [np.ones((2, 4, 4), np.float32)]  # 128 bytes: every block's states are due at 1 024 bytes a block
+    for c in range(4):
+        ck.commit(c, c, c + 1, "x", states, {}, block_bytes=1024)
+    assert _saved(ck.dir) == [3]
+    ck.commit(1, 1, 2, "x", states, {}, block_bytes=1024)  # again: older than 3, within the prefix
+    assert _saved(ck.dir) == [3]
+    for c in range(4, 7):
+        ck.commit(c, c, c + 1, "x", states, {}, block_bytes=1024)
+    assert _saved(ck.dir) == [6]

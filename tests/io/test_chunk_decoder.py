@@ -128,3 +128,18 @@ def test_blocks_read_into_the_callers_buffer(tmp_path, decoder):
     (r._dir / a.metadata.encode_chunk_key((1, 0, 0))).unlink()
     got, bad = r.read_block(3, 10, skip=True, out=buf[:7])  # unreadable frames: a new NaN float32 block
     assert got.dtype == np.float32 and bad and np.isnan(got[1:5]).all()
+
+
+@pytest.mark.parametrize("codec", ["bitshuffle-lz4", "zstd", "none"])
+def test_a_chunk_of_the_wrong_size_is_corrupt(tmp_path, codec):
+    """A chunk that decompresses to fewer frames than a chunk holds is refused (as by Zarr), never half-filled."""
+    from numcodecs import Zstd, blosc
+
+    g, a, data = _array(tmp_path, codec, np.uint16)
+    r = _reader(g, a)
+    small = np.full((2, 6, 5), 1234, np.uint16)  # 2 of a chunk's 4 frames
+    payload = {"bitshuffle-lz4": lambda: blosc.compress(small.tobytes(), b"lz4", 1, blosc.BITSHUFFLE, 2),
+               "zstd": lambda: Zstd(3).encode(small), "none": small.tobytes}[codec]()
+    (r._dir / a.metadata.encode_chunk_key((1, 0, 0))).write_bytes(payload)
+    with pytest.raises(ChunkError, match="frames 4-7 .*does not decode"):
+        r.read_block(0, 8, skip=False, out=np.full((8, 6, 5), 4242, np.uint16))
