@@ -206,3 +206,26 @@ def test_edge_cases_found_in_review():
     lam = np.linspace(50, 400, 32 * 32).reshape(32, 32)
     vid = (rng.poisson(lam, (8, 32, 32)) + rng.normal(0, 3, (8, 32, 32))).astype(np.float32)
     assert 0.7 < estimate_noise_model(vid).alpha < 1.3
+
+
+@pytest.mark.parametrize("scale, offset", [(1.0, 100.0), (50000.0, 500.0), (10000.0, 1000.0), (0.37, -2.5)])
+def test_uint16_code_kernel_is_bit_identical(scale, offset):
+    """One pass (Numba) against the NumPy encode: halves, NaN, +-Inf, the clip ends, every scale of the defaults."""
+    from pipeline.jit import code_u16_into
+    from pipeline.ops.quantise import at_limit, encode
+
+    rng = np.random.default_rng(6)
+    v = rng.uniform(-200, 70000, (3, 37, 41)).astype(np.float32) / np.float32(scale)
+    v.flat[::7] = ((np.arange(v.size)[::7] % 2000) + 0.5 - offset) / scale  # codes on exact halves (ties)
+    v.flat[3::11] = np.nan
+    v.flat[5::13] = np.inf
+    v.flat[6::13] = -np.inf
+    with jit.disabled():
+        want = encode(v, "uint16", scale=scale, offset=offset)
+    got = np.zeros(v.shape, np.uint16)
+    n = code_u16_into(v, scale, offset, got)
+    np.testing.assert_array_equal(got, want)
+    assert n == at_limit(want) > 0
+    np.testing.assert_array_equal(encode(v, "uint16", scale=scale, offset=offset), want)  # encode uses it
+    out = np.zeros(v.shape, np.uint16)
+    assert encode(v, "uint16", scale=scale, offset=offset, out=out) is out and np.array_equal(out, want)

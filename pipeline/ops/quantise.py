@@ -48,6 +48,16 @@ def encode(values, dtype: str, *, scale: float = 1.0, offset: float = 0.0, out=N
         with np.errstate(over="ignore"):  # beyond 65504: Inf, as documented (and counted by at_limit)
             res = values.astype(np.float16)
     elif dtype == "uint16":
+        if xp is np and isinstance(values, np.ndarray) and values.dtype == np.float32:
+            from ..jit import code_u16_into  # one parallel pass; bit-identical to the code below
+
+            dst = out if isinstance(out, np.ndarray) and out.dtype == np.uint16 and out.flags.c_contiguous \
+                and out.shape == values.shape else np.empty(values.shape, np.uint16)
+            if code_u16_into(np.ascontiguousarray(values), scale, offset, dst) is not None:
+                if out is not None and dst is not out:
+                    out[...] = dst
+                    return out
+                return dst
         v = values.astype(np.float32) * np.float32(scale)
         v += np.float32(offset)
         xp.rint(v, out=v)
