@@ -521,8 +521,9 @@ def time_account(results, seconds: float, *, threads, blocks_s: float | None = N
     """Where a run's time went, from the blocks' records (:func:`pipeline.schedule.process_frames`).
 
     Returns ``wall_s``; ``blocks_s``: the part of it spent running the blocks (the rest: opening,
-    calibrating, fitting the noise model, finding the MTF edge, writing the summaries); ``read_s``, ``stages_s``, ``write_s``, ``record_s``: thread-seconds summed
-    over this run's blocks (reading and decompressing the input; the stages and the storage
+    calibrating, fitting the noise model, finding the MTF edge, writing the summaries);
+    ``read_s``, ``stages_s``, ``write_s``, ``record_s``: thread-seconds summed over this run's
+    blocks (reading and decompressing the input; the stages and the storage
     encoding, on the CPU engine; compressing and storing the output; measurements, checksums and
     progress markers); ``threads``: how many threads shared them (an int, ``{"readers": n,
     "writers": n}`` on the GPU engine, None on a cluster); on the GPU engine ``gpu_waits_s``: the
@@ -535,7 +536,8 @@ def time_account(results, seconds: float, *, threads, blocks_s: float | None = N
     for r in results:
         for k, v in (r.get("seconds") or {}).items():
             tot[k] = tot.get(k, 0.0) + float(v)
-    out = {"wall_s": float(seconds), "blocks_s": None if blocks_s is None else float(blocks_s), "threads": threads, **{f"{k}_s": round(v, 4) for k, v in tot.items()}}
+    out = {"wall_s": float(seconds), "blocks_s": None if blocks_s is None else float(blocks_s), "threads": threads,
+           **{f"{k}_s": round(v, 4) for k, v in tot.items()}}
     if waits is not None:
         out["gpu_waits_s"] = {k: round(float(v), 4) for k, v in waits.items()}
         out["gpu_busy_s"] = round(float(busy_s or 0.0), 4)
