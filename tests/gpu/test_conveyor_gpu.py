@@ -228,6 +228,8 @@ def test_api_run_on_gpu_equals_cpu(tmp_path):
     fb = np.asarray(zarr.open_group(str(b.output), mode="r")["frames"])
     _same(fb, fa)
     assert zarr.open_group(str(b.output), mode="r").attrs["provenance"]["device"].startswith("gpu")
+    acc = b.time_account  # read into pinned blocks by the input's chunk decoder, and the conveyor's waits
+    assert set(acc["gpu_waits_s"]) == {"reads", "device", "writers"} and acc["read_s"] > 0 and acc["write_s"] > 0
 
 
 def _run_both(chain, video, chunk=4):

@@ -78,6 +78,10 @@ def test_mtf_and_nnps():
     g = slanted_edge_mtf(cp.asarray(stack))
     c = slanted_edge_mtf(stack)
     np.testing.assert_allclose(g.mtf, c.mtf, rtol=1e-6, atol=1e-8)
+    flat = np.stack([img, np.full_like(img, 500.0)])  # a ROI without an edge in the batch: its solve is singular
+    g, c = slanted_edge_mtf(cp.asarray(flat)), slanted_edge_mtf(flat)
+    np.testing.assert_allclose(g.mtf, c.mtf, rtol=1e-6, atol=1e-8, equal_nan=True)
+    assert g.flags == c.flags and "edge_fit_poor" in c.flags[1]
     flats = RNG.poisson(1000, (2, 512, 512)).astype(np.float32)
     np.testing.assert_allclose(nnps(cp.asarray(flats), 0.05)["nnps_mm2"], nnps(flats, 0.05)["nnps_mm2"], rtol=1e-5)
 
