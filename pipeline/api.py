@@ -262,7 +262,7 @@ def run(
     -------
     RunResult
     """
-    from .io.checkpoint import CHECKSUM, Checkpoint, checksum
+    from .io.checkpoint import CHECKSUM, Checkpoint, block_checksum, checksum
 
     src = Path(input)
     if resume and Path(output).exists() and not Path(str(output) + ".partial").exists() and not overwrite:
@@ -389,7 +389,7 @@ def run(
     start_block, states, skip, earlier = 0, None, set(), {}
     if resuming:
         for c, m in progress_dir.markers().items():
-            if 0 <= c < n_blocks and m["checksum"] == checksum(np.asarray(target[m["t0"]:m["t1"]])):
+            if 0 <= c < n_blocks and m["checksum"] == block_checksum(np.asarray(target[m["t0"]:m["t1"]])):
                 earlier[c] = m
         # restart after the longest finished prefix whose states were saved; later finished blocks are kept
         prefix = -1

@@ -636,7 +636,7 @@ class Conveyor:
         ``num_workers`` (if given) is the number of writing threads; the other scheduler
         arguments are ignored (the conveyor runs in this process).
         """
-        from .io.checkpoint import checksum
+        from .io.checkpoint import block_checksum
 
         if chain is not None and chain is not self.chain:
             raise ValueError("process_frames got another chain than the conveyor was built for")
@@ -713,7 +713,7 @@ class Conveyor:
             measured = chain.measure(storage.decode(out)) if getattr(chain, "measures", None) else None
             if storage.packed:
                 info = {**info, "at_limit": storage.at_limit(out)}
-            written = {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": checksum(out), "info": info,
+            written = {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": block_checksum(out), "info": info,
                        "skipped_write": False, "seconds": {"read": read_s, "write": stored_at - start}}
             if progress is not None:
                 progress(t1 - t0)

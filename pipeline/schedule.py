@@ -286,9 +286,9 @@ def _write(chain, target, payload, t0, t1, skip_write, recycle=False):
         measured = None
     if storage is not None and storage.packed:
         info = {**info, "at_limit": storage.at_limit(stored)}
-    from .io.checkpoint import checksum
+    from .io.checkpoint import block_checksum
 
-    digest = checksum(np.asarray(stored))
+    digest = block_checksum(np.asarray(stored))
     if recycle and hasattr(chain, "recycle"):  # written (copied: the caller vouches), measured and summed
         chain.recycle(out)
     seconds = {**seconds, "stages": seconds.get("stages", 0.0) + written - start, "write": stored_at - written,

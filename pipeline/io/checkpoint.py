@@ -31,7 +31,16 @@ from pathlib import Path
 import numpy as np
 
 
-CHECKSUM = "crc32"  # recorded in run fingerprints: progress made with another checksum cannot be verified
+try:  # CRC-32C in hardware (SSE4.2/ARMv8 CRC): a dependency of Zarr's; its pure-Python fallback is far too slow
+    import google_crc32c as _crc32c
+
+    if getattr(_crc32c, "implementation", "c") != "c":
+        _crc32c = None
+except ImportError:  # pragma: no cover - Zarr requires it
+    _crc32c = None
+
+#: the blocks' checksum, recorded in run fingerprints: progress made with another cannot be verified
+CHECKSUM = "crc32c" if _crc32c is not None else "crc32"
 #: Output bytes between two saved states, in units of the states' size.
 STATE_EVERY = 8
 
@@ -45,13 +54,28 @@ def legacy_checksum(block) -> str:
 
 
 def checksum(block) -> str:
-    """Checksum of a block's bytes (as stored): their CRC-32 and length.
+    """Checksum of an array's bytes: their CRC-32 and length (calibrations, responses, fingerprints).
 
-    It detects torn or corrupted blocks (what a resume must catch), not tampering; a 128-bit
-    BLAKE2b-128 cost 4.5 ms per 1024 x 1024 float32 frame, CRC-32 1.0 ms (benchmarks/results/codecs_cpu.md).
+    It detects torn or corrupted data, not tampering; a 128-bit BLAKE2b-128 cost 4.5 ms per
+    1024 x 1024 float32 frame, CRC-32 1.0 ms (benchmarks/results/codecs_cpu.md).
     """
     a = np.ascontiguousarray(block).view(np.uint8).reshape(-1)
     return f"{zlib.crc32(a):08x}-{a.size:x}"
+
+
+def block_checksum(block) -> str:
+    """Checksum of a written block's bytes (as stored), for ``--resume``: :data:`CHECKSUM` and length.
+
+    CRC-32C where its hardware instruction is there (13 GB/s against zlib's CRC-32 at 4 GB/s on
+    this machine: the per-block checksum was 13 % of a flat-field run's thread time at 1024^2),
+    else CRC-32. Only progress markers hold it: a run's fingerprint names the one it used.
+    """
+    a = np.ascontiguousarray(block).view(np.uint8).reshape(-1)
+    if CHECKSUM == "crc32c":
+        ro = a.view()
+        ro.flags.writeable = False  # the extension reads a read-only buffer without copying it
+        return f"{_crc32c.value(ro):08x}-{a.size:x}"
+    return checksum(block)
 
 
 def _atomic_write(path: Path, data: bytes):

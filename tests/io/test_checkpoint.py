@@ -116,3 +116,30 @@ def test_a_block_committed_again_behind_the_prefix_is_pruned_too(tmp_path):
     for c in range(4, 7):
         ck.commit(c, c, c + 1, "x", states, {}, block_bytes=1024)
     assert _saved(ck.dir) == [6]
+
+
+def _crc32c_reference(data: bytes) -> int:
+    """Bitwise CRC-32C (Castagnoli, reflected polynomial 0x82F63B78): the textbook definition."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def test_block_checksum_is_crc32c_of_the_stored_bytes():
+    from pipeline.io.checkpoint import CHECKSUM, block_checksum, checksum
+
+    assert _crc32c_reference(b"123456789") == 0xE3069283  # the standard check value
+    block = np.random.default_rng(3).random((3, 5, 7)).astype(np.float32)
+    digest = block_checksum(block)
+    if CHECKSUM == "crc32c":
+        assert digest == f"{_crc32c_reference(block.tobytes()):08x}-{block.nbytes:x}"
+    else:  # without the hardware CRC-32C extension: the CRC-32 of checksum()
+        assert digest == checksum(block)
+    flipped = block.copy()
+    flipped.reshape(-1).view(np.uint8)[100] ^= 4  # one bit
+    assert block_checksum(flipped) != digest
+    assert block_checksum(block[:, ::-1]) == block_checksum(np.ascontiguousarray(block[:, ::-1]))
+    assert block.flags.writeable  # read through a read-only view, the caller's array untouched
