@@ -760,23 +760,27 @@ def test_kernel_lanes_setting_is_checked(monkeypatch):
 
 
 class _CountingTarget(_SlowTarget):
-    """A slow target that records how many writes run at once."""
+    """A slow target that records how many writes run at once; the first writes wait (up to 2 s) until
+    ``want`` of them run together, so the peak does not depend on how fast this machine is."""
 
-    def __init__(self, *a):
+    def __init__(self, *a, want=1):
         super().__init__(*a)
         import threading
 
-        self.lock = threading.Lock()
+        self.cv = threading.Condition()
         self.now = self.peak = 0
+        self.want = want
 
     def __setitem__(self, key, value):
-        with self.lock:
+        with self.cv:
             self.now += 1
             self.peak = max(self.peak, self.now)
+            self.cv.notify_all()
+            self.cv.wait_for(lambda: self.peak >= self.want, timeout=2.0)
         try:
             super().__setitem__(key, value)
         finally:
-            with self.lock:
+            with self.cv:
                 self.now -= 1
 
 
@@ -794,7 +798,7 @@ def test_blocks_of_a_run_are_its_chunks_so_every_writer_gets_one(monkeypatch):
     conv = Conveyor(chain, (H, W), device=FakeDevice(6))  # sized from the free memory: 64 frames
     assert conv.block_frames == 64
     conv.process_frames(src, np.full(src.shape, -1, np.float32), chain, chunk_frames=8, num_workers=4)  # and reused
-    target = _CountingTarget(src.shape, np.float32, np.random.default_rng(1))
+    target = _CountingTarget(src.shape, np.float32, np.random.default_rng(1), want=6)
     conv.process_frames(src, target, chain, chunk_frames=2, num_workers=6)
     np.testing.assert_array_equal(target.data, ref)
     assert conv._slots[0].shape[0] == 2 and conv.lend_limit(6) == 14
