@@ -249,14 +249,17 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
                                                    neighbours=np.full((0, 1), -1, np.int32), slot=None), None),
              "no_afterglow": (dataclasses.replace(params, amplitudes=np.zeros(0, np.float32),
                                                   ratios=np.zeros(0, np.float32)), None)}
+    cases["generic_bad_pixel_medians"] = (params, "generic")  # the medians in a local array, not in registers
     for fif in (2, 8):
         cases[f"frames_in_flight_{fif}"] = (params, fif)
     for name, (prm, fif) in cases.items():
         defines = (f"XRAY_FRAMES_IN_FLIGHT={fif}",) if isinstance(fif, int) else ()  # the same source, rebuilt
-        k = CorrectKernel(prm, lanes=1 if fif == "lanes1" else None, defines=defines)
+        k = CorrectKernel(prm, lanes=1 if fif == "lanes1" else None, defines=defines,
+                          register_medians=fif != "generic")
         st = cp.zeros((max(prm.n_terms, 1), h, w), cp.float32)
         tk = timed(lambda k=k, st=st: k(src, o, st), sync)
-        res[name] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate}
+        res[name] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate, "median_kernel": k.median_kernel,
+                     "bad_pixel_table_columns": int(prm.neighbours.shape[1])}
     # a 4x longer block: the maps and the state are read and written once a block, so they weigh less
     src4 = cp.concatenate([src] * 4)
     o4 = cp.empty(src4.shape, cp.float32)

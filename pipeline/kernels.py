@@ -243,9 +243,13 @@ class CorrectKernel:
         identical (each pixel gets the same operations); only the memory accesses differ.
     defines : tuple of str, optional
         Macros for building ``cuda/correct.cu`` (benchmarks try other ``XRAY_FRAMES_IN_FLIGHT``).
+    register_medians : bool
+        The bad pixels' medians in registers for tables of up to 8 or 24 columns (default); False
+        builds the generic version (a local array) for every table, to compare (same results).
     """
 
-    def __init__(self, params: CorrectionParameters, *, lanes: int | None = None, defines: tuple = ()):
+    def __init__(self, params: CorrectionParameters, *, lanes: int | None = None, defines: tuple = (),
+                 register_medians: bool = True):
         from .backend import cupy_module
 
         cp = self._cp = cupy_module()
@@ -270,7 +274,8 @@ class CorrectKernel:
         # the medians in registers for tables of up to 8 or 24 columns (bad pixels with good neighbours within
         # radius 1 or 2), the generic version (a local array) for wider ones
         k = int(params.neighbours.shape[1])
-        width = "_k8" if k <= 8 else "_k24" if k <= 24 else ""
+        width = ("_k8" if k <= 8 else "_k24" if k <= 24 else "") if register_medians else ""
+        self.median_kernel = f"bad_heads_*{width}"  # which one runs (reported by the benchmark)
         self._bad_heads = {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}{width}", defines) for r in _INPUTS}
         self.n_bad = int(params.targets.size)
         self._bad = cp.empty(0, cp.float32)  # (T, n_bad) replacement values, grown to the largest block once
