@@ -452,13 +452,9 @@ class Conveyor:
         """A pinned input block for a reader: a returned one, or a new one (as many as are in flight at once)."""
         shape = (self.block_frames,) + self.frame_shape
         dtype = np.dtype(dtype)
-        buf = None
-        with self._in_lock:
+        with self._in_lock:  # the free blocks have the slots' shape (_give_in and _ensure_slots see to it)
             self._in_free = [b for b in self._in_free if b.dtype == dtype]  # another source's: let them go
-            for i, b in enumerate(self._in_free):
-                if b.dtype == dtype and b.shape == shape:
-                    buf = self._in_free.pop(i)
-                    break
+            buf = self._in_free.pop() if self._in_free else None
             if buf is None:
                 self.pinned_in_allocations += 1
         if buf is None:

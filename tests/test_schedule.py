@@ -56,6 +56,21 @@ def test_process_scheduler_equals_threads(sim_small, one_chunk, tmp_path):
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["frames"][:], one_chunk)
 
 
+class _Slow:
+    """A stateful stage far slower than reading: adds the block count so far, 10 ms a block."""
+
+    name = "slow"
+
+    def initial_state(self, block):
+        return 0.0
+
+    def __call__(self, block, state):
+        import time
+
+        time.sleep(0.01)
+        return block + state, state + 1.0
+
+
 def test_reading_ahead_of_a_slow_stateful_stage_is_bounded():
     """Blocks wait for the time-ordered stage in bounded number: memory does not grow with the video."""
     import threading
@@ -82,18 +97,8 @@ def test_reading_ahead_of_a_slow_stateful_stage_is_bounded():
                 self.inflight -= 1
             return payload[0]
 
-    class Slow:  # a stateful stage far slower than reading
-        name = "slow"
-
-        def initial_state(self, block):
-            return 0.0
-
-        def __call__(self, block, state):
-            time.sleep(0.01)
-            return block + state, state + 1.0
-
     chain = Counting()
-    chain.stateful = [Slow()]
+    chain.stateful = [_Slow()]
     src = np.zeros((120, 4, 4), np.uint16)
     out = np.zeros((120, 4, 4), np.float32)
     process_frames(src, out, chain, chunk_frames=2, scheduler="threads", num_workers=2)
@@ -147,19 +152,9 @@ def test_time_account_counts_each_activity_once(scheduler):
             time.sleep(0.03)
             self.data[key] = value
 
-    class Lag:
-        name = "lag"
-
-        def initial_state(self, block):
-            return 0.0
-
-        def __call__(self, block, state):
-            time.sleep(0.01)
-            return block + state, state + 1.0
-
     class Chain:
         measures = ()
-        stateful = [Lag()]
+        stateful = [_Slow()]
 
         def head(self, raw):
             return raw.astype(np.float32), None

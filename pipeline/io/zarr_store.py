@@ -78,6 +78,14 @@ def decoded_frames(array):
     return Decoded(array, partial(decode, scale=float(rec.get("scale", 1.0)), offset=float(rec.get("offset", 0.0))))
 
 
+def _fill(data, dest) -> None:
+    """``dest``'s bytes from ``data``, which must be exactly as many (a short chunk is corrupt, not half a block)."""
+    got = np.frombuffer(data, np.uint8)
+    if got.size != dest.nbytes:
+        raise ValueError(f"chunk holds {got.size} bytes, not {dest.nbytes}")
+    dest.reshape(-1).view(np.uint8)[...] = got
+
+
 class ChunkDecoder:
     """Chunks of whole frames read and decompressed in the calling thread, straight into the block.
 
@@ -113,8 +121,9 @@ class ChunkDecoder:
         from numcodecs import Zstd, blosc
 
         meta = getattr(array, "metadata", None)
-        if (not isinstance(array, zarr.Array) or folder is None or not Path(folder).is_dir() or getattr(meta, "zarr_format", None) != 3
-                or getattr(array, "shards", None) is not None or tuple(array.chunks[1:]) != tuple(array.shape[1:])):
+        if (not isinstance(array, zarr.Array) or folder is None or not Path(folder).is_dir()
+                or getattr(meta, "zarr_format", None) != 3 or getattr(array, "shards", None) is not None
+                or tuple(array.chunks[1:]) != tuple(array.shape[1:])):
             return None
         dtype = np.dtype(array.dtype)
         if dtype.byteorder == ">" or (dtype.byteorder == "=" and np.little_endian is False):
@@ -126,10 +135,7 @@ class ChunkDecoder:
             return None
         comp = codecs[0] if codecs else None
         if comp is None:
-            def decode(data, dest):
-                if len(data) != dest.nbytes:
-                    raise ValueError(f"chunk holds {len(data)} bytes, not {dest.nbytes}")
-                dest.reshape(-1).view(np.uint8)[...] = np.frombuffer(data, np.uint8)
+            decode = _fill
         elif isinstance(comp, zarr.codecs.BloscCodec):
             def decode(data, dest):
                 # the Blosc header (bytes 4-7: decompressed size, 12-15: compressed size, little-endian):
@@ -142,10 +148,7 @@ class ChunkDecoder:
             zstd = Zstd(level=int(comp.level))
 
             def decode(data, dest):
-                got = np.frombuffer(zstd.decode(data), np.uint8)  # its size checked (a frame need not state it)
-                if got.size != dest.nbytes:
-                    raise ValueError(f"chunk decompresses to {got.size} bytes, not {dest.nbytes}")
-                dest.reshape(-1).view(np.uint8)[...] = got
+                _fill(zstd.decode(data), dest)  # its size checked (a frame need not state it)
         else:
             return None
         return cls(array, Path(folder), decode)

@@ -178,8 +178,8 @@ def _fill_empty(values, counts):
 _CPU_GROUP_PIXELS = 1 << 19  # ROI pixels per vectorised group on a CPU (keeps temporaries in cache)
 
 
-def _window_band(d, xs, pred, half_w, xp):
-    """The columns of ``d`` (at positions ``xs``) within ``half_w`` of ``pred`` in some row: a view.
+def _window_band(d, xs, x0: float, pred, half_w, xp):
+    """The columns of ``d`` (at positions ``xs``, the first at ``x0``) within ``half_w`` of ``pred`` in some row: a view.
 
     Outside them the centroid window is exactly zero, so the sums over the band are the sums over
     the whole row (in another order of addition: equal to rounding); a few times fewer columns once
@@ -189,7 +189,6 @@ def _window_band(d, xs, pred, half_w, xp):
     lo, hi = (float(v) for v in to_host(reach))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return d, xs
-    x0 = float(to_host(xs[:1])[0])
     j0 = max(0, int(math.floor(lo - x0)))
     j1 = min(d.shape[-1], int(math.ceil(hi - x0)) + 1)
     if j1 - j0 < 1:
@@ -304,7 +303,7 @@ def slanted_edge_mtf(
     for it in range(4):
         pred = coef[:, 0, None] + coef[:, 1, None] * (ys - yc) + coef[:, 2, None] * (ys - yc) ** 2  # (B, H)
         # the window is zero beyond half_w of the edge: only the columns it reaches in some row of some ROI
-        db, xb = _window_band(d, xs, pred, half_w, xp)
+        db, xb = _window_band(d, xs, 1.0, pred, half_w, xp)  # d's columns are x = 1..W-2
         u = (xb[None, None, :] - pred[:, :, None]) / half_w[:, None, None]
         wd = _biweight(u) * db
         s0 = wd.sum(axis=2)
