@@ -37,6 +37,7 @@ bench-detail: $(STAMP)
 	$(PY) benchmarks/bench_mtf.py
 	$(PY) benchmarks/bench_denoise.py
 	$(PY) benchmarks/bench_codecs.py
+	$(PY) benchmarks/bench_io.py
 
 # Every CUDA source must compile; skipped (with a note) where nvcc is absent.
 cuda-check:

@@ -89,10 +89,10 @@ def _fill(data, dest) -> None:
 class ChunkDecoder:
     """Chunks of whole frames read and decompressed in the calling thread, straight into the block.
 
-    Zarr's own reads finish on its single event-loop thread (the decoded chunk is copied into the
-    result there), so however many threads read, one core caps them: on a 2-core VM, 2048 x 2048
-    uint16 frames in bitshuffle-lz4 read at 114 frames/s with two threads through Zarr and 336
-    frames/s through this (4.9 against 10 CPU-ms a frame); a 16-core node was capped near 80.
+    A read through Zarr's API decodes each chunk into a buffer of its own and copies it into a new
+    result on Zarr's single event-loop thread; this costs half the CPU (benchmarks/bench_io.py:
+    5.1 against 10.0 CPU-ms a 2048 x 2048 uint16 frame in bitshuffle-lz4) and nothing of it waits
+    on that one thread.
     It takes what this project writes, the common case: Zarr v3 in a local folder, chunks of whole
     frames, no shards or filters, little-endian bytes, then Blosc, Zstd or no compression.
     :meth:`for_array` returns None for anything else (Zarr reads it). A missing chunk file reads
