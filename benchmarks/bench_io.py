@@ -35,22 +35,6 @@ from pipeline.ops.quantise import encode
 HERE = Path(__file__).resolve().parent
 
 
-def _loop_thread_cpu() -> float | None:
-    """CPU seconds of Zarr's event-loop thread so far (Linux), or None."""
-    try:
-        import os
-
-        import zarr.core.sync as zsync
-
-        loop = zsync.iothread[0]
-        if loop is None:
-            return None
-        fields = Path(f"/proc/self/task/{loop.native_id}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-    except Exception:
-        return None
-
-
 def bench_reads(path: Path, repeats: int) -> dict:
     ds = zarr_store.open_input(path)
     arr, reader = ds.frames, ds.reader()
@@ -66,11 +50,11 @@ def bench_reads(path: Path, repeats: int) -> dict:
         for name, fn in ways.items():
             best = None
             for _ in range(repeats + 1):  # the first is a warm-up (page cache)
-                loop0, c0, w0 = _loop_thread_cpu(), time.process_time(), time.perf_counter()
+                loop0, c0, w0 = zarr_store.loop_thread_cpu_s(), time.process_time(), time.perf_counter()
                 with ThreadPoolExecutor(threads) as ex:
                     list(ex.map(lambda ab: fn(*ab), blocks))
                 wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-                loop1 = _loop_thread_cpu()
+                loop1 = zarr_store.loop_thread_cpu_s()
                 run = {"frames_per_s": t / wall, "cpu_ms_per_frame": 1e3 * cpu / t,
                        "zarr_loop_cpu_ms_per_frame": (1e3 * (loop1 - loop0) / t
                                                       if loop0 is not None and loop1 is not None else None)}

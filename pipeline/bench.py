@@ -356,10 +356,46 @@ def _zarr_copy(src: Path, dst: Path, dtype, config: RunConfig, chunk: int, *, re
     w = zarr_store.OutputWriter(dst, overwrite=True)
     target = w.create("frames", ds.shape, dtype, chunks=(chunk,) + tuple(ds.shape[1:]), codec=config.output.codec,
                       level=config.output.level)
-    process_frames(ds.reader() if reader else ds.frames, target, lambda b: b.astype(dtype, copy=False),
-                   chunk_frames=chunk,
-                   scheduler=config.execution.scheduler, num_workers=config.execution.num_workers)
+    t0 = time.perf_counter()
+    results = process_frames(ds.reader() if reader else ds.frames, target, lambda b: b.astype(dtype, copy=False),
+                             chunk_frames=chunk,
+                             scheduler=config.execution.scheduler, num_workers=config.execution.num_workers)
+    blocks_s = time.perf_counter() - t0
     w.commit()
+    threads = config.execution.num_workers or os.cpu_count()
+    return _Copied(api.time_account(results, blocks_s, threads=threads, blocks_s=blocks_s))
+
+
+class _Copied:
+    """A Zarr copy's time account, as a pipeline run's result carries its own."""
+
+    def __init__(self, time_account: dict):
+        self.time_account = time_account
+
+
+def _host_counters() -> dict:
+    """Counters for :func:`_host_use`: wall and process CPU time, Zarr's event-loop thread CPU time,
+    and the machine's CPU time by state (the first line of /proc/stat, Linux)."""
+    c = {"wall": time.perf_counter(), "cpu": time.process_time(), "loop": zarr_store.loop_thread_cpu_s()}
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        c["ticks"], c["iowait"] = sum(ticks), ticks[4]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        pass
+    return c
+
+
+def _host_use(c0: dict, c1: dict) -> dict:
+    """What the host did between two :func:`_host_counters`: ``cores_busy`` (this process's CPU
+    seconds per wall second), ``zarr_loop_busy`` (the share of the wall time Zarr's one event-loop
+    thread was working: near 1, it sets the pace) and ``iowait_pct`` (the machine's CPU time spent
+    waiting on the disk); None where unknown."""
+    wall = max(c1["wall"] - c0["wall"], 1e-9)
+    loop = (c1["loop"] - c0["loop"]) / wall if c0["loop"] is not None and c1["loop"] is not None else None
+    ticks = c1.get("ticks", 0) - c0.get("ticks", 0)
+    return {"cores_busy": round((c1["cpu"] - c0["cpu"]) / wall, 3),
+            "zarr_loop_busy": None if loop is None else round(loop, 3),
+            "iowait_pct": round(100 * (c1["iowait"] - c0["iowait"]) / ticks, 2) if ticks > 0 else None}
 
 
 def bench_pipelines(path: Path, tmp: Path, *, config: RunConfig, device: str, repeats: int, full_frames: int,
@@ -397,7 +433,8 @@ def bench_pipelines(path: Path, tmp: Path, *, config: RunConfig, device: str, re
                                                       overwrite=True), n, n * h * w * (2 + out_bytes))
     order = list(jobs)
     times: dict = {k: [] for k in order}
-    accounts: dict = {}  # the pipelines' time accounts (api.time_account), of their last timed run
+    accounts: dict = {}  # the time accounts (api.time_account) of each job's last timed run
+    hosts: dict = {}  # and what the host did during it (_host_use)
     for k in order:  # warm-up: compilation, page cache
         if not k.startswith("full"):
             jobs[k][0]()
@@ -405,9 +442,11 @@ def bench_pipelines(path: Path, tmp: Path, *, config: RunConfig, device: str, re
         for k in order[i % len(order):] + order[: i % len(order)]:
             if k.startswith("full") and i >= max(1, repeats - 1):
                 continue
-            t0 = time.perf_counter()
+            c0 = _host_counters()
             done = jobs[k][0]()
-            times[k].append(time.perf_counter() - t0)
+            c1 = _host_counters()
+            times[k].append(c1["wall"] - c0["wall"])
+            hosts[k] = _host_use(c0, c1)
             if getattr(done, "time_account", None):
                 accounts[k] = done.time_account
     for k in order:
@@ -419,6 +458,8 @@ def bench_pipelines(path: Path, tmp: Path, *, config: RunConfig, device: str, re
                         kind="roofline" if k.startswith("zarr") else "pipeline")
         if k in accounts:
             res[k]["time_account"] = accounts[k]
+        if k in hosts:
+            res[k]["host"] = hosts[k]
     for k in order:  # a float32 output: also against the copy that writes the same dtype
         if not k.startswith("zarr") and "uint16 output" not in k:
             res[k]["ratio_to_float32_copy"] = res[k]["per_s"] / res["zarr copy uint16->float32"]["per_s"]
@@ -523,25 +564,36 @@ def _table(lines: list, res: dict, unit: str = "frames/s"):
 
 
 def _time_table(lines: list, pipelines: dict):
-    """Where each pipeline's time went (its last timed run): thread-seconds, and the GPU conveyor's waits."""
-    acc = {k: e["time_account"] for k, e in pipelines.items() if e.get("time_account")}
-    if not acc:
+    """Where each job's time went (its last timed run): thread-seconds, the GPU conveyor's waits, and
+    what the host did (cores busy, Zarr's event-loop thread, the disk)."""
+    rows = {k: e for k, e in pipelines.items() if e.get("time_account") or e.get("host")}
+    if not rows:
         return
-    lines += ["Where the time went (last timed run; thread-seconds summed over the blocks; the GPU engine's "
-              "conveyor waits and what it waited on most):", "",
-              "| pipeline | wall s | blocks s | frames/s on the blocks | read | stages | write | record | threads | "
-              "waits: reads / device / writers, own work s | paced by |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
-    for k, a in acc.items():
+    lines += ["Where the time went (last timed run of each; thread-seconds summed over the blocks; the GPU "
+              "engine's conveyor waits and what it waited on most; cores busy = process CPU-s per wall s; "
+              "Zarr loop = the share of the wall time Zarr's one event-loop thread worked; iowait = the "
+              "machine's CPU time waiting on the disk):", "",
+              "| job | wall s | blocks s | frames/s on the blocks | read | stages | write | record | threads | "
+              "waits: reads / device / writers, own work s | paced by | cores busy | Zarr loop | iowait % |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|"]
+
+    def num(v, fmt):
+        return "" if v is None else format(v, fmt)
+
+    for k, e in rows.items():
+        a, h = e.get("time_account") or {}, e.get("host") or {}
         blocks = a.get("blocks_s")
-        rate = f"{pipelines[k]['items'] / blocks:.1f}" if blocks else ""
+        rate = f"{e['items'] / blocks:.1f}" if blocks else ""
         th = a.get("threads")
-        th = f"{th['readers']} + {th['writers']}" if isinstance(th, dict) else str(th)
+        th = f"{th['readers']} + {th['writers']}" if isinstance(th, dict) else ("" if th is None else str(th))
         w = a.get("gpu_waits_s")
         ws = (" / ".join(f"{w[x]:.2f}" for x in ("reads", "device", "writers")) + f", {a.get('gpu_busy_s', 0):.2f}"
               if w else "")
-        lines.append(f"| {k} | {a['wall_s']:.2f} | {'' if blocks is None else f'{blocks:.2f}'} | {rate} | {a['read_s']:.2f} | "
-                     f"{a['stages_s']:.2f} | {a['write_s']:.2f} | {a['record_s']:.2f} | {th} | {ws} | "
-                     f"{a.get('bound_by') or ''} |")
+        lines.append(f"| {k} | {num(a.get('wall_s'), '.2f')} | {num(blocks, '.2f')} | {rate} | "
+                     f"{num(a.get('read_s'), '.2f')} | {num(a.get('stages_s'), '.2f')} | {num(a.get('write_s'), '.2f')} | "
+                     f"{num(a.get('record_s'), '.2f')} | {th} | {ws} | {a.get('bound_by') or ''} | "
+                     f"{num(h.get('cores_busy'), '.1f')} | {num(h.get('zarr_loop_busy'), '.2f')} | "
+                     f"{num(h.get('iowait_pct'), '.1f')} |")
     lines.append("")
 
 

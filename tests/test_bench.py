@@ -48,16 +48,40 @@ def test_bench_command_writes_consistent_results(tmp_path):
             assert st[name]["roofline"] in st and st[st[name]["roofline"]]["kind"] == "roofline"
         assert {"zarr copy uint16", "flat-field", "full default (+ spatial denoiser)"} <= set(pp)
         assert pp["full default (+ spatial denoiser)"]["items"] == 4
-        for name, e in pp.items():  # every pipeline run says where its time went, within its own wall time
-            if not name.startswith("zarr"):
-                a = e["time_account"]
-                assert a["blocks_s"] <= a["wall_s"] <= max(e["seconds"]) and a["write_s"] > 0
+        for name, e in pp.items():  # every job (copies too) says where its time went, within its own wall time
+            a, h = e["time_account"], e["host"]
+            assert a["blocks_s"] <= a["wall_s"] <= max(e["seconds"]) and a["write_s"] > 0
+            assert 0 < h["cores_busy"] and (h["iowait_pct"] is None or 0 <= h["iowait_pct"] <= 100)
     sc = data["scaling"]
     assert [p["frames"] for p in sc["frames"]] == [8, 24]
     assert [p["workers"] for p in sc["workers"]] == [1, 2]
     assert all(p["peak_rss_MiB"] > 50 for p in sc["frames"])  # a Python process with NumPy and Dask loaded
     md = (out / "bench_cpu.md").read_text()
     assert "| flatfield |" in md and "## Scaling" in md and "Where the time went" in md
+    assert "| zarr copy uint16 |" in md.split("Where the time went")[1]
+
+
+def test_host_use_counts_this_process_and_zarrs_loop_thread(tmp_path):
+    """cores_busy is CPU-s per wall-s: about 1 for a busy thread, about 0 asleep; Zarr's loop thread is seen."""
+    import time
+
+    import zarr
+
+    c0 = bench._host_counters()
+    t_end = time.perf_counter() + 0.4
+    while time.perf_counter() < t_end:
+        pass
+    busy = bench._host_use(c0, bench._host_counters())
+    c0 = bench._host_counters()
+    time.sleep(0.4)
+    idle = bench._host_use(c0, bench._host_counters())
+    assert 0.7 < busy["cores_busy"] < 1.3 and idle["cores_busy"] < 0.2
+    a = zarr.create_array(str(tmp_path / "a.zarr"), shape=(64, 256, 256), chunks=(1, 256, 256), dtype="f4")
+    a[...] = 1.0
+    np.asarray(a[...])  # the loop thread exists and has worked
+    from pipeline.io.zarr_store import loop_thread_cpu_s
+
+    assert loop_thread_cpu_s() is not None and loop_thread_cpu_s() > 0
 
 
 def test_bench_rejects_bad_sizes(capsys):

@@ -28,6 +28,26 @@ from ..errors import CalibrationError, DataError, OutputExistsError  # noqa: F40
 FRAME_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float32, np.float64)
 
 
+def loop_thread_cpu_s() -> float | None:
+    """CPU seconds Zarr's event-loop thread has used so far (Linux: /proc/self/task), or None.
+
+    Zarr v3 runs every array access as a coroutine on that one thread (the codecs go to a thread
+    pool from there): the share of a run's work that does not spread over threads.
+    """
+    try:
+        import os
+
+        import zarr.core.sync as zsync
+
+        loop = zsync.iothread[0]
+        if loop is None:
+            return None
+        fields = Path(f"/proc/self/task/{loop.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    except Exception:  # not Linux, no loop yet, another Zarr layout: unknown
+        return None
+
+
 def _codecs(codec: str, level: int):
     if codec == "zstd":
         return [zarr.codecs.ZstdCodec(level=level)]
