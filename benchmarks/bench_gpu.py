@@ -235,8 +235,10 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8, passes=4):
 
 def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
     """Where the fused kernel's time goes: it (float32 out) without bad pixels, without afterglow, and built
-    with one pixel a thread instead of four, with other numbers of frames' loads in flight (XRAY_FRAMES_IN_FLIGHT); ``ratio_to_copy`` counts the full
-    kernel's bytes in every case (a time ratio, not the variant's own traffic)."""
+    with one pixel a thread instead of four, with other numbers of frames' loads in flight (XRAY_FRAMES_IN_FLIGHT),
+    with the generic (local-array) medians, and with the bad pixels' values read but the launch computing them
+    left out; ``ratio_to_copy`` counts the full kernel's bytes in every case (a time ratio, not the variant's own
+    traffic)."""
     import dataclasses
 
     from pipeline.kernels import CorrectKernel
@@ -260,6 +262,17 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
         tk = timed(lambda k=k, st=st: k(src, o, st), sync)
         res[name] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate, "median_kernel": k.median_kernel,
                      "bad_pixel_table_columns": int(prm.neighbours.shape[1])}
+    # the bad pixels' cost split in two: the main kernel reading the replacement values (as_built's, left in
+    # place by a first call) without the launch that computes them; as_built minus this = the median launch,
+    # this minus no_bad_pixels = what the bad pixels cost the main kernel
+    k = CorrectKernel(params)
+    st = cp.zeros((max(params.n_terms, 1), h, w), cp.float32)
+    k(src, o, st)
+    sync()
+    k._bad_heads = {dt: (lambda *args, **kw: None) for dt in k._bad_heads}
+    tk = timed(lambda: k(src, o, st), sync)
+    res["bad_pixels_without_median_launch"] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate,
+                                               "bad_pixel_table_columns": int(params.neighbours.shape[1])}
     # a 4x longer block: the maps and the state are read and written once a block, so they weigh less
     src4 = cp.concatenate([src] * 4)
     o4 = cp.empty(src4.shape, cp.float32)

@@ -74,7 +74,6 @@ class _Slow:
 def test_reading_ahead_of_a_slow_stateful_stage_is_bounded():
     """Blocks wait for the time-ordered stage in bounded number: memory does not grow with the video."""
     import threading
-    import time
 
     from pipeline.schedule import _read_ahead, process_frames
 
