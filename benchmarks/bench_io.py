@@ -1,12 +1,15 @@
 """Host I/O around the stages: reading input blocks, the uint16 code, progress records.
 
-Usage: python benchmarks/bench_io.py [--frames 64] [--size 2048] [--repeats 3]
+Usage: python benchmarks/bench_io.py [--frames 64] [--size 2048] [--repeats 5]
 
 * **Reads**: a simulated uint16 video (chunks of 4 whole frames, bitshuffle-lz4, as `run` and
   `simulate` write them) read block by block with 1 and 2 threads through Zarr's own API and
-  through the pipelines' reader (`FrameReader`: its `ChunkDecoder`), in frames/s and process
-  CPU-ms a frame; for Zarr also the CPU time of its event-loop thread (`zarr_io`, from
-  /proc/self/task), the share that does not spread over threads.
+  through the pipelines' reader (`FrameReader`: its `ChunkDecoder`) into a new array a block or
+  into a buffer reused (as the engines do), in frames/s and process CPU-ms a frame (user and
+  system); for Zarr also the CPU time of its event-loop thread (`zarr_io`, from /proc/self/task),
+  the share that does not spread over threads.
+* **Writes**: blocks of whole chunks written through Zarr's API and through the pipelines' writer
+  (`FrameWriter`: its `ChunkEncoder`), float32 and uint16, 1 and 2 threads, the same figures.
 * **uint16 code**: `ops.quantise.encode` to uint16, the Numba pass against the NumPy code.
 * **Progress records**: `Checkpoint.commit` per block (marker, states every k-th block, pruning)
   at 1 000 and 4 000 blocks: the cost a block must not grow with the run.
@@ -17,8 +20,10 @@ Writes benchmarks/results/io_cpu.json/.md.
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -41,26 +46,85 @@ def bench_reads(path: Path, repeats: int) -> dict:
     assert reader._decoder is not None, "the video should be readable by the pipelines' own decoder"
     t, c = arr.shape[0], arr.chunks[0]
     blocks = [(s, min(s + c, t)) for s in range(0, t, c)]
+    bufs = threading.local()
+
+    def into_reused(a, b):  # what the CPU engine does now: read into a buffer the thread had before
+        buf = getattr(bufs, "buf", None)
+        if buf is None or buf.shape[0] != b - a:
+            buf = bufs.buf = np.empty((b - a,) + arr.shape[1:], arr.dtype)
+        return reader.read_block(a, b, skip=False, out=buf)[0]
+
     ways = {"zarr API": lambda a, b: np.asarray(arr[a:b]),
-            "pipeline reader": lambda a, b: reader.read_block(a, b, skip=False)[0]}
+            "pipeline reader, new array a block": lambda a, b: reader.read_block(a, b, skip=False)[0],
+            "pipeline reader, reused buffer": into_reused}
     for a, b in blocks[:2]:
-        np.testing.assert_array_equal(ways["zarr API"](a, b), ways["pipeline reader"](a, b))
+        for name in list(ways)[1:]:
+            np.testing.assert_array_equal(ways["zarr API"](a, b), ways[name](a, b))
     rows = {}
     for threads in (1, 2):
-        for name, fn in ways.items():
-            best = None
-            for _ in range(repeats + 1):  # the first is a warm-up (page cache)
-                loop0, c0, w0 = zarr_store.loop_thread_cpu_s(), time.process_time(), time.perf_counter()
-                with ThreadPoolExecutor(threads) as ex:
-                    list(ex.map(lambda ab: fn(*ab), blocks))
-                wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-                loop1 = zarr_store.loop_thread_cpu_s()
-                run = {"frames_per_s": t / wall, "cpu_ms_per_frame": 1e3 * cpu / t,
-                       "zarr_loop_cpu_ms_per_frame": (1e3 * (loop1 - loop0) / t
-                                                      if loop0 is not None and loop1 is not None else None)}
-                if best is None or run["frames_per_s"] > best["frames_per_s"]:
-                    best = run
-            rows[f"{name}, {threads} thread{'s' if threads > 1 else ''}"] = best
+        runs = _alternate({name: (lambda fn=fn: _threads(threads, fn, blocks)) for name, fn in ways.items()},
+                          repeats, t)
+        for name, run in runs.items():
+            rows[f"{name}, {threads} thread{'s' if threads > 1 else ''}"] = run
+    return rows
+
+
+def _threads(threads, fn, blocks):
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(lambda ab: fn(*ab), blocks))
+
+
+def _alternate(jobs: dict, repeats: int, frames: int) -> dict:
+    """Each job timed ``repeats`` times after a warm-up, the jobs taking turns (this VM's speed drifts
+    between minutes, so A-then-B would time the drift): per job the median run's frames/s, and its
+    process CPU split into user and system ms a frame (the system part: page faults, zeroed pages,
+    copies into the page cache) and Zarr's event-loop thread's."""
+    for fn in jobs.values():
+        fn()
+    runs: dict = {k: [] for k in jobs}
+    for _ in range(repeats):
+        for name, fn in jobs.items():
+            loop0, r0, w0 = zarr_store.loop_thread_cpu_s(), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            fn()
+            wall, r1, loop1 = time.perf_counter() - w0, resource.getrusage(resource.RUSAGE_SELF), zarr_store.loop_thread_cpu_s()
+            runs[name].append({"frames_per_s": frames / wall,
+                               "user_ms_per_frame": 1e3 * (r1.ru_utime - r0.ru_utime) / frames,
+                               "system_ms_per_frame": 1e3 * (r1.ru_stime - r0.ru_stime) / frames,
+                               "zarr_loop_cpu_ms_per_frame": (1e3 * (loop1 - loop0) / frames
+                                                              if loop0 is not None and loop1 is not None else None)})
+    out = {}
+    for name, rs in runs.items():
+        rs = sorted(rs, key=lambda r: r["frames_per_s"])
+        med = rs[len(rs) // 2]
+        out[name] = {**med, "cpu_ms_per_frame": med["user_ms_per_frame"] + med["system_ms_per_frame"],
+                     "frames_per_s_runs": [round(r["frames_per_s"], 1) for r in runs[name]]}
+    return out
+
+
+def bench_writes(tmp: Path, frames: int, size: int, repeats: int) -> dict:
+    """Blocks of 4 frames (one chunk each, bitshuffle-lz4) written through Zarr's API and through the
+    pipelines' writer (FrameWriter: its ChunkEncoder), float32 and uint16, 1 and 2 threads."""
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(300, (4, size, size))
+    rows = {}
+    for dtype in (np.float32, np.uint16):
+        block = (counts / 300.0).astype(np.float32) if dtype == np.float32 else counts.astype(np.uint16)
+        for threads in (1, 2):
+            def write(way, threads=threads, block=block, dtype=dtype):
+                w = zarr_store.OutputWriter(tmp / f"w-{way}.zarr", overwrite=True)
+                target = w.create("frames", (frames, size, size), dtype, chunks=(4, size, size))
+                if way == "pipeline writer":
+                    target = w.frames_target(target)
+                _threads(threads, lambda a, b: target.__setitem__(slice(a, b), block),
+                         [(a, a + 4) for a in range(0, frames, 4)])
+                w.commit()
+
+            runs = _alternate({way: (lambda way=way: write(way)) for way in ("zarr API", "pipeline writer")}, repeats,
+                              frames)
+            for way, run in runs.items():
+                rows[f"{np.dtype(dtype).name}, {way}, {threads} thread{'s' if threads > 1 else ''}"] = run
+    a = zarr_store.open_input(tmp / "w-pipeline writer.zarr").frames  # the last one written: the data, back
+    np.testing.assert_array_equal(np.asarray(a[frames - 4:frames]), counts.astype(np.uint16))
     return rows
 
 
@@ -100,7 +164,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--size", type=int, default=2048)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="xray-bench-io-"))
@@ -108,6 +172,7 @@ def main():
         seed = bench._simulate(tmp / "seed.zarr", 8, args.size)
         video = bench._repeat_video(seed, tmp / "video.zarr", args.frames, 4)
         reads = bench_reads(video, args.repeats)
+        writes = bench_writes(tmp, args.frames, args.size, args.repeats)
         code = bench_code(1024, args.repeats)
         commits = bench_commits(tmp)
     finally:
@@ -116,20 +181,29 @@ def main():
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "video": f"{args.frames} x {args.size} x {args.size} uint16, chunks of 4 frames, bitshuffle-lz4"}
     lines = [f"# Host I/O ({meta['machine']}, {meta['date']})", "",
-             f"Reads of {meta['video']}, block by block (best of {args.repeats} after a warm-up):", "",
-             "| read through | frames/s | process CPU-ms a frame | Zarr event-loop thread CPU-ms a frame |",
-             "|---|---:|---:|---:|"]
-    for k, r in reads.items():
-        loop = r["zarr_loop_cpu_ms_per_frame"]
-        lines.append(f"| {k} | {r['frames_per_s']:.1f} | {r['cpu_ms_per_frame']:.1f} | "
-                     f"{'' if loop is None else f'{loop:.1f}'} |")
+             f"Reads of {meta['video']}, block by block (the median of {args.repeats} runs after a warm-up, the "
+             "ways taking turns; CPU time of the whole process, split into user and system time):", ""]
+    _io_table(lines, "read through", reads)
+    lines += ["", f"Writes of {args.frames} frames of {args.size}², blocks of 4 frames (one chunk each, bitshuffle-lz4"
+              "; Poisson counts, float32 as counts / 300), the same way:", ""]
+    _io_table(lines, "written as, through", writes)
     lines += ["", "uint16 code of float32 frames (`ops.quantise.encode`, 16 x 1024 x 1024, median):", "",
               "| code | ms per 1024² frame |", "|---|---:|"]
     lines += [f"| {k} | {r['ms_per_frame']:.2f} |" for k, r in code.items()]
     lines += ["", "Progress records (`Checkpoint.commit`: marker, states every k-th block, pruning):", "",
               "| run | ms per commit | ms per commit, last 200 |", "|---|---:|---:|"]
     lines += [f"| {k} | {r['ms_per_commit']:.2f} | {r['ms_per_commit_last_200']:.2f} |" for k, r in commits.items()]
-    write_results(args.out, "io_cpu", {"meta": meta, "reads": reads, "uint16_code": code, "commits": commits}, lines)
+    write_results(args.out, "io_cpu", {"meta": meta, "reads": reads, "writes": writes, "uint16_code": code,
+                                        "commits": commits}, lines)
+
+
+def _io_table(lines: list, what: str, rows: dict) -> None:
+    lines += [f"| {what} | frames/s | CPU-ms a frame: user | system | Zarr event-loop thread |",
+              "|---|---:|---:|---:|---:|"]
+    for k, r in rows.items():
+        loop = r["zarr_loop_cpu_ms_per_frame"]
+        lines.append(f"| {k} | {r['frames_per_s']:.1f} | {r['user_ms_per_frame']:.1f} | {r['system_ms_per_frame']:.1f} | "
+                     f"{'' if loop is None else f'{loop:.1f}'} |")
 
 
 if __name__ == "__main__":

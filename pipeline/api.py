@@ -422,7 +422,8 @@ def run(
 
     try:
         engine_start = time.perf_counter()
-        results = engine(ds.reader(check_missing=cfg.execution.check_missing_chunks), target, chain,
+        source = ds.reader(check_missing=cfg.execution.check_missing_chunks)
+        results = engine(source, writer.frames_target(target), chain,
                          chunk_frames=chunk, scheduler=cfg.execution.scheduler, cluster=cfg.execution.cluster,
                          num_workers=cfg.execution.num_workers, progress=progress, start_block=start_block,
                          initial_states=states, skip_write=skip, on_commit=on_commit,

@@ -31,6 +31,7 @@ calling thread (the client) as each block's commit finishes, never in a worker.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import operator
 import os
@@ -227,8 +228,14 @@ def _head(source, chain, t0, t1, skip_errors, *after):
     """Read a block and run the stateless head stages; a unreadable block becomes NaN when skipping errors."""
     start = time.perf_counter()
     info = {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}
+    buf = None
     if hasattr(source, "read_block"):
-        raw, skipped = source.read_block(t0, t1, skip=skip_errors)
+        pool = getattr(chain, "pool", None)
+        if pool is not None and _reads_into(source):  # into a reused buffer: no fresh pages every block
+            buf = pool.take((t1 - t0,) + tuple(source.shape[1:]), source.dtype)
+            raw, skipped = source.read_block(t0, t1, skip=skip_errors, out=buf)
+        else:
+            raw, skipped = source.read_block(t0, t1, skip=skip_errors)
         info["skipped"] = [list(s) for s in skipped]
     else:
         raw = source[t0:t1]
@@ -238,8 +245,18 @@ def _head(source, chain, t0, t1, skip_errors, *after):
         info["nonfinite"] = nonfinite - skipped_px
     read = time.perf_counter()
     block, mask = chain.head(raw)
+    if buf is not None and raw is buf and not any(np.may_share_memory(a, buf) for a in (block, mask) if a is not None):
+        chain.pool.give(buf)  # the head made its own arrays: the raw block is free for the next read
     info[SECONDS] = {"read": read - start, "stages": time.perf_counter() - read}
     return block, mask, info
+
+
+def _reads_into(source) -> bool:
+    """Whether ``source.read_block`` takes ``out`` (a buffer to read the block into)."""
+    try:
+        return "out" in inspect.signature(source.read_block).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 SECONDS = "_seconds"  # the block's thread-seconds so far, carried in its info from task to task

@@ -16,6 +16,7 @@ it (NaN would poison the state forever).
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -191,28 +192,34 @@ class MTFStage:
 
 
 class BlockPool:
-    """Float32 block buffers reused from block to block, shared by the scheduler's threads.
+    """Block buffers reused from block to block, shared by the scheduler's threads.
 
-    A fresh 64 MiB array costs more in page faults than the flat field written into it; the
-    scheduler hands each written block back (:meth:`Chain.recycle`) and the next head reuses it.
+    A fresh 64 MiB array costs more in page faults than the flat field written into it (the
+    kernel zeroes every page first: 5-8 ms for 32 MiB on this VM): the scheduler reads raw blocks
+    into buffers from here and hands each back once the head has used it, and each written block
+    once it is stored (:meth:`Chain.recycle`), and the next block reuses them. It keeps at most
+    ``keep`` buffers of each shape and dtype: as many as were in flight at once, so it adds
+    nothing to the run's peak memory.
     """
 
-    def __init__(self, keep: int = 4):
-        self.keep = keep
+    def __init__(self, keep: int | None = None):
+        self.keep = keep if keep is not None else max(4, 2 * (os.cpu_count() or 1))
         self._free: list = []
         self._lock = threading.Lock()
 
-    def take(self, shape):
+    def take(self, shape, dtype=np.float32):
+        shape, dtype = tuple(shape), np.dtype(dtype)
         with self._lock:
             for i, a in enumerate(self._free):
-                if a.shape == tuple(shape):
+                if a.shape == shape and a.dtype == dtype:
                     return self._free.pop(i)
-        return np.empty(shape, np.float32)
+        return np.empty(shape, dtype)
 
     def give(self, a) -> None:
-        if isinstance(a, np.ndarray) and a.dtype == np.float32 and a.base is None and a.flags.c_contiguous:
+        if isinstance(a, np.ndarray) and a.base is None and a.flags.c_contiguous and a.flags.writeable:
             with self._lock:
-                if len(self._free) < self.keep and all(b is not a for b in self._free):
+                same = sum(1 for b in self._free if b.shape == a.shape and b.dtype == a.dtype)
+                if same < self.keep and all(b is not a for b in self._free):
                     self._free.append(a)
 
 

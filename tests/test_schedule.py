@@ -174,3 +174,52 @@ def test_time_account_counts_each_activity_once(scheduler):
     busy = acc["read_s"] + acc["stages_s"] + acc["write_s"] + acc["record_s"]
     assert busy <= threads * wall * 1.05  # thread-seconds fit in the threads' time
     assert all(set(r["info"]) == {"t0", "t1", "skipped", "nonfinite"} for r in res)  # the seconds left it
+
+
+class _IntoSource:
+    """read_block(out=) into the caller's buffer; remembers every buffer it was given."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype = data, data.shape, data.dtype
+        self.buffers: dict = {}
+
+    def read_block(self, t0, t1, *, skip, out=None):
+        if out is None:
+            return self.data[t0:t1].copy(), []
+        self.buffers[id(out)] = out  # kept alive: ids stay unique
+        out[...] = self.data[t0:t1]
+        return out, []
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "synchronous"])
+def test_raw_blocks_are_read_into_reused_buffers(scheduler):
+    """The CPU engine reads each block into a buffer the head has finished with: a few buffers serve the video."""
+    from pipeline.schedule import process_frames
+    from pipeline.stages import Chain
+
+    rng = np.random.default_rng(1)
+    src = _IntoSource(rng.integers(0, 4000, (96, 8, 6)).astype(np.uint16))
+    out = np.zeros(src.shape, np.float32)
+    process_frames(src, out, Chain(None), chunk_frames=4, scheduler=scheduler, num_workers=2, recycle=True)
+    np.testing.assert_array_equal(out, src.data.astype(np.float32))
+    assert 1 <= len(src.buffers) <= (2 if scheduler == "synchronous" else 8) < 24  # 24 blocks
+
+
+def test_a_raw_block_the_head_keeps_is_not_reused():
+    """A head that returns (a view of) its raw block keeps it: the next read must not land in it."""
+    from pipeline.schedule import process_frames
+    from pipeline.stages import Chain
+
+    class KeepsRaw(Chain):
+        def head(self, raw):
+            return raw[:, ::1], None  # a view of the raw block, handed on
+
+        def tail(self, payload):
+            return payload[0]
+
+    rng = np.random.default_rng(2)
+    src = _IntoSource(rng.uniform(0, 1, (64, 8, 6)).astype(np.float32))
+    out = np.zeros(src.shape, np.float32)
+    process_frames(src, out, KeepsRaw(None), chunk_frames=4, scheduler="threads", num_workers=2, recycle=True)
+    np.testing.assert_array_equal(out, src.data)
+    assert len(src.buffers) == 16  # one buffer a block: none given back while the head's view of it lived

@@ -143,3 +143,24 @@ def test_block_checksum_is_crc32c_of_the_stored_bytes():
     assert block_checksum(flipped) != digest
     assert block_checksum(block[:, ::-1]) == block_checksum(np.ascontiguousarray(block[:, ::-1]))
     assert block.flags.writeable  # read through a read-only view, the caller's array untouched
+
+
+def test_markers_are_not_synced_the_run_record_is(tmp_path, monkeypatch):
+    """One journal commit a block bought nothing: resume trusts a marker only where the stored bytes match it."""
+    import json
+    import os
+
+    from pipeline.io import checkpoint
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    ck = Checkpoint(tmp_path / "p")
+    ck.start({"run": 1})
+    assert len(synced) == 1  # the run's fingerprint: written once, synced
+    for c in range(5):
+        ck.commit(c, 2 * c, 2 * c + 2, f"{c:08x}-10", None, {})
+    assert len(synced) == 1
+    assert sorted(ck.markers()) == [0, 1, 2, 3, 4]  # written whole all the same (a temporary file renamed)
+    assert not [p for p in (tmp_path / "p").iterdir() if p.name.endswith(".tmp")]
+    assert json.loads((tmp_path / "p" / "block_000003.json").read_text())["t0"] == 6
