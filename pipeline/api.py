@@ -853,8 +853,9 @@ def simulate(
     chunk = spec.chunk_frames
     writer = zarr_store.OutputWriter(output, overwrite=overwrite)
     try:
-        raw = writer.create("frames", (t, h, w), np.uint16, chunks=(min(chunk, t), h, w))
-        truth = writer.create("truth/frames", (t, h, w), np.float32, chunks=(min(chunk, t), h, w)) if spec.truth_frames else None
+        raw = writer.frames_target(writer.create("frames", (t, h, w), np.uint16, chunks=(min(chunk, t), h, w)))
+        truth = (writer.frames_target(writer.create("truth/frames", (t, h, w), np.float32, chunks=(min(chunk, t), h, w)))
+                 if spec.truth_frames else None)
         writer.write("darks", sim.darks, chunks=(min(8, sim.darks.shape[0]), h, w))
         writer.write("flats", sim.flats, chunks=(min(8, sim.flats.shape[0]), h, w))
         for name, arr in sim.truth_maps.items():
@@ -919,7 +920,7 @@ def ingest(
                 continue
             dt = storage_dtype(s_.dtype)
             n = s_.shape[0]
-            arr = writer.create(name, s_.shape, dt, chunks=(min(chunk_frames, n), h, w))
+            arr = writer.frames_target(writer.create(name, s_.shape, dt, chunks=(min(chunk_frames, n), h, w)))
             for t0 in range(0, n, chunk_frames):
                 t1 = min(t0 + chunk_frames, n)
                 block = np.asarray(s_.read(t0, t1))

@@ -113,7 +113,7 @@ def _fill(data, dest) -> None:
 class _Scratch:
     """One byte buffer per thread, grown to the largest size asked of it and reused: a chunk-sized
     buffer made fresh for every chunk costs the kernel a page fault and a zeroed page for every
-    4 KiB of it (numcodecs' encode: 22 of its 58 ms on a 64 MB float32 chunk, measured here)."""
+    4 KiB of it (see :class:`ChunkEncoder`)."""
 
     def __init__(self):
         self._local = threading.local()
@@ -261,8 +261,9 @@ class ChunkEncoder:
     """Chunks of whole frames compressed in the calling thread and stored as Zarr's own chunk files.
 
     Zarr's write compresses through numcodecs, whose encode returns a fresh buffer the size of the
-    chunk each time: on a 64 MB float32 chunk the kernel spent 22 ms zeroing its pages against 36 ms
-    of compression (benchmarks/bench_io.py). Here c-blosc compresses into a buffer each thread
+    chunk each time, every page of which the kernel faults in and zeroes: writing 2048^2 float32
+    frames in chunks of 4 with one thread took 9.2 user + 18.2 system CPU-ms a frame through Zarr,
+    9.2 + 6.3 here (benchmarks/results/io_cpu.md). Here c-blosc compresses into a buffer each thread
     reuses, with Zarr's parameters, so the file holds the very bytes Zarr writes (tested), written
     the way Zarr writes them (a temporary file renamed into place). It takes the arrays this
     project writes (:func:`_whole_frame_layout`: a local Zarr v3 folder, chunks of whole frames)
