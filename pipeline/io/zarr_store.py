@@ -39,8 +39,6 @@ def loop_thread_cpu_s() -> float | None:
     pool from there): the share of a run's work that does not spread over threads.
     """
     try:
-        import os
-
         import zarr.core.sync as zsync
 
         loop = zsync.iothread[0]
@@ -221,7 +219,6 @@ class ChunkDecoder:
             if not whole:
                 out[lo - start : hi - start] = dest[lo - a : hi - a]
         return out
-
 
     def _read_file(self, path: Path) -> memoryview:
         """The file's bytes, in this thread's scratch buffer (valid until its next read)."""
