@@ -1,6 +1,7 @@
 """Host I/O around the stages: reading input blocks, the uint16 code, progress records.
 
-Usage: python benchmarks/bench_io.py [--frames 64] [--size 2048] [--repeats 5]
+Usage: python benchmarks/bench_io.py [--frames 64] [--size 2048] [--repeats 5] [--threads 1,2]
+       [--parts reads,writes,code,commits] [--name io_cpu]
 
 * **Reads**: a simulated uint16 video (chunks of 4 whole frames, bitshuffle-lz4, as `run` and
   `simulate` write them) read block by block with 1 and 2 threads through Zarr's own API and
@@ -14,7 +15,7 @@ Usage: python benchmarks/bench_io.py [--frames 64] [--size 2048] [--repeats 5]
 * **Progress records**: `Checkpoint.commit` per block (marker, states every k-th block, pruning)
   at 1 000 and 4 000 blocks: the cost a block must not grow with the run.
 
-Writes benchmarks/results/io_cpu.json/.md.
+Writes benchmarks/results/io_cpu.json/.md (``--name``: another stem).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pipeline.ops.quantise import encode
 HERE = Path(__file__).resolve().parent
 
 
-def bench_reads(path: Path, repeats: int) -> dict:
+def bench_reads(path: Path, repeats: int, threads_list=(1, 2)) -> dict:
     ds = zarr_store.open_input(path)
     arr, reader = ds.frames, ds.reader()
     assert reader._decoder is not None, "the video should be readable by the pipelines' own decoder"
@@ -61,7 +62,7 @@ def bench_reads(path: Path, repeats: int) -> dict:
         for name in list(ways)[1:]:
             np.testing.assert_array_equal(ways["zarr API"](a, b), ways[name](a, b))
     rows = {}
-    for threads in (1, 2):
+    for threads in threads_list:
         runs = _alternate({name: (lambda fn=fn: _threads(threads, fn, blocks)) for name, fn in ways.items()},
                           repeats, t)
         for name, run in runs.items():
@@ -101,7 +102,7 @@ def _alternate(jobs: dict, repeats: int, frames: int) -> dict:
     return out
 
 
-def bench_writes(tmp: Path, frames: int, size: int, repeats: int) -> dict:
+def bench_writes(tmp: Path, frames: int, size: int, repeats: int, threads_list=(1, 2)) -> dict:
     """Blocks of 4 frames (one chunk each, bitshuffle-lz4) written through Zarr's API and through the
     pipelines' writer (FrameWriter: its ChunkEncoder), float32 and uint16, 1 and 2 threads."""
     rng = np.random.default_rng(0)
@@ -109,7 +110,7 @@ def bench_writes(tmp: Path, frames: int, size: int, repeats: int) -> dict:
     rows = {}
     for dtype in (np.float32, np.uint16):
         block = (counts / 300.0).astype(np.float32) if dtype == np.float32 else counts.astype(np.uint16)
-        for threads in (1, 2):
+        for threads in threads_list:
             def write(way, threads=threads, block=block, dtype=dtype):
                 w = zarr_store.OutputWriter(tmp / f"w-{way}.zarr", overwrite=True)
                 target = w.create("frames", (frames, size, size), dtype, chunks=(4, size, size))
@@ -165,35 +166,53 @@ def main():
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", default="1,2", help="thread counts for the reads and writes, comma-separated")
+    ap.add_argument("--parts", default="reads,writes,code,commits", help="which parts to run, comma-separated")
+    ap.add_argument("--name", default="io_cpu", help="results file stem (a GPU node's session: io_<node>)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
+    threads = tuple(int(v) for v in args.threads.split(","))
+    parts = set(args.parts.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="xray-bench-io-"))
+    reads = writes = code = commits = {}
     try:
-        seed = bench._simulate(tmp / "seed.zarr", 8, args.size)
-        video = bench._repeat_video(seed, tmp / "video.zarr", args.frames, 4)
-        reads = bench_reads(video, args.repeats)
-        writes = bench_writes(tmp, args.frames, args.size, args.repeats)
-        code = bench_code(1024, args.repeats)
-        commits = bench_commits(tmp)
+        if "reads" in parts:
+            seed = bench._simulate(tmp / "seed.zarr", 8, args.size)
+            video = bench._repeat_video(seed, tmp / "video.zarr", args.frames, 4)
+            reads = bench_reads(video, args.repeats, threads)
+        if "writes" in parts:
+            writes = bench_writes(tmp, args.frames, args.size, args.repeats, threads)
+        if "code" in parts:
+            code = bench_code(1024, args.repeats)
+        if "commits" in parts:
+            commits = bench_commits(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta = {"benchmark": "host I/O: reads, uint16 code, progress records", "machine": machine(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "video": f"{args.frames} x {args.size} x {args.size} uint16, chunks of 4 frames, bitshuffle-lz4"}
-    lines = [f"# Host I/O ({meta['machine']}, {meta['date']})", "",
-             f"Reads of {meta['video']}, block by block (the median of {args.repeats} runs after a warm-up, the "
-             "ways taking turns; CPU time of the whole process, split into user and system time):", ""]
-    _io_table(lines, "read through", reads)
-    lines += ["", f"Writes of {args.frames} frames of {args.size}², blocks of 4 frames (one chunk each, bitshuffle-lz4"
-              "; Poisson counts, float32 as counts / 300), the same way:", ""]
-    _io_table(lines, "written as, through", writes)
-    lines += ["", "uint16 code of float32 frames (`ops.quantise.encode`, 16 x 1024 x 1024, median):", "",
-              "| code | ms per 1024² frame |", "|---|---:|"]
-    lines += [f"| {k} | {r['ms_per_frame']:.2f} |" for k, r in code.items()]
-    lines += ["", "Progress records (`Checkpoint.commit`: marker, states every k-th block, pruning):", "",
-              "| run | ms per commit | ms per commit, last 200 |", "|---|---:|---:|"]
-    lines += [f"| {k} | {r['ms_per_commit']:.2f} | {r['ms_per_commit_last_200']:.2f} |" for k, r in commits.items()]
-    write_results(args.out, "io_cpu", {"meta": meta, "reads": reads, "writes": writes, "uint16_code": code,
+    lines = [f"# Host I/O ({meta['machine']}, {meta['date']})", ""]
+    if reads:
+        lines += [f"Reads of {meta['video']}, block by block (the median of {args.repeats} runs after a warm-up, "
+                  "the ways taking turns; CPU time of the whole process, split into user and system time):", ""]
+        _io_table(lines, "read through", reads)
+        lines.append("")
+    if writes:
+        lines += [f"Writes of {args.frames} frames of {args.size}², blocks of 4 frames (one chunk each, "
+                  "bitshuffle-lz4; Poisson counts, float32 as counts / 300), the same way:", ""]
+        _io_table(lines, "written as, through", writes)
+        lines.append("")
+    if code:
+        lines += ["uint16 code of float32 frames (`ops.quantise.encode`, 16 x 1024 x 1024, median):", "",
+                  "| code | ms per 1024² frame |", "|---|---:|"]
+        lines += [f"| {k} | {r['ms_per_frame']:.2f} |" for k, r in code.items()]
+        lines.append("")
+    if commits:
+        lines += ["Progress records (`Checkpoint.commit`: marker, states every k-th block, pruning):", "",
+                  "| run | ms per commit | ms per commit, last 200 |", "|---|---:|---:|"]
+        lines += [f"| {k} | {r['ms_per_commit']:.2f} | {r['ms_per_commit_last_200']:.2f} |"
+                  for k, r in commits.items()]
+    write_results(args.out, args.name, {"meta": meta, "reads": reads, "writes": writes, "uint16_code": code,
                                         "commits": commits}, lines)
 
 
