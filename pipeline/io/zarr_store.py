@@ -620,7 +620,11 @@ class OutputWriter:
         )
 
     def frames_target(self, array) -> FrameWriter:
-        """``array`` of this output (a video: chunks of whole frames) for writing block by block."""
+        """``array`` of this output (a video: chunks of whole frames) for writing block by block; every
+        chunk is stored, empty or not (also for an array opened again to resume: Zarr does not keep that
+        setting), so a missing chunk file always means a lost chunk."""
+        if hasattr(array, "with_config"):
+            array = array.with_config({"write_empty_chunks": True})
         return FrameWriter(array, self.partial)
 
     def write(self, name: str, data, **kw):

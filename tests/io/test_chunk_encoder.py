@@ -132,3 +132,20 @@ def test_a_writer_pickles_to_worker_processes(tmp_path):
     fw[C:2 * C] = data[C:2 * C]
     assert fw.shape == (T, H, W) and fw.chunks == (C, H, W)  # everything else is the array's
     np.testing.assert_array_equal(np.asarray(ao[C:2 * C]), data[C:2 * C])
+
+
+def test_every_chunk_is_stored_also_in_an_array_opened_again(tmp_path):
+    """Resuming opens the output again, and Zarr forgets write_empty_chunks: the writer stores empty chunks anyway."""
+    import zarr
+
+    w = OutputWriter(tmp_path / "out.zarr")
+    w.create("frames", (T + 2, H, W), np.float32, chunks=(C, H, W), fill_value=np.nan)
+    again = OutputWriter(tmp_path / "out.zarr", resume=True)
+    fw = again.frames_target(again.group["frames"])
+    empty = np.full((C, H, W), np.nan, np.float32)
+    fw[0:C] = empty  # through the encoder
+    fw[T:T + 2] = empty[:2]  # the short last chunk, through Zarr
+    root = again.partial / "frames"
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert names == ["c/0/0/0", f"c/{T // C}/0/0"]
+    assert np.isnan(np.asarray(zarr.open_array(str(root))[...])).all()
