@@ -236,8 +236,8 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8, passes=4):
 def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
     """Where the fused kernel's time goes: it (float32 out) without bad pixels, without afterglow, and built
     with one pixel a thread instead of four, with other numbers of frames' loads in flight (XRAY_FRAMES_IN_FLIGHT),
-    with the generic (local-array) medians, and with the bad pixels' values read but the launch computing them
-    left out; ``ratio_to_copy`` counts the full kernel's bytes in every case (a time ratio, not the variant's own
+    with the generic (local-array) medians, with the bad pixels' values loaded frame by frame instead of with
+    the raw values (XRAY_PREFETCH_BAD=0), and with those values read but the launch computing them left out; ``ratio_to_copy`` counts the full kernel's bytes in every case (a time ratio, not the variant's own
     traffic)."""
     import dataclasses
 
@@ -252,12 +252,15 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
              "no_afterglow": (dataclasses.replace(params, amplitudes=np.zeros(0, np.float32),
                                                   ratios=np.zeros(0, np.float32)), None)}
     cases["generic_bad_pixel_medians"] = (params, "generic")  # the medians in a local array, not in registers
+    cases["bad_values_frame_by_frame"] = (params, "XRAY_PREFETCH_BAD=0")  # not loaded with the raw values
     for fif in (2, 8):
         cases[f"frames_in_flight_{fif}"] = (params, fif)
-    for name, (prm, fif) in cases.items():
-        defines = (f"XRAY_FRAMES_IN_FLIGHT={fif}",) if isinstance(fif, int) else ()  # the same source, rebuilt
-        k = CorrectKernel(prm, lanes=1 if fif == "lanes1" else None, defines=defines,
-                          register_medians=fif != "generic")
+    for name, (prm, how) in cases.items():
+        # the same source, rebuilt with other macros where the case names them
+        defines = ((f"XRAY_FRAMES_IN_FLIGHT={how}",) if isinstance(how, int)
+                   else (how,) if isinstance(how, str) and "=" in how else ())
+        k = CorrectKernel(prm, lanes=1 if how == "lanes1" else None, defines=defines,
+                          register_medians=how != "generic")
         st = cp.zeros((max(prm.n_terms, 1), h, w), cp.float32)
         tk = timed(lambda k=k, st=st: k(src, o, st), sync)
         res[name] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate, "median_kernel": k.median_kernel,

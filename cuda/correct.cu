@@ -166,6 +166,12 @@ __device__ __forceinline__ float xray_lag_step(float v, float* L, const float* a
 #ifndef XRAY_FRAMES_IN_FLIGHT
 #define XRAY_FRAMES_IN_FLIGHT 4  // raw loads issued together per thread (memory-level parallelism)
 #endif
+#ifndef XRAY_PREFETCH_BAD
+// 1: a bad pixel's replacement values for the XRAY_FRAMES_IN_FLIGHT frames are loaded together with the
+// raw values (ptxas otherwise issues each after the previous frame's store: one more memory latency a
+// frame for every warp that holds a bad pixel); 0: loaded frame by frame (the benchmark's comparison)
+#define XRAY_PREFETCH_BAD 1
+#endif
 
 // V consecutive values of one array, loaded or stored as one access (V = 4: 8 bytes of uint16, 16 of
 // float32); the pointer must be aligned to the whole pack (the host checks, and falls back to V = 1).
@@ -234,9 +240,19 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
     const xray_pack<float, V> d = xray_load<float, V>(dark, p), g = xray_load<float, V>(inv, p);
     for (int k0 = 0; k0 < n_frames; k0 += XRAY_FRAMES_IN_FLIGHT) {
         xray_pack<Tin, V> in[XRAY_FRAMES_IN_FLIGHT];
+#if XRAY_PREFETCH_BAD
+        float rep[XRAY_FRAMES_IN_FLIGHT][V];  // the replacement values of this thread's bad pixels
+#endif
 #pragma unroll
         for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j)
-            if (k0 + j < n_frames) in[j] = xray_load<Tin, V>(raw, (long long)(k0 + j) * n_pixels + p);
+            if (k0 + j < n_frames) {
+                in[j] = xray_load<Tin, V>(raw, (long long)(k0 + j) * n_pixels + p);
+#if XRAY_PREFETCH_BAD
+#pragma unroll
+                for (int l = 0; l < V; ++l)
+                    rep[j][l] = row.v[l] >= 0 ? bad[(long long)(k0 + j) * n_bad + row.v[l]] : 0.0f;
+#endif
+            }
 #pragma unroll
         for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j) {
             if (k0 + j >= n_frames) break;
@@ -244,8 +260,12 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
 #pragma unroll
             for (int l = 0; l < V; ++l) {
                 float x = (float)in[j].v[l];
+#if XRAY_PREFETCH_BAD
+                float v = row.v[l] >= 0 ? rep[j][l] : __fmul_rn(__fsub_rn(x, d.v[l]), g.v[l]);
+#else
                 float v = row.v[l] >= 0 ? bad[(long long)(k0 + j) * n_bad + row.v[l]]
                                         : __fmul_rn(__fsub_rn(x, d.v[l]), g.v[l]);
+#endif
                 float y = xray_lag_step<kFloatIn>(v, L[l], a[l], r, n_terms, nonfinite_to_nan);
                 if (x >= saturation) y = xray_nan();  // false for a NaN threshold (check off)
                 o.v[l] = xray_out<kCode>(y, out, code_scale, code_offset);

@@ -32,17 +32,18 @@ def sim_small(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def build_emulated(tmp_path_factory):
-    """``build(name, shared=False)``: compile ``tests/cuda/<name>.cpp`` (a CUDA source under tests/cuda/emulate.h)
-    into an executable, or a shared library for ctypes."""
+    """``build(name, shared=False, defines=())``: compile ``tests/cuda/<name>.cpp`` (a CUDA source under
+    tests/cuda/emulate.h) into an executable, or a shared library for ctypes, with macros ``defines``."""
     if shutil.which("g++") is None:
         pytest.skip("g++ not available")
     here = Path(__file__).resolve().parent / "cuda"
 
-    def build(name: str, *, shared: bool = False) -> Path:
+    def build(name: str, *, shared: bool = False, defines: tuple = ()) -> Path:
         out = tmp_path_factory.mktemp("emu") / (f"lib{name}.so" if shared else name)
         # IEEE float ops with no FMA contraction, like the kernels' explicit __f*_rn
         subprocess.run(["g++", "-std=c++17", "-O2", "-ffp-contract=off", *(["-shared", "-fPIC"] if shared else []),
-                        "-I", str(here), str(here / f"{name}.cpp"), "-o", str(out)], check=True, capture_output=True)
+                        *(f"-D{d}" for d in defines), "-I", str(here), str(here / f"{name}.cpp"), "-o", str(out)],
+                       check=True, capture_output=True)
         return out
 
     return build

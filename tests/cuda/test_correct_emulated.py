@@ -28,9 +28,10 @@ pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not av
 H, W = 16, 23  # 368 pixels: six blocks of 64 threads (two of 64 four-pixel threads), the last one partly idle
 
 
-@pytest.fixture(scope="module")
-def exe(build_emulated):
-    return build_emulated("run_correct")
+@pytest.fixture(scope="module", params=[(), ("XRAY_PREFETCH_BAD=0",)], ids=["as built", "bad values frame by frame"])
+def exe(build_emulated, request):
+    """The kernel as built, and as the benchmark's comparison builds it (the same results, bit for bit)."""
+    return build_emulated("run_correct", defines=request.param)
 
 
 def _calibration(rng, *, bad: bool, layout: str = "block"):
