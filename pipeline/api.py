@@ -389,8 +389,11 @@ def run(
     start_block, states, skip, earlier = 0, None, set(), {}
     if resuming:
         for c, m in progress_dir.markers().items():
-            if 0 <= c < n_blocks and m["checksum"] == block_checksum(np.asarray(target[m["t0"]:m["t1"]])):
-                earlier[c] = m
+            try:  # a chunk lost or torn by a crash (files are not synced) does not decode: the block is redone
+                if 0 <= c < n_blocks and m["checksum"] == block_checksum(np.asarray(target[m["t0"]:m["t1"]])):
+                    earlier[c] = m
+            except Exception:
+                continue
         # restart after the longest finished prefix whose states were saved; later finished blocks are kept
         prefix = -1
         while prefix + 1 in earlier:

@@ -14,11 +14,16 @@ block doubled the bytes written). A resume restarts after the newest saved state
 after it (their finished outputs are not written again), so it stays bit-identical.
 
 Every file is written to a temporary name and renamed, so a marker is either whole or absent.
+Markers are not synced one by one; older states are deleted only after a sync of the filesystem
+(in a background thread), so a crash can cost the blocks since the last sync, never the state a
+resume needs. A marker whose block no longer reads back as checksummed, and a state file that does
+not load, count as absent.
 """
 
 from __future__ import annotations
 
 import bisect
+import ctypes
 import json
 import math
 import os
@@ -81,10 +86,12 @@ def block_checksum(block) -> str:
 def _atomic_write(path: Path, data: bytes, *, durable: bool = True):
     """``data`` into ``path`` whole or not at all (a temporary file renamed); ``durable``: synced to disk first.
 
-    A block's marker is not synced: the block's data files are not either (neither Zarr nor the
-    pipeline syncs them), and ``--resume`` trusts a marker only where the stored bytes still match
-    its checksum, so a sync would promise nothing more. It cost a flat-field run at 2048^2 (4-frame
-    blocks) 6 of its 20 system-ms a frame on this VM's ext4, one journal commit per block.
+    A block's marker is not synced as it is written: the block's data files are not either, and
+    ``--resume`` trusts a marker only where the stored bytes still match its checksum (a file torn by
+    a crash fails that, and the block is redone). A sync a block, one ext4 journal commit each, cost
+    a flat-field run at 2048^2 (4-frame blocks) 6 of its 20 system-ms a frame on this VM. What a
+    crash must not do is take the blocks a newer saved state stands for while the older states are
+    already deleted: the pruner syncs the filesystem before it deletes (:func:`_delete_after_sync`).
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -189,9 +196,12 @@ class Checkpoint:
         f = self.dir / f"state_{c:06d}.npz"
         if not f.is_file():
             return None
-        with np.load(f) as z:
-            present = z["present"]
-            return [z[f"s{i}"] if present[i] else None for i in range(n)]
+        try:  # a file torn by a crash: as if not saved (the resume steps back to an earlier one)
+            with np.load(f) as z:
+                present = z["present"]
+                return [z[f"s{i}"] if present[i] else None for i in range(n)]
+        except Exception:
+            return None
 
     def _known(self) -> "_Known":
         with _KNOWN_LOCK:
@@ -213,11 +223,19 @@ class Checkpoint:
                     known.states.append(p)
             known.prefix = p
             old, known.states = known.states[:-1], known.states[-1:]
-        for k in old:
-            try:
-                (self.dir / f"state_{k:06d}.npz").unlink()
-            except FileNotFoundError:  # another process pruned it
-                pass
+            if not old:
+                return
+            known.doomed.extend(old)
+            if known.pruning:  # the running pruner takes these too, after a sync of its own
+                return
+            known.pruning = True
+            known.idle.clear()
+        threading.Thread(target=_delete_after_sync, args=(self.dir, known), daemon=True,
+                         name="xray-pipeline-prune").start()
+
+    def wait_pruned(self, timeout: float | None = None) -> bool:
+        """Wait until the states found redundant so far are deleted (they go in a background thread)."""
+        return self._known().idle.wait(timeout)
 
     def remove(self):
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -232,6 +250,58 @@ class _Known:
         self.lock = threading.Lock()
         self.prefix = -1
         self.states: list[int] = []
+        self.doomed: list[int] = []  # states a newer one within the prefix made redundant, not yet deleted
+        self.pruning = False
+        self.idle = threading.Event()
+        self.idle.set()
+
+
+def _delete_after_sync(folder: Path, known: _Known) -> None:
+    """Delete the redundant states once everything written before is on disk.
+
+    Neither the markers nor the output's chunks are synced as they are written; until they reach the
+    disk, a crash (power, kernel) could take the blocks up to the newer state with it while the
+    deletion of the older ones survived, leaving a resume nothing to start from but block 0. One
+    sync of the filesystem (``syncfs``: the markers, the newer state and, on the same filesystem, the
+    output) before each round of deletions rules that out; it runs here, in the background, once per
+    saved state at most, so the blocks never wait on the disk.
+    """
+    try:
+        while True:
+            with known.lock:
+                doomed, known.doomed = known.doomed, []
+                if not doomed:  # done: in the same hold of the lock as the check, so nothing is left behind
+                    known.pruning = False
+                    known.idle.set()
+                    return
+            _sync_filesystem(folder)
+            for k in doomed:
+                try:
+                    (folder / f"state_{k:06d}.npz").unlink()
+                except FileNotFoundError:  # another process pruned it, or the run finished and removed the folder
+                    pass
+    except BaseException:  # whatever it was, a later commit starts a new pruner for what is left
+        with known.lock:
+            known.pruning = False
+            known.idle.set()
+        raise
+
+
+def _sync_filesystem(folder: Path) -> None:
+    """What was written to ``folder``'s filesystem so far, on disk (Linux ``syncfs``; elsewhere ``sync``)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # the folder is gone (the run finished): nothing to keep
+        return
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) == 0:
+            return
+    except (OSError, AttributeError):
+        pass
+    finally:
+        os.close(fd)
+    if hasattr(os, "sync"):
+        os.sync()
 
 
 _KNOWN: dict = {}

@@ -305,9 +305,10 @@ class ChunkEncoder:
         typesize = int(comp.typesize or itemsize)
         clevel, blocksize = int(comp.clevel), int(comp.blocksize or 0)
         enc = cls(array, Path(folder), None)
+        scratch = enc._scratch  # not enc: a closure over it would be a reference cycle, its buffers kept till a GC
 
         def compress(block):
-            dest = enc._scratch.get(block.nbytes + _BLOSC_MAX_OVERHEAD)
+            dest = scratch.get(block.nbytes + _BLOSC_MAX_OVERHEAD)
             n = fn(clevel, shuffle, typesize, block.nbytes, block.ctypes.data, dest.ctypes.data, dest.size, cname,
                    blocksize, 1)
             if n <= 0:

@@ -3,6 +3,7 @@
 import pickle
 
 import numpy as np
+import pytest
 import zarr
 
 import pipeline
@@ -11,7 +12,11 @@ from pipeline.io.models import save_model
 from pipeline.io.checkpoint import Checkpoint
 
 
-def _saved(folder):
+def _saved(ck):
+    """The saved states' blocks (of a Checkpoint: once the redundant ones are deleted, in the background)."""
+    if isinstance(ck, Checkpoint):
+        assert ck.wait_pruned(30)
+    folder = ck.dir if isinstance(ck, Checkpoint) else ck
     return sorted(int(f.stem.split("_")[1]) for f in folder.glob("state_*.npz"))
 
 
@@ -23,18 +28,18 @@ def test_states_saved_every_kth_block_whatever_the_order(tmp_path):
     seen = []
     for c in range(12):  # 384 output bytes a block: every ceil(8 * 192 / 384) = 4 blocks
         ck.commit(c, c, c + 1, "x", states, {}, block_bytes=384)
-        seen.append(_saved(ck.dir))
+        seen.append(_saved(ck))
     assert seen[0] == [0] and seen[3] == [0] and seen[4] == [4] and seen[11] == [8]  # the newest within the prefix
     restored = ck.states_after(8, 3)
     assert restored[1] is None and np.array_equal(restored[2], states[2])
     ck.commit(17, 17, 18, "x", states, {}, block_bytes=384)  # out of order: not due
     ck.commit(16, 16, 17, "x", states, {}, block_bytes=384)  # out of order: due, kept beyond the prefix
     ck.commit(14, 14, 15, "x", None, {})  # no states: only the marker
-    assert _saved(ck.dir) == [8, 16] and (ck.dir / "block_000014.json").is_file()
+    assert _saved(ck) == [8, 16] and (ck.dir / "block_000014.json").is_file()
     ck2 = pickle.loads(pickle.dumps(ck))  # commits also run in other processes: the same decision there
     ck2.commit(12, 12, 13, "x", states, {}, block_bytes=384)
     ck2.commit(13, 13, 14, "x", states, {}, block_bytes=384)
-    assert _saved(ck2.dir) == [12, 16]  # the prefix is 0..14 now: 12 is its newest, 8 goes
+    assert _saved(ck2) == [12, 16]  # the prefix is 0..14 now: 12 is its newest, 8 goes
 
 
 def test_resume_after_sparse_states_is_bit_identical(tmp_path):
@@ -99,7 +104,7 @@ def test_commits_never_list_the_folder(tmp_path, monkeypatch):
     for c in order:
         ck.commit(c, c, c + 1, "x", states, {}, block_bytes=256)
     monkeypatch.setattr(Path, "glob", real_glob)
-    assert _saved(ck.dir) == [8]  # 0 and 4 pruned once 8 is within the finished prefix
+    assert _saved(ck) == [8]  # 0 and 4 pruned once 8 is within the finished prefix
     assert sorted(ck.markers()) == list(range(10))
 
 
@@ -110,12 +115,12 @@ def test_a_block_committed_again_behind_the_prefix_is_pruned_too(tmp_path):
     states = [np.ones((2, 4, 4), np.float32)]  # 128 bytes: every block's states are due at 1 024 bytes a block
     for c in range(4):
         ck.commit(c, c, c + 1, "x", states, {}, block_bytes=1024)
-    assert _saved(ck.dir) == [3]
+    assert _saved(ck) == [3]
     ck.commit(1, 1, 2, "x", states, {}, block_bytes=1024)  # again: older than 3, within the prefix
-    assert _saved(ck.dir) == [3]
+    assert _saved(ck) == [3]
     for c in range(4, 7):
         ck.commit(c, c, c + 1, "x", states, {}, block_bytes=1024)
-    assert _saved(ck.dir) == [6]
+    assert _saved(ck) == [6]
 
 
 def _crc32c_reference(data: bytes) -> int:
@@ -164,3 +169,75 @@ def test_markers_are_not_synced_the_run_record_is(tmp_path, monkeypatch):
     assert sorted(ck.markers()) == [0, 1, 2, 3, 4]  # written whole all the same (a temporary file renamed)
     assert not [p for p in (tmp_path / "p").iterdir() if p.name.endswith(".tmp")]
     assert json.loads((tmp_path / "p" / "block_000003.json").read_text())["t0"] == 6
+
+
+def test_redundant_states_go_only_after_a_sync_of_the_filesystem(tmp_path, monkeypatch):
+    """Markers and blocks are not synced as they are written: an older state is deleted only once a sync has
+    put the newer one's blocks on disk (else a crash could leave a resume nothing to start from)."""
+    import threading
+
+    from pipeline.io import checkpoint
+
+    gate, events = threading.Event(), []
+
+    def slow_sync(folder):
+        events.append(("sync", sorted(p.name for p in folder.glob("state_*.npz"))))
+        assert gate.wait(10)
+
+    monkeypatch.setattr(checkpoint, "_sync_filesystem", slow_sync)
+    ck = Checkpoint(tmp_path / "p", state_every=8)
+    ck.start({"run": 1})
+    states = [np.ones((2, 4, 4), np.float32)]  # due with every block at 1 024 bytes a block
+    for c in range(3):
+        ck.commit(c, c, c + 1, "x", states, {}, block_bytes=1024)  # no waiting on the disk here
+    assert not ck.wait_pruned(0.2)  # the pruner waits on the sync
+    assert sorted(p.name for p in ck.dir.glob("state_*.npz"))[0] == "state_000000.npz"  # nothing deleted yet
+    gate.set()
+    assert _saved(ck) == [2]
+    assert events and "state_000000.npz" in events[0][1]  # the first sync came before its deletion
+
+
+@pytest.mark.parametrize("torn", ["chunk", "state"])
+def test_a_resume_steps_over_a_torn_chunk_or_state(tmp_path, torn):
+    """After a crash, files that never reached the disk come back empty: the resume redoes those blocks."""
+    import zarr
+
+    model = save_model(tmp_path / "m.json", {"frame_rate_hz": 50.0, "tau_s": [0.02, 0.1], "amplitudes": [0.01, 0.004]})
+    src = pipeline.simulate(tmp_path / "in.zarr", frames=48, size=(32, 48), seed=4, truth_frames=False)
+    over = [f"afterglow.model={model}", "execution.chunk_frames=4", "execution.scheduler=synchronous",
+            "denoise.enabled=true", "denoise.method=none"]
+    ref = api.run(src, tmp_path / "ref.zarr", overrides=over)
+    reference = np.asarray(zarr.open_group(str(ref.output), mode="r")["frames"][:])
+
+    class Cut(Exception):
+        pass
+
+    commit, done = Checkpoint.commit, []
+
+    def cut(self, c, *a, **k):
+        commit(self, c, *a, **k)
+        done.append(c)
+        if len(done) == 10:
+            self.wait_pruned(30)
+            raise Cut
+
+    out = tmp_path / "out.zarr"
+    Checkpoint.commit = cut
+    try:
+        with pytest.raises(Cut):
+            api.run(src, out, overrides=over)
+    finally:
+        Checkpoint.commit = commit
+    prog, part = tmp_path / "out.zarr.progress", tmp_path / "out.zarr.partial"
+    if torn == "state":  # the state a resume would start from: the newest within the finished prefix
+        prefix = -1
+        while prefix + 1 in done:
+            prefix += 1
+        usable = [p for p in prog.glob("state_*.npz") if int(p.stem.split("_")[1]) <= prefix]
+        assert usable
+        max(usable).write_bytes(b"")
+    else:
+        (part / "frames" / "c" / "9" / "0" / "0").write_bytes(b"")  # the newest block
+    res = api.run(src, out, overrides=over, resume=True)
+    g = zarr.open_group(str(res.output), mode="r")
+    np.testing.assert_array_equal(np.asarray(g["frames"][:]), reference)

@@ -149,3 +149,20 @@ def test_every_chunk_is_stored_also_in_an_array_opened_again(tmp_path):
     names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "zarr.json")
     assert names == ["c/0/0/0", f"c/{T // C}/0/0"]
     assert np.isnan(np.asarray(zarr.open_array(str(root))[...])).all()
+
+
+def test_a_dropped_writer_frees_its_buffers_at_once(tmp_path):
+    """No reference cycle: each thread's chunk-sized buffer goes with the writer, not at some later GC."""
+    import gc
+    import weakref
+
+    (_, _), (wo, ao) = _pair(tmp_path, "bitshuffle-lz4", np.float32)
+    fw = wo.frames_target(ao)
+    fw[0:C] = _data(np.float32)[0:C]
+    gone = weakref.ref(fw._encoder)
+    gc.disable()
+    try:
+        del fw
+        assert gone() is None
+    finally:
+        gc.enable()
