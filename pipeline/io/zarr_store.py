@@ -146,9 +146,10 @@ class ChunkDecoder:
     """Chunks of whole frames read and decompressed in the calling thread, straight into the block.
 
     A read through Zarr's API decodes each chunk into a buffer of its own and copies it into a new
-    result on Zarr's single event-loop thread; this costs half the CPU (benchmarks/bench_io.py:
-    5.1 against 10.0 CPU-ms a 2048 x 2048 uint16 frame in bitshuffle-lz4) and nothing of it waits
-    on that one thread.
+    result on Zarr's single event-loop thread; this costs a third of the CPU (benchmarks/results/
+    io_cpu.md, one thread, a 2048 x 2048 uint16 frame in bitshuffle-lz4: 3.5 user + 1.4 system ms
+    into a new array, 3.6 + 0.6 into a reused one, against 5.3 + 5.9 through Zarr) and nothing of
+    it waits on that one thread.
     It takes what this project writes, the common case: Zarr v3 in a local folder, chunks of whole
     frames, no shards or filters, little-endian bytes, then Blosc, Zstd or no compression.
     :meth:`for_array` returns None for anything else (Zarr reads it). A missing chunk file reads
