@@ -224,14 +224,16 @@ def _read_ahead(scheduler: str, cluster: str, num_workers: int | None) -> int:
     return (num_workers or os.cpu_count() or 1) + 1
 
 
-def _head(source, chain, t0, t1, skip_errors, *after):
-    """Read a block and run the stateless head stages; a unreadable block becomes NaN when skipping errors."""
+def _head(source, chain, t0, t1, skip_errors, into, *after):
+    """Read a block and run the stateless head stages; a unreadable block becomes NaN when skipping errors.
+
+    ``into``: ``source.read_block`` takes ``out`` (:func:`_reads_into`, decided once a run)."""
     start = time.perf_counter()
     info = {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}
     buf = None
     if hasattr(source, "read_block"):
         pool = getattr(chain, "pool", None)
-        if pool is not None and _reads_into(source):  # into a reused buffer: no fresh pages every block
+        if pool is not None and into:  # into a reused buffer: no fresh pages every block
             buf = pool.take((t1 - t0,) + tuple(source.shape[1:]), source.dtype)
             raw, skipped = source.read_block(t0, t1, skip=skip_errors, out=buf)
         else:
@@ -408,6 +410,7 @@ def process_frames(
                                                 f"on-commit-{tok}")
     commits = []
     stages = list(chain.stateful)
+    into = hasattr(source, "read_block") and _reads_into(source)
     starts = list(range(0, t, chunk_frames))
     # With stateful stages the blocks leave in time order; reading ahead is useful, but unbounded it fills memory
     # with blocks waiting for their turn. Block c is read only once block c - ahead is written.
@@ -417,7 +420,7 @@ def process_frames(
         t1 = min(t0 + chunk_frames, t)
         prev = (f"head-{tok}", c)
         after = [(f"write-{tok}", c - ahead)] if ahead and c - ahead >= start_block else []
-        dsk[prev] = (_head, source_k, chain_k, t0, t1, skip_errors, *after)
+        dsk[prev] = (_head, source_k, chain_k, t0, t1, skip_errors, into, *after)
         state_keys = []
         for i, stage in enumerate(stages):
             key = (f"sf{i}-{tok}", c)

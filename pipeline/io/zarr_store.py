@@ -142,7 +142,36 @@ def _whole_frame_layout(array, folder) -> tuple | None:
     return (codecs[0] if codecs else None,)
 
 
-class ChunkDecoder:
+class _WholeFrameChunks:
+    """The chunk files of an array with chunks of whole frames (:func:`_whole_frame_layout`), handled by
+    this project's own code in the calling thread; :meth:`for_array` gives None where Zarr must do it."""
+
+    def __init__(self, array, folder: Path):
+        self.folder = Path(folder)
+        self.shape = tuple(int(v) for v in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.chunk = int(array.chunks[0])
+        self._key = array.metadata.encode_chunk_key
+        self._scratch = _Scratch()  # a chunk's compressed bytes, in a buffer the calling thread reuses
+
+    def _path(self, i: int) -> Path:
+        """The file of chunk ``i`` along T."""
+        return self.folder / self._key((i,) + (0,) * (len(self.shape) - 1))
+
+    @classmethod
+    def for_array(cls, array, folder: Path | None):
+        """The handler for ``array`` stored in ``folder``, or None where Zarr must read or write it."""
+        try:
+            return cls._plan(array, folder)
+        except Exception:  # a layout or codec version this code does not know (a future chunk grid, ...): Zarr
+            return None
+
+    @classmethod
+    def _plan(cls, array, folder):
+        raise NotImplementedError
+
+
+class ChunkDecoder(_WholeFrameChunks):
     """Chunks of whole frames read and decompressed in the calling thread, straight into the block.
 
     A read through Zarr's API decodes each chunk into a buffer of its own and copies it into a new
@@ -157,22 +186,9 @@ class ChunkDecoder:
     """
 
     def __init__(self, array, folder: Path, decode):
-        self.folder = Path(folder)
-        self.shape = tuple(int(v) for v in array.shape)
-        self.dtype = np.dtype(array.dtype)
-        self.chunk = int(array.chunks[0])
+        super().__init__(array, folder)
         self.fill = array.fill_value
-        self._key = array.metadata.encode_chunk_key
         self._decode = decode
-        self._scratch = _Scratch()  # the compressed chunk, read into a buffer this thread reuses
-
-    @classmethod
-    def for_array(cls, array, folder: Path | None):
-        """The decoder for ``array`` stored in ``folder``, or None where Zarr must read it."""
-        try:
-            return cls._plan(array, folder)
-        except Exception:  # a layout this code does not know (a future chunk grid, ...): Zarr reads it
-            return None
 
     @classmethod
     def _plan(cls, array, folder):
@@ -212,7 +228,7 @@ class ChunkDecoder:
             whole = lo == a and hi == b
             dest = out[a - start : b - start] if whole else np.empty((c,) + frame, self.dtype)
             try:
-                data = self._read_file(self.folder / self._key((i,) + (0,) * len(frame)))
+                data = self._read_file(self._path(i))
             except FileNotFoundError:
                 dest[...] = self.fill
             else:
@@ -255,7 +271,7 @@ _BLOSC_MAX_OVERHEAD = 16
 _BLOSC_MAX_BUFFERSIZE = 2**31 - 1 - _BLOSC_MAX_OVERHEAD
 
 
-class ChunkEncoder:
+class ChunkEncoder(_WholeFrameChunks):
     """Chunks of whole frames compressed in the calling thread and stored as Zarr's own chunk files.
 
     Zarr's write compresses through numcodecs, whose encode returns a fresh buffer the size of the
@@ -270,21 +286,8 @@ class ChunkEncoder:
     """
 
     def __init__(self, array, folder: Path, compress):
-        self.folder = Path(folder)
-        self.shape = tuple(int(v) for v in array.shape)
-        self.dtype = np.dtype(array.dtype)
-        self.chunk = int(array.chunks[0])
-        self._key = array.metadata.encode_chunk_key
+        super().__init__(array, folder)
         self._compress = compress  # (C-contiguous block) -> bytes-like, None: store the bytes as they are
-        self._scratch = _Scratch()
-
-    @classmethod
-    def for_array(cls, array, folder: Path | None):
-        """The encoder for ``array`` stored in ``folder``, or None where Zarr must write it."""
-        try:
-            return cls._plan(array, folder)
-        except Exception:  # a layout or codec version this code does not know: Zarr writes it
-            return None
 
     @classmethod
     def _plan(cls, array, folder):
@@ -330,7 +333,7 @@ class ChunkEncoder:
         for i in range(start // c, stop // c):
             part = block[i * c - start:(i + 1) * c - start]
             data = memoryview(part).cast("B") if self._compress is None else self._compress(part)
-            path = self.folder / self._key((i,) + (0,) * len(frame))
+            path = self._path(i)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
             try:
