@@ -43,7 +43,7 @@ def main():
         print(f"bench_gpu: no GPU benchmark: {reason}")
         return 0
     from pipeline.backend import cupy_module
-    from pipeline.kernels import remove_lag_gpu
+    from pipeline.kernels import gpu_launcher, nl_means_kernel, remove_lag_gpu
     from pipeline.ops.afterglow import remove_lag
     from pipeline.ops.denoise import (NoiseModel, _nl_means_arrays, _temporal_arrays, denoise_spatial, nl_means,
                                       temporal_filter)
@@ -98,6 +98,9 @@ def main():
     nlm = dict(patch_size=5, patch_distance=3, sigma=1.0)
     g_img, c_img = cp.sqrt(gy[0]), np.sqrt(y[0])  # noise of sigma ~0.5: about what the GAT gives
     res["nlm_kernel_gpu_s_per_frame"] = timed(lambda: nl_means(g_img, 0.8, **nlm), sync)
+    base = gpu_launcher("denoise")  # the same launch on the runtime-patch kernel (its arrays in local memory)
+    res["nlm_generic_kernel_gpu_s_per_frame"] = timed(
+        lambda: nl_means_kernel(g_img, h=0.8, launch=lambda fn, g, b, a: base("nl_means_f32", g, b, a), **nlm), sync)
     res["nlm_xp_gpu_s_per_frame"] = timed(lambda: _nl_means_arrays(g_img.astype(cp.float64), 0.8, **nlm), sync, n=3)
     res["nlm_cpu_s_per_frame"] = timed(lambda: nl_means(c_img, 0.8, **nlm), n=2)
     res["nlm_gpu_s_per_frame"] = timed(lambda: denoise_spatial(gy[:2], "nlm", noise=nm), sync) / 2  # GAT, NaN check

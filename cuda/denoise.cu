@@ -11,7 +11,8 @@
 // the edge repeated), used by the box filters; "mirror" is numpy.pad's mode="reflect"
 // (d c b | a b c d, the edge not repeated), used for the NLM search window.
 //
-// Kernels (extern "C"): temporal_step_f32, nl_means_f32.
+// Kernels (extern "C"): temporal_step_f32, nl_means_f32 and its patch-size specialisations nl_means_f32_p3,
+// nl_means_f32_p5, nl_means_f32_p7.
 
 #define XRAY_NLM_RUN 16        // output rows per NLM thread (a vertical strip of one column)
 #define XRAY_NLM_MAX_PATCH 15  // largest NLM patch (the strip's row sums live in a local array)
@@ -92,43 +93,65 @@ extern "C" __global__ void temporal_step_f32(const float* y, const float* x_prev
 // Thread t takes column t % w of the strip of XRAY_NLM_RUN rows starting at (t / w) * XRAY_NLM_RUN:
 // per offset it sums the patch's rows once for the strip (run + patch - 1 row sums) and every
 // output row adds `patch` of them. Consecutive threads read consecutive columns (coalesced).
-extern "C" __global__ void nl_means_f32(const float* f, float* out, int h, int w, int r, int patch, float inv_h2,
-                                        float sig2)
+//
+// P > 0: a patch of P columns known at compile time, every loop over the patch and the strip unrolled,
+// so the row sums and the patch's columns live in registers (nl_means_f32_p3/_p5/_p7). P == 0: the
+// runtime `patch` (up to XRAY_NLM_MAX_PATCH), its arrays in local memory (nl_means_f32). Both add the
+// same float32 values in the same order: the same result bit for bit.
+template <int P>
+__device__ __forceinline__ void xray_nl_means(const float* f, float* out, int h, int w, int r, int patch_rt,
+                                              float inv_h2, float sig2)
 {
+    constexpr int PM = P > 0 ? P : XRAY_NLM_MAX_PATCH;  // the arrays' sizes
+    constexpr int UNROLL_PATCH = P > 0 ? PM : 1;
+    constexpr int UNROLL_ROWS = P > 0 ? XRAY_NLM_RUN + PM - 1 : 1;
+    const int patch = P > 0 ? P : patch_rt;
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long strips = (h + XRAY_NLM_RUN - 1) / XRAY_NLM_RUN;
-    if (t >= strips * w || patch < 1 || patch > XRAY_NLM_MAX_PATCH) return;
+    if (t >= strips * w || patch < 1 || patch > PM) return;
     int col = (int)(t % w), y0 = (int)(t / w) * XRAY_NLM_RUN;
     int nr = h - y0 < XRAY_NLM_RUN ? h - y0 : XRAY_NLM_RUN;
     int left = patch / 2;
     float inv_area = 1.0f / (float)(patch * patch);
     float num[XRAY_NLM_RUN], den[XRAY_NLM_RUN];
-    float rs[XRAY_NLM_RUN + XRAY_NLM_MAX_PATCH - 1];
-    int xs[XRAY_NLM_MAX_PATCH];  // the patch's columns (reflect)
+    float rs[XRAY_NLM_RUN + PM - 1];
+    int xs[PM];  // the patch's columns (reflect)
 #pragma unroll
     for (int i = 0; i < XRAY_NLM_RUN; ++i) num[i] = den[i] = 0.0f;
-    for (int b = 0; b < patch; ++b) xs[b] = xray_reflect(col - left + b, w);
+#pragma unroll UNROLL_PATCH
+    for (int b = 0; b < PM; ++b)
+        if (b < patch) xs[b] = xray_reflect(col - left + b, w);
     for (int dy = -r; dy <= r; ++dy) {
         for (int dx = -r; dx <= r; ++dx) {
-            int nxs[XRAY_NLM_MAX_PATCH];  // the shifted patch columns (mirror), the same for every row
-            for (int b = 0; b < patch; ++b) nxs[b] = xray_mirror(xs[b] + dx, w);
-            for (int j = 0; j < nr + patch - 1; ++j) {
-                int yy = xray_reflect(y0 - left + j, h);
-                const float* fr = f + (long long)yy * w;
-                const float* nr_row = f + (long long)xray_mirror(yy + dy, h) * w;
-                float s = 0.0f;
-                for (int b = 0; b < patch; ++b) {
-                    float e = __fsub_rn(nr_row[nxs[b]], fr[xs[b]]);
-                    s = __fadd_rn(s, __fmul_rn(e, e));
+            int nxs[PM];  // the shifted patch columns (mirror), the same for every row
+#pragma unroll UNROLL_PATCH
+            for (int b = 0; b < PM; ++b)
+                if (b < patch) nxs[b] = xray_mirror(xs[b] + dx, w);
+#pragma unroll UNROLL_ROWS
+            for (int j = 0; j < XRAY_NLM_RUN + PM - 1; ++j) {  // a guard, not a break: a break kept rs in memory
+                if (j < nr + patch - 1) {
+                    int yy = xray_reflect(y0 - left + j, h);
+                    const float* fr = f + (long long)yy * w;
+                    const float* nr_row = f + (long long)xray_mirror(yy + dy, h) * w;
+                    float s = 0.0f;
+#pragma unroll UNROLL_PATCH
+                    for (int b = 0; b < PM; ++b) {
+                        if (b < patch) {
+                            float e = __fsub_rn(nr_row[nxs[b]], fr[xs[b]]);
+                            s = __fadd_rn(s, __fmul_rn(e, e));
+                        }
+                    }
+                    rs[j] = s;
                 }
-                rs[j] = s;
             }
             int nx = xray_mirror(col + dx, w);
 #pragma unroll
             for (int i = 0; i < XRAY_NLM_RUN; ++i) {  // unrolled: num and den stay in registers
                 if (i >= nr) break;
                 float s = 0.0f;
-                for (int a = 0; a < patch; ++a) s = __fadd_rn(s, rs[i + a]);
+#pragma unroll UNROLL_PATCH
+                for (int a = 0; a < PM; ++a)
+                    if (a < patch) s = __fadd_rn(s, rs[i + a]);
                 float z = __fsub_rn(__fmul_rn(s, inv_area), sig2);
                 float q = z <= 0.0f ? 1.0f : expf(-__fmul_rn(z, inv_h2));  // a NaN distance: NaN, as the reference
                 float v = f[(long long)xray_mirror(y0 + i + dy, h) * w + nx];
@@ -140,4 +163,28 @@ extern "C" __global__ void nl_means_f32(const float* f, float* out, int h, int w
 #pragma unroll
     for (int i = 0; i < XRAY_NLM_RUN; ++i)
         if (i < nr) out[(long long)(y0 + i) * w + col] = __fdiv_rn(num[i], den[i]);
+}
+
+extern "C" __global__ void nl_means_f32(const float* f, float* out, int h, int w, int r, int patch, float inv_h2,
+                                        float sig2)
+{
+    xray_nl_means<0>(f, out, h, w, r, patch, inv_h2, sig2);
+}
+
+extern "C" __global__ void nl_means_f32_p3(const float* f, float* out, int h, int w, int r, int patch, float inv_h2,
+                                           float sig2)
+{
+    xray_nl_means<3>(f, out, h, w, r, patch, inv_h2, sig2);
+}
+
+extern "C" __global__ void nl_means_f32_p5(const float* f, float* out, int h, int w, int r, int patch, float inv_h2,
+                                           float sig2)
+{
+    xray_nl_means<5>(f, out, h, w, r, patch, inv_h2, sig2);
+}
+
+extern "C" __global__ void nl_means_f32_p7(const float* f, float* out, int h, int w, int r, int patch, float inv_h2,
+                                           float sig2)
+{
+    xray_nl_means<7>(f, out, h, w, r, patch, inv_h2, sig2);
 }

@@ -380,6 +380,79 @@ if _nb is not None:
                     out[y0 + i, x] = num[i, x] / den[i, x]
 
     @_nb.njit(parallel=True, cache=True, nogil=True)
+    def _median_rows(padded, out, size, band):  # pragma: no cover - compiled
+        # out[y, x] = the (size * size // 2)-th smallest value of padded[y:y + size, x:x + size] (finite values):
+        # along each row the window is kept sorted; a step right drops the values of the column that leaves
+        # and merges in the sorted column that enters (one pass, O(size^2)), instead of selecting anew
+        h, w = out.shape
+        n = size * size
+        k = n // 2
+        for b in _nb.prange((h + band - 1) // band):
+            win = np.empty(n, np.float32)
+            col = np.empty(n, np.int32)
+            nwin = np.empty(n, np.float32)
+            ncol = np.empty(n, np.int32)
+            inc = np.empty(size, np.float32)
+            for y in range(b * band, min(h, (b + 1) * band)):
+                m = 0
+                for c in range(size):  # the first window: insertion sort
+                    for a in range(size):
+                        v = padded[y + a, c]
+                        j = m
+                        while j > 0 and win[j - 1] > v:
+                            win[j] = win[j - 1]
+                            col[j] = col[j - 1]
+                            j -= 1
+                        win[j] = v
+                        col[j] = c
+                        m += 1
+                out[y, 0] = win[k]
+                for x in range(1, w):
+                    leave, enter = x - 1, x + size - 1
+                    for a in range(size):  # the entering column, sorted
+                        v = padded[y + a, enter]
+                        j = a
+                        while j > 0 and inc[j - 1] > v:
+                            inc[j] = inc[j - 1]
+                            j -= 1
+                        inc[j] = v
+                    o = 0
+                    j = 0
+                    for i in range(n):
+                        if col[i] == leave:
+                            continue
+                        v = win[i]
+                        while j < size and inc[j] < v:
+                            nwin[o] = inc[j]
+                            ncol[o] = enter
+                            o += 1
+                            j += 1
+                        nwin[o] = v
+                        ncol[o] = col[i]
+                        o += 1
+                    while j < size:
+                        nwin[o] = inc[j]
+                        ncol[o] = enter
+                        o += 1
+                        j += 1
+                    win, nwin = nwin, win
+                    col, ncol = ncol, col
+                    out[y, x] = win[k]
+
+    @_nb.njit(parallel=True, cache=True, nogil=True)
+    def _moments(frames, s1, s2, span):  # pragma: no cover - compiled
+        # s1 += sum of the frames, s2 += sum of their squares, per pixel, in int64 (exact for integer frames)
+        t, p = frames.shape
+        for c in _nb.prange((p + span - 1) // span):
+            p0 = c * span
+            p1 = min(p0 + span, p)
+            for k in range(t):
+                for i in range(p0, p1):
+                    v = np.int64(frames[k, i])
+                    s1[i] += v
+                    s2[i] += v * v
+
+    @_nb.njit(parallel=True, cache=True, nogil=True)
     def _remove_lag(x, state, amps, per_pixel, ratios, span):  # pragma: no cover - compiled
         # ops.afterglow.remove_lag in place on x (T, P): per frame v -= L_n for every term, then
         # L_n = (L_n + v * a_n) * r_n; pixels in spans of `span` so the frames stream through cache
@@ -480,6 +553,41 @@ def nl_means_into(image, out, *, h: float, patch_size: int, patch_distance: int,
     _nl_means(f, res, int(patch_distance), int(patch_size), float(h) * float(h), 2.0 * float(sigma) ** 2, 32)
     if res is not out:
         out[...] = res
+    return True
+
+
+def moments_into(frames, s1, s2) -> bool:
+    """Add the per-pixel sum and sum of squares of integer (T, H, W) ``frames`` to int64 ``s1``, ``s2`` (H, W).
+
+    Exact (integer arithmetic) while the sums fit in int64; the caller checks that. False if it cannot.
+    """
+    if not available() or not isinstance(frames, np.ndarray) or frames.ndim != 3 or frames.dtype.kind not in "ui":
+        return False
+    if frames.dtype.itemsize > 2 or not frames.flags.c_contiguous:
+        return False
+    if not all(isinstance(a, np.ndarray) and a.dtype == np.int64 and a.flags.c_contiguous and a.shape == frames.shape[1:]
+               for a in (s1, s2)):
+        return False
+    t = frames.shape[0]
+    _moments(frames.reshape(t, -1), s1.reshape(-1), s2.reshape(-1), 16384)
+    return True
+
+
+def median_filter_into(image, out, *, size: int) -> bool:
+    """``scipy.ndimage.median_filter(image, size=size, mode="reflect")`` into ``out``; False if it cannot.
+
+    For a 2D float32 image of finite values and an odd ``size``; the result is the same value
+    scipy selects (a median is a selection, no arithmetic), tested against it.
+    """
+    if not available() or not isinstance(image, np.ndarray) or image.ndim != 2 or image.dtype != np.float32:
+        return False
+    if size < 1 or size % 2 == 0 or not isinstance(out, np.ndarray) or out.shape != image.shape:
+        return False
+    if out.dtype != np.float32 or not out.flags.c_contiguous or not np.isfinite(image).all():
+        return False  # NaN has no place in a sorted window (scipy's selection with NaN is its own)
+    r = size // 2
+    padded = np.pad(image, r, mode="symmetric")  # scipy's "reflect": d c b a | a b c d | d c b a
+    _median_rows(padded, out, int(size), 8)
     return True
 
 

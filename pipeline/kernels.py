@@ -406,6 +406,8 @@ def correct_block_gpu(raw, dark, inv, targets, neighbours, amps, ratios, state, 
 # --------------------------------------------------------------------------- denoisers (cuda/denoise.cu)
 NLM_RUN = 16  # XRAY_NLM_RUN in cuda/denoise.cu: output rows per thread
 NLM_MAX_PATCH = 15  # XRAY_NLM_MAX_PATCH
+#: Patch sizes with their own NLM kernel (nl_means_f32_p<N>: every per-thread array in registers; others: nl_means_f32)
+NLM_SPECIALISED = (3, 5, 7)
 
 
 def gpu_launcher(module: str):
@@ -476,7 +478,8 @@ def nl_means_kernel(image, *, h: float, patch_size: int, patch_distance: int, si
     out = xp.empty_like(f)
     hh, ww = f.shape
     n = ((hh + NLM_RUN - 1) // NLM_RUN) * ww
-    launch("nl_means_f32", (n + _BLOCK - 1) // _BLOCK, _BLOCK,
+    name = f"nl_means_f32_p{int(patch_size)}" if int(patch_size) in NLM_SPECIALISED else "nl_means_f32"
+    launch(name, (n + _BLOCK - 1) // _BLOCK, _BLOCK,
            (f, out, np.int32(hh), np.int32(ww), np.int32(patch_distance), np.int32(patch_size),
             np.float32(1.0 / (float(h) * float(h))), np.float32(2.0 * float(sigma) ** 2)))
     return out

@@ -483,8 +483,11 @@ def frame_statistics(source, *, statistic: str = "mean", with_std: bool = False,
     scheduler = _local(scheduler)
 
     n, h, w = source.shape
-    x = da.from_array(source, chunks=(min(block_frames, n), h, w), asarray=False, lock=False,
-                      meta=np.empty((0, 0, 0), dtype=source.dtype)).astype(np.float64)
+    raw = da.from_array(source, chunks=(min(block_frames, n), h, w), asarray=False, lock=False,
+                        meta=np.empty((0, 0, 0), dtype=source.dtype))
+    if statistic == "mean" and _exact_moments(source.dtype, n):
+        return _integer_mean_std(raw, with_std, scheduler)
+    x = raw.astype(np.float64)
     if statistic == "median":
         tile = max(1, int(8 * 2**20 // max(1, n * w * 8)))
         stat = da.median(x.rechunk((n, min(tile, h), w)), axis=0)
@@ -496,6 +499,50 @@ def frame_statistics(source, *, statistic: str = "mean", with_std: bool = False,
         return stat.astype(np.float32), std.astype(np.float32)
     (stat,) = dask.compute(stat, scheduler=scheduler)
     return stat.astype(np.float32), None
+
+
+def _exact_moments(dtype, n: int) -> bool:
+    """True when the per-pixel sums of ``n`` frames of ``dtype`` and of their squares, and n * sum of squares, fit int64."""
+    dt = np.dtype(dtype)
+    if dt.kind not in "ui" or dt.itemsize > 2:
+        return False
+    big = max(abs(int(np.iinfo(dt).min)), int(np.iinfo(dt).max))
+    return n * n * big * big < 2**62
+
+
+def _block_moments(block):
+    """(1, 2, H, W) int64: the sum of a block's frames and the sum of their squares, exactly."""
+    from . import jit
+
+    block = np.ascontiguousarray(block)
+    out = np.zeros((1, 2) + block.shape[1:], np.int64)
+    if not jit.moments_into(block, out[0, 0], out[0, 1]):
+        wide = block.astype(np.int64)
+        out[0, 0] = wide.sum(axis=0)
+        wide *= wide
+        out[0, 1] = wide.sum(axis=0)
+    return out
+
+
+def _integer_mean_std(raw, with_std: bool, scheduler: str):
+    """Mean and (ddof=1) standard deviation of integer frames from exact int64 sums: one pass, no float64 copies.
+
+    The mean is the exact sum over n, so it equals NumPy's float64 mean; the variance is
+    (n * sum(x^2) - sum(x)^2) / (n (n - 1)) with an exact integer numerator (NumPy's two-pass
+    float64 result differs from it by float64 rounding only).
+    """
+    import dask.array as da
+
+    n, h, w = raw.shape
+    parts = raw.map_blocks(_block_moments, new_axis=1, chunks=((1,) * raw.numblocks[0], (2,), (h,), (w,)),
+                           dtype=np.int64, meta=np.empty((0, 0, 0, 0), np.int64))
+    (sums,) = dask.compute(da.sum(parts, axis=0), scheduler=scheduler)
+    s1, s2 = sums[0], sums[1]
+    mean = (s1 / n).astype(np.float32)
+    if not (with_std and n > 1):
+        return mean, None
+    num = n * s2 - s1 * s1  # exact: n^2 * the population variance, >= 0
+    return mean, np.sqrt(num / float(n * (n - 1))).astype(np.float32)
 
 
 def frame_means(source, *, block_frames: int = 16, scheduler: str = "threads", roi=None) -> np.ndarray:

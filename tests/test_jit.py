@@ -229,3 +229,26 @@ def test_uint16_code_kernel_is_bit_identical(scale, offset):
     np.testing.assert_array_equal(encode(v, "uint16", scale=scale, offset=offset), want)  # encode uses it
     out = np.zeros(v.shape, np.uint16)
     assert encode(v, "uint16", scale=scale, offset=offset, out=out) is out and np.array_equal(out, want)
+
+
+@pytest.mark.parametrize("shape,size", [((64, 80), 9), ((37, 53), 3), ((40, 40), 5), ((7, 5), 9), ((1, 1), 3),
+                                        ((3, 120), 7)])
+def test_sliding_median_equals_scipy(shape, size):
+    # small integer values: many ties, so a window kept in the wrong order or a column dropped twice shows up;
+    # images smaller than the window: the reflect edges fold more than once
+    from scipy import ndimage
+
+    rng = np.random.default_rng(size)
+    img = rng.integers(0, 12, shape).astype(np.float32) + rng.choice([0, 0.5], shape).astype(np.float32)
+    out = np.full(shape, np.nan, np.float32)
+    assert jit.median_filter_into(img, out, size=size)
+    np.testing.assert_array_equal(out, ndimage.median_filter(img, size=size, mode="reflect"))
+
+
+def test_sliding_median_declines_what_it_cannot_take():
+    img = np.ones((8, 8), np.float32)
+    out = np.empty_like(img)
+    assert not jit.median_filter_into(img, out, size=4)  # even: scipy's off-centre window
+    assert not jit.median_filter_into(img.astype(np.float64), out.astype(np.float64), size=3)
+    img[2, 3] = np.nan
+    assert not jit.median_filter_into(img, out, size=3)  # NaN: scipy's own selection

@@ -1,5 +1,6 @@
 """Chunking must not change a single bit of the result."""
 
+import contextlib
 import numpy as np
 import pytest
 import zarr
@@ -223,3 +224,37 @@ def test_a_raw_block_the_head_keeps_is_not_reused():
     process_frames(src, out, KeepsRaw(None), chunk_frames=4, scheduler="threads", num_workers=2, recycle=True)
     np.testing.assert_array_equal(out, src.data)
     assert len(src.buffers) == 16  # one buffer a block: none given back while the head's view of it lived
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8])
+@pytest.mark.parametrize("numba", [True, False])
+def test_frame_statistics_integer_frames_against_numpy(dtype, numba):
+    # exact int64 sums: the mean is NumPy's float64 mean; the std NumPy's two-pass float64 one to its rounding.
+    # Values near the dtype's ends (squares near 2^32) and a block size that does not divide the frames.
+    from pipeline import jit
+    from pipeline.schedule import frame_statistics
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(1)
+    stack = rng.integers(info.min, int(info.max) + 1, (21, 13, 17)).astype(dtype)
+    stack[:, 0, 0] = info.max  # zero variance
+    ctx = jit.disabled() if not numba else contextlib.nullcontext()
+    with ctx:
+        mean, std = frame_statistics(stack, with_std=True, block_frames=8, scheduler="threads")
+    ref_mean = stack.mean(axis=0, dtype=np.float64)
+    ref_std = stack.std(axis=0, dtype=np.float64, ddof=1)
+    assert mean.dtype == std.dtype == np.float32
+    np.testing.assert_array_equal(mean, ref_mean.astype(np.float32))
+    np.testing.assert_allclose(std, ref_std, rtol=1e-6, atol=0)
+    assert std[0, 0] == 0.0
+    mean1, none = frame_statistics(stack[:1], with_std=True)  # one frame: no std
+    assert none is None
+    np.testing.assert_array_equal(mean1, stack[0].astype(np.float32))
+
+
+def test_frame_statistics_exact_only_where_int64_holds():
+    from pipeline.schedule import _exact_moments
+
+    assert _exact_moments(np.uint16, 30_000) and not _exact_moments(np.uint16, 40_000)
+    assert not _exact_moments(np.uint32, 2) and not _exact_moments(np.float32, 2)
+    assert _exact_moments(np.uint8, 1_000_000)

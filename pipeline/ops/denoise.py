@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import get_ndimage, get_xp, to_host
+from .filters import median_filter
 
 SPATIAL_METHODS = ("none", "median", "gaussian", "bilateral", "tv", "nlm")
 
@@ -254,7 +255,7 @@ def denoise_frame(img, method: str, params: dict):
     if method == "none":
         return img
     if method == "median":
-        return ndi.median_filter(img, size=int(params.get("median_size", 3)), mode="reflect")
+        return median_filter(img, size=int(params.get("median_size", 3)))
     if method == "gaussian":
         return ndi.gaussian_filter(img, float(params.get("gaussian_sigma", 1.0)), mode="reflect")
     if method == "bilateral":  # the array code on both backends (CPU == GPU); checked against the definition

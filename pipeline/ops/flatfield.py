@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import get_ndimage, get_xp
+from ..backend import get_xp
+from .filters import median_filter
 
 # Bad-pixel class bits (ASTM E2597 classes); a pixel may carry several.
 DEAD = 1
@@ -175,9 +176,8 @@ def detect_bad_pixels(
         Class bits, 0 for good pixels.
     """
     xp = get_xp(flat_signal)
-    ndi = get_ndimage(xp)
     sig = xp.asarray(flat_signal, dtype=xp.float32)
-    local = ndi.median_filter(sig, size=window, mode="reflect")
+    local = median_filter(sig, size=window)
     ratio = sig / xp.where(local > 0, local, np.float32(np.inf))
     bad = xp.zeros(sig.shape, dtype=xp.uint8)
     bad |= xp.where(ratio < dead_below, DEAD, 0).astype(xp.uint8)
@@ -185,7 +185,7 @@ def detect_bad_pixels(
     bad |= xp.where(ratio > over_above, OVER, 0).astype(xp.uint8)
 
     dark = xp.asarray(dark_map, dtype=xp.float32)
-    excess = dark - ndi.median_filter(dark, size=window, mode="reflect")
+    excess = dark - median_filter(dark, size=window)
     sigma = _MAD_TO_SIGMA * float(xp.median(xp.abs(excess - xp.median(excess))))
     sigma = max(sigma, 1e-3)
     bad |= xp.where(excess > hot_sigma * sigma, HOT, 0).astype(xp.uint8)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline import jit
-from pipeline.kernels import NLM_RUN, nl_means_kernel, temporal_filter_kernel
+from pipeline.kernels import NLM_RUN, NLM_SPECIALISED, nl_means_kernel, temporal_filter_kernel
 from pipeline.ops.denoise import NoiseModel, nl_means, temporal_filter
 
 
@@ -144,6 +144,34 @@ def test_nl_means_kernel_matches_reference(launch, shape, patch, r):
     if jit.available() and min(shape) > 1:
         np.testing.assert_allclose(got, nl_means(img.astype(np.float64), **kw), rtol=1e-5, atol=1e-5)
     assert np.std(got - img) > 0.2  # it removed noise of std 1 (not an identity)
+
+
+@pytest.mark.parametrize("patch", NLM_SPECIALISED)
+@pytest.mark.parametrize("shape", [(2 * NLM_RUN + 5, 19), (NLM_RUN, 8), (3, 30), (1, 6)])
+def test_nl_means_patch_kernels_equal_the_generic_one(launch, shape, patch):
+    """nl_means_f32_p<N> (arrays in registers) adds the same float32 values in the same order as
+    nl_means_f32 (runtime patch): the same output bit for bit, on strips cut short by the frame's end
+    and on frames narrower than the patch. The host code launches the specialised one for these sizes."""
+    rng = np.random.default_rng(patch)
+    img = rng.normal(10, 2, shape).astype(np.float32)
+    if shape[0] > NLM_RUN:
+        img[0, 0] = np.nan  # NaN distances spread the same way
+    kw = dict(h=1.1, patch_size=patch, patch_distance=2, sigma=0.5)
+    launched = []
+
+    def generic(function, grid, block, args):
+        launched.append(function)
+        launch("nl_means_f32", grid, block, args)
+
+    def recorded(function, grid, block, args):
+        launched.append(function)
+        launch(function, grid, block, args)
+
+    got = nl_means_kernel(img, launch=recorded, **kw)
+    want = nl_means_kernel(img, launch=generic, **kw)
+    assert launched == [f"nl_means_f32_p{patch}", f"nl_means_f32_p{patch}"]
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.isfinite(got).sum() > 0
 
 
 def test_nl_means_kernel_refuses_a_patch_it_cannot_hold(launch):
