@@ -38,6 +38,7 @@ bench-detail: $(STAMP)
 	$(PY) benchmarks/bench_denoise.py
 	$(PY) benchmarks/bench_codecs.py
 	$(PY) benchmarks/bench_io.py
+	$(PY) benchmarks/bench_setup.py
 
 # Every CUDA source must compile; skipped (with a note) where nvcc is absent.
 cuda-check:
