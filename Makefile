@@ -39,6 +39,7 @@ bench-detail: $(STAMP)
 	$(PY) benchmarks/bench_codecs.py
 	$(PY) benchmarks/bench_io.py
 	$(PY) benchmarks/bench_setup.py
+	$(PY) benchmarks/bench_conveyor_host.py
 
 # Every CUDA source must compile; skipped (with a note) where nvcc is absent.
 cuda-check:
