@@ -116,3 +116,21 @@ def test_bench_out_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
     assert main(["bench", "--sizes", "32", "--out", str(f)]) == 2
     assert "is a file" in capsys.readouterr().err
     assert f.read_text() == "my notes"
+
+
+def test_conveyor_host_benchmark_runs_the_conveyor_on_its_stand_in_device(tmp_path):
+    """benchmarks/bench_conveyor_host.py (run on GPU nodes by gpu_session.sh) still runs: a tiny video, one repeat."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conveyor_host.py"
+    proc = subprocess.run([sys.executable, str(script), "--size", "64", "--frames", "12", "--repeats", "1",
+                           "--name", "t", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "conveyor_host_t.json").read_text())
+    assert set(data["results"]) == {"zarr copy uint16->float32 (Zarr's API)", "zarr copy uint16->float32 (pipeline I/O)",
+                                    "CPU engine, flat field", "GPU engine's host side, flat field (free device)"}
+    assert all(r["frames_per_s"] > 0 for r in data["results"].values())
+    assert len(data["conveyor_waits"]) == 1  # the conveyor ran (its waits were recorded)
