@@ -6,7 +6,9 @@ The Zarr-to-Zarr target of the GPU engine (within 0.9 of a plain Zarr copy with 
 and threads) is a claim about the host: reading and decompressing ahead, compressing and writing
 behind, the pinned pools, the conveyor thread's hand-offs. This measures that side on any machine,
 GPU or not: the conveyor runs its own threads and logic unchanged on a stand-in device whose
-transfers and kernels cost the host nothing (on a GPU they are DMA and device work). Its pinned
+transfers and kernels cost the host nothing (on a GPU they are DMA and device work). Its launch
+runs nothing, so the conveyor thread's own launch work (Python and CuPy calls per block: small for
+the fused flat field, more for chains with denoisers) is left out. Its pinned
 output blocks hold a real corrected block (the CPU chain's output for the first frames), so the
 writers compress realistic data. Against, in the same process, alternating (medians):
 * the plain Zarr copy uint16 -> float32 (Zarr's API, Dask threads): the target's roofline;

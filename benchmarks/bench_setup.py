@@ -146,7 +146,7 @@ def main():
              "| what | median s | spread % |", "|---|---:|---:|"]
     lines += [f"| {k} | {r['median_s']:.3f} | {r['spread_pct']:.0f} |" for k, r in res.items()]
     lines += ["", "Speed-ups (same process, same data): " + "; ".join(f"{k} {v:.1f}x" for k, v in speedups.items()) + ".",
-              "", f"The kernel's and the strips' medians equal scipy's bit for bit (asserted above). The exact sums' "
+              "", f"The kernel's and the strips' medians equal scipy's (asserted above). The exact sums' "
               f"mean equals Dask's float64 one bit for bit: {mean_equal}; their std differs from it by at most "
               f"{std_max_rel:.1e} (relative; float64 rounding in Dask's two passes).", ""]
     write_results(args.out, "setup_cpu", {"meta": meta, "results": res, "speedups": speedups}, lines)

@@ -563,8 +563,8 @@ def moments_into(frames, s1, s2) -> bool:
     """
     if not available() or not isinstance(frames, np.ndarray) or frames.ndim != 3 or frames.dtype.kind not in "ui":
         return False
-    if frames.dtype.itemsize > 2 or not frames.flags.c_contiguous:
-        return False
+    if frames.dtype.itemsize > 2 or not frames.dtype.isnative or not frames.flags.c_contiguous:
+        return False  # Numba takes native byte order only (Zarr hands big-endian chunks back as they are stored)
     if not all(isinstance(a, np.ndarray) and a.dtype == np.int64 and a.flags.c_contiguous and a.shape == frames.shape[1:]
                for a in (s1, s2)):
         return False
@@ -576,8 +576,11 @@ def moments_into(frames, s1, s2) -> bool:
 def median_filter_into(image, out, *, size: int) -> bool:
     """``scipy.ndimage.median_filter(image, size=size, mode="reflect")`` into ``out``; False if it cannot.
 
-    For a 2D float32 image of finite values and an odd ``size``; the result is the same value
-    scipy selects (a median is a selection, no arithmetic), tested against it.
+    For a 2D float32 image of finite values and an odd ``size``; the result is the value scipy
+    selects (a median is a selection, no arithmetic), tested against it, except that where a
+    window holds both -0.0 and +0.0 either may come out (they compare equal), and that for windows
+    over about 4x the image's side scipy's own result departs from the definition (the image
+    mirrored again and again) where this kernel keeps to it.
     """
     if not available() or not isinstance(image, np.ndarray) or image.ndim != 2 or image.dtype != np.float32:
         return False

@@ -258,3 +258,13 @@ def test_frame_statistics_exact_only_where_int64_holds():
     assert _exact_moments(np.uint16, 30_000) and not _exact_moments(np.uint16, 40_000)
     assert not _exact_moments(np.uint32, 2) and not _exact_moments(np.float32, 2)
     assert _exact_moments(np.uint8, 1_000_000)
+
+
+def test_frame_statistics_big_endian_frames():
+    # Zarr hands chunks back in their stored byte order: the Numba kernel declines those, NumPy sums them
+    from pipeline.schedule import frame_statistics
+
+    stack = np.arange(4 * 8 * 8, dtype=">u2").reshape(4, 8, 8)
+    mean, std = frame_statistics(stack, with_std=True)
+    np.testing.assert_array_equal(mean, stack.mean(axis=0, dtype=np.float64).astype(np.float32))
+    np.testing.assert_allclose(std, stack.std(axis=0, dtype=np.float64, ddof=1), rtol=1e-6)

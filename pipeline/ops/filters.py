@@ -19,7 +19,8 @@ def median_filter(image, *, size: int, out=None):
     The value ``scipy.ndimage.median_filter(image, size=size, mode="reflect")`` (or
     cupyx's) returns, computed faster on a CPU: an odd ``size`` on a float32 image of
     finite values goes to a Numba kernel that keeps each row's window sorted as it slides
-    (a median is a selection, so the values are the same bit for bit); anything else goes
+    (a median is a selection, so the values are the same; only a zero may come out with the
+    other sign where a window holds both -0.0 and +0.0); anything else goes
     to scipy in horizontal strips on all cores (scipy releases the GIL). A 9 x 9 median of
     a 2048 x 2048 map took 4.5 s in scipy and 0.9 s in the kernel on a 2-core machine.
 
@@ -51,6 +52,8 @@ def median_filter(image, *, size: int, out=None):
         raise ValueError(f"median_filter takes one (H, W) image, not shape {image.shape}")
     if out is None:
         out = np.empty(image.shape, image.dtype)
+    if image.size == 0:
+        return out
     from .. import jit
 
     if jit.median_filter_into(image, out, size=size):

@@ -48,3 +48,10 @@ def test_out_and_bad_input():
         median_filter(img, size=0)
     with pytest.raises(ValueError, match="one \\(H, W\\) image"):
         median_filter(img[None], size=3)
+
+
+def test_signed_zeros_and_empty_images():
+    # -0.0 and +0.0 compare equal: the value is scipy's, the sign of a zero may differ (documented)
+    img = np.array([[0, 0, 1], [0, -0.0, 2], [-0.0, 3, 0]], np.float32)
+    np.testing.assert_array_equal(median_filter(img, size=3), ndimage.median_filter(img, size=3, mode="reflect"))
+    assert median_filter(np.zeros((0, 5), np.float32), size=3).shape == (0, 5)
