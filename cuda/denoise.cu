@@ -106,6 +106,9 @@ __device__ __forceinline__ void xray_nl_means(const float* f, float* out, int h,
     constexpr int UNROLL_PATCH = P > 0 ? PM : 1;
     constexpr int UNROLL_ROWS = P > 0 ? XRAY_NLM_RUN + PM - 1 : 1;
     const int patch = P > 0 ? P : patch_rt;
+    // loop bounds: compile-time constants (unrolled, guarded) for a fixed patch; the runtime counts for the
+    // generic kernel, so that it runs no more iterations than it has work
+    const int n_cols = P > 0 ? PM : patch;
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long strips = (h + XRAY_NLM_RUN - 1) / XRAY_NLM_RUN;
     if (t >= strips * w || patch < 1 || patch > PM) return;
@@ -119,23 +122,24 @@ __device__ __forceinline__ void xray_nl_means(const float* f, float* out, int h,
 #pragma unroll
     for (int i = 0; i < XRAY_NLM_RUN; ++i) num[i] = den[i] = 0.0f;
 #pragma unroll UNROLL_PATCH
-    for (int b = 0; b < PM; ++b)
+    for (int b = 0; b < n_cols; ++b)
         if (b < patch) xs[b] = xray_reflect(col - left + b, w);
     for (int dy = -r; dy <= r; ++dy) {
         for (int dx = -r; dx <= r; ++dx) {
             int nxs[PM];  // the shifted patch columns (mirror), the same for every row
 #pragma unroll UNROLL_PATCH
-            for (int b = 0; b < PM; ++b)
+            for (int b = 0; b < n_cols; ++b)
                 if (b < patch) nxs[b] = xray_mirror(xs[b] + dx, w);
 #pragma unroll UNROLL_ROWS
-            for (int j = 0; j < XRAY_NLM_RUN + PM - 1; ++j) {  // a guard, not a break: a break kept rs in memory
+            for (int j = 0; j < (P > 0 ? XRAY_NLM_RUN + PM - 1 : nr + patch - 1); ++j) {  // a guard, not a break:
+                // a break kept rs in local memory
                 if (j < nr + patch - 1) {
                     int yy = xray_reflect(y0 - left + j, h);
                     const float* fr = f + (long long)yy * w;
                     const float* nr_row = f + (long long)xray_mirror(yy + dy, h) * w;
                     float s = 0.0f;
 #pragma unroll UNROLL_PATCH
-                    for (int b = 0; b < PM; ++b) {
+                    for (int b = 0; b < n_cols; ++b) {
                         if (b < patch) {
                             float e = __fsub_rn(nr_row[nxs[b]], fr[xs[b]]);
                             s = __fadd_rn(s, __fmul_rn(e, e));
@@ -150,7 +154,7 @@ __device__ __forceinline__ void xray_nl_means(const float* f, float* out, int h,
                 if (i >= nr) break;
                 float s = 0.0f;
 #pragma unroll UNROLL_PATCH
-                for (int a = 0; a < PM; ++a)
+                for (int a = 0; a < n_cols; ++a)
                     if (a < patch) s = __fadd_rn(s, rs[i + a]);
                 float z = __fsub_rn(__fmul_rn(s, inv_area), sig2);
                 float q = z <= 0.0f ? 1.0f : expf(-__fmul_rn(z, inv_h2));  // a NaN distance: NaN, as the reference
