@@ -112,3 +112,30 @@ def test_denoise_kernels_against_the_array_code_on_the_gpu():
             blocks.append(cp.asnumpy(out))
         np.testing.assert_allclose(np.concatenate(blocks), cp.asnumpy(ref), rtol=2e-6, atol=1e-3)
         np.testing.assert_allclose(cp.asnumpy(state), cp.asnumpy(rs), rtol=2e-6, atol=1e-3)
+
+
+def test_nlm_patch_kernels_equal_the_generic_one_on_the_gpu():
+    """nl_means_f32_p3/_p5/_p7 (arrays in registers) against nl_means_f32 (runtime patch): bit for bit."""
+    from pipeline.kernels import NLM_SPECIALISED, gpu_launcher, nl_means_kernel
+
+    base = gpu_launcher("denoise")
+    img = cp.asarray(RNG.normal(20, 1, (2 * 16 + 5, 77)).astype(np.float32))
+    for patch in NLM_SPECIALISED:
+        kw = dict(h=0.8, patch_size=patch, patch_distance=2, sigma=1.0)
+        got = nl_means_kernel(img, **kw)
+        want = nl_means_kernel(img, launch=lambda fn, g, b, a: base("nl_means_f32", g, b, a), **kw)
+        np.testing.assert_array_equal(cp.asnumpy(got).view(np.uint32), cp.asnumpy(want).view(np.uint32))
+
+
+def test_bad_pixel_detection_cupy_equals_numpy():
+    """The local medians: cupyx.scipy.ndimage on the GPU, the Numba sliding-window kernel on the CPU."""
+    from pipeline.ops.flatfield import detect_bad_pixels
+
+    dark = RNG.normal(100, 2, (96, 130)).astype(np.float32)
+    sig = RNG.normal(8000, 80, (96, 130)).astype(np.float32)
+    sig[10, 10], sig[50, 60], dark[30, 40] = 0.0, 16000.0, 400.0
+    noise = RNG.uniform(1, 2, (96, 130)).astype(np.float32)
+    cpu = detect_bad_pixels(dark, sig, dark_noise=noise)
+    gpu = detect_bad_pixels(cp.asarray(dark), cp.asarray(sig), dark_noise=cp.asarray(noise))
+    np.testing.assert_array_equal(cp.asnumpy(gpu), cpu)
+    assert cpu[10, 10] and cpu[50, 60] and cpu[30, 40]
