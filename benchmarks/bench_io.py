@@ -9,6 +9,11 @@ Usage: python benchmarks/bench_io.py [--frames 64] [--size 2048] [--repeats 5] [
   into a buffer reused (as the engines do), in frames/s and process CPU-ms a frame (user and
   system); for Zarr also the CPU time of its event-loop thread (`zarr_io`, from /proc/self/task),
   the share that does not spread over threads.
+* **Blocks smaller than the chunks**: a video with chunks of 16 frames (as `simulate` and `ingest`
+  write them) read in blocks of 4 (a 2048² run's blocks), through Zarr's API, through the
+  pipelines' reader as it is (each chunk decoded once, its blocks served from it) and through
+  the same reader keeping no decoded chunk (each block decodes its whole chunk again: what the
+  reader did before), the same figures.
 * **Writes**: blocks of whole chunks written through Zarr's API and through the pipelines' writer
   (`FrameWriter`: its `ChunkEncoder`), float32 and uint16, 1 and 2 threads, the same figures.
 * **uint16 code**: `ops.quantise.encode` to uint16, the Numba pass against the NumPy code.
@@ -64,6 +69,36 @@ def bench_reads(path: Path, repeats: int, threads_list=(1, 2)) -> dict:
     rows = {}
     for threads in threads_list:
         runs = _alternate({name: (lambda fn=fn: _threads(threads, fn, blocks)) for name, fn in ways.items()},
+                          repeats, t)
+        for name, run in runs.items():
+            rows[f"{name}, {threads} thread{'s' if threads > 1 else ''}"] = run
+    return rows
+
+
+def bench_partial_reads(path: Path, repeats: int, threads_list=(1, 2), block: int = 4) -> dict:
+    """Blocks of ``block`` frames from larger chunks: Zarr's API, the pipelines' reader, and that reader
+    without its decoded-chunk cache (``PARTIAL_CACHE_BYTES = 0``)."""
+    ds = zarr_store.open_input(path)
+    arr = ds.frames
+    t = arr.shape[0]
+    assert arr.chunks[0] > block, "the video's chunks should be larger than the blocks"
+    blocks = [(s, min(s + block, t)) for s in range(0, t, block)]
+    rows = {}
+    for threads in threads_list:
+        def reader(cache: bool):
+            r = ds.reader()
+            if not cache:
+                r._decoder._keep = 0
+            return lambda a, b: r.read_block(a, b, skip=False)[0]
+
+        ways = {"zarr API": lambda: (lambda a, b: np.asarray(arr[a:b])),
+                "pipeline reader (each chunk decoded once)": lambda: reader(True),
+                "pipeline reader, no decoded chunk kept": lambda: reader(False)}
+        for name, make in list(ways.items())[1:]:
+            fn = make()
+            np.testing.assert_array_equal(fn(4, 8), np.asarray(arr[4:8]))
+        # a fresh reader a run (as a run opens its input), so no run finds chunks a previous one left
+        runs = _alternate({name: (lambda make=make: _threads(threads, make(), blocks)) for name, make in ways.items()},
                           repeats, t)
         for name, run in runs.items():
             rows[f"{name}, {threads} thread{'s' if threads > 1 else ''}"] = run
@@ -167,19 +202,23 @@ def main():
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", default="1,2", help="thread counts for the reads and writes, comma-separated")
-    ap.add_argument("--parts", default="reads,writes,code,commits", help="which parts to run, comma-separated")
+    ap.add_argument("--parts", default="reads,partial,writes,code,commits", help="which parts to run, comma-separated")
     ap.add_argument("--name", default="io_cpu", help="results file stem (a GPU node's session: io_<node>)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     threads = tuple(int(v) for v in args.threads.split(","))
     parts = set(args.parts.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="xray-bench-io-"))
-    reads = writes = code = commits = {}
+    reads = partial = writes = code = commits = {}
     try:
-        if "reads" in parts:
+        if parts & {"reads", "partial"}:
             seed = bench._simulate(tmp / "seed.zarr", 8, args.size)
+        if "reads" in parts:
             video = bench._repeat_video(seed, tmp / "video.zarr", args.frames, 4)
             reads = bench_reads(video, args.repeats, threads)
+        if "partial" in parts:
+            video16 = bench._repeat_video(seed, tmp / "video16.zarr", args.frames, 16)
+            partial = bench_partial_reads(video16, args.repeats, threads)
         if "writes" in parts:
             writes = bench_writes(tmp, args.frames, args.size, args.repeats, threads)
         if "code" in parts:
@@ -197,6 +236,11 @@ def main():
                   "the ways taking turns; CPU time of the whole process, split into user and system time):", ""]
         _io_table(lines, "read through", reads)
         lines.append("")
+    if partial:
+        lines += [f"Reads of the same video stored in chunks of 16 frames, in blocks of 4 (a 2048² run's blocks; "
+                  "a fresh reader a run), the same way:", ""]
+        _io_table(lines, "read through", partial)
+        lines.append("")
     if writes:
         lines += [f"Writes of {args.frames} frames of {args.size}², blocks of 4 frames (one chunk each, "
                   "bitshuffle-lz4; Poisson counts, float32 as counts / 300), the same way:", ""]
@@ -212,8 +256,8 @@ def main():
                   "| run | ms per commit | ms per commit, last 200 |", "|---|---:|---:|"]
         lines += [f"| {k} | {r['ms_per_commit']:.2f} | {r['ms_per_commit_last_200']:.2f} |"
                   for k, r in commits.items()]
-    write_results(args.out, args.name, {"meta": meta, "reads": reads, "writes": writes, "uint16_code": code,
-                                        "commits": commits}, lines)
+    write_results(args.out, args.name, {"meta": meta, "reads": reads, "partial_reads": partial, "writes": writes,
+                                        "uint16_code": code, "commits": commits}, lines)
 
 
 def _io_table(lines: list, what: str, rows: dict) -> None:

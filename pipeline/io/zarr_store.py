@@ -185,10 +185,21 @@ class ChunkDecoder(_WholeFrameChunks):
     as the fill value, as in Zarr; a chunk that does not decode raises.
     """
 
+    #: Most bytes of decoded chunks kept for the blocks that take only part of one (at least two chunks; 0: none
+    #: kept, every such block decodes its chunk again, as benchmarks/bench_io.py compares).
+    PARTIAL_CACHE_BYTES = 1 << 30
+
     def __init__(self, array, folder: Path, decode):
         super().__init__(array, folder)
         self.fill = array.fill_value
         self._decode = decode
+        # blocks smaller than the input's chunks (a 2048^2 run's 4-frame blocks of 16-frame chunks): each chunk is
+        # decoded once and the blocks are served from it, instead of decoding it again for every block that
+        # takes part of it. Entries go once all their frames were served, or oldest first beyond the limit.
+        chunk_bytes = max(1, self.chunk * int(np.prod(self.shape[1:])) * self.dtype.itemsize)
+        self._keep = max(2, self.PARTIAL_CACHE_BYTES // chunk_bytes) if self.PARTIAL_CACHE_BYTES > 0 else 0
+        self._parts: dict = {}  # chunk index -> _DecodedChunk, oldest first
+        self._parts_lock = threading.Lock()
 
     @classmethod
     def _plan(cls, array, folder):
@@ -225,17 +236,55 @@ class ChunkDecoder(_WholeFrameChunks):
         for i in range(start // c, (stop - 1) // c + 1):
             a, b = i * c, (i + 1) * c  # the chunk as stored: full size, also past the array's end
             lo, hi = max(a, start), min(b, stop)
-            whole = lo == a and hi == b
-            dest = out[a - start : b - start] if whole else np.empty((c,) + frame, self.dtype)
-            try:
-                data = self._read_file(self._path(i))
-            except FileNotFoundError:
-                dest[...] = self.fill
+            if lo == a and hi == b:
+                self._decode_chunk(i, out[a - start : b - start])
+            elif self._keep:
+                self._served(i, lo - a, hi - a, out[lo - start : hi - start])
             else:
-                self._decode(data, dest)
-            if not whole:
-                out[lo - start : hi - start] = dest[lo - a : hi - a]
+                buf = np.empty((c,) + frame, self.dtype)
+                self._decode_chunk(i, buf)
+                out[lo - start : hi - start] = buf[lo - a : hi - a]
         return out
+
+    def _decode_chunk(self, i: int, dest) -> None:
+        try:
+            data = self._read_file(self._path(i))
+        except FileNotFoundError:
+            dest[...] = self.fill
+        else:
+            self._decode(data, dest)
+
+    def _served(self, i: int, lo: int, hi: int, dest) -> None:
+        """Frames lo..hi-1 of chunk ``i`` into ``dest``, from the chunk decoded once for all its blocks."""
+        with self._parts_lock:
+            entry = self._parts.get(i)
+            owner = entry is None
+            if owner:
+                entry = self._parts[i] = _DecodedChunk(min(self.chunk, self.shape[0] - i * self.chunk))
+                while len(self._parts) > self._keep:  # oldest first (a reader waiting on one keeps its own reference)
+                    self._parts.pop(next(iter(self._parts)))
+        if owner:
+            try:
+                buf = np.empty((self.chunk,) + self.shape[1:], self.dtype)
+                self._decode_chunk(i, buf)
+                entry.frames = buf
+            except BaseException as exc:
+                entry.error = exc
+                with self._parts_lock:
+                    if self._parts.get(i) is entry:  # the next read tries again
+                        del self._parts[i]
+                raise
+            finally:
+                entry.ready.set()
+        else:
+            entry.ready.wait()
+            if entry.error is not None:
+                raise ChunkError(f"chunk {i} did not decode ({type(entry.error).__name__})") from entry.error
+        dest[...] = entry.frames[lo:hi]
+        with self._parts_lock:
+            entry.served += hi - lo
+            if entry.served >= entry.expected and self._parts.get(i) is entry:
+                del self._parts[i]  # every frame of it was served once: a run reads each frame once
 
     def _read_file(self, path: Path) -> memoryview:
         """The file's bytes, in this thread's scratch buffer (valid until its next read)."""
@@ -249,6 +298,17 @@ class ChunkDecoder(_WholeFrameChunks):
                     break
                 got += k
         return view[:got]
+
+
+class _DecodedChunk:
+    """A chunk decoded for the blocks that each take part of it (:meth:`ChunkDecoder._served`)."""
+
+    def __init__(self, expected: int):
+        self.ready = threading.Event()
+        self.frames = None
+        self.error: BaseException | None = None
+        self.served = 0  # frames handed out
+        self.expected = expected  # frames of it inside the array
 
 
 def _blosc_compress_ctx():

@@ -143,3 +143,68 @@ def test_a_chunk_of_the_wrong_size_is_corrupt(tmp_path, codec):
     (r._dir / a.metadata.encode_chunk_key((1, 0, 0))).write_bytes(payload)
     with pytest.raises(ChunkError, match="frames 4-7 .*does not decode"):
         r.read_block(0, 8, skip=False, out=np.full((8, 6, 5), 4242, np.uint16))
+
+
+def _counting(r, monkeypatch):
+    """Count the chunk decodes of r's decoder."""
+    calls = []
+    dec = r._decoder
+    inner = dec._decode
+
+    def counted(data, dest):
+        calls.append(dest.shape[0])
+        inner(data, dest)
+
+    monkeypatch.setattr(dec, "_decode", counted)
+    return calls
+
+
+def test_blocks_smaller_than_the_chunks_decode_each_chunk_once(tmp_path, monkeypatch):
+    """4-frame blocks of 16-frame chunks (a 2048^2 run of simulated data): one decode a chunk, not one a block,
+    from many threads at once; every chunk dropped once its frames were served."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    g, a, data = _array(tmp_path, "bitshuffle-lz4", np.uint16, shape=(70, 6, 5), chunks=(16, 6, 5))
+    r = _reader(g, a)
+    calls = _counting(r, monkeypatch)
+    starts = list(range(0, 70, 4))
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda s: r.read_block(s, min(s + 4, 70), skip=False)[0], starts))
+    np.testing.assert_array_equal(np.concatenate(got), data)
+    assert len(calls) == 5  # chunks 0-4 (the last one holds 6 frames)
+    assert r._decoder._parts == {}  # nothing kept after the run
+
+
+def test_partial_cache_is_bounded_and_reads_stay_right(tmp_path, monkeypatch):
+    """Chunks read only in part (never every frame) are dropped oldest first beyond the limit, and read again."""
+    g, a, data = _array(tmp_path, "zstd", np.float32, shape=(64, 6, 5), chunks=(8, 6, 5))
+    r = _reader(g, a)
+    dec = r._decoder
+    dec._keep = 2
+    calls = _counting(r, monkeypatch)
+    for s in range(0, 64, 8):  # the first half of every chunk only
+        np.testing.assert_array_equal(r.read_block(s, s + 4, skip=False)[0], data[s:s + 4])
+        assert len(dec._parts) <= 2
+    assert len(calls) == 8
+    np.testing.assert_array_equal(r.read_block(4, 8, skip=False)[0], data[4:8])  # chunk 0 was dropped: decoded again
+    assert len(calls) == 9
+    np.testing.assert_array_equal(r.read_block(60, 64, skip=False)[0], data[60:64])  # chunk 7 was kept
+    assert len(calls) == 9 and 7 not in dec._parts  # and now served whole: gone
+
+
+def test_a_partial_chunk_that_does_not_decode_fails_every_reader_and_is_tried_again(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    g, a, data = _array(tmp_path, "bitshuffle-lz4", np.uint16, shape=(32, 6, 5), chunks=(16, 6, 5))
+    r = _reader(g, a)
+    path = r._decoder._path(0)
+    good = path.read_bytes()
+    path.write_bytes(good[:40])  # torn
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(r.read_block, s, s + 4, skip=False) for s in range(0, 16, 4)]
+    for f in futures:
+        with pytest.raises(ChunkError, match="chunk does not decode"):
+            f.result()
+    assert r._decoder._parts == {}
+    path.write_bytes(good)  # restored: read again, not a remembered failure
+    np.testing.assert_array_equal(r.read_block(4, 8, skip=False)[0], data[4:8])
