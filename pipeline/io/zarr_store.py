@@ -189,13 +189,16 @@ class ChunkDecoder(_WholeFrameChunks):
     #: kept, every such block decodes its chunk again, as benchmarks/bench_io.py compares).
     PARTIAL_CACHE_BYTES = 1 << 30
 
-    def __init__(self, array, folder: Path, decode):
+    def __init__(self, array, folder: Path, decode, decode_part=None):
         super().__init__(array, folder)
         self.fill = array.fill_value
         self._decode = decode
-        # blocks smaller than the input's chunks (a 2048^2 run's 4-frame blocks of 16-frame chunks): each chunk is
-        # decoded once and the blocks are served from it, instead of decoding it again for every block that
-        # takes part of it. Entries go once all their frames were served, or oldest first beyond the limit.
+        # blocks smaller than the input's chunks (a 2048^2 run's 4-frame blocks of the 16-frame chunks simulate and
+        # ingest write): a Blosc chunk decompresses only the part a block needs (c-blosc's getitem: the blocks of
+        # the compressed buffer that hold it); a chunk of another codec is decoded once and the blocks are served
+        # from it, instead of decoding it again for every block. Entries go once all their frames were served,
+        # or oldest first beyond the limit.
+        self._decode_part = decode_part
         chunk_bytes = max(1, self.chunk * int(np.prod(self.shape[1:])) * self.dtype.itemsize)
         self._keep = max(2, self.PARTIAL_CACHE_BYTES // chunk_bytes) if self.PARTIAL_CACHE_BYTES > 0 else 0
         self._parts: dict = {}  # chunk index -> _DecodedChunk, oldest first
@@ -212,13 +215,31 @@ class ChunkDecoder(_WholeFrameChunks):
         if comp is None:
             decode = _fill
         elif isinstance(comp, zarr.codecs.BloscCodec):
-            def decode(data, dest):
+            chunk_bytes = int(array.chunks[0]) * int(np.prod(array.shape[1:])) * np.dtype(array.dtype).itemsize
+
+            def check(data):
                 # the Blosc header (bytes 4-7: decompressed size, 12-15: compressed size, little-endian):
                 # decompress refuses a dest too small, not a chunk too short (that would leave frames unset)
-                if (len(data) < 16 or int.from_bytes(data[4:8], "little") != dest.nbytes
+                if (len(data) < 16 or int.from_bytes(data[4:8], "little") != chunk_bytes
                         or int.from_bytes(data[12:16], "little") != len(data)):
-                    raise ValueError(f"chunk is not a Blosc buffer of {dest.nbytes} bytes")
+                    raise ValueError(f"chunk is not a Blosc buffer of {chunk_bytes} bytes")
+
+            def decode(data, dest):
+                check(data)
                 blosc.decompress(data, dest)
+
+            getitem = _blosc_getitem()
+            if getitem is not None:
+                def decode_part(data, offset: int, dest):
+                    # only the Blosc blocks that hold bytes offset..offset + dest.nbytes of the chunk are decompressed
+                    check(data)
+                    typesize = data[3]
+                    if offset % typesize or dest.nbytes % typesize or not dest.flags.c_contiguous:
+                        raise ValueError("a part of a Blosc chunk must start and end on an item")
+                    src = np.frombuffer(data, np.uint8)
+                    got = getitem(src.ctypes.data, offset // typesize, dest.nbytes // typesize, dest.ctypes.data)
+                    if got != dest.nbytes:
+                        raise ValueError(f"chunk part does not decode (c-blosc: {got})")
         elif isinstance(comp, zarr.codecs.ZstdCodec):
             zstd = Zstd(level=int(comp.level))
 
@@ -226,7 +247,7 @@ class ChunkDecoder(_WholeFrameChunks):
                 _fill(zstd.decode(data), dest)  # its size checked (a frame need not state it)
         else:
             return None
-        return cls(array, Path(folder), decode)
+        return cls(array, Path(folder), decode, locals().get("decode_part"))
 
     def read(self, start: int, stop: int, out=None) -> np.ndarray:
         """Frames start..stop-1, into ``out`` (a C-contiguous array of their shape and dtype) or a new array."""
@@ -238,6 +259,8 @@ class ChunkDecoder(_WholeFrameChunks):
             lo, hi = max(a, start), min(b, stop)
             if lo == a and hi == b:
                 self._decode_chunk(i, out[a - start : b - start])
+            elif self._decode_part is not None:
+                self._decode_frames(i, lo - a, out[lo - start : hi - start])
             elif self._keep:
                 self._served(i, lo - a, hi - a, out[lo - start : hi - start])
             else:
@@ -253,6 +276,15 @@ class ChunkDecoder(_WholeFrameChunks):
             dest[...] = self.fill
         else:
             self._decode(data, dest)
+
+    def _decode_frames(self, i: int, first: int, dest) -> None:
+        """Frames first.. of chunk ``i`` (as many as ``dest`` holds), decompressing only their part of it."""
+        try:
+            data = self._read_file(self._path(i))
+        except FileNotFoundError:
+            dest[...] = self.fill
+        else:
+            self._decode_part(data, first * int(np.prod(self.shape[1:])) * self.dtype.itemsize, dest)
 
     def _served(self, i: int, lo: int, hi: int, dest) -> None:
         """Frames lo..hi-1 of chunk ``i`` into ``dest``, from the chunk decoded once for all its blocks."""
@@ -309,6 +341,20 @@ class _DecodedChunk:
         self.error: BaseException | None = None
         self.served = 0  # frames handed out
         self.expected = expected  # frames of it inside the array
+
+
+def _blosc_getitem():
+    """c-blosc's ``blosc_getitem`` (decompresses only the blocks that hold a range of items; thread-safe: no
+    global state) from numcodecs' library, through ctypes (which lets go of the GIL); None where not exported."""
+    try:
+        from numcodecs import blosc
+
+        fn = ctypes.CDLL(blosc.__file__).blosc_getitem
+    except (ImportError, OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    return fn
 
 
 def _blosc_compress_ctx():

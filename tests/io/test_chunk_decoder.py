@@ -145,32 +145,52 @@ def test_a_chunk_of_the_wrong_size_is_corrupt(tmp_path, codec):
         r.read_block(0, 8, skip=False, out=np.full((8, 6, 5), 4242, np.uint16))
 
 
-def _counting(r, monkeypatch):
-    """Count the chunk decodes of r's decoder."""
+def _counting(r, monkeypatch, name="_decode"):
+    """Count the calls of r's decoder's ``name`` (whole chunks: _decode; parts of Blosc chunks: _decode_part)."""
     calls = []
     dec = r._decoder
-    inner = dec._decode
+    inner = getattr(dec, name)
 
-    def counted(data, dest):
-        calls.append(dest.shape[0])
-        inner(data, dest)
+    def counted(*args):
+        calls.append(args[-1].shape[0])
+        inner(*args)
 
-    monkeypatch.setattr(dec, "_decode", counted)
+    monkeypatch.setattr(dec, name, counted)
     return calls
 
 
-def test_blocks_smaller_than_the_chunks_decode_each_chunk_once(tmp_path, monkeypatch):
-    """4-frame blocks of 16-frame chunks (a 2048^2 run of simulated data): one decode a chunk, not one a block,
-    from many threads at once; every chunk dropped once its frames were served."""
+def _blocks_in_threads(r, t, block=4):
     from concurrent.futures import ThreadPoolExecutor
 
-    g, a, data = _array(tmp_path, "bitshuffle-lz4", np.uint16, shape=(70, 6, 5), chunks=(16, 6, 5))
-    r = _reader(g, a)
-    calls = _counting(r, monkeypatch)
-    starts = list(range(0, 70, 4))
     with ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(lambda s: r.read_block(s, min(s + 4, 70), skip=False)[0], starts))
-    np.testing.assert_array_equal(np.concatenate(got), data)
+        return np.concatenate(list(pool.map(lambda s: r.read_block(s, min(s + block, t), skip=False)[0],
+                                            range(0, t, block))))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_blocks_smaller_than_blosc_chunks_decompress_only_their_part(tmp_path, monkeypatch, dtype):
+    """4-frame blocks of 16-frame Blosc chunks (a 2048^2 run of simulated data): c-blosc's getitem decompresses
+    each block's part; no chunk is decompressed whole, none is kept."""
+    g, a, data = _array(tmp_path, "bitshuffle-lz4", dtype, shape=(70, 6, 5), chunks=(16, 6, 5))
+    r = _reader(g, a)
+    assert r._decoder._decode_part is not None
+    whole = _counting(r, monkeypatch)
+    parts = _counting(r, monkeypatch, "_decode_part")
+    np.testing.assert_array_equal(_blocks_in_threads(r, 70), data)
+    assert whole == [] and sorted(parts) == [2] + [4] * 17  # the last block: frames 68-69
+    assert r._decoder._parts == {}
+    for start, stop in ((1, 3), (15, 17), (3, 37), (69, 70)):  # odd parts, across chunks
+        np.testing.assert_array_equal(r.read_block(start, stop, skip=False)[0], data[start:stop])
+
+
+def test_blocks_smaller_than_other_chunks_decode_each_chunk_once(tmp_path, monkeypatch):
+    """A codec without partial decoding (Zstd): one decode a chunk, not one a block, from many threads at once;
+    every chunk dropped once its frames were served."""
+    g, a, data = _array(tmp_path, "zstd", np.uint16, shape=(70, 6, 5), chunks=(16, 6, 5))
+    r = _reader(g, a)
+    assert r._decoder._decode_part is None
+    calls = _counting(r, monkeypatch)
+    np.testing.assert_array_equal(_blocks_in_threads(r, 70), data)
     assert len(calls) == 5  # chunks 0-4 (the last one holds 6 frames)
     assert r._decoder._parts == {}  # nothing kept after the run
 
@@ -192,10 +212,11 @@ def test_partial_cache_is_bounded_and_reads_stay_right(tmp_path, monkeypatch):
     assert len(calls) == 9 and 7 not in dec._parts  # and now served whole: gone
 
 
-def test_a_partial_chunk_that_does_not_decode_fails_every_reader_and_is_tried_again(tmp_path):
+@pytest.mark.parametrize("codec", ["bitshuffle-lz4", "zstd"])
+def test_a_partial_chunk_that_does_not_decode_fails_every_reader_and_is_tried_again(tmp_path, codec):
     from concurrent.futures import ThreadPoolExecutor
 
-    g, a, data = _array(tmp_path, "bitshuffle-lz4", np.uint16, shape=(32, 6, 5), chunks=(16, 6, 5))
+    g, a, data = _array(tmp_path, codec, np.uint16, shape=(32, 6, 5), chunks=(16, 6, 5))
     r = _reader(g, a)
     path = r._decoder._path(0)
     good = path.read_bytes()
@@ -208,3 +229,21 @@ def test_a_partial_chunk_that_does_not_decode_fails_every_reader_and_is_tried_ag
     assert r._decoder._parts == {}
     path.write_bytes(good)  # restored: read again, not a remembered failure
     np.testing.assert_array_equal(r.read_block(4, 8, skip=False)[0], data[4:8])
+
+
+@pytest.mark.parametrize("cname_shuffle", [("lz4", "bitshuffle"), ("lz4", "shuffle"), ("zstd", "noshuffle")])
+def test_parts_of_chunks_of_many_blosc_blocks(tmp_path, cname_shuffle):
+    """Chunks big enough that Blosc splits them into many blocks: any range of frames, block edges inside
+    frames, decompresses to Zarr's values."""
+    cname, shuffle = cname_shuffle
+    g = zarr.open_group(str(tmp_path / "big.zarr"), mode="w", zarr_format=3)
+    a = g.create_array("frames", shape=(40, 96, 130), dtype=np.float32, chunks=(16, 96, 130),
+                       compressors=[zarr.codecs.BloscCodec(cname=cname, clevel=1, shuffle=shuffle)], fill_value=0)
+    data = np.random.default_rng(1).normal(100, 10, a.shape).astype(np.float32)
+    a[...] = data
+    r = _reader(g, a)
+    dec = r._decoder
+    raw = bytes(dec._read_file(dec._path(0)))
+    assert int.from_bytes(raw[8:12], "little") * 8 < 16 * 96 * 130 * 4  # more than 8 Blosc blocks a chunk
+    for start, stop in ((0, 1), (1, 2), (5, 11), (15, 17), (3, 29), (33, 40), (39, 40)):
+        np.testing.assert_array_equal(r.read_block(start, stop, skip=False)[0], data[start:stop])
