@@ -8,8 +8,8 @@
 # writes through Zarr and through the pipelines' own, with 16 threads), conveyor_host_<device>.{json,md}
 # (bench_conveyor_host.py: the GPU engine's host side with a free device against the Zarr copy),
 # bench_gpu.{json,md} and two plots (bench --device gpu).
-# Budget (seconds, about 9.5 minutes in all): GPU tests 90, bench_gpu.py 120, bench_io.py 45,
-# bench_conveyor_host.py 60, bench --device gpu 225 (its report is rewritten after each part, so a run cut off at
+# Budget (seconds, about 9.5 minutes in all): GPU tests 90, bench_gpu.py 120, bench_io.py 60,
+# bench_conveyor_host.py 60, bench --device gpu 210 (its report is rewritten after each part, so a run cut off at
 # its limit still leaves what it measured).
 set -u
 OUT=${OUT:-/tmp/gpu-session-out}
@@ -23,7 +23,7 @@ mkdir -p "$CUPY_CACHE_DIR"
 # Per-part limits (seconds) and the bench's arguments can be set from outside for a shorter call
 # (on an H200, 2026-11-27: the GPU tests took 57 s, bench_gpu.py 51 s, and bench at 2048 x 2048 with 128 frames
 # about 200 s before its scaling part)
-T_TESTS=${T_TESTS:-90} T_BENCH_GPU=${T_BENCH_GPU:-120} T_IO=${T_IO:-45} T_HOST=${T_HOST:-60} T_BENCH=${T_BENCH:-225}
+T_TESTS=${T_TESTS:-90} T_BENCH_GPU=${T_BENCH_GPU:-120} T_IO=${T_IO:-60} T_HOST=${T_HOST:-60} T_BENCH=${T_BENCH:-210}
 BENCH_ARGS=${BENCH_ARGS:---sizes 2048 --frames 128 --full-frames 16 --scaling-frames 256,1024 --workers 16 --repeats 2}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -52,7 +52,7 @@ step() {  # step SECONDS NAME COMMAND...
 [ "$T_BENCH_GPU" -gt 0 ] && step "$T_BENCH_GPU" "bench_gpu.py" python3 benchmarks/bench_gpu.py
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -c 'A-Za-z0-9\n' '-')
 [ "$T_IO" -gt 0 ] && step "$T_IO" "bench_io.py (16 threads)" python3 benchmarks/bench_io.py --frames 32 --threads 16 \
-  --parts reads,writes --repeats 2 --name "io-${GPU_NAME:-gpu-node}"
+  --parts reads,partial,writes --repeats 2 --name "io-${GPU_NAME:-gpu-node}"
 [ "$T_HOST" -gt 0 ] && step "$T_HOST" "bench_conveyor_host.py" python3 benchmarks/bench_conveyor_host.py --size 2048 \
   --frames 32 --repeats 2 --name "${GPU_NAME:-gpu-node}"
 eval "set -- $BENCH_ARGS"  # BENCH_ARGS is shell words: --scaling-frames '' (skip the scaling run) survives
