@@ -212,6 +212,7 @@ class ChunkDecoder(_WholeFrameChunks):
         if layout is None:
             return None
         comp = layout[0]
+        decode_part = None  # partial decompression: Blosc only
         if comp is None:
             decode = _fill
         elif isinstance(comp, zarr.codecs.BloscCodec):
@@ -247,7 +248,7 @@ class ChunkDecoder(_WholeFrameChunks):
                 _fill(zstd.decode(data), dest)  # its size checked (a frame need not state it)
         else:
             return None
-        return cls(array, Path(folder), decode, locals().get("decode_part"))
+        return cls(array, Path(folder), decode, decode_part)
 
     def read(self, start: int, stop: int, out=None) -> np.ndarray:
         """Frames start..stop-1, into ``out`` (a C-contiguous array of their shape and dtype) or a new array."""
