@@ -231,16 +231,21 @@ class ChunkDecoder(_WholeFrameChunks):
 
             getitem = _blosc_getitem()
             if getitem is not None:
-                def decode_part(data, offset: int, dest):
-                    # only the Blosc blocks that hold bytes offset..offset + dest.nbytes of the chunk are decompressed
+                def decode_part(data, offset: int, dest) -> bool:
+                    # only the Blosc blocks that hold bytes offset..offset + dest.nbytes of the chunk are decompressed;
+                    # False (nothing done) where that would not pay or cannot be: a part that does not start and end
+                    # on a Blosc item; Blosc blocks so large that the part and the two blocks it may cut into are
+                    # not less than the whole chunk; offsets past c-blosc's int
                     check(data)
-                    typesize = data[3]
-                    if offset % typesize or dest.nbytes % typesize or not dest.flags.c_contiguous:
-                        raise ValueError("a part of a Blosc chunk must start and end on an item")
+                    typesize, blocksize = data[3], int.from_bytes(data[8:12], "little")
+                    if (not typesize or offset % typesize or dest.nbytes % typesize or not dest.flags.c_contiguous
+                            or dest.nbytes + 2 * blocksize >= chunk_bytes or offset + dest.nbytes >= 2**31):
+                        return False
                     src = np.frombuffer(data, np.uint8)
                     got = getitem(src.ctypes.data, offset // typesize, dest.nbytes // typesize, dest.ctypes.data)
                     if got != dest.nbytes:
                         raise ValueError(f"chunk part does not decode (c-blosc: {got})")
+                    return True
         elif isinstance(comp, zarr.codecs.ZstdCodec):
             zstd = Zstd(level=int(comp.level))
 
@@ -260,8 +265,8 @@ class ChunkDecoder(_WholeFrameChunks):
             lo, hi = max(a, start), min(b, stop)
             if lo == a and hi == b:
                 self._decode_chunk(i, out[a - start : b - start])
-            elif self._decode_part is not None:
-                self._decode_frames(i, lo - a, out[lo - start : hi - start])
+            elif self._decode_part is not None and self._decode_frames(i, lo - a, out[lo - start : hi - start]):
+                pass
             elif self._keep:
                 self._served(i, lo - a, hi - a, out[lo - start : hi - start])
             else:
@@ -278,14 +283,15 @@ class ChunkDecoder(_WholeFrameChunks):
         else:
             self._decode(data, dest)
 
-    def _decode_frames(self, i: int, first: int, dest) -> None:
-        """Frames first.. of chunk ``i`` (as many as ``dest`` holds), decompressing only their part of it."""
+    def _decode_frames(self, i: int, first: int, dest) -> bool:
+        """Frames first.. of chunk ``i`` (as many as ``dest`` holds), decompressing only their part of it;
+        False where this chunk's layout does not allow it (nothing written)."""
         try:
             data = self._read_file(self._path(i))
         except FileNotFoundError:
             dest[...] = self.fill
-        else:
-            self._decode_part(data, first * int(np.prod(self.shape[1:])) * self.dtype.itemsize, dest)
+            return True
+        return self._decode_part(data, first * int(np.prod(self.shape[1:])) * self.dtype.itemsize, dest)
 
     def _served(self, i: int, lo: int, hi: int, dest) -> None:
         """Frames lo..hi-1 of chunk ``i`` into ``dest``, from the chunk decoded once for all its blocks."""

@@ -153,7 +153,7 @@ def _counting(r, monkeypatch, name="_decode"):
 
     def counted(*args):
         calls.append(args[-1].shape[0])
-        inner(*args)
+        return inner(*args)
 
     monkeypatch.setattr(dec, name, counted)
     return calls
@@ -171,7 +171,7 @@ def _blocks_in_threads(r, t, block=4):
 def test_blocks_smaller_than_blosc_chunks_decompress_only_their_part(tmp_path, monkeypatch, dtype):
     """4-frame blocks of 16-frame Blosc chunks (a 2048^2 run of simulated data): c-blosc's getitem decompresses
     each block's part; no chunk is decompressed whole, none is kept."""
-    g, a, data = _array(tmp_path, "bitshuffle-lz4", dtype, shape=(70, 6, 5), chunks=(16, 6, 5))
+    g, a, data = _array(tmp_path, "bitshuffle-lz4", dtype, shape=(70, 96, 130), chunks=(16, 96, 130))
     r = _reader(g, a)
     assert r._decoder._decode_part is not None
     whole = _counting(r, monkeypatch)
@@ -247,3 +247,28 @@ def test_parts_of_chunks_of_many_blosc_blocks(tmp_path, cname_shuffle):
     assert int.from_bytes(raw[8:12], "little") * 8 < 16 * 96 * 130 * 4  # more than 8 Blosc blocks a chunk
     for start, stop in ((0, 1), (1, 2), (5, 11), (15, 17), (3, 29), (33, 40), (39, 40)):
         np.testing.assert_array_equal(r.read_block(start, stop, skip=False)[0], data[start:stop])
+
+
+@pytest.mark.parametrize("kw", [dict(typesize=4), dict(blocksize=16 * 20 * 30 * 2)])
+def test_blosc_chunks_unfit_for_partial_decompression_use_the_decoded_chunk(tmp_path, monkeypatch, kw):
+    """A Blosc typesize that does not divide a frame's bytes (the part would not start on an item), or Blosc blocks
+    as large as the chunk (a part would decompress it all): the chunk is decoded once for its blocks instead,
+    into the reader's own buffers, not through Zarr's fallback (a review found that path taken for every block)."""
+    g = zarr.open_group(str(tmp_path / "odd.zarr"), mode="w", zarr_format=3)
+    a = g.create_array("frames", shape=(40, 20, 15), dtype=np.uint16, chunks=(16, 20, 15), fill_value=0,
+                       compressors=[zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="shuffle", **kw)])
+    data = np.random.default_rng(2).integers(0, 4000, a.shape).astype(np.uint16)
+    a[...] = data
+    r = _reader(g, a)
+    whole = _counting(r, monkeypatch)
+
+    def no_zarr(*args, **kwargs):
+        raise AssertionError("read through Zarr")
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", no_zarr)
+    for s in range(0, 40, 4):
+        out = np.empty((min(s + 4, 40) - s, 20, 15), np.uint16)
+        got = r.read_block(s, s + out.shape[0], skip=False, out=out)[0]
+        assert got is out
+        np.testing.assert_array_equal(got, data[s:s + out.shape[0]])
+    assert len(whole) == 3 and r._decoder._parts == {}
