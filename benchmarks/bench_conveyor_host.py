@@ -26,14 +26,13 @@ import platform
 import shutil
 import statistics
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 import pipeline
-from _common import machine, write_results
+from _common import alternate, machine, write_results
 from pipeline import api
 from pipeline.bench import _zarr_copy
 from pipeline.conveyor import Conveyor
@@ -151,18 +150,14 @@ def main():
             "CPU engine, flat field": lambda: run(process_frames),
             "GPU engine's host side, flat field (free device)": lambda: run(conv.process_frames),
         }
-        for fn in jobs.values():  # warm-up: compilation, page cache, the conveyor's pools
-            fn()
-        times = {k: [] for k in jobs}
         waits = []
-        order = list(jobs)
-        for i in range(args.repeats):
-            for k in order[i % len(order):] + order[: i % len(order)]:
-                t0 = time.perf_counter()
-                jobs[k]()
-                times[k].append(time.perf_counter() - t0)
-                if k.startswith("GPU"):
-                    waits.append({**{k2: round(v, 3) for k2, v in conv.waits.items()}, "own": round(conv.busy_s, 3)})
+
+        def conveyor_waits(name):
+            if name.startswith("GPU"):
+                waits.append({**{k: round(v, 3) for k, v in conv.waits.items()}, "own": round(conv.busy_s, 3)})
+
+        # the warm-up also fills the page cache and the conveyor's pools
+        times = alternate(jobs, args.repeats, after=conveyor_waits)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

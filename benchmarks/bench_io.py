@@ -235,21 +235,17 @@ def main():
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "video": f"{args.frames} x {args.size} x {args.size} uint16, chunks of 4 frames, bitshuffle-lz4"}
     lines = [f"# Host I/O ({meta['machine']}, {meta['date']})", ""]
-    if reads:
-        lines += [f"Reads of {meta['video']}, block by block (the median of {args.repeats} runs after a warm-up, "
-                  "the ways taking turns; CPU time of the whole process, split into user and system time):", ""]
-        _io_table(lines, "read through", reads)
-        lines.append("")
-    if partial:
-        lines += [f"Reads of the same video stored in chunks of 16 frames, in blocks of 4 (a 2048² run's blocks; "
-                  "a fresh reader a run), the same way:", ""]
-        _io_table(lines, "read through", partial)
-        lines.append("")
-    if writes:
-        lines += [f"Writes of {args.frames} frames of {args.size}², blocks of 4 frames (one chunk each, "
-                  "bitshuffle-lz4; Poisson counts, float32 as counts / 300), the same way:", ""]
-        _io_table(lines, "written as, through", writes)
-        lines.append("")
+    for rows, what, title in (
+            (reads, "read through", f"Reads of {meta['video']}, block by block (the median of {args.repeats} runs "
+             "after a warm-up, the ways taking turns; CPU time of the whole process, split into user and system time):"),
+            (partial, "read through", "Reads of the same video stored in chunks of 16 frames, in blocks of 4 (a 2048² "
+             "run's blocks; a fresh reader a run), the same way:"),
+            (writes, "written as, through", f"Writes of {args.frames} frames of {args.size}², blocks of 4 frames (one "
+             "chunk each, bitshuffle-lz4; Poisson counts, float32 as counts / 300), the same way:")):
+        if rows:
+            lines += [title, ""]
+            _io_table(lines, what, rows)
+            lines.append("")
     if code:
         lines += ["uint16 code of float32 frames (`ops.quantise.encode`, 16 x 1024 x 1024, median):", "",
                   "| code | ms per 1024² frame |", "|---|---:|"]

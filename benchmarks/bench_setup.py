@@ -24,7 +24,6 @@ import platform
 import shutil
 import statistics
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 import pipeline
-from _common import machine, write_results
+from _common import alternate, machine, write_results
 from pipeline.io import zarr_store
 from pipeline.ops.filters import _scipy_strips, median_filter
 from pipeline.schedule import frame_statistics
@@ -49,20 +48,6 @@ def _dask_float64_mean_std(source):
                       meta=np.empty((0, 0, 0), dtype=source.dtype)).astype(np.float64)
     mean, std = dask.compute(x.mean(axis=0), x.std(axis=0, ddof=1), scheduler="threads")
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-def _alternate(jobs: dict, repeats: int) -> dict:
-    """Seconds of every job, the order rotated each repeat, after one warm-up each."""
-    for fn in jobs.values():
-        fn()
-    times = {k: [] for k in jobs}
-    order = list(jobs)
-    for i in range(repeats):
-        for k in order[i % len(order):] + order[: i % len(order)]:
-            t0 = time.perf_counter()
-            jobs[k]()
-            times[k].append(time.perf_counter() - t0)
-    return times
 
 
 def main():
@@ -93,36 +78,30 @@ def main():
         mean_equal = bool(np.array_equal(old_mean, dark))
         std_max_rel = float(np.max(np.abs(old_std - dark_std) / np.maximum(old_std, 1e-30)))
 
-        times = _alternate({
+        times = alternate({
             "median: sliding-window kernel": lambda: median_filter(signal, size=window),
             "median: scipy, one thread": lambda: ndimage.median_filter(signal, size=window, mode="reflect"),
             "median: scipy, row strips": lambda: _scipy_strips(signal, window, np.empty_like(signal)),
         }, args.repeats)
-        times.update(_alternate({
+        times.update(alternate({
             "dark mean + std: exact int64 sums": lambda: frame_statistics(darks, with_std=True),
             "dark mean + std: Dask float64": lambda: _dask_float64_mean_std(darks),
         }, args.repeats))
         cal = tmp / "cal.zarr"
         pipeline.save_calibration(pipeline.calibrate(src), cal)
-        times.update(_alternate({
+        times.update(alternate({
             "calibrate (darks, flats, bad pixels)": lambda: pipeline.calibrate(src),
         }, args.repeats))
 
-        def setup_s(**kw):
-            res = pipeline.run(src, tmp / "out.zarr", overwrite=True, **kw)
-            acc = res.time_account
-            return acc["wall_s"] - (acc["blocks_s"] or 0.0)
+        def run(**kw):
+            return pipeline.run(src, tmp / "out.zarr", overwrite=True, **kw).time_account
 
-        setups = {"run set-up, calibration from the darks and flats": [],
-                  "run set-up, saved calibration": [],
-                  "run set-up, saved calibration + noise-model fit (denoise on)": []}
-        runs = [lambda: setup_s(), lambda: setup_s(calibration=cal),
-                lambda: setup_s(calibration=cal, overrides=["denoise.enabled=true", "denoise.method=none"])]
-        for fn in runs:
-            fn()
-        for i in range(args.repeats):
-            for k, fn in list(zip(setups, runs))[i % 3:] + list(zip(setups, runs))[: i % 3]:
-                setups[k].append(fn())
+        setups = alternate({
+            "run set-up, calibration from the darks and flats": lambda: run(),
+            "run set-up, saved calibration": lambda: run(calibration=cal),
+            "run set-up, saved calibration + noise-model fit (denoise on)": lambda: run(
+                calibration=cal, overrides=["denoise.enabled=true", "denoise.method=none"]),
+        }, args.repeats, measure=lambda acc: acc["wall_s"] - (acc["blocks_s"] or 0.0))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

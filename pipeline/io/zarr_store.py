@@ -151,6 +151,7 @@ class _WholeFrameChunks:
         self.shape = tuple(int(v) for v in array.shape)
         self.dtype = np.dtype(array.dtype)
         self.chunk = int(array.chunks[0])
+        self.frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         self._key = array.metadata.encode_chunk_key
         self._scratch = _Scratch()  # a chunk's compressed bytes, in a buffer the calling thread reuses
 
@@ -199,7 +200,7 @@ class ChunkDecoder(_WholeFrameChunks):
         # from it, instead of decoding it again for every block. Entries go once all their frames were served,
         # or oldest first beyond the limit.
         self._decode_part = decode_part
-        chunk_bytes = max(1, self.chunk * int(np.prod(self.shape[1:])) * self.dtype.itemsize)
+        chunk_bytes = max(1, self.chunk * self.frame_bytes)
         self._keep = max(2, self.PARTIAL_CACHE_BYTES // chunk_bytes) if self.PARTIAL_CACHE_BYTES > 0 else 0
         self._parts: dict = {}  # chunk index -> _DecodedChunk, oldest first
         self._parts_lock = threading.Lock()
@@ -291,7 +292,7 @@ class ChunkDecoder(_WholeFrameChunks):
         except FileNotFoundError:
             dest[...] = self.fill
             return True
-        return self._decode_part(data, first * int(np.prod(self.shape[1:])) * self.dtype.itemsize, dest)
+        return self._decode_part(data, first * self.frame_bytes, dest)
 
     def _served(self, i: int, lo: int, hi: int, dest) -> None:
         """Frames lo..hi-1 of chunk ``i`` into ``dest``, from the chunk decoded once for all its blocks."""
