@@ -3,8 +3,8 @@
 # first, each part under its own time limit so that what finished comes back even if a later part runs long:
 #   here:   make gpu-bundle                 (the wheels the GPU node lacks, in .whl/, about 15 MB)
 #   device: bash benchmarks/gpu_session.sh  (carry: .whl; timeout_s 590)
-# Results land in benchmarks/results/ there and are copied to $OUT (the device tool brings $OUT back):
-# gpu-check.log, gpu-<device>.json (bench_gpu.py), io-<device>.{json,md} (bench_io.py: the host's reads and
+# Results land in benchmarks/results/ there and come back in $OUT/results.tgz (the device tool brings $OUT back;
+# its list in results.txt), beside gpu-check.log: gpu-<device>.json (bench_gpu.py), io-<device>.{json,md} (bench_io.py: the host's reads and
 # writes through Zarr and through the pipelines' own, with 16 threads), conveyor_host_<device>.{json,md}
 # (bench_conveyor_host.py: the GPU engine's host side with a free device against the Zarr copy),
 # bench_gpu.{json,md} and two plots (bench --device gpu).
@@ -58,9 +58,10 @@ GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head 
 eval "set -- $BENCH_ARGS"  # BENCH_ARGS is shell words: --scaling-frames '' (skip the scaling run) survives
 [ "$T_BENCH" -gt 0 ] && step "$T_BENCH" "bench --device gpu" python3 -m pipeline.cli bench --device gpu "$@" \
   --out benchmarks/results
-cp benchmarks/results/gpu-*.json benchmarks/results/io-*.json benchmarks/results/io-*.md \
-  benchmarks/results/conveyor_host_*.json benchmarks/results/conveyor_host_*.md \
-  benchmarks/results/bench_gpu.json benchmarks/results/bench_gpu.md \
-  benchmarks/results/bench_gpu_*.png "$OUT"/ 2>/dev/null
+# the device tool hands back at most 8 files: the results in one tarball (unpack in the repository's root),
+# the log beside it
+(cd benchmarks/results && ls gpu-*.json io-*.json io-*.md conveyor_host_*.json conveyor_host_*.md bench_gpu.json \
+  bench_gpu.md bench_gpu_*.png 2>/dev/null | sed 's|^|benchmarks/results/|') > "$OUT/results.txt"
+tar czf "$OUT/results.tgz" -T "$OUT/results.txt" 2>>"$log"
 tar czf "$OUT/cupycache.tgz" -C "$CUPY_CACHE_DIR" . 2>/dev/null
 tail -n 40 "$log"

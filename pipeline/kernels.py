@@ -277,6 +277,12 @@ class CorrectKernel:
         width = ("_k8" if k <= 8 else "_k24" if k <= 24 else "") if register_medians else ""
         self.median_kernel = f"bad_heads_*{width}"  # which one runs (reported by the benchmark)
         self._bad_heads = {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}{width}", defines) for r in _INPUTS}
+        # the bad pixels' lag recursion and outputs after the main kernel, unless a benchmark built the kernel
+        # with them inside its loop (XRAY_BAD_SPLIT=0)
+        self.bad_split = "XRAY_BAD_SPLIT=0" not in defines
+        self._bad_tail = ({(r, o): get_kernel("correct", f"bad_tail_{_INPUTS[r]}_{_OUTPUTS[o]}", defines)
+                           for r in _INPUTS for o in _OUTPUTS} if self.bad_split else {})
+        self.targets = cp.asarray(np.ascontiguousarray(params.targets, np.int64))
         self.n_bad = int(params.targets.size)
         self._bad = cp.empty(0, cp.float32)  # (T, n_bad) replacement values, grown to the largest block once
 
@@ -327,6 +333,10 @@ class CorrectKernel:
                                                      if a is not None) else 1
             threads = n // v
             self._function(raw.dtype, out.dtype, v)(((threads + _BLOCK - 1) // _BLOCK,), (_BLOCK,), args)
+            if nb and self.bad_split:  # the bad pixels' recursion and outputs, one thread per bad pixel
+                self._bad_tail[np.dtype(raw.dtype), np.dtype(out.dtype)](
+                    ((nb + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
+                    (raw, out_arg, args[2], self.targets, bad, np.int32(nb)) + args[8:])
         return out
 
     def saturate(self, raw, out, *, stream=None):

@@ -547,6 +547,12 @@ def _signature(name):
         tin = {"u16": "unsigned short", "f32": "float"}[name.split("_")[1]]
         tout = {"f16": "unsigned short", "c16": "unsigned short", "f32": "float"}[name.split("_")[2]]
         body = body.replace("TIN", tin).replace("TOUT", tout)
+    elif name.startswith("bad_tail_"):
+        body = re.search(r"#define XRAY_BAD_TAIL_KERNEL\(NAME, TIN, TOUT, FLOAT_IN, CODE\)\s*\\\s*extern \"C\" __global__ "
+                         r"void NAME\((.*?)\)", src, re.DOTALL).group(1)
+        tin = {"u16": "unsigned short", "f32": "float"}[name.split("_")[2]]
+        tout = {"f16": "unsigned short", "c16": "unsigned short", "f32": "float"}[name.split("_")[3]]
+        body = body.replace("TIN", tin).replace("TOUT", tout)
     elif name.startswith("bad_heads_"):
         body = re.search(r"#define XRAY_BAD_HEADS_KERNEL\(NAME, TIN, K\)\s*\\\s*extern \"C\" __global__ "
                          r"void NAME\((.*?)\)", src, re.DOTALL).group(1)
@@ -615,9 +621,17 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
         n_bad = targets.size
         assert bgrid[0] * bblock[0] >= 3 * n_bad > (bgrid[0] - 1) * bblock[0]
         assert bargs[-1] is k._bad and k._bad.size >= 3 * n_bad and bargs[5] == n_bad
+    if bad:  # last, the bad pixels' recursion and outputs: one thread per bad pixel, after the main kernel
+        tname, tgrid, tblock, targs = calls.pop(1)
+        assert tname == f"bad_tail_{'u16' if raw_dtype == np.uint16 else 'f32'}_" + \
+            {np.float16: "f16", np.uint16: "c16"}.get(out_dtype, "f32")
+        _check_args(_signature(tname), targs)
+        assert tgrid[0] * tblock[0] >= targets.size > (tgrid[0] - 1) * tblock[0]
+        assert targs[4] is k._bad and targs[5] == targets.size
+        np.testing.assert_array_equal(targs[3], targets)
     (name, grid, block, args), (sname, sgrid, _, sargs) = calls
     if bad:
-        assert args[6] is k._bad and args[7] == targets.size  # the main kernel reads the same buffer
+        assert args[5] is k.slot  # the main kernel leaves the bad pixels' state to bad_tail_*
     suffix = {np.float16: "f16", np.uint16: "c16"}.get(out_dtype, "f32")
     lanes = 4 if (H * W) % 4 == 0 else 1  # four pixels a thread where the frame size allows (aligned NumPy buffers)
     assert name == f"correct_{'u16' if raw_dtype == np.uint16 else 'f32'}_{suffix}" + ("_v4" if lanes == 4 else "")

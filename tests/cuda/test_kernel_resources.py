@@ -79,7 +79,7 @@ def test_every_kernel_the_host_code_launches_is_reported(reports):
     """The parse sees every kernel: the names pipeline.kernels looks up are all in ptxas's report."""
     seen = {k for report in reports.values() for k in report}
     for required in ("correct_u16_f32", "correct_u16_f32_v4", "correct_u16_c16_v4", "bad_heads_u16_k8",
-                     "bad_heads_u16_k24", "remove_lag_f32", "temporal_step_f32", "nl_means_f32", "saturate_u16",
+                     "bad_heads_u16_k24", "bad_tail_u16_f32", "bad_tail_f32_c16", "remove_lag_f32", "temporal_step_f32", "nl_means_f32", "saturate_u16",
                      *(f"nl_means_f32_p{p}" for p in NLM_SPECIALISED)):
         assert required in seen
     assert set(STACK_ALLOWED) <= seen, "an allowance names a kernel that no longer exists"
