@@ -241,7 +241,8 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
     with one pixel a thread instead of four, with other numbers of frames' loads in flight (XRAY_FRAMES_IN_FLIGHT),
     with the generic (local-array) medians, with the bad pixels inside the main kernel's loop (XRAY_BAD_SPLIT=0;
     their values loaded with the raw values, or frame by frame with XRAY_PREFETCH_BAD=0), and with the launch
-    of the medians or of the bad pixels' recursion left out; ``ratio_to_copy`` counts the full kernel's bytes in
+    of the medians or of the bad pixels' recursion left out, or the two on the caller's stream (not beside the
+    main kernel); ``ratio_to_copy`` counts the full kernel's bytes in
     every case (a time ratio, not the variant's own traffic)."""
     import dataclasses
 
@@ -283,6 +284,13 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
         tk = timed(lambda k=k, st=st: k(src, o, st), sync)
         res[f"bad_pixels_without_{label}_launch"] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate,
                                                      "bad_pixel_table_columns": int(params.neighbours.shape[1])}
+    # the bad pixels' two launches on the caller's stream, before the main kernel, instead of beside it
+    k = CorrectKernel(params)
+    k._side_stream()  # its events made
+    k._side_stream = cp.cuda.get_current_stream
+    st = cp.zeros((max(params.n_terms, 1), h, w), cp.float32)
+    tk = timed(lambda: k(src, o, st), sync)
+    res["bad_pixels_on_one_stream"] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate}
     # a 4x longer block: the maps and the state are read and written once a block, so they weigh less
     src4 = cp.concatenate([src] * 4)
     o4 = cp.empty(src4.shape, cp.float32)

@@ -6,10 +6,12 @@
 // pixel (XRAY_BAD_SPLIT=1, the default):
 //   bad_heads_*   one thread per bad pixel and frame: the replacement (head) values, the medians of
 //                 the neighbours (independent of the main kernel: it reads only raw, dark and inv);
-//   correct_*     every pixel as if good; a bad pixel's output is overwritten below, and its lag
-//                 state is left as it was (the thread skips its store);
-//   bad_tail_*    one thread per bad pixel, after both: the lag recursion over the block's frames from
-//                 the replacement values and the pixel's state, its outputs and its state written.
+//   correct_*     every pixel as if good, but a bad pixel's outputs and lag state are not written
+//                 (the thread skips those stores), so it may run at the same time as the other two;
+//   bad_tail_*    one thread per bad pixel, after bad_heads_*: the lag recursion over the block's frames
+//                 from the replacement values and the pixel's state, its outputs and its state written.
+// pipeline.kernels.CorrectKernel launches the two small ones on a second stream of high priority, so
+// that they run beside the main kernel rather than after it.
 // With XRAY_BAD_SPLIT=0 (the benchmark's comparison) the main kernel reads the replacement values
 // itself, frame by frame, and there is no bad_tail_* launch: the same results, bit for bit. Per frame k and pixel p the two compute what the NumPy chain
 // (pipeline.stages: FlatFieldStage.head -> AfterglowStage -> FlatFieldStage.tail, linear output)
@@ -250,6 +252,13 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
 #pragma unroll
         for (int l = 0; l < V; ++l) row.v[l] = -1;
     const xray_pack<float, V> d = xray_load<float, V>(dark, p), g = xray_load<float, V>(inv, p);
+#if XRAY_BAD_SPLIT
+    bool any_bad = false;  // a bad pixel's outputs and state are bad_tail_*'s (which may run at the same time)
+#pragma unroll
+    for (int l = 0; l < V; ++l) any_bad |= row.v[l] >= 0;
+#else
+    const bool any_bad = false;
+#endif
     for (int k0 = 0; k0 < n_frames; k0 += XRAY_FRAMES_IN_FLIGHT) {
         xray_pack<Tin, V> in[XRAY_FRAMES_IN_FLIGHT];
 #if !XRAY_BAD_SPLIT && XRAY_PREFETCH_BAD
@@ -284,16 +293,15 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
                 if (x >= saturation) y = xray_nan();  // false for a NaN threshold (check off)
                 o.v[l] = xray_out<kCode>(y, out, code_scale, code_offset);
             }
-            xray_save<Tout, V>(out, (long long)(k0 + j) * n_pixels + p, o);
+            if (any_bad) {  // the good pixels' values alone
+#pragma unroll
+                for (int l = 0; l < V; ++l)
+                    if (row.v[l] < 0) out[(long long)(k0 + j) * n_pixels + p + l] = o.v[l];
+            } else {
+                xray_save<Tout, V>(out, (long long)(k0 + j) * n_pixels + p, o);
+            }
         }
     }
-#if XRAY_BAD_SPLIT
-    bool any_bad = false;  // a bad pixel's state is bad_tail_*'s to read and write: left as it was
-#pragma unroll
-    for (int l = 0; l < V; ++l) any_bad |= row.v[l] >= 0;
-#else
-    const bool any_bad = false;
-#endif
 #pragma unroll
     for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i) {
         if (i >= n_terms) continue;
@@ -310,10 +318,10 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
     }
 }
 
-// The bad pixels after the main kernel (XRAY_BAD_SPLIT=1), one thread per bad pixel b at q = targets[b]:
-// the lag recursion from its state over the frames' replacement values bad[k * n_bad + b], with the
-// saturation check on its own raw value and the output conversion of the main kernel; writes out[k, q]
-// and the state at q (which the main kernel left alone).
+// The bad pixels (XRAY_BAD_SPLIT=1), one thread per bad pixel b at q = targets[b]: the lag recursion from
+// its state over the frames' replacement values bad[k * n_bad + b], with the saturation check on its own
+// raw value and the output conversion of the main kernel; writes out[k, q] and the state at q (which the
+// main kernel leaves alone).
 template <typename Tin, typename Tout, bool kFloatIn, bool kCode>
 __device__ __forceinline__ void xray_bad_tail(const Tin* __restrict__ raw, Tout* __restrict__ out,
                                               float* __restrict__ state, const long long* __restrict__ targets,

@@ -587,6 +587,27 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
     from pipeline import kernels
 
     calls = []
+    log = []  # the streams' calls, and each launch with the stream it went to
+
+    class _Stream:  # cupy.cuda.Stream as CorrectKernel uses it: current stream, events, priority
+        def __init__(self, name, non_blocking=False, priority=None):
+            self.name, self.priority, self.outer = name, priority, []
+
+        def __enter__(self):
+            self.outer.append(current[0])
+            current[0] = self
+            return self
+
+        def __exit__(self, *exc):
+            current[0] = self.outer.pop()
+
+        def record(self, event):
+            log.append(("record", self.name, event))
+
+        def wait_event(self, event):
+            log.append(("wait", self.name, event))
+
+    current = [_Stream("caller")]
 
     class _Fn:
         def __init__(self, name):
@@ -594,9 +615,12 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
 
         def __call__(self, grid, block, args):
             calls.append((self.name, grid, block, args))
+            log.append(("launch", current[0].name, self.name))
 
+    fake_cuda = SimpleNamespace(get_current_stream=lambda: current[0], Event=lambda disable_timing: object(),
+                                Stream=lambda non_blocking, priority: _Stream("side", non_blocking, priority))
     fake_cp = SimpleNamespace(asarray=np.asarray, zeros=np.zeros, empty=np.empty, float32=np.float32,
-                              float16=np.float16, uint16=np.uint16)
+                              float16=np.float16, uint16=np.uint16, cuda=fake_cuda)
     monkeypatch.setattr(backend, "cupy_module", lambda: fake_cp)
     monkeypatch.setattr(kernels, "get_kernel", lambda module, fn, defines=(): _Fn(fn))
     rng = np.random.default_rng(9)
@@ -621,8 +645,8 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
         n_bad = targets.size
         assert bgrid[0] * bblock[0] >= 3 * n_bad > (bgrid[0] - 1) * bblock[0]
         assert bargs[-1] is k._bad and k._bad.size >= 3 * n_bad and bargs[5] == n_bad
-    if bad:  # last, the bad pixels' recursion and outputs: one thread per bad pixel, after the main kernel
-        tname, tgrid, tblock, targs = calls.pop(1)
+    if bad:  # then the bad pixels' recursion and outputs: one thread per bad pixel (beside the main kernel)
+        tname, tgrid, tblock, targs = calls.pop(0)
         assert tname == f"bad_tail_{'u16' if raw_dtype == np.uint16 else 'f32'}_" + \
             {np.float16: "f16", np.uint16: "c16"}.get(out_dtype, "f32")
         _check_args(_signature(tname), targs)
@@ -631,7 +655,16 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
         np.testing.assert_array_equal(targs[3], targets)
     (name, grid, block, args), (sname, sgrid, _, sargs) = calls
     if bad:
-        assert args[5] is k.slot  # the main kernel leaves the bad pixels' state to bad_tail_*
+        assert args[5] is k.slot  # the main kernel leaves the bad pixels' outputs and state to bad_tail_*
+        # the bad pixels' two launches on a second stream of high priority, between the caller's stream's
+        # "ready" and its wait for them, while the main kernel goes to the caller's stream
+        ready, done = k._events
+        assert k._side.priority < 0
+        assert log[:6] == [("record", "caller", ready), ("wait", "side", ready), ("launch", "side", bname),
+                           ("launch", "side", tname), ("record", "side", done), ("launch", "caller", name)]
+        assert log[6] == ("wait", "caller", done) and log[7] == ("launch", "caller", sname)
+    else:
+        assert [e[:2] for e in log] == [("launch", "caller")] * 2  # no second stream
     suffix = {np.float16: "f16", np.uint16: "c16"}.get(out_dtype, "f32")
     lanes = 4 if (H * W) % 4 == 0 else 1  # four pixels a thread where the frame size allows (aligned NumPy buffers)
     assert name == f"correct_{'u16' if raw_dtype == np.uint16 else 'f32'}_{suffix}" + ("_v4" if lanes == 4 else "")

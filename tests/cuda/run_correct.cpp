@@ -64,23 +64,34 @@ static void run(Heads heads, Kernel kernel, Tail tail, const std::string& dir, i
     const int* slot_p = n_bad > 0 ? slot.data() : nullptr;
     std::vector<float> bad((size_t)T * (n_bad > 0 ? n_bad : 1));
     unsigned block = 64, grid = (unsigned)((P / lanes + block - 1) / block);
-    if (n_bad > 0) {  // as pipeline.kernels.CorrectKernel: the bad pixels' values first, then the main kernel,
-                      // then (XRAY_BAD_SPLIT=1) the bad pixels' recursion
+    if (n_bad > 0) {  // as pipeline.kernels.CorrectKernel: the bad pixels' values first
         unsigned grid_bad = (unsigned)(((long long)T * n_bad + block - 1) / block);
         xray_launch(grid_bad, block, heads, (const Tin*)raw.data(), (const float*)dark.data(),
                     (const float*)inv.data(), (const int*)nb.data(), k_max, n_bad, T, P, bad.data());
     }
-    xray_launch(grid, block, kernel, (const Tin*)raw.data(), out.data(), state.data(), (const float*)dark.data(),
-                (const float*)inv.data(), slot_p, (const float*)bad.data(), n_bad, (const float*)amps.data(),
-                (const float*)ratios.data(), N, per_pixel, T, P, saturation, nonfinite, scale, offset);
+    auto main_kernel = [&] {
+        xray_launch(grid, block, kernel, (const Tin*)raw.data(), out.data(), state.data(), (const float*)dark.data(),
+                    (const float*)inv.data(), slot_p, (const float*)bad.data(), n_bad, (const float*)amps.data(),
+                    (const float*)ratios.data(), N, per_pixel, T, P, saturation, nonfinite, scale, offset);
+    };
 #if XRAY_BAD_SPLIT
+    // On the GPU the bad pixels' recursion (bad_tail_*) runs beside the main kernel, in either order: with
+    // XRAY_EMU_TAIL_FIRST it runs before the main kernel here, so that a main kernel that wrote a bad pixel's
+    // output or state would spoil the results, and after it otherwise.
+#ifndef XRAY_EMU_TAIL_FIRST
+    main_kernel();
+#endif
     if (n_bad > 0)
         xray_launch((unsigned)((n_bad + block - 1) / block), block, tail, (const Tin*)raw.data(), out.data(),
                     state.data(), (const long long*)targets.data(), (const float*)bad.data(), n_bad,
                     (const float*)amps.data(), (const float*)ratios.data(), N, per_pixel, T, P, saturation, nonfinite,
                     scale, offset);
+#ifdef XRAY_EMU_TAIL_FIRST
+    main_kernel();
+#endif
 #else
     (void)tail;
+    main_kernel();
 #endif
     save(dir + "/out.bin", out);
     save(dir + "/state_out.bin", state);

@@ -126,6 +126,42 @@ def test_fused_kernel_four_pixels_a_thread(monkeypatch, out_dtype):
             _same(o, want)
 
 
+def test_fused_kernel_bad_pixels_beside_the_main_kernel_at_full_size():
+    """At 1024 x 1024 the bad pixels' launches (a second stream) really run beside the main kernel, on a caller's
+    non-default stream, block after block: the outputs and the state stay bit-identical to the NumPy chain, and
+    the same as with the bad pixels inside the main kernel's loop (XRAY_BAD_SPLIT=0)."""
+    import sys
+
+    mod = sys.modules[__name__]
+    h, w = 1024, 1024
+    rng = np.random.default_rng(23)
+    old = (mod.H, mod.W)
+    mod.H, mod.W = h, w
+    try:
+        chain = _chain(rng, n_terms=3, output="transmission")
+        raws = [_raw(rng, t, np.uint16) for t in (8, 8, 5)]
+    finally:
+        mod.H, mod.W = old
+    params = parameters_from_chain(chain, (h, w))
+    assert params.targets.size > 10_000
+    st0 = chain.stateful[0].initial_state(chain.head(raws[0][:1])[0])
+    refs, states = [], None
+    for raw in raws:
+        ref, states = chain(raw.copy(), states)
+        refs.append((ref, states[0].copy()))
+    stream = cp.cuda.Stream(non_blocking=True)
+    for k in (CorrectKernel(params), CorrectKernel(params, defines=("XRAY_BAD_SPLIT=0",))):
+        st = cp.asarray(st0)
+        for raw, (ref, ref_state) in zip(raws, refs):
+            with stream:
+                out = cp.empty(raw.shape, cp.float32)
+                k(cp.asarray(raw), out, st, stream=stream)
+                got = cp.asnumpy(out, stream=stream)
+            stream.synchronize()
+            _same(got, ref)
+            _same(cp.asnumpy(st), ref_state)
+
+
 @pytest.mark.parametrize("cluster", [False, True])
 def test_fused_kernel_narrow_tables_bit_identical(cluster):
     """Isolated bad pixels (a table of <= 8 columns) and 3 x 3 clusters (<= 24): the register medians."""
