@@ -239,10 +239,9 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8, passes=4):
 def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
     """Where the fused kernel's time goes: it (float32 out) without bad pixels, without afterglow, and built
     with one pixel a thread instead of four, with other numbers of frames' loads in flight (XRAY_FRAMES_IN_FLIGHT),
-    with the generic (local-array) medians, with the bad pixels inside the main kernel's loop (XRAY_BAD_SPLIT=0;
-    their values loaded with the raw values, or frame by frame with XRAY_PREFETCH_BAD=0), and with the launch
-    of the medians or of the bad pixels' recursion left out, or the two on the caller's stream (not beside the
-    main kernel); ``ratio_to_copy`` counts the full kernel's bytes in
+    with the generic (local-array) medians, with the bad pixels inside the main kernel's loop as built before
+    (XRAY_BAD_SPLIT=0: their values from a first launch, loaded with the raw values or, with XRAY_PREFETCH_BAD=0,
+    frame by frame), and with the bad pixels' own launch left out; ``ratio_to_copy`` counts the full kernel's bytes in
     every case (a time ratio, not the variant's own traffic)."""
     import dataclasses
 
@@ -257,8 +256,8 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
              "no_afterglow": (dataclasses.replace(params, amplitudes=np.zeros(0, np.float32),
                                                   ratios=np.zeros(0, np.float32)), None)}
     cases["generic_bad_pixel_medians"] = (params, "generic")  # the medians in a local array, not in registers
-    # the bad pixels' values read by the main kernel's loop (no bad_tail_* launch), as built before 2026-11-28:
-    # loaded with the raw values, or frame by frame
+    # the bad pixels as built before 2026-11-27: their values from a first launch (bad_heads_*), read by the main
+    # kernel's loop with the raw values, or frame by frame
     cases["bad_pixels_in_main_loop"] = (params, ("XRAY_BAD_SPLIT=0",))
     cases["bad_values_frame_by_frame"] = (params, ("XRAY_BAD_SPLIT=0", "XRAY_PREFETCH_BAD=0"))
     for fif in (2, 8):
@@ -272,25 +271,16 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
         tk = timed(lambda k=k, st=st: k(src, o, st), sync)
         res[name] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate, "median_kernel": k.median_kernel,
                      "bad_pixel_table_columns": int(prm.neighbours.shape[1])}
-    # the bad pixels' cost split by launch: as built but with the launch of the medians (bad_heads_*), or of
-    # the bad pixels' recursion (bad_tail_*), left out (their values left in place by a first full call);
-    # as_built minus each = that launch's time, as_built minus both minus no_bad_pixels = the main kernel's share
-    for label, attr in (("median", "_bad_heads"), ("tail", "_bad_tail")):
-        k = CorrectKernel(params)
-        st = cp.zeros((max(params.n_terms, 1), h, w), cp.float32)
-        k(src, o, st)
-        sync()
-        setattr(k, attr, {key: (lambda *args, **kw: None) for key in getattr(k, attr)})
-        tk = timed(lambda k=k, st=st: k(src, o, st), sync)
-        res[f"bad_pixels_without_{label}_launch"] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate,
-                                                     "bad_pixel_table_columns": int(params.neighbours.shape[1])}
-    # the bad pixels' two launches on the caller's stream, before the main kernel, instead of beside it
+    # the bad pixels' own launch (bad_pixels_*) left out, their outputs and state left in place by a first full
+    # call: as_built minus this = that launch's time, this minus no_bad_pixels = what they cost the main kernel
     k = CorrectKernel(params)
-    k._side_stream()  # its events made
-    k._side_stream = cp.cuda.get_current_stream
     st = cp.zeros((max(params.n_terms, 1), h, w), cp.float32)
+    k(src, o, st)
+    sync()
+    k._bad_pixels = {key: (lambda *args, **kw: None) for key in k._bad_pixels}
     tk = timed(lambda: k(src, o, st), sync)
-    res["bad_pixels_on_one_stream"] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate}
+    res["bad_pixels_without_their_launch"] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate,
+                                              "bad_pixel_table_columns": int(params.neighbours.shape[1])}
     # a 4x longer block: the maps and the state are read and written once a block, so they weigh less
     src4 = cp.concatenate([src] * 4)
     o4 = cp.empty(src4.shape, cp.float32)

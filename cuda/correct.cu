@@ -2,19 +2,18 @@
 //
 // One thread per pixel loops over the T frames of the block with the afterglow lag states in
 // registers (as cuda/afterglow.cu), loading XRAY_FRAMES_IN_FLIGHT frames' raw values at a time.
-// Bad pixels take two small launches beside it, so that the main loop does the same work for every
+// Bad pixels take one small launch of their own, so that the main loop does the same work for every
 // pixel (XRAY_BAD_SPLIT=1, the default):
-//   bad_heads_*   one thread per bad pixel and frame: the replacement (head) values, the medians of
-//                 the neighbours (independent of the main kernel: it reads only raw, dark and inv);
-//   correct_*     every pixel as if good, but a bad pixel's outputs and lag state are not written
-//                 (the thread skips those stores), so it may run at the same time as the other two;
-//   bad_tail_*    one thread per bad pixel, after bad_heads_*: the lag recursion over the block's frames
-//                 from the replacement values and the pixel's state, its outputs and its state written.
-// pipeline.kernels.CorrectKernel launches the two small ones on a second stream of high priority, so
-// that they run beside the main kernel rather than after it.
-// With XRAY_BAD_SPLIT=0 (the benchmark's comparison) the main kernel reads the replacement values
-// itself, frame by frame, and there is no bad_tail_* launch: the same results, bit for bit. Per frame k and pixel p the two compute what the NumPy chain
-// (pipeline.stages: FlatFieldStage.head -> AfterglowStage -> FlatFieldStage.tail, linear output)
+//   correct_*       every pixel as if good, but a bad pixel's lag state is not written (the thread
+//                   skips that store), and its outputs are overwritten by the next launch;
+//   bad_pixels_*    after it, one thread per bad pixel: for each frame the median of its neighbours (the
+//                   frames' medians a few at a time, their loads in flight together), then the lag
+//                   recursion from the pixel's state, its outputs and its state written.
+// (Run beside the main kernel on a second stream of high priority, the two small launches this had on
+// 2026-11-27 made the whole 9 % slower on an H100 than in turn on one stream: they are launched in turn.)
+// With XRAY_BAD_SPLIT=0 (the benchmark's comparison) a first launch (bad_heads_*: one thread per bad
+// pixel and frame) writes the replacement values and the main kernel's loop reads them, frame by frame.
+// Per frame k and pixel p the kernels compute what the NumPy chain
 // computes, with the same float32 operations in the same order, so the float32 output and the
 // state are bit-identical to it (tests/cuda/test_correct_emulated.py checks this):
 //
@@ -38,8 +37,8 @@
 //
 // Layout: raw, out (T, P) frame-major (out must not overlap raw); state (N, P); amps (N) or
 // (N, P); ratios (N); dark, inv, slot (P); neighbours (n_bad, k_max) int32 flat indices, -1 = none;
-// bad (T, n_bad) float32, the replacement values (bad_heads_* writes them, bad_tail_* or, with
-// XRAY_BAD_SPLIT=0, correct_* reads them); targets (n_bad) int64, the flat index of each bad pixel.
+// bad (T, n_bad) float32, the replacement values (XRAY_BAD_SPLIT=0: bad_heads_* writes them, correct_*
+// reads them); targets (n_bad) int64, the flat index of each bad pixel (bad_pixels_*).
 // slot[p] is the row of pixel p in `neighbours` and the column in `bad` (-1: a good pixel); slot
 // may be NULL (no bad-pixel replacement: no bad_heads_* launch). saturation: the threshold compared with float(raw) (the host turns the
 // configured level into it: ceil(level) for integer input, float32(level) for float input, as
@@ -48,10 +47,10 @@
 // (FlatFieldStage.head).
 //
 // Kernels (extern "C"): bad_heads_u16, bad_heads_f32 and their _k8/_k24 versions for narrow tables
-// (launched first, where there are bad pixels);
+// (XRAY_BAD_SPLIT=0: launched first, where there are bad pixels);
 // correct_u16_f32, correct_u16_f16, correct_u16_c16, correct_f32_f32, correct_f32_f16, correct_f32_c16
 // (input dtype _ output: float32, float16 passed as unsigned short, or the uint16 code with
-// code_scale and code_offset, which the other outputs ignore) and bad_tail_* of the same names
+// code_scale and code_offset, which the other outputs ignore) and bad_pixels_* of the same names
 // (launched after them, where there are bad pixels); saturate_u16 and
 // saturate_f32 (the saturation mask alone, for chains with denoisers; see the end of the file).
 
@@ -252,13 +251,6 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
 #pragma unroll
         for (int l = 0; l < V; ++l) row.v[l] = -1;
     const xray_pack<float, V> d = xray_load<float, V>(dark, p), g = xray_load<float, V>(inv, p);
-#if XRAY_BAD_SPLIT
-    bool any_bad = false;  // a bad pixel's outputs and state are bad_tail_*'s (which may run at the same time)
-#pragma unroll
-    for (int l = 0; l < V; ++l) any_bad |= row.v[l] >= 0;
-#else
-    const bool any_bad = false;
-#endif
     for (int k0 = 0; k0 < n_frames; k0 += XRAY_FRAMES_IN_FLIGHT) {
         xray_pack<Tin, V> in[XRAY_FRAMES_IN_FLIGHT];
 #if !XRAY_BAD_SPLIT && XRAY_PREFETCH_BAD
@@ -282,7 +274,7 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
             for (int l = 0; l < V; ++l) {
                 float x = (float)in[j].v[l];
 #if XRAY_BAD_SPLIT
-                float v = __fmul_rn(__fsub_rn(x, d.v[l]), g.v[l]);  // a bad pixel's value: bad_tail_* rewrites it
+                float v = __fmul_rn(__fsub_rn(x, d.v[l]), g.v[l]);  // a bad pixel's: not stored
 #elif XRAY_PREFETCH_BAD
                 float v = row.v[l] >= 0 ? rep[j][l] : __fmul_rn(__fsub_rn(x, d.v[l]), g.v[l]);
 #else
@@ -293,15 +285,16 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
                 if (x >= saturation) y = xray_nan();  // false for a NaN threshold (check off)
                 o.v[l] = xray_out<kCode>(y, out, code_scale, code_offset);
             }
-            if (any_bad) {  // the good pixels' values alone
-#pragma unroll
-                for (int l = 0; l < V; ++l)
-                    if (row.v[l] < 0) out[(long long)(k0 + j) * n_pixels + p + l] = o.v[l];
-            } else {
-                xray_save<Tout, V>(out, (long long)(k0 + j) * n_pixels + p, o);
-            }
+            xray_save<Tout, V>(out, (long long)(k0 + j) * n_pixels + p, o);
         }
     }
+#if XRAY_BAD_SPLIT
+    bool any_bad = false;  // a bad pixel's state is bad_pixels_*'s to read and write: left as it was
+#pragma unroll
+    for (int l = 0; l < V; ++l) any_bad |= row.v[l] >= 0;
+#else
+    const bool any_bad = false;
+#endif
 #pragma unroll
     for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i) {
         if (i >= n_terms) continue;
@@ -318,22 +311,25 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
     }
 }
 
-// The bad pixels (XRAY_BAD_SPLIT=1), one thread per bad pixel b at q = targets[b]: the lag recursion from
-// its state over the frames' replacement values bad[k * n_bad + b], with the saturation check on its own
-// raw value and the output conversion of the main kernel; writes out[k, q] and the state at q (which the
-// main kernel leaves alone).
-template <typename Tin, typename Tout, bool kFloatIn, bool kCode>
-__device__ __forceinline__ void xray_bad_tail(const Tin* __restrict__ raw, Tout* __restrict__ out,
-                                              float* __restrict__ state, const long long* __restrict__ targets,
-                                              const float* __restrict__ bad, int n_bad,
-                                              const float* __restrict__ amps, const float* __restrict__ ratios,
-                                              int n_terms, int amps_per_pixel, int n_frames, long long n_pixels,
-                                              float saturation, int nonfinite_to_nan, float code_scale,
-                                              float code_offset)
+// The bad pixels (XRAY_BAD_SPLIT=1), one thread per bad pixel b at q = targets[b] with row b of `neighbours`:
+// per frame the median of the neighbours' head values (the generic version for K = 0, in registers for
+// tables of at most K columns), XRAY_FRAMES_IN_FLIGHT frames at a time; then the lag recursion from the
+// pixel's state, the saturation check on its own raw value and the main kernel's output conversion;
+// writes out[k, q] and the state at q (which the main kernel leaves alone).
+template <typename Tin, typename Tout, bool kFloatIn, bool kCode, int K>
+__device__ __forceinline__ void xray_bad_pixels(const Tin* __restrict__ raw, Tout* __restrict__ out,
+                                                float* __restrict__ state, const long long* __restrict__ targets,
+                                                const float* __restrict__ dark, const float* __restrict__ inv,
+                                                const int* __restrict__ neighbours, int k_max, int n_bad,
+                                                const float* __restrict__ amps, const float* __restrict__ ratios,
+                                                int n_terms, int amps_per_pixel, int n_frames, long long n_pixels,
+                                                float saturation, int nonfinite_to_nan, float code_scale,
+                                                float code_offset)
 {
     long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= n_bad) return;
     const long long q = targets[b];
+    const int* nb = neighbours + b * k_max;
     float L[XRAY_MAX_LAG_TERMS], a[XRAY_MAX_LAG_TERMS], r[XRAY_MAX_LAG_TERMS];
 #pragma unroll
     for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i) {
@@ -347,8 +343,10 @@ __device__ __forceinline__ void xray_bad_tail(const Tin* __restrict__ raw, Tout*
 #pragma unroll
         for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j)
             if (k0 + j < n_frames) {
-                x[j] = (float)raw[(long long)(k0 + j) * n_pixels + q];
-                v[j] = bad[(long long)(k0 + j) * n_bad + b];
+                const Tin* frame = raw + (long long)(k0 + j) * n_pixels;
+                x[j] = (float)frame[q];
+                v[j] = K > 0 ? xray_neighbour_median_k<Tin, (K > 0 ? K : 1)>(frame, dark, inv, nb, k_max)
+                             : xray_neighbour_median(frame, dark, inv, nb, k_max);
             }
 #pragma unroll
         for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j) {
@@ -408,23 +406,28 @@ XRAY_BAD_HEADS_KERNEL(bad_heads_f32_k24, float, 24)
                                                    nonfinite_to_nan, code_scale, code_offset);                   \
     }
 
-#define XRAY_BAD_TAIL_KERNEL(NAME, TIN, TOUT, FLOAT_IN, CODE)                                                    \
+#define XRAY_BAD_PIXELS_KERNEL(NAME, TIN, TOUT, FLOAT_IN, CODE, K)                                                \
     extern "C" __global__ void NAME(const TIN* raw, TOUT* out, float* state, const long long* targets,            \
-                                    const float* bad, int n_bad, const float* amps, const float* ratios,           \
-                                    int n_terms, int amps_per_pixel, int n_frames, long long n_pixels,            \
-                                    float saturation, int nonfinite_to_nan, float code_scale, float code_offset)  \
+                                    const float* dark, const float* inv, const int* neighbours, int k_max,        \
+                                    int n_bad, const float* amps, const float* ratios, int n_terms,               \
+                                    int amps_per_pixel, int n_frames, long long n_pixels, float saturation,       \
+                                    int nonfinite_to_nan, float code_scale, float code_offset)                    \
     {                                                                                                             \
-        xray_bad_tail<TIN, TOUT, FLOAT_IN, CODE>(raw, out, state, targets, bad, n_bad, amps, ratios, n_terms,     \
-                                                 amps_per_pixel, n_frames, n_pixels, saturation,                 \
-                                                 nonfinite_to_nan, code_scale, code_offset);                     \
+        xray_bad_pixels<TIN, TOUT, FLOAT_IN, CODE, K>(raw, out, state, targets, dark, inv, neighbours, k_max,     \
+                                                      n_bad, amps, ratios, n_terms, amps_per_pixel, n_frames,     \
+                                                      n_pixels, saturation, nonfinite_to_nan, code_scale,         \
+                                                      code_offset);                                               \
     }
 
-// NAME: one pixel a thread (any frame size); NAME_v4: four (frame sizes a multiple of 4, aligned buffers);
-// bad_tail_<in>_<out>: the bad pixels of NAME's block, launched after it.
-#define XRAY_CORRECT_KERNELS(IN, OUT, TIN, TOUT, FLOAT_IN, CODE)                 \
-    XRAY_CORRECT_KERNEL(correct_##IN##_##OUT, TIN, TOUT, FLOAT_IN, CODE, 1)      \
-    XRAY_CORRECT_KERNEL(correct_##IN##_##OUT##_v4, TIN, TOUT, FLOAT_IN, CODE, 4) \
-    XRAY_BAD_TAIL_KERNEL(bad_tail_##IN##_##OUT, TIN, TOUT, FLOAT_IN, CODE)
+// correct_<in>_<out>: one pixel a thread (any frame size); _v4: four (frame sizes a multiple of 4, aligned
+// buffers); bad_pixels_<in>_<out>: the bad pixels of the same block (_k8, _k24: tables of at most 8 and
+// 24 columns, the medians in registers; without: any table).
+#define XRAY_CORRECT_KERNELS(IN, OUT, TIN, TOUT, FLOAT_IN, CODE)                          \
+    XRAY_CORRECT_KERNEL(correct_##IN##_##OUT, TIN, TOUT, FLOAT_IN, CODE, 1)               \
+    XRAY_CORRECT_KERNEL(correct_##IN##_##OUT##_v4, TIN, TOUT, FLOAT_IN, CODE, 4)          \
+    XRAY_BAD_PIXELS_KERNEL(bad_pixels_##IN##_##OUT, TIN, TOUT, FLOAT_IN, CODE, 0)         \
+    XRAY_BAD_PIXELS_KERNEL(bad_pixels_##IN##_##OUT##_k8, TIN, TOUT, FLOAT_IN, CODE, 8)    \
+    XRAY_BAD_PIXELS_KERNEL(bad_pixels_##IN##_##OUT##_k24, TIN, TOUT, FLOAT_IN, CODE, 24)
 
 XRAY_CORRECT_KERNELS(u16, f32, unsigned short, float, false, false)
 XRAY_CORRECT_KERNELS(u16, f16, unsigned short, unsigned short, false, false)

@@ -231,6 +231,11 @@ def _check_dtypes(raw_dtype, out_dtype):
 LANES = 4
 
 
+#: Threads per CUDA block of bad_pixels_* (a few thousand threads, each bound by its loads' latency: small
+#: blocks spread them over more of the GPU's multiprocessors)
+_BAD_BLOCK = 64
+
+
 class CorrectKernel:
     """The fused correction with its parameters on the current GPU, launched block after block.
 
@@ -275,18 +280,18 @@ class CorrectKernel:
         # radius 1 or 2), the generic version (a local array) for wider ones
         k = int(params.neighbours.shape[1])
         width = ("_k8" if k <= 8 else "_k24" if k <= 24 else "") if register_medians else ""
-        self.median_kernel = f"bad_heads_*{width}"  # which one runs (reported by the benchmark)
-        self._bad_heads = {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}{width}", defines) for r in _INPUTS}
-        # the bad pixels' lag recursion and outputs after the main kernel, unless a benchmark built the kernel
-        # with them inside its loop (XRAY_BAD_SPLIT=0)
+        # bad pixels: one launch after the main kernel (bad_pixels_*: their medians, recursion and outputs), or,
+        # where a benchmark built the kernel with them inside its loop (XRAY_BAD_SPLIT=0), one before it
+        # (bad_heads_*: their replacement values, which the main kernel's loop reads)
         self.bad_split = "XRAY_BAD_SPLIT=0" not in defines
-        self._bad_tail = ({(r, o): get_kernel("correct", f"bad_tail_{_INPUTS[r]}_{_OUTPUTS[o]}", defines)
-                           for r in _INPUTS for o in _OUTPUTS} if self.bad_split else {})
+        self.median_kernel = f"{'bad_pixels' if self.bad_split else 'bad_heads'}_*{width}"  # (reported by the benchmark)
+        self._bad_heads = ({} if self.bad_split else
+                           {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}{width}", defines) for r in _INPUTS})
+        self._bad_pixels = ({(r, o): get_kernel("correct", f"bad_pixels_{_INPUTS[r]}_{_OUTPUTS[o]}{width}", defines)
+                             for r in _INPUTS for o in _OUTPUTS} if self.bad_split else {})
         self.targets = cp.asarray(np.ascontiguousarray(params.targets, np.int64))
         self.n_bad = int(params.targets.size)
         self._bad = cp.empty(0, cp.float32)  # (T, n_bad) replacement values, grown to the largest block once
-        self._side = None  # the bad pixels' stream (see __call__)
-        self._events = ()
 
     def _function(self, raw_dtype, out_dtype, lanes: int = 1):
         return self._functions[np.dtype(raw_dtype), np.dtype(out_dtype), lanes]
@@ -319,49 +324,26 @@ class CorrectKernel:
             return out
         nb = self.n_bad if self.slot is not None else 0
         with stream if stream is not None else _null():
-            main = cp.cuda.get_current_stream()
-            if nb and self._bad.size < t * nb:  # grown once, on the stream that uses it
+            if nb and not self.bad_split and self._bad.size < t * nb:  # grown once, on the stream that uses it
                 self._bad = cp.empty(t * nb, cp.float32)
-            bad = self._bad if nb else self.no_state
+            bad = self._bad if nb and not self.bad_split else self.no_state
             args = (raw, out_arg, state if p.n_terms else self.no_state, self.dark, self.inv, slot, bad,
                     np.int32(nb), self.amplitudes, self.ratios, np.int32(p.n_terms), np.int32(p.amplitudes.ndim > 1),
                     np.int32(t), np.int64(n), thr, np.int32(p.nonfinite_to_nan), np.float32(scale), np.float32(offset))
-            # the bad pixels beside the main kernel, on a second stream of high priority (their outputs and state
-            # are theirs alone, see cuda/correct.cu): it starts after what the caller's stream queued before this
-            # call (the block's upload, the last block's state) and the caller's stream waits for it
-            side = self._side_stream() if nb and self.bad_split else None
-            if side is not None:
-                main.record(self._events[0])
-                side.wait_event(self._events[0])
-            with side if side is not None else _null():
-                if nb:  # the bad pixels' replacement values (medians of their neighbours), a thread per pixel and frame
-                    self._bad_heads[np.dtype(raw.dtype)](
-                        ((t * nb + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
-                        (raw, self.dark, self.inv, self.neighbours, np.int32(self.neighbours.shape[1]), np.int32(nb),
-                         np.int32(t), np.int64(n), bad))
-                if side is not None:  # their recursion and outputs, one thread per bad pixel
-                    self._bad_tail[np.dtype(raw.dtype), np.dtype(out.dtype)](
-                        ((nb + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
-                        (raw, out_arg, args[2], self.targets, bad, np.int32(nb)) + args[8:])
-                    side.record(self._events[1])
+            table = (self.neighbours, np.int32(self.neighbours.shape[1]), np.int32(nb))
+            if nb and not self.bad_split:  # the replacement values first, one thread per bad pixel and frame
+                self._bad_heads[np.dtype(raw.dtype)](((t * nb + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
+                                                     (raw, self.dark, self.inv) + table + (np.int32(t), np.int64(n), bad))
             v = self.lanes if self.lanes > 1 and all(array_address(a) % (a.itemsize * self.lanes) == 0
                                                      for a in (raw, out, state if p.n_terms else None)
                                                      if a is not None) else 1
             threads = n // v
             self._function(raw.dtype, out.dtype, v)(((threads + _BLOCK - 1) // _BLOCK,), (_BLOCK,), args)
-            if side is not None:
-                main.wait_event(self._events[1])
+            if nb and self.bad_split:  # the bad pixels: medians, recursion and outputs, one thread per bad pixel
+                self._bad_pixels[np.dtype(raw.dtype), np.dtype(out.dtype)](
+                    ((nb + _BAD_BLOCK - 1) // _BAD_BLOCK,), (_BAD_BLOCK,),
+                    (raw, out_arg, args[2], self.targets, self.dark, self.inv) + table + args[8:])
         return out
-
-    def _side_stream(self):
-        """The stream of the bad pixels' launches (made on first use, with the highest priority the device
-        has: CUDA clamps the number asked for), and its two events (the caller's stream ready; the bad pixels
-        done)."""
-        if self._side is None:
-            cp = self._cp
-            self._side = cp.cuda.Stream(non_blocking=True, priority=-1000)
-            self._events = (cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True))
-        return self._side
 
     def saturate(self, raw, out, *, stream=None):
         """Set ``out`` (float32, the shape of ``raw``) to NaN where ``raw`` is saturated."""

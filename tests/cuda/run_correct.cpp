@@ -44,8 +44,8 @@ static size_t file_size(const std::string& path) {
     return (size_t)n;
 }
 
-template <class Tin, class Tout, class Heads, class Kernel, class Tail>
-static void run(Heads heads, Kernel kernel, Tail tail, const std::string& dir, int T, long long P, int N, int per_pixel, int k_max, int n_bad,
+template <class Tin, class Tout, class Heads, class Kernel, class BadPixels>
+static void run(Heads heads, Kernel kernel, BadPixels bad_pixels, const std::string& dir, int T, long long P, int N, int per_pixel, int k_max, int n_bad,
                 float saturation, int nonfinite, float scale, float offset, int lanes) {
     auto raw = load<Tin>(dir + "/raw.bin", (size_t)T * P);
     auto dark = load<float>(dir + "/dark.bin", (size_t)P);
@@ -64,33 +64,27 @@ static void run(Heads heads, Kernel kernel, Tail tail, const std::string& dir, i
     const int* slot_p = n_bad > 0 ? slot.data() : nullptr;
     std::vector<float> bad((size_t)T * (n_bad > 0 ? n_bad : 1));
     unsigned block = 64, grid = (unsigned)((P / lanes + block - 1) / block);
-    if (n_bad > 0) {  // as pipeline.kernels.CorrectKernel: the bad pixels' values first
-        unsigned grid_bad = (unsigned)(((long long)T * n_bad + block - 1) / block);
-        xray_launch(grid_bad, block, heads, (const Tin*)raw.data(), (const float*)dark.data(),
-                    (const float*)inv.data(), (const int*)nb.data(), k_max, n_bad, T, P, bad.data());
-    }
     auto main_kernel = [&] {
         xray_launch(grid, block, kernel, (const Tin*)raw.data(), out.data(), state.data(), (const float*)dark.data(),
                     (const float*)inv.data(), slot_p, (const float*)bad.data(), n_bad, (const float*)amps.data(),
                     (const float*)ratios.data(), N, per_pixel, T, P, saturation, nonfinite, scale, offset);
     };
 #if XRAY_BAD_SPLIT
-    // On the GPU the bad pixels' recursion (bad_tail_*) runs beside the main kernel, in either order: with
-    // XRAY_EMU_TAIL_FIRST it runs before the main kernel here, so that a main kernel that wrote a bad pixel's
-    // output or state would spoil the results, and after it otherwise.
-#ifndef XRAY_EMU_TAIL_FIRST
+    // as pipeline.kernels.CorrectKernel: the main kernel, then the bad pixels' own launch
     main_kernel();
-#endif
     if (n_bad > 0)
-        xray_launch((unsigned)((n_bad + block - 1) / block), block, tail, (const Tin*)raw.data(), out.data(),
-                    state.data(), (const long long*)targets.data(), (const float*)bad.data(), n_bad,
-                    (const float*)amps.data(), (const float*)ratios.data(), N, per_pixel, T, P, saturation, nonfinite,
-                    scale, offset);
-#ifdef XRAY_EMU_TAIL_FIRST
-    main_kernel();
-#endif
+        xray_launch((unsigned)((n_bad + block - 1) / block), block, bad_pixels, (const Tin*)raw.data(), out.data(),
+                    state.data(), (const long long*)targets.data(), (const float*)dark.data(), (const float*)inv.data(),
+                    (const int*)nb.data(), k_max, n_bad, (const float*)amps.data(), (const float*)ratios.data(), N,
+                    per_pixel, T, P, saturation, nonfinite, scale, offset);
+    (void)heads;
 #else
-    (void)tail;
+    (void)bad_pixels;
+    if (n_bad > 0) {  // the bad pixels' values first (bad_heads_*), which the main kernel's loop reads
+        unsigned grid_bad = (unsigned)(((long long)T * n_bad + block - 1) / block);
+        xray_launch(grid_bad, block, heads, (const Tin*)raw.data(), (const float*)dark.data(),
+                    (const float*)inv.data(), (const int*)nb.data(), k_max, n_bad, T, P, bad.data());
+    }
     main_kernel();
 #endif
     save(dir + "/out.bin", out);
@@ -126,19 +120,19 @@ int main(int argc, char** argv) {
     if (lanes != 1 && (lanes != 4 || P % 4)) { std::fprintf(stderr, "bad lanes\n"); return 2; }
     const bool v4 = lanes == 4;
     if (in == "u16" && out == "f32")
-        run<unsigned short, float>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_f32_v4 : correct_u16_f32, bad_tail_u16_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
+        run<unsigned short, float>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_f32_v4 : correct_u16_f32, (k_max <= 8 ? bad_pixels_u16_f32_k8 : k_max <= 24 ? bad_pixels_u16_f32_k24 : bad_pixels_u16_f32), dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
     else if (in == "u16" && out == "f16")
-        run<unsigned short, unsigned short>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_f16_v4 : correct_u16_f16, bad_tail_u16_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
+        run<unsigned short, unsigned short>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_f16_v4 : correct_u16_f16, (k_max <= 8 ? bad_pixels_u16_f16_k8 : k_max <= 24 ? bad_pixels_u16_f16_k24 : bad_pixels_u16_f16), dir, T, P, N, per_pixel, k_max, n_bad, saturation,
                                             nonfinite, scale, offset, lanes);
     else if (in == "f32" && out == "f32")
-        run<float, float>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_f32_v4 : correct_f32_f32, bad_tail_f32_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
+        run<float, float>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_f32_v4 : correct_f32_f32, (k_max <= 8 ? bad_pixels_f32_f32_k8 : k_max <= 24 ? bad_pixels_f32_f32_k24 : bad_pixels_f32_f32), dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
     else if (in == "f32" && out == "f16")
-        run<float, unsigned short>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_f16_v4 : correct_f32_f16, bad_tail_f32_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
+        run<float, unsigned short>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_f16_v4 : correct_f32_f16, (k_max <= 8 ? bad_pixels_f32_f16_k8 : k_max <= 24 ? bad_pixels_f32_f16_k24 : bad_pixels_f32_f16), dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
     else if (in == "u16" && out == "c16")
-        run<unsigned short, unsigned short>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_c16_v4 : correct_u16_c16, bad_tail_u16_c16, dir, T, P, N, per_pixel, k_max, n_bad,
+        run<unsigned short, unsigned short>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_c16_v4 : correct_u16_c16, (k_max <= 8 ? bad_pixels_u16_c16_k8 : k_max <= 24 ? bad_pixels_u16_c16_k24 : bad_pixels_u16_c16), dir, T, P, N, per_pixel, k_max, n_bad,
                                             saturation, nonfinite, scale, offset, lanes);
     else if (in == "f32" && out == "c16")
-        run<float, unsigned short>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_c16_v4 : correct_f32_c16, bad_tail_f32_c16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
+        run<float, unsigned short>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_c16_v4 : correct_f32_c16, (k_max <= 8 ? bad_pixels_f32_c16_k8 : k_max <= 24 ? bad_pixels_f32_c16_k24 : bad_pixels_f32_c16), dir, T, P, N, per_pixel, k_max, n_bad, saturation,
                                    nonfinite, scale, offset, lanes);
     else { std::fprintf(stderr, "bad dtypes\n"); return 2; }
     return 0;

@@ -28,12 +28,10 @@ pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not av
 H, W = 16, 23  # 368 pixels: six blocks of 64 threads (two of 64 four-pixel threads), the last one partly idle
 
 
-@pytest.fixture(scope="module", params=[(), ("XRAY_EMU_TAIL_FIRST",), ("XRAY_BAD_SPLIT=0",),
-                                        ("XRAY_BAD_SPLIT=0", "XRAY_PREFETCH_BAD=0")],
-                ids=["as built", "bad pixels' tail first", "bad pixels in the main loop", "bad values frame by frame"])
+@pytest.fixture(scope="module", params=[(), ("XRAY_BAD_SPLIT=0",), ("XRAY_BAD_SPLIT=0", "XRAY_PREFETCH_BAD=0")],
+                ids=["as built", "bad pixels in the main loop", "bad values frame by frame"])
 def exe(build_emulated, request):
-    """The kernel as built, with its two concurrent launches in both orders, and as the benchmark's comparisons
-    build it (the same results, bit for bit)."""
+    """The kernel as built, and as the benchmark's comparisons build it (the same results, bit for bit)."""
     return build_emulated("run_correct", defines=request.param)
 
 

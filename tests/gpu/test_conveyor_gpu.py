@@ -126,10 +126,10 @@ def test_fused_kernel_four_pixels_a_thread(monkeypatch, out_dtype):
             _same(o, want)
 
 
-def test_fused_kernel_bad_pixels_beside_the_main_kernel_at_full_size():
-    """At 1024 x 1024 the bad pixels' launches (a second stream) really run beside the main kernel, on a caller's
-    non-default stream, block after block: the outputs and the state stay bit-identical to the NumPy chain, and
-    the same as with the bad pixels inside the main kernel's loop (XRAY_BAD_SPLIT=0)."""
+def test_fused_kernel_bad_pixels_at_full_size():
+    """At 1024 x 1024 (tens of thousands of bad pixels, the main kernel and bad_pixels_* in many thread blocks),
+    on a caller's non-default stream, block after block: the outputs and the state are bit-identical to the NumPy
+    chain, as built and with the bad pixels inside the main kernel's loop (XRAY_BAD_SPLIT=0)."""
     import sys
 
     mod = sys.modules[__name__]
