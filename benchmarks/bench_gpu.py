@@ -239,10 +239,9 @@ def bench_conveyor(cp, timed, *, size=2048, block=16, blocks=8, passes=4):
 def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
     """Where the fused kernel's time goes: it (float32 out) without bad pixels, without afterglow, and built
     with one pixel a thread instead of four, with other numbers of frames' loads in flight (XRAY_FRAMES_IN_FLIGHT),
-    with the generic (local-array) medians, with the bad pixels inside the main kernel's loop as built before
-    (XRAY_BAD_SPLIT=0: their values from a first launch, loaded with the raw values or, with XRAY_PREFETCH_BAD=0,
-    frame by frame), and with the bad pixels' own launch left out; ``ratio_to_copy`` counts the full kernel's bytes in
-    every case (a time ratio, not the variant's own traffic)."""
+    with the generic (local-array) medians, with the bad pixels' values loaded frame by frame instead of with
+    the raw values (XRAY_PREFETCH_BAD=0), and with those values read but the launch computing them left out; ``ratio_to_copy`` counts the full kernel's bytes in every case (a time ratio, not the variant's own
+    traffic)."""
     import dataclasses
 
     from pipeline.kernels import CorrectKernel
@@ -256,31 +255,30 @@ def kernel_variants(cp, timed, sync, params, src, moved, copy_rate):
              "no_afterglow": (dataclasses.replace(params, amplitudes=np.zeros(0, np.float32),
                                                   ratios=np.zeros(0, np.float32)), None)}
     cases["generic_bad_pixel_medians"] = (params, "generic")  # the medians in a local array, not in registers
-    # the bad pixels as built before 2026-11-27: their values from a first launch (bad_heads_*), read by the main
-    # kernel's loop with the raw values, or frame by frame
-    cases["bad_pixels_in_main_loop"] = (params, ("XRAY_BAD_SPLIT=0",))
-    cases["bad_values_frame_by_frame"] = (params, ("XRAY_BAD_SPLIT=0", "XRAY_PREFETCH_BAD=0"))
+    cases["bad_values_frame_by_frame"] = (params, "XRAY_PREFETCH_BAD=0")  # not loaded with the raw values
     for fif in (2, 8):
         cases[f"frames_in_flight_{fif}"] = (params, fif)
     for name, (prm, how) in cases.items():
         # the same source, rebuilt with other macros where the case names them
-        defines = (f"XRAY_FRAMES_IN_FLIGHT={how}",) if isinstance(how, int) else how if isinstance(how, tuple) else ()
+        defines = ((f"XRAY_FRAMES_IN_FLIGHT={how}",) if isinstance(how, int)
+                   else (how,) if isinstance(how, str) and "=" in how else ())
         k = CorrectKernel(prm, lanes=1 if how == "lanes1" else None, defines=defines,
                           register_medians=how != "generic")
         st = cp.zeros((max(prm.n_terms, 1), h, w), cp.float32)
         tk = timed(lambda k=k, st=st: k(src, o, st), sync)
         res[name] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate, "median_kernel": k.median_kernel,
                      "bad_pixel_table_columns": int(prm.neighbours.shape[1])}
-    # the bad pixels' own launch (bad_pixels_*) left out, their outputs and state left in place by a first full
-    # call: as_built minus this = that launch's time, this minus no_bad_pixels = what they cost the main kernel
+    # the bad pixels' cost split in two: the main kernel reading the replacement values (as_built's, left in
+    # place by a first call) without the launch that computes them; as_built minus this = the median launch,
+    # this minus no_bad_pixels = what the bad pixels cost the main kernel
     k = CorrectKernel(params)
     st = cp.zeros((max(params.n_terms, 1), h, w), cp.float32)
     k(src, o, st)
     sync()
-    k._bad_pixels = {key: (lambda *args, **kw: None) for key in k._bad_pixels}
+    k._bad_heads = {dt: (lambda *args, **kw: None) for dt in k._bad_heads}
     tk = timed(lambda: k(src, o, st), sync)
-    res["bad_pixels_without_their_launch"] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate,
-                                              "bad_pixel_table_columns": int(params.neighbours.shape[1])}
+    res["bad_pixels_without_median_launch"] = {"s": tk, "fps": t / tk, "ratio_to_copy": moved / tk / copy_rate,
+                                               "bad_pixel_table_columns": int(params.neighbours.shape[1])}
     # a 4x longer block: the maps and the state are read and written once a block, so they weigh less
     src4 = cp.concatenate([src] * 4)
     o4 = cp.empty(src4.shape, cp.float32)

@@ -3,8 +3,9 @@
 # first, each part under its own time limit so that what finished comes back even if a later part runs long:
 #   here:   make gpu-bundle                 (the wheels the GPU node lacks, in .whl/, about 15 MB)
 #   device: bash benchmarks/gpu_session.sh  (carry: .whl; timeout_s 590)
-# Results land in benchmarks/results/ there and come back in $OUT/results.tgz (the device tool brings $OUT back;
-# its list in results.txt), beside gpu-check.log: gpu-<device>.json (bench_gpu.py), io-<device>.{json,md} (bench_io.py: the host's reads and
+# Results land in benchmarks/results/ there and come back in $OUT/results.tgz (the device tool brings $OUT back,
+# at most 8 files; the tarball's list in results.txt; unpack it in the repository's root), beside gpu-check.log:
+# gpu-<device>.json (bench_gpu.py), io-<device>.{json,md} (bench_io.py: the host's reads and
 # writes through Zarr and through the pipelines' own, with 16 threads), conveyor_host_<device>.{json,md}
 # (bench_conveyor_host.py: the GPU engine's host side with a free device against the Zarr copy),
 # bench_gpu.{json,md} and two plots (bench --device gpu).
@@ -22,7 +23,8 @@ export CUPY_CACHE_DIR="$PWD/.cupycache"
 mkdir -p "$CUPY_CACHE_DIR"
 # Per-part limits (seconds) and the bench's arguments can be set from outside for a shorter call
 # (on an H200, 2026-11-27: the GPU tests took 57 s, bench_gpu.py 51 s, and bench at 2048 x 2048 with 128 frames
-# about 200 s before its scaling part)
+# about 200 s before its scaling part; on an H100 the same day the whole script took 352 s. A change to
+# cuda/correct.cu that makes it slow to compile shows here first: bench_gpu.py builds it several times)
 T_TESTS=${T_TESTS:-90} T_BENCH_GPU=${T_BENCH_GPU:-120} T_IO=${T_IO:-60} T_HOST=${T_HOST:-60} T_BENCH=${T_BENCH:-210}
 BENCH_ARGS=${BENCH_ARGS:---sizes 2048 --frames 128 --full-frames 16 --scaling-frames 256,1024 --workers 16 --repeats 2}
 if ls .whl/*.whl >/dev/null 2>&1; then

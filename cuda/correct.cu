@@ -2,18 +2,10 @@
 //
 // One thread per pixel loops over the T frames of the block with the afterglow lag states in
 // registers (as cuda/afterglow.cu), loading XRAY_FRAMES_IN_FLIGHT frames' raw values at a time.
-// Bad pixels take one small launch of their own, so that the main loop does the same work for every
-// pixel (XRAY_BAD_SPLIT=1, the default):
-//   correct_*       every pixel as if good, but a bad pixel's lag state is not written (the thread
-//                   skips that store), and its outputs are overwritten by the next launch;
-//   bad_pixels_*    after it, one thread per bad pixel: for each frame the median of its neighbours (the
-//                   frames' medians a few at a time, their loads in flight together), then the lag
-//                   recursion from the pixel's state, its outputs and its state written.
-// (Run beside the main kernel on a second stream of high priority, the two small launches this had on
-// 2026-11-27 made the whole 9 % slower on an H100 than in turn on one stream: they are launched in turn.)
-// With XRAY_BAD_SPLIT=0 (the benchmark's comparison) a first launch (bad_heads_*: one thread per bad
-// pixel and frame) writes the replacement values and the main kernel's loop reads them, frame by frame.
-// Per frame k and pixel p the kernels compute what the NumPy chain
+// The bad pixels' replacement values come from a first, small launch (bad_heads_*: one thread per
+// bad pixel and frame), so the main loop of a warp holding a bad pixel waits on one extra load,
+// not on a median of its neighbours. Per frame k and pixel p the two compute what the NumPy chain
+// (pipeline.stages: FlatFieldStage.head -> AfterglowStage -> FlatFieldStage.tail, linear output)
 // computes, with the same float32 operations in the same order, so the float32 output and the
 // state are bit-identical to it (tests/cuda/test_correct_emulated.py checks this):
 //
@@ -37,8 +29,7 @@
 //
 // Layout: raw, out (T, P) frame-major (out must not overlap raw); state (N, P); amps (N) or
 // (N, P); ratios (N); dark, inv, slot (P); neighbours (n_bad, k_max) int32 flat indices, -1 = none;
-// bad (T, n_bad) float32, the replacement values (XRAY_BAD_SPLIT=0: bad_heads_* writes them, correct_*
-// reads them); targets (n_bad) int64, the flat index of each bad pixel (bad_pixels_*).
+// bad (T, n_bad) float32, the replacement values (bad_heads_* writes them, correct_* reads them).
 // slot[p] is the row of pixel p in `neighbours` and the column in `bad` (-1: a good pixel); slot
 // may be NULL (no bad-pixel replacement: no bad_heads_* launch). saturation: the threshold compared with float(raw) (the host turns the
 // configured level into it: ceil(level) for integer input, float32(level) for float input, as
@@ -47,11 +38,10 @@
 // (FlatFieldStage.head).
 //
 // Kernels (extern "C"): bad_heads_u16, bad_heads_f32 and their _k8/_k24 versions for narrow tables
-// (XRAY_BAD_SPLIT=0: launched first, where there are bad pixels);
+// (launched first, where there are bad pixels);
 // correct_u16_f32, correct_u16_f16, correct_u16_c16, correct_f32_f32, correct_f32_f16, correct_f32_c16
 // (input dtype _ output: float32, float16 passed as unsigned short, or the uint16 code with
-// code_scale and code_offset, which the other outputs ignore) and bad_pixels_* of the same names
-// (launched after them, where there are bad pixels); saturate_u16 and
+// code_scale and code_offset, which the other outputs ignore); saturate_u16 and
 // saturate_f32 (the saturation mask alone, for chains with denoisers; see the end of the file).
 
 #ifndef XRAY_MAX_LAG_TERMS
@@ -176,9 +166,6 @@ __device__ __forceinline__ float xray_lag_step(float v, float* L, const float* a
 #ifndef XRAY_FRAMES_IN_FLIGHT
 #define XRAY_FRAMES_IN_FLIGHT 4  // raw loads issued together per thread (memory-level parallelism)
 #endif
-#ifndef XRAY_BAD_SPLIT
-#define XRAY_BAD_SPLIT 1  // bad pixels outside the main loop (see the top of the file); 0: inside it
-#endif
 #ifndef XRAY_PREFETCH_BAD
 // 1: a bad pixel's replacement values for the XRAY_FRAMES_IN_FLIGHT frames are loaded together with the
 // raw values (ptxas otherwise issues each after the previous frame's store: one more memory latency a
@@ -253,14 +240,14 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
     const xray_pack<float, V> d = xray_load<float, V>(dark, p), g = xray_load<float, V>(inv, p);
     for (int k0 = 0; k0 < n_frames; k0 += XRAY_FRAMES_IN_FLIGHT) {
         xray_pack<Tin, V> in[XRAY_FRAMES_IN_FLIGHT];
-#if !XRAY_BAD_SPLIT && XRAY_PREFETCH_BAD
+#if XRAY_PREFETCH_BAD
         float rep[XRAY_FRAMES_IN_FLIGHT][V];  // the replacement values of this thread's bad pixels
 #endif
 #pragma unroll
         for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j)
             if (k0 + j < n_frames) {
                 in[j] = xray_load<Tin, V>(raw, (long long)(k0 + j) * n_pixels + p);
-#if !XRAY_BAD_SPLIT && XRAY_PREFETCH_BAD
+#if XRAY_PREFETCH_BAD
 #pragma unroll
                 for (int l = 0; l < V; ++l)
                     rep[j][l] = row.v[l] >= 0 ? bad[(long long)(k0 + j) * n_bad + row.v[l]] : 0.0f;
@@ -273,9 +260,7 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
 #pragma unroll
             for (int l = 0; l < V; ++l) {
                 float x = (float)in[j].v[l];
-#if XRAY_BAD_SPLIT
-                float v = __fmul_rn(__fsub_rn(x, d.v[l]), g.v[l]);  // a bad pixel's: not stored
-#elif XRAY_PREFETCH_BAD
+#if XRAY_PREFETCH_BAD
                 float v = row.v[l] >= 0 ? rep[j][l] : __fmul_rn(__fsub_rn(x, d.v[l]), g.v[l]);
 #else
                 float v = row.v[l] >= 0 ? bad[(long long)(k0 + j) * n_bad + row.v[l]]
@@ -288,77 +273,14 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
             xray_save<Tout, V>(out, (long long)(k0 + j) * n_pixels + p, o);
         }
     }
-#if XRAY_BAD_SPLIT
-    bool any_bad = false;  // a bad pixel's state is bad_pixels_*'s to read and write: left as it was
-#pragma unroll
-    for (int l = 0; l < V; ++l) any_bad |= row.v[l] >= 0;
-#else
-    const bool any_bad = false;
-#endif
 #pragma unroll
     for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i) {
         if (i >= n_terms) continue;
-        if (any_bad) {
-#pragma unroll
-            for (int l = 0; l < V; ++l)
-                if (row.v[l] < 0) state[(long long)i * n_pixels + p + l] = L[l][i];
-            continue;
-        }
         xray_pack<float, V> s;
 #pragma unroll
         for (int l = 0; l < V; ++l) s.v[l] = L[l][i];
         xray_save<float, V>(state, (long long)i * n_pixels + p, s);
     }
-}
-
-// The bad pixels (XRAY_BAD_SPLIT=1), one thread per bad pixel b at q = targets[b] with row b of `neighbours`:
-// per frame the median of the neighbours' head values (the generic version for K = 0, in registers for
-// tables of at most K columns), XRAY_FRAMES_IN_FLIGHT frames at a time; then the lag recursion from the
-// pixel's state, the saturation check on its own raw value and the main kernel's output conversion;
-// writes out[k, q] and the state at q (which the main kernel leaves alone).
-template <typename Tin, typename Tout, bool kFloatIn, bool kCode, int K>
-__device__ __forceinline__ void xray_bad_pixels(const Tin* __restrict__ raw, Tout* __restrict__ out,
-                                                float* __restrict__ state, const long long* __restrict__ targets,
-                                                const float* __restrict__ dark, const float* __restrict__ inv,
-                                                const int* __restrict__ neighbours, int k_max, int n_bad,
-                                                const float* __restrict__ amps, const float* __restrict__ ratios,
-                                                int n_terms, int amps_per_pixel, int n_frames, long long n_pixels,
-                                                float saturation, int nonfinite_to_nan, float code_scale,
-                                                float code_offset)
-{
-    long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (b >= n_bad) return;
-    const long long q = targets[b];
-    const int* nb = neighbours + b * k_max;
-    float L[XRAY_MAX_LAG_TERMS], a[XRAY_MAX_LAG_TERMS], r[XRAY_MAX_LAG_TERMS];
-#pragma unroll
-    for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i) {
-        bool on = i < n_terms;
-        L[i] = on ? state[(long long)i * n_pixels + q] : 0.0f;
-        a[i] = on ? amps[amps_per_pixel ? (long long)i * n_pixels + q : i] : 0.0f;
-        r[i] = on ? ratios[i] : 0.0f;
-    }
-    for (int k0 = 0; k0 < n_frames; k0 += XRAY_FRAMES_IN_FLIGHT) {
-        float x[XRAY_FRAMES_IN_FLIGHT], v[XRAY_FRAMES_IN_FLIGHT];
-#pragma unroll
-        for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j)
-            if (k0 + j < n_frames) {
-                const Tin* frame = raw + (long long)(k0 + j) * n_pixels;
-                x[j] = (float)frame[q];
-                v[j] = K > 0 ? xray_neighbour_median_k<Tin, (K > 0 ? K : 1)>(frame, dark, inv, nb, k_max)
-                             : xray_neighbour_median(frame, dark, inv, nb, k_max);
-            }
-#pragma unroll
-        for (int j = 0; j < XRAY_FRAMES_IN_FLIGHT; ++j) {
-            if (k0 + j >= n_frames) break;
-            float y = xray_lag_step<kFloatIn>(v[j], L, a, r, n_terms, nonfinite_to_nan);
-            if (x[j] >= saturation) y = xray_nan();
-            out[(long long)(k0 + j) * n_pixels + q] = xray_out<kCode>(y, out, code_scale, code_offset);
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < XRAY_MAX_LAG_TERMS; ++i)
-        if (i < n_terms) state[(long long)i * n_pixels + q] = L[i];
 }
 
 // The bad pixels' head values, one thread per (frame k, bad pixel b): bad[k * n_bad + b] = the median
@@ -406,35 +328,17 @@ XRAY_BAD_HEADS_KERNEL(bad_heads_f32_k24, float, 24)
                                                    nonfinite_to_nan, code_scale, code_offset);                   \
     }
 
-#define XRAY_BAD_PIXELS_KERNEL(NAME, TIN, TOUT, FLOAT_IN, CODE, K)                                                \
-    extern "C" __global__ void NAME(const TIN* raw, TOUT* out, float* state, const long long* targets,            \
-                                    const float* dark, const float* inv, const int* neighbours, int k_max,        \
-                                    int n_bad, const float* amps, const float* ratios, int n_terms,               \
-                                    int amps_per_pixel, int n_frames, long long n_pixels, float saturation,       \
-                                    int nonfinite_to_nan, float code_scale, float code_offset)                    \
-    {                                                                                                             \
-        xray_bad_pixels<TIN, TOUT, FLOAT_IN, CODE, K>(raw, out, state, targets, dark, inv, neighbours, k_max,     \
-                                                      n_bad, amps, ratios, n_terms, amps_per_pixel, n_frames,     \
-                                                      n_pixels, saturation, nonfinite_to_nan, code_scale,         \
-                                                      code_offset);                                               \
-    }
+// NAME: one pixel a thread (any frame size); NAME_v4: four (frame sizes a multiple of 4, aligned buffers).
+#define XRAY_CORRECT_KERNELS(NAME, TIN, TOUT, FLOAT_IN, CODE)       \
+    XRAY_CORRECT_KERNEL(NAME, TIN, TOUT, FLOAT_IN, CODE, 1)         \
+    XRAY_CORRECT_KERNEL(NAME##_v4, TIN, TOUT, FLOAT_IN, CODE, 4)
 
-// correct_<in>_<out>: one pixel a thread (any frame size); _v4: four (frame sizes a multiple of 4, aligned
-// buffers); bad_pixels_<in>_<out>: the bad pixels of the same block (_k8, _k24: tables of at most 8 and
-// 24 columns, the medians in registers; without: any table).
-#define XRAY_CORRECT_KERNELS(IN, OUT, TIN, TOUT, FLOAT_IN, CODE)                          \
-    XRAY_CORRECT_KERNEL(correct_##IN##_##OUT, TIN, TOUT, FLOAT_IN, CODE, 1)               \
-    XRAY_CORRECT_KERNEL(correct_##IN##_##OUT##_v4, TIN, TOUT, FLOAT_IN, CODE, 4)          \
-    XRAY_BAD_PIXELS_KERNEL(bad_pixels_##IN##_##OUT, TIN, TOUT, FLOAT_IN, CODE, 0)         \
-    XRAY_BAD_PIXELS_KERNEL(bad_pixels_##IN##_##OUT##_k8, TIN, TOUT, FLOAT_IN, CODE, 8)    \
-    XRAY_BAD_PIXELS_KERNEL(bad_pixels_##IN##_##OUT##_k24, TIN, TOUT, FLOAT_IN, CODE, 24)
-
-XRAY_CORRECT_KERNELS(u16, f32, unsigned short, float, false, false)
-XRAY_CORRECT_KERNELS(u16, f16, unsigned short, unsigned short, false, false)
-XRAY_CORRECT_KERNELS(u16, c16, unsigned short, unsigned short, false, true)
-XRAY_CORRECT_KERNELS(f32, f32, float, float, true, false)
-XRAY_CORRECT_KERNELS(f32, f16, float, unsigned short, true, false)
-XRAY_CORRECT_KERNELS(f32, c16, float, unsigned short, true, true)
+XRAY_CORRECT_KERNELS(correct_u16_f32, unsigned short, float, false, false)
+XRAY_CORRECT_KERNELS(correct_u16_f16, unsigned short, unsigned short, false, false)
+XRAY_CORRECT_KERNELS(correct_u16_c16, unsigned short, unsigned short, false, true)
+XRAY_CORRECT_KERNELS(correct_f32_f32, float, float, true, false)
+XRAY_CORRECT_KERNELS(correct_f32_f16, float, unsigned short, true, false)
+XRAY_CORRECT_KERNELS(correct_f32_c16, float, unsigned short, true, true)
 
 // Saturated pixels to NaN after the stages that must see them unmasked (the denoisers run between
 // the fused kernel and this, as in the CPU chain's tail): out[i] = NaN where float(raw[i]) >= saturation.

@@ -231,11 +231,6 @@ def _check_dtypes(raw_dtype, out_dtype):
 LANES = 4
 
 
-#: Threads per CUDA block of bad_pixels_* (a few thousand threads, each bound by its loads' latency: small
-#: blocks spread them over more of the GPU's multiprocessors)
-_BAD_BLOCK = 64
-
-
 class CorrectKernel:
     """The fused correction with its parameters on the current GPU, launched block after block.
 
@@ -280,16 +275,8 @@ class CorrectKernel:
         # radius 1 or 2), the generic version (a local array) for wider ones
         k = int(params.neighbours.shape[1])
         width = ("_k8" if k <= 8 else "_k24" if k <= 24 else "") if register_medians else ""
-        # bad pixels: one launch after the main kernel (bad_pixels_*: their medians, recursion and outputs), or,
-        # where a benchmark built the kernel with them inside its loop (XRAY_BAD_SPLIT=0), one before it
-        # (bad_heads_*: their replacement values, which the main kernel's loop reads)
-        self.bad_split = "XRAY_BAD_SPLIT=0" not in defines
-        self.median_kernel = f"{'bad_pixels' if self.bad_split else 'bad_heads'}_*{width}"  # (reported by the benchmark)
-        self._bad_heads = ({} if self.bad_split else
-                           {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}{width}", defines) for r in _INPUTS})
-        self._bad_pixels = ({(r, o): get_kernel("correct", f"bad_pixels_{_INPUTS[r]}_{_OUTPUTS[o]}{width}", defines)
-                             for r in _INPUTS for o in _OUTPUTS} if self.bad_split else {})
-        self.targets = cp.asarray(np.ascontiguousarray(params.targets, np.int64))
+        self.median_kernel = f"bad_heads_*{width}"  # which one runs (reported by the benchmark)
+        self._bad_heads = {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}{width}", defines) for r in _INPUTS}
         self.n_bad = int(params.targets.size)
         self._bad = cp.empty(0, cp.float32)  # (T, n_bad) replacement values, grown to the largest block once
 
@@ -324,25 +311,22 @@ class CorrectKernel:
             return out
         nb = self.n_bad if self.slot is not None else 0
         with stream if stream is not None else _null():
-            if nb and not self.bad_split and self._bad.size < t * nb:  # grown once, on the stream that uses it
+            if nb and self._bad.size < t * nb:  # grown once, on the stream that uses it
                 self._bad = cp.empty(t * nb, cp.float32)
-            bad = self._bad if nb and not self.bad_split else self.no_state
+            bad = self._bad if nb else self.no_state
             args = (raw, out_arg, state if p.n_terms else self.no_state, self.dark, self.inv, slot, bad,
                     np.int32(nb), self.amplitudes, self.ratios, np.int32(p.n_terms), np.int32(p.amplitudes.ndim > 1),
                     np.int32(t), np.int64(n), thr, np.int32(p.nonfinite_to_nan), np.float32(scale), np.float32(offset))
-            table = (self.neighbours, np.int32(self.neighbours.shape[1]), np.int32(nb))
-            if nb and not self.bad_split:  # the replacement values first, one thread per bad pixel and frame
-                self._bad_heads[np.dtype(raw.dtype)](((t * nb + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
-                                                     (raw, self.dark, self.inv) + table + (np.int32(t), np.int64(n), bad))
+            if nb:  # the bad pixels' replacement values (medians of their neighbours), one thread per pixel and frame
+                self._bad_heads[np.dtype(raw.dtype)](
+                    ((t * nb + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
+                    (raw, self.dark, self.inv, self.neighbours, np.int32(self.neighbours.shape[1]), np.int32(nb),
+                     np.int32(t), np.int64(n), bad))
             v = self.lanes if self.lanes > 1 and all(array_address(a) % (a.itemsize * self.lanes) == 0
                                                      for a in (raw, out, state if p.n_terms else None)
                                                      if a is not None) else 1
             threads = n // v
             self._function(raw.dtype, out.dtype, v)(((threads + _BLOCK - 1) // _BLOCK,), (_BLOCK,), args)
-            if nb and self.bad_split:  # the bad pixels: medians, recursion and outputs, one thread per bad pixel
-                self._bad_pixels[np.dtype(raw.dtype), np.dtype(out.dtype)](
-                    ((nb + _BAD_BLOCK - 1) // _BAD_BLOCK,), (_BAD_BLOCK,),
-                    (raw, out_arg, args[2], self.targets, self.dark, self.inv) + table + args[8:])
         return out
 
     def saturate(self, raw, out, *, stream=None):

@@ -547,12 +547,6 @@ def _signature(name):
         tin = {"u16": "unsigned short", "f32": "float"}[name.split("_")[1]]
         tout = {"f16": "unsigned short", "c16": "unsigned short", "f32": "float"}[name.split("_")[2]]
         body = body.replace("TIN", tin).replace("TOUT", tout)
-    elif name.startswith("bad_pixels_"):
-        body = re.search(r"#define XRAY_BAD_PIXELS_KERNEL\(NAME, TIN, TOUT, FLOAT_IN, CODE, K\)\s*\\\s*extern \"C\" __global__ "
-                         r"void NAME\((.*?)\)", src, re.DOTALL).group(1)
-        tin = {"u16": "unsigned short", "f32": "float"}[name.split("_")[2]]
-        tout = {"f16": "unsigned short", "c16": "unsigned short", "f32": "float"}[name.split("_")[3]]
-        body = body.replace("TIN", tin).replace("TOUT", tout)
     elif name.startswith("bad_heads_"):
         body = re.search(r"#define XRAY_BAD_HEADS_KERNEL\(NAME, TIN, K\)\s*\\\s*extern \"C\" __global__ "
                          r"void NAME\((.*?)\)", src, re.DOTALL).group(1)
@@ -612,22 +606,18 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
     out = np.zeros((3, H, W), out_dtype)
     k(raw, out, np.zeros((n_terms, H, W), np.float32))
     k.saturate(raw, np.zeros((3, H, W), np.float32))
-    (name, grid, block, args), *rest = calls
-    if bad:  # after the main kernel, the bad pixels' own: one thread per bad pixel, their medians, recursion, outputs
-        (bname, bgrid, bblock, bargs), (sname, sgrid, _, sargs) = rest
+    if bad:  # first the bad pixels' replacement values: one thread per bad pixel and frame, into k._bad
+        bname, bgrid, bblock, bargs = calls.pop(0)
         cols = nb.shape[1]  # the median in registers for narrow tables
         width = "_k8" if cols <= 8 else "_k24" if cols <= 24 else ""
-        assert bname == f"bad_pixels_{'u16' if raw_dtype == np.uint16 else 'f32'}_" + \
-            {np.float16: "f16", np.uint16: "c16"}.get(out_dtype, "f32") + width
+        assert bname == f"bad_heads_{'u16' if raw_dtype == np.uint16 else 'f32'}{width}"
         _check_args(_signature(bname), bargs)
         n_bad = targets.size
-        assert bgrid[0] * bblock[0] >= n_bad > (bgrid[0] - 1) * bblock[0]
-        np.testing.assert_array_equal(bargs[3], targets)
-        np.testing.assert_array_equal(bargs[6], nb)
-        assert bargs[7] == cols and bargs[8] == n_bad
-        assert args[5] is k.slot  # the main kernel leaves the bad pixels' state to them
-    else:
-        (sname, sgrid, _, sargs), = rest
+        assert bgrid[0] * bblock[0] >= 3 * n_bad > (bgrid[0] - 1) * bblock[0]
+        assert bargs[-1] is k._bad and k._bad.size >= 3 * n_bad and bargs[5] == n_bad
+    (name, grid, block, args), (sname, sgrid, _, sargs) = calls
+    if bad:
+        assert args[6] is k._bad and args[7] == targets.size  # the main kernel reads the same buffer
     suffix = {np.float16: "f16", np.uint16: "c16"}.get(out_dtype, "f32")
     lanes = 4 if (H * W) % 4 == 0 else 1  # four pixels a thread where the frame size allows (aligned NumPy buffers)
     assert name == f"correct_{'u16' if raw_dtype == np.uint16 else 'f32'}_{suffix}" + ("_v4" if lanes == 4 else "")
@@ -636,15 +626,6 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
     assert sname == f"saturate_{'u16' if raw_dtype == np.uint16 else 'f32'}"
     _check_args(_signature(sname), sargs)
     assert sgrid[0] * block[0] >= 3 * H * W
-    if bad:  # the benchmark's comparison (XRAY_BAD_SPLIT=0): the replacement values first, read by the main kernel
-        calls.clear()
-        k0 = kernels.CorrectKernel(params, defines=("XRAY_BAD_SPLIT=0",))
-        k0(raw, out, np.zeros((n_terms, H, W), np.float32))
-        (hname, hgrid, hblock, hargs), (mname, _, _, margs) = calls
-        assert hname == f"bad_heads_{'u16' if raw_dtype == np.uint16 else 'f32'}{width}" and mname == name
-        _check_args(_signature(hname), hargs)
-        assert hgrid[0] * hblock[0] >= 3 * n_bad > (hgrid[0] - 1) * hblock[0]
-        assert hargs[-1] is k0._bad and margs[6] is k0._bad and k0._bad.size >= 3 * n_bad and margs[7] == n_bad
 
 
 def test_correction_parameters_checks_and_source_lookup(monkeypatch, tmp_path):

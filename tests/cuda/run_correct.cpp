@@ -3,8 +3,8 @@
 // usage: run_correct DIR IN OUT T P N per_pixel k_max n_bad saturation nonfinite_to_nan code_scale code_offset lanes
 //   lanes: 1 (correct_*) or 4 (correct_*_v4: P a multiple of 4).
 //   IN: u16 | f32, OUT: f32 | f16 | c16 (the uint16 code); saturation: a decimal float ("nan": no check).
-//   DIR holds raw.bin (T*P IN), dark.bin, inv.bin (P float32), slot.bin (P int32), nb.bin (n_bad*k_max int32)
-//   and targets.bin (n_bad int64) when n_bad > 0, amps.bin (N or N*P float32), ratios.bin (N float32), state.bin (N*P float32);
+//   DIR holds raw.bin (T*P IN), dark.bin, inv.bin (P float32), slot.bin (P int32, read when n_bad > 0),
+//   nb.bin (n_bad*k_max int32), amps.bin (N or N*P float32), ratios.bin (N float32), state.bin (N*P float32);
 //   writes out.bin (T*P OUT) and state_out.bin (N*P float32).
 // usage: run_correct --half IN_F32 OUT_U16   (float32 -> float16 bits with xray_f2h, for the conversion test)
 // usage: run_correct --code IN_F32 OUT_U16 SCALE OFFSET   (float32 -> uint16 code with xray_code)
@@ -44,18 +44,16 @@ static size_t file_size(const std::string& path) {
     return (size_t)n;
 }
 
-template <class Tin, class Tout, class Heads, class Kernel, class BadPixels>
-static void run(Heads heads, Kernel kernel, BadPixels bad_pixels, const std::string& dir, int T, long long P, int N, int per_pixel, int k_max, int n_bad,
+template <class Tin, class Tout, class Heads, class Kernel>
+static void run(Heads heads, Kernel kernel, const std::string& dir, int T, long long P, int N, int per_pixel, int k_max, int n_bad,
                 float saturation, int nonfinite, float scale, float offset, int lanes) {
     auto raw = load<Tin>(dir + "/raw.bin", (size_t)T * P);
     auto dark = load<float>(dir + "/dark.bin", (size_t)P);
     auto inv = load<float>(dir + "/inv.bin", (size_t)P);
     std::vector<int> slot, nb;
-    std::vector<long long> targets;
     if (n_bad > 0) {
         slot = load<int>(dir + "/slot.bin", (size_t)P);
         nb = load<int>(dir + "/nb.bin", (size_t)n_bad * k_max);
-        targets = load<long long>(dir + "/targets.bin", (size_t)n_bad);
     }
     auto amps = load<float>(dir + "/amps.bin", per_pixel ? (size_t)N * P : (size_t)N);
     auto ratios = load<float>(dir + "/ratios.bin", (size_t)N);
@@ -64,29 +62,14 @@ static void run(Heads heads, Kernel kernel, BadPixels bad_pixels, const std::str
     const int* slot_p = n_bad > 0 ? slot.data() : nullptr;
     std::vector<float> bad((size_t)T * (n_bad > 0 ? n_bad : 1));
     unsigned block = 64, grid = (unsigned)((P / lanes + block - 1) / block);
-    auto main_kernel = [&] {
-        xray_launch(grid, block, kernel, (const Tin*)raw.data(), out.data(), state.data(), (const float*)dark.data(),
-                    (const float*)inv.data(), slot_p, (const float*)bad.data(), n_bad, (const float*)amps.data(),
-                    (const float*)ratios.data(), N, per_pixel, T, P, saturation, nonfinite, scale, offset);
-    };
-#if XRAY_BAD_SPLIT
-    // as pipeline.kernels.CorrectKernel: the main kernel, then the bad pixels' own launch
-    main_kernel();
-    if (n_bad > 0)
-        xray_launch((unsigned)((n_bad + block - 1) / block), block, bad_pixels, (const Tin*)raw.data(), out.data(),
-                    state.data(), (const long long*)targets.data(), (const float*)dark.data(), (const float*)inv.data(),
-                    (const int*)nb.data(), k_max, n_bad, (const float*)amps.data(), (const float*)ratios.data(), N,
-                    per_pixel, T, P, saturation, nonfinite, scale, offset);
-    (void)heads;
-#else
-    (void)bad_pixels;
-    if (n_bad > 0) {  // the bad pixels' values first (bad_heads_*), which the main kernel's loop reads
+    if (n_bad > 0) {  // as pipeline.kernels.CorrectKernel: the bad pixels' values first, then the main kernel
         unsigned grid_bad = (unsigned)(((long long)T * n_bad + block - 1) / block);
         xray_launch(grid_bad, block, heads, (const Tin*)raw.data(), (const float*)dark.data(),
                     (const float*)inv.data(), (const int*)nb.data(), k_max, n_bad, T, P, bad.data());
     }
-    main_kernel();
-#endif
+    xray_launch(grid, block, kernel, (const Tin*)raw.data(), out.data(), state.data(), (const float*)dark.data(),
+                (const float*)inv.data(), slot_p, (const float*)bad.data(), n_bad, (const float*)amps.data(),
+                (const float*)ratios.data(), N, per_pixel, T, P, saturation, nonfinite, scale, offset);
     save(dir + "/out.bin", out);
     save(dir + "/state_out.bin", state);
 }
@@ -120,19 +103,19 @@ int main(int argc, char** argv) {
     if (lanes != 1 && (lanes != 4 || P % 4)) { std::fprintf(stderr, "bad lanes\n"); return 2; }
     const bool v4 = lanes == 4;
     if (in == "u16" && out == "f32")
-        run<unsigned short, float>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_f32_v4 : correct_u16_f32, (k_max <= 8 ? bad_pixels_u16_f32_k8 : k_max <= 24 ? bad_pixels_u16_f32_k24 : bad_pixels_u16_f32), dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
+        run<unsigned short, float>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_f32_v4 : correct_u16_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
     else if (in == "u16" && out == "f16")
-        run<unsigned short, unsigned short>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_f16_v4 : correct_u16_f16, (k_max <= 8 ? bad_pixels_u16_f16_k8 : k_max <= 24 ? bad_pixels_u16_f16_k24 : bad_pixels_u16_f16), dir, T, P, N, per_pixel, k_max, n_bad, saturation,
+        run<unsigned short, unsigned short>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_f16_v4 : correct_u16_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
                                             nonfinite, scale, offset, lanes);
     else if (in == "f32" && out == "f32")
-        run<float, float>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_f32_v4 : correct_f32_f32, (k_max <= 8 ? bad_pixels_f32_f32_k8 : k_max <= 24 ? bad_pixels_f32_f32_k24 : bad_pixels_f32_f32), dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
+        run<float, float>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_f32_v4 : correct_f32_f32, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
     else if (in == "f32" && out == "f16")
-        run<float, unsigned short>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_f16_v4 : correct_f32_f16, (k_max <= 8 ? bad_pixels_f32_f16_k8 : k_max <= 24 ? bad_pixels_f32_f16_k24 : bad_pixels_f32_f16), dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
+        run<float, unsigned short>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_f16_v4 : correct_f32_f16, dir, T, P, N, per_pixel, k_max, n_bad, saturation, nonfinite, scale, offset, lanes);
     else if (in == "u16" && out == "c16")
-        run<unsigned short, unsigned short>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_c16_v4 : correct_u16_c16, (k_max <= 8 ? bad_pixels_u16_c16_k8 : k_max <= 24 ? bad_pixels_u16_c16_k24 : bad_pixels_u16_c16), dir, T, P, N, per_pixel, k_max, n_bad,
+        run<unsigned short, unsigned short>((k_max <= 8 ? bad_heads_u16_k8 : k_max <= 24 ? bad_heads_u16_k24 : bad_heads_u16), v4 ? correct_u16_c16_v4 : correct_u16_c16, dir, T, P, N, per_pixel, k_max, n_bad,
                                             saturation, nonfinite, scale, offset, lanes);
     else if (in == "f32" && out == "c16")
-        run<float, unsigned short>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_c16_v4 : correct_f32_c16, (k_max <= 8 ? bad_pixels_f32_c16_k8 : k_max <= 24 ? bad_pixels_f32_c16_k24 : bad_pixels_f32_c16), dir, T, P, N, per_pixel, k_max, n_bad, saturation,
+        run<float, unsigned short>((k_max <= 8 ? bad_heads_f32_k8 : k_max <= 24 ? bad_heads_f32_k24 : bad_heads_f32), v4 ? correct_f32_c16_v4 : correct_f32_c16, dir, T, P, N, per_pixel, k_max, n_bad, saturation,
                                    nonfinite, scale, offset, lanes);
     else { std::fprintf(stderr, "bad dtypes\n"); return 2; }
     return 0;

@@ -28,10 +28,9 @@ pytestmark = [pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not av
 H, W = 16, 23  # 368 pixels: six blocks of 64 threads (two of 64 four-pixel threads), the last one partly idle
 
 
-@pytest.fixture(scope="module", params=[(), ("XRAY_BAD_SPLIT=0",), ("XRAY_BAD_SPLIT=0", "XRAY_PREFETCH_BAD=0")],
-                ids=["as built", "bad pixels in the main loop", "bad values frame by frame"])
+@pytest.fixture(scope="module", params=[(), ("XRAY_PREFETCH_BAD=0",)], ids=["as built", "bad values frame by frame"])
 def exe(build_emulated, request):
-    """The kernel as built, and as the benchmark's comparisons build it (the same results, bit for bit)."""
+    """The kernel as built, and as the benchmark's comparison builds it (the same results, bit for bit)."""
     return build_emulated("run_correct", defines=request.param)
 
 
@@ -96,7 +95,6 @@ def _run_kernel(exe, tmp_path, raw, params, state, out_dtype, code=(1.0, 0.0), l
     if n_bad:
         params.slot.tofile(tmp_path / "slot.bin")
         params.neighbours.tofile(tmp_path / "nb.bin")
-        np.ascontiguousarray(params.targets, np.int64).tofile(tmp_path / "targets.bin")
     params.amplitudes.tofile(tmp_path / "amps.bin")
     params.ratios.tofile(tmp_path / "ratios.bin")
     np.ascontiguousarray(state, np.float32).tofile(tmp_path / "state.bin")

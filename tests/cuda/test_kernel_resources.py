@@ -29,7 +29,6 @@ SOURCES = sorted(p.stem for p in CUDA_DIR.glob("*.cu"))
 STACK_ALLOWED = {
     "bad_heads_u16": 320,  # generic median: up to 80 neighbours, insertion sort (tables of > 24 columns)
     "bad_heads_f32": 320,
-    **{f"bad_pixels_{i}_{o}": 320 for i in ("u16", "f32") for o in ("f32", "f16", "c16")},  # the same median
     "nl_means_f32": 256,  # a run of pixels' sums and the patch's columns, for a patch size known only at run time
     # (nl_means_f32_p3/_p5/_p7, the sizes one sets, hold them in registers: no allowance)
 }
@@ -80,7 +79,7 @@ def test_every_kernel_the_host_code_launches_is_reported(reports):
     """The parse sees every kernel: the names pipeline.kernels looks up are all in ptxas's report."""
     seen = {k for report in reports.values() for k in report}
     for required in ("correct_u16_f32", "correct_u16_f32_v4", "correct_u16_c16_v4", "bad_heads_u16_k8",
-                     "bad_heads_u16_k24", "bad_pixels_u16_f32_k8", "bad_pixels_f32_c16_k24", "remove_lag_f32", "temporal_step_f32", "nl_means_f32", "saturate_u16",
+                     "bad_heads_u16_k24", "remove_lag_f32", "temporal_step_f32", "nl_means_f32", "saturate_u16",
                      *(f"nl_means_f32_p{p}" for p in NLM_SPECIALISED)):
         assert required in seen
     assert set(STACK_ALLOWED) <= seen, "an allowance names a kernel that no longer exists"

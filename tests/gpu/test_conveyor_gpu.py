@@ -127,9 +127,9 @@ def test_fused_kernel_four_pixels_a_thread(monkeypatch, out_dtype):
 
 
 def test_fused_kernel_bad_pixels_at_full_size():
-    """At 1024 x 1024 (tens of thousands of bad pixels, the main kernel and bad_pixels_* in many thread blocks),
-    on a caller's non-default stream, block after block: the outputs and the state are bit-identical to the NumPy
-    chain, as built and with the bad pixels inside the main kernel's loop (XRAY_BAD_SPLIT=0)."""
+    """At 1024 x 1024 (tens of thousands of bad pixels, the medians' launch and the main kernel in many thread
+    blocks), on a caller's non-default stream, block after block: the outputs and the state are bit-identical to
+    the NumPy chain."""
     import sys
 
     mod = sys.modules[__name__]
@@ -150,16 +150,16 @@ def test_fused_kernel_bad_pixels_at_full_size():
         ref, states = chain(raw.copy(), states)
         refs.append((ref, states[0].copy()))
     stream = cp.cuda.Stream(non_blocking=True)
-    for k in (CorrectKernel(params), CorrectKernel(params, defines=("XRAY_BAD_SPLIT=0",))):
-        st = cp.asarray(st0)
-        for raw, (ref, ref_state) in zip(raws, refs):
-            with stream:
-                out = cp.empty(raw.shape, cp.float32)
-                k(cp.asarray(raw), out, st, stream=stream)
-                got = cp.asnumpy(out, stream=stream)
-            stream.synchronize()
-            _same(got, ref)
-            _same(cp.asnumpy(st), ref_state)
+    k = CorrectKernel(params)
+    st = cp.asarray(st0)
+    for raw, (ref, ref_state) in zip(raws, refs):
+        with stream:
+            out = cp.empty(raw.shape, cp.float32)
+            k(cp.asarray(raw), out, st, stream=stream)
+            got = cp.asnumpy(out, stream=stream)
+        stream.synchronize()
+        _same(got, ref)
+        _same(cp.asnumpy(st), ref_state)
 
 
 @pytest.mark.parametrize("cluster", [False, True])
