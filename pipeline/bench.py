@@ -320,8 +320,10 @@ def _bench_peers(run, raw, cal, sp, noise, params, t, n_sp, px, b16, b32, repeat
         reps=max(1, repeats - 1), budget=20.0)
 
 
-def bench_mtf(*, repeats: int, roi: int = 128, n: int = 64, log=print) -> dict:
-    """Slanted-edge MTF: the batched implementation against one ROI at a time and a textbook per-ROI peer."""
+def bench_mtf(*, repeats: int, roi: int = 128, n: int = 64, device: str = "cpu", log=print) -> dict:
+    """Slanted-edge MTF: the batched implementation against one ROI at a time and a textbook per-ROI peer, all
+    on NumPy arrays (the CPU); with ``device="gpu"`` also the batched one on ROIs already on the GPU (its results
+    come back to the host, so each timed call ends synchronised)."""
     rng = np.random.default_rng(5)
     rois = _edge_rois(n, roi, rng)
     res = {}
@@ -330,6 +332,9 @@ def bench_mtf(*, repeats: int, roi: int = 128, n: int = 64, log=print) -> dict:
         "mtf one ROI at a time": lambda: [slanted_edge_mtf(rois[i : i + 1]) for i in range(n)],
         "peer: textbook per-ROI mtf": lambda: [textbook_mtf(rois[i]) for i in range(n)],
     }
+    if device == "gpu":
+        on_gpu = _Host("gpu").put(rois)
+        jobs["mtf batched [gpu]"] = lambda: slanted_edge_mtf(on_gpu)
     for name, fn in jobs.items():
         timing = time_it(fn, repeats=repeats, warmup=1)
         res[name] = _entry(timing, frames=n, nbytes=4 * n * roi * roi, kind="peer" if "peer" in name else "stage",
@@ -637,6 +642,8 @@ def write_report(data: dict, out: Path) -> list[Path]:
         _time_table(lines, block["pipelines"])
     if data.get("mtf"):
         lines += ["## Slanted-edge MTF", ""]
+        if any(k.endswith("[gpu]") for k in data["mtf"]):
+            lines += ["On NumPy arrays (the CPU, one thread), and on ROIs already on the GPU where marked [gpu].", ""]
         _table(lines, data["mtf"], unit="ROIs/s")
         lines.append("")
     sc = data.get("scaling")
@@ -789,7 +796,7 @@ def run_benchmarks(*, device: str = "cpu", sizes=(512, 1024), frames: int = 128,
             report()
         if mtf:
             log("slanted-edge MTF")
-            data["mtf"] = bench_mtf(repeats=repeats, log=log)
+            data["mtf"] = bench_mtf(repeats=repeats, device=device, log=log)
             report()
         if scaling_frames:
             log(f"scaling at {scaling_size} x {scaling_size}")

@@ -199,8 +199,8 @@ def _window_band(d, xs, x0: float, pred, half_w, xp):
 def _solve_batch(lhs, rhs, xp):
     """Solutions of the (B, P, P) systems ``lhs x = rhs`` in one call; a singular system gives zeros.
 
-    One batched solve, not B small ones: on a GPU each small solve is a handful of launches and a
-    device sync, which made the batched MTF slower than a NumPy loop over the ROIs.
+    One batched solve, not B small ones: on a GPU each small solve would be a handful of launches and
+    a device sync. (The benchmark once taken to show that cost on an H200 had timed the NumPy path.)
     """
     ok = xp.linalg.det(lhs) != 0  # exactly singular: a zero pivot, where LAPACK's solve gives up
     eye = xp.eye(lhs.shape[-1], dtype=lhs.dtype)

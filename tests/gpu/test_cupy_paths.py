@@ -139,3 +139,11 @@ def test_bad_pixel_detection_cupy_equals_numpy():
     gpu = detect_bad_pixels(cp.asarray(dark), cp.asarray(sig), dark_noise=cp.asarray(noise))
     np.testing.assert_array_equal(cp.asnumpy(gpu), cpu)
     assert cpu[10, 10] and cpu[50, 60] and cpu[30, 40]
+
+
+def test_bench_times_the_mtf_on_the_gpu_too():
+    """bench --device gpu times the batched MTF on ROIs on the GPU as well as on NumPy arrays."""
+    from pipeline.bench import bench_mtf
+
+    res = bench_mtf(repeats=1, n=4, device="gpu", log=lambda *a: None)
+    assert {"mtf batched", "mtf batched [gpu]"} <= set(res) and res["mtf batched [gpu]"]["per_s"] > 0
