@@ -65,6 +65,26 @@ def choose_chunk_frames(config: RunConfig, frame_shape, n_frames: int) -> int:
     return int(max(1, min(c, n_frames)))
 
 
+#: Bytes a stored chunk of a recording holds at most (``simulate``, ``ingest``), unless one frame is larger
+RECORDING_CHUNK_BYTES = 32 << 20
+
+
+def recording_chunk_frames(frame_shape, dtype, *, limit: int = 16) -> int:
+    """Frames per stored chunk of a recording written by ``simulate`` or ``ingest``.
+
+    The largest power of two up to ``limit`` whose chunk holds at most :data:`RECORDING_CHUNK_BYTES`,
+    and at least one frame: 16 frames of 1024² uint16, 4 of 2048², 1 of 4096² (32 MiB). A power of
+    two so that it divides the 16-frame blocks these are written in. A reader that wants one frame
+    (a viewer, Zarr's own API) then decodes at most that much, not a 512 MiB chunk of 4096² frames;
+    a run's blocks may still span or split chunks (its reader decodes only the frames it needs).
+    """
+    frame_bytes = int(np.prod(frame_shape)) * np.dtype(dtype).itemsize
+    n = 1
+    while n * 2 <= limit and n * 2 * frame_bytes <= RECORDING_CHUNK_BYTES:
+        n *= 2
+    return n
+
+
 # --------------------------------------------------------------------------- calibration
 def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig | dict | None = None,
               *, afterglow_model: "models.AfterglowModel | None" = None) -> Calibration:
@@ -853,14 +873,21 @@ def simulate(
         raise DataError(f"simulate: {exc}") from None
     sim = build(spec)
     t, h, w = spec.frames, spec.height, spec.width
-    chunk = spec.chunk_frames
+    # stored chunks: chunk_frames where given, else sized from the frame (the simulation's own blocks, and so
+    # its random streams, stay chunk_frames: a seed gives the same frames whatever the chunks)
+    given = "chunk_frames" in spec_fields
+
+    def chunks(n, dtype, limit=None):  # limit: darks and flats (chunks of at most 8 frames, whatever was given)
+        c = recording_chunk_frames((h, w), dtype, limit=limit or 16) if limit or not given else spec.chunk_frames
+        return (min(c, n), h, w)
+
     writer = zarr_store.OutputWriter(output, overwrite=overwrite)
     try:
-        raw = writer.frames_target(writer.create("frames", (t, h, w), np.uint16, chunks=(min(chunk, t), h, w)))
-        truth = (writer.frames_target(writer.create("truth/frames", (t, h, w), np.float32, chunks=(min(chunk, t), h, w)))
+        raw = writer.frames_target(writer.create("frames", (t, h, w), np.uint16, chunks=chunks(t, np.uint16)))
+        truth = (writer.frames_target(writer.create("truth/frames", (t, h, w), np.float32, chunks=chunks(t, np.float32)))
                  if spec.truth_frames else None)
-        writer.write("darks", sim.darks, chunks=(min(8, sim.darks.shape[0]), h, w))
-        writer.write("flats", sim.flats, chunks=(min(8, sim.flats.shape[0]), h, w))
+        writer.write("darks", sim.darks, chunks=chunks(sim.darks.shape[0], sim.darks.dtype, 8))
+        writer.write("flats", sim.flats, chunks=chunks(sim.flats.shape[0], sim.flats.dtype, 8))
         for name, arr in sim.truth_maps.items():
             writer.write(f"truth/{name}", arr)
         for start, block, tblock in sim.iter_chunks():
@@ -889,13 +916,15 @@ def ingest(
     raw_dtype: str | None = None,
     raw_shape: tuple | None = None,
     header: int = 0,
-    chunk_frames: int = 16,
+    chunk_frames: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Convert a recording (TIFF file or folder, HDF5/NeXus, raw, video, npy) into the Zarr data contract.
 
-    Frames are streamed ``chunk_frames`` at a time; the source is only read. Returns a summary.
+    ``chunk_frames``: frames per stored chunk (default: from the frame size, :func:`recording_chunk_frames`).
+    Frames are streamed 16 at a time (or ``chunk_frames``, if larger); the source is only read. Returns a
+    summary.
     """
     from .io.ingest import open_sources, storage_dtype
 
@@ -923,9 +952,11 @@ def ingest(
                 continue
             dt = storage_dtype(s_.dtype)
             n = s_.shape[0]
-            arr = writer.frames_target(writer.create(name, s_.shape, dt, chunks=(min(chunk_frames, n), h, w)))
-            for t0 in range(0, n, chunk_frames):
-                t1 = min(t0 + chunk_frames, n)
+            chunk = chunk_frames or recording_chunk_frames((h, w), dt)
+            arr = writer.frames_target(writer.create(name, s_.shape, dt, chunks=(min(chunk, n), h, w)))
+            step = chunk * max(1, 16 // chunk)  # whole chunks a read
+            for t0 in range(0, n, step):
+                t1 = min(t0 + step, n)
                 block = np.asarray(s_.read(t0, t1))
                 if block.shape[1:] != (h, w):
                     raise DataError(f"{s_.label}: frame {t0} is {block.shape[1:]}, expected {(h, w)}")

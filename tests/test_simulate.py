@@ -110,3 +110,23 @@ def test_seed_reproducible_and_static_scene_steady(tmp_path):
     assert not np.array_equal(a["frames"][:], c["frames"][:])
     t = a["truth/frames"][:]
     np.testing.assert_allclose(t, np.broadcast_to(t[0], t.shape), rtol=1e-5)  # steady-state afterglow start
+
+
+def test_stored_chunks_follow_the_frame_size_and_leave_the_frames_alone(tmp_path, monkeypatch):
+    """simulate stores chunks sized from the frame (RECORDING_CHUNK_BYTES) unless chunk_frames is given; the
+    simulation's own 16-frame blocks, and so a seed's frames, do not change with them."""
+    import zarr
+
+    from pipeline import api
+
+    ref = zarr.open_group(str(api.simulate(tmp_path / "ref.zarr", frames=20, size=(32, 48), seed=4)), mode="r")
+    assert ref["frames"].chunks == (16, 32, 48)
+    monkeypatch.setattr(api, "RECORDING_CHUNK_BYTES", 4 * 32 * 48 * 2)  # four uint16 frames, two float32 ones
+    g = zarr.open_group(str(api.simulate(tmp_path / "small.zarr", frames=20, size=(32, 48), seed=4)), mode="r")
+    assert g["frames"].chunks == (4, 32, 48) and g["truth/frames"].chunks == (2, 32, 48)
+    assert g["darks"].chunks[0] == 4 and g["flats"].chunks[0] == 4
+    for name in ("frames", "truth/frames", "darks", "flats"):
+        np.testing.assert_array_equal(np.asarray(g[name]), np.asarray(ref[name]))
+    given = zarr.open_group(str(api.simulate(tmp_path / "given.zarr", frames=20, size=(32, 48), seed=4,
+                                             chunk_frames=5)), mode="r")
+    assert given["frames"].chunks == (5, 32, 48)

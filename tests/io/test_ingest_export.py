@@ -50,6 +50,28 @@ def test_every_source_gives_the_same_dataset(tmp_path, kind):
     assert g.attrs["pixel_pitch_mm"] == 0.02 and g.attrs["frame_rate_hz"] == 30
 
 
+@pytest.mark.parametrize("limit_frames,chunk", [(5, 4), (1, 1), (40, 16)])
+def test_chunks_sized_from_the_frame_by_default(tmp_path, monkeypatch, limit_frames, chunk):
+    """Without --chunk-frames the stored chunks hold the largest power of two of frames (up to 16) within
+    RECORDING_CHUNK_BYTES; the data are the source's, whatever the chunks."""
+    frame_bytes = STACK[0].nbytes
+    monkeypatch.setattr(pipeline.api, "RECORDING_CHUNK_BYTES", limit_frames * frame_bytes)
+    assert pipeline.api.recording_chunk_frames(STACK.shape[1:], STACK.dtype) == chunk
+    src, kw = _write("npy", tmp_path)
+    out = pipeline.api.ingest(src, tmp_path / "o.zarr", darks=src, **kw)
+    g = zarr.open_group(str(out["output"]), mode="r")
+    assert g["frames"].chunks == (chunk,) + STACK.shape[1:] and g["darks"].chunks == (chunk,) + STACK.shape[1:]
+    np.testing.assert_array_equal(g["frames"][:], STACK)
+    np.testing.assert_array_equal(g["darks"][:], STACK)
+
+
+def test_recording_chunk_frames_for_camera_sizes():
+    """32 MiB chunks: 16 frames of 1024² uint16, 4 of 2048², 1 of 4096² (and of anything larger); float32 half."""
+    f = pipeline.api.recording_chunk_frames
+    assert [f((s, s), np.uint16) for s in (256, 1024, 2048, 4096, 8192)] == [16, 16, 4, 1, 1]
+    assert f((2048, 2048), np.float32) == 2 and f((2000, 3000), np.uint16) == 2 and f((1024, 1024), np.uint16, limit=8) == 8
+
+
 def test_tiff_round_trip_is_identical(tmp_path):
     tifffile.imwrite(tmp_path / "in.tif", STACK)
     pipeline.api.ingest(tmp_path / "in.tif", tmp_path / "s.zarr")
