@@ -10,7 +10,7 @@ Usage: python benchmarks/bench_io.py [--frames 64] [--size 2048] [--repeats 5] [
   system); for Zarr also the CPU time of its event-loop thread (`zarr_io`, from /proc/self/task),
   the share that does not spread over threads.
 * **Blocks smaller than the chunks**: a video with chunks of 16 frames (as `simulate` and `ingest`
-  write them) read in blocks of 4 (a 2048² run's blocks), through Zarr's API, through the
+  wrote them at any frame size before 2026-11-27, and other tools may) read in blocks of 4 (a 2048² run's blocks), through Zarr's API, through the
   pipelines' reader as it is (Blosc: c-blosc decompresses only the part of the chunk a block
   needs), as it is for codecs without partial decoding (each chunk decoded once, its blocks
   served from it) and keeping no decoded chunk (each block decodes its whole chunk again: what

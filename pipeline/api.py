@@ -865,6 +865,11 @@ def simulate(
     Extra keyword arguments set fields of :class:`pipeline.simulator.SimulationSpec`
     (e.g. ``quanta_per_pixel=100``, ``truth_frames=False``).
     """
+    # chunk_frames: the stored chunks only; the simulation's own blocks (and so its random streams) stay 16 frames,
+    # so that a seed gives the same frames whatever the chunks
+    stored = spec_fields.pop("chunk_frames", None)
+    if stored is not None and (isinstance(stored, bool) or not isinstance(stored, (int, np.integer)) or stored < 1):
+        raise DataError(f"simulate: chunk_frames must be a positive integer, not {stored!r}")
     try:
         spec = SimulationSpec(preset=preset, frames=frames, height=size[0], width=size[1], seed=seed, **spec_fields)
     except TypeError as exc:
@@ -873,12 +878,8 @@ def simulate(
         raise DataError(f"simulate: {exc}") from None
     sim = build(spec)
     t, h, w = spec.frames, spec.height, spec.width
-    # stored chunks: chunk_frames where given, else sized from the frame (the simulation's own blocks, and so
-    # its random streams, stay chunk_frames: a seed gives the same frames whatever the chunks)
-    given = "chunk_frames" in spec_fields
-
     def chunks(n, dtype, limit=None):  # limit: darks and flats (chunks of at most 8 frames, whatever was given)
-        c = recording_chunk_frames((h, w), dtype, limit=limit or 16) if limit or not given else spec.chunk_frames
+        c = recording_chunk_frames((h, w), dtype, limit=limit or 16) if limit or stored is None else int(stored)
         return (min(c, n), h, w)
 
     writer = zarr_store.OutputWriter(output, overwrite=overwrite)
@@ -892,8 +893,8 @@ def simulate(
             writer.write(f"truth/{name}", arr)
         for start, block, tblock in sim.iter_chunks():
             raw[start : start + block.shape[0]] = block
-            if truth is not None:
-                truth[start : start + block.shape[0]] = tblock
+            if truth is not None:  # (C order: the pipelines' own chunk writer takes it, not Zarr's slower path)
+                truth[start : start + block.shape[0]] = np.ascontiguousarray(tblock)
             if progress:
                 progress(block.shape[0])
         writer.set_attrs(sim.attrs)
@@ -923,8 +924,8 @@ def ingest(
     """Convert a recording (TIFF file or folder, HDF5/NeXus, raw, video, npy) into the Zarr data contract.
 
     ``chunk_frames``: frames per stored chunk (default: from the frame size, :func:`recording_chunk_frames`).
-    Frames are streamed 16 at a time (or ``chunk_frames``, if larger); the source is only read. Returns a
-    summary.
+    Frames are streamed a few whole chunks at a time (as many as fit in 16 frames, at least one); the
+    source is only read. Returns a summary.
     """
     from .io.ingest import open_sources, storage_dtype
 

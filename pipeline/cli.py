@@ -335,7 +335,7 @@ def mtf(path, pixel_pitch, roi, window, f_max, json_out, plot):
 @click.option("--raw-shape", default=None, metavar="T,H,W|H,W", help="raw files: frame shape")
 @click.option("--header", type=click.IntRange(min=0), default=0, help="raw files: header bytes")
 @click.option("--chunk-frames", type=click.IntRange(min=1), default=None,
-              help="frames per stored chunk (default: from the frame size, at most 32 MiB a chunk)")
+              help="frames per stored chunk (default: from the frame size: up to 16, within 32 MiB, at least 1)")
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 def ingest(source, output, darks, flats, pixel_pitch, frame_rate, dataset, raw_dtype, raw_shape, header, chunk_frames,

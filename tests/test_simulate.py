@@ -129,4 +129,29 @@ def test_stored_chunks_follow_the_frame_size_and_leave_the_frames_alone(tmp_path
         np.testing.assert_array_equal(np.asarray(g[name]), np.asarray(ref[name]))
     given = zarr.open_group(str(api.simulate(tmp_path / "given.zarr", frames=20, size=(32, 48), seed=4,
                                              chunk_frames=5)), mode="r")
-    assert given["frames"].chunks == (5, 32, 48)
+    assert given["frames"].chunks == (5, 32, 48) and given["truth/frames"].chunks == (5, 32, 48)
+    for name in ("frames", "truth/frames"):  # chunk_frames sets the chunks only, not the random streams
+        np.testing.assert_array_equal(np.asarray(given[name]), np.asarray(ref[name]))
+    with pytest.raises(pipeline.errors.DataError, match="chunk_frames must be a positive integer"):
+        api.simulate(tmp_path / "bad.zarr", frames=4, size=(32, 48), chunk_frames=0)
+
+
+def test_simulate_writes_whole_chunks_itself(tmp_path, monkeypatch):
+    """Every block simulate stores goes through the pipelines' own chunk writer (truth frames included), the
+    array's last, partial chunk aside."""
+    from pipeline import api
+    from pipeline.io import zarr_store
+
+    taken = []
+    real = zarr_store.ChunkEncoder.write
+
+    def write(self, start, stop, block):
+        taken.append((self.dtype, start, stop, real(self, start, stop, block)))
+        return taken[-1][-1]
+
+    monkeypatch.setattr(zarr_store.ChunkEncoder, "write", write)
+    monkeypatch.setattr(api, "RECORDING_CHUNK_BYTES", 4 * 32 * 48 * 2)
+    api.simulate(tmp_path / "s.zarr", frames=22, size=(32, 48), seed=4)
+    assert taken and all(ok for *_, ok in taken)
+    for dt, chunk in ((np.uint16, 4), (np.float32, 2)):  # all but the last, partial chunk of each array
+        assert sum(b - a for d, a, b, _ in taken if d == dt) == 22 // chunk * chunk

@@ -195,7 +195,7 @@ class ChunkDecoder(_WholeFrameChunks):
         self.fill = array.fill_value
         self._decode = decode
         # blocks smaller than the input's chunks (a 2048^2 run's 4-frame blocks of the 16-frame chunks simulate and
-        # ingest write): a Blosc chunk decompresses only the part a block needs (c-blosc's getitem: the blocks of
+        # ingest wrote before they sized chunks from the frame, or other tools write): a Blosc chunk decompresses only the part a block needs (c-blosc's getitem: the blocks of
         # the compressed buffer that hold it); a chunk of another codec is decoded once and the blocks are served
         # from it, instead of decoding it again for every block. Entries go once all their frames were served,
         # or oldest first beyond the limit.
@@ -473,7 +473,11 @@ class FrameWriter:
         if (self._encoder is not None and isinstance(key, slice) and key.step in (None, 1)
                 and isinstance(value, np.ndarray)):
             start, stop, _ = key.indices(self._a.shape[0])
-            if self._encoder.write(start, stop, value):
+            c = self._encoder.chunk
+            whole = (stop - start) // c * c if start % c == 0 and value.shape[:1] == (stop - start,) else 0
+            if whole and self._encoder.write(start, start + whole, value[:whole]):
+                if whole < stop - start:  # the rest (the array's last, partial chunk): through Zarr
+                    self._a[start + whole:stop] = value[whole:]
                 return
         self._a[key] = value
 

@@ -151,7 +151,8 @@ def test_fused_kernel_bad_pixels_at_full_size():
         refs.append((ref, states[0].copy()))
     stream = cp.cuda.Stream(non_blocking=True)
     k = CorrectKernel(params)
-    st = cp.asarray(st0)
+    with stream:  # uploaded on the stream the kernel runs on (a non-blocking stream does not wait on the default one)
+        st = cp.asarray(st0)
     for raw, (ref, ref_state) in zip(raws, refs):
         with stream:
             out = cp.empty(raw.shape, cp.float32)

@@ -57,12 +57,20 @@ def test_chunks_sized_from_the_frame_by_default(tmp_path, monkeypatch, limit_fra
     frame_bytes = STACK[0].nbytes
     monkeypatch.setattr(pipeline.api, "RECORDING_CHUNK_BYTES", limit_frames * frame_bytes)
     assert pipeline.api.recording_chunk_frames(STACK.shape[1:], STACK.dtype) == chunk
+    from pipeline.io import zarr_store
+
+    taken = []
+    real = zarr_store.ChunkEncoder.write
+    monkeypatch.setattr(zarr_store.ChunkEncoder, "write",
+                        lambda self, a, b, block: taken.append((a, b, real(self, a, b, block))) or taken[-1][2])
     src, kw = _write("npy", tmp_path)
     out = pipeline.api.ingest(src, tmp_path / "o.zarr", darks=src, **kw)
     g = zarr.open_group(str(out["output"]), mode="r")
     assert g["frames"].chunks == (chunk,) + STACK.shape[1:] and g["darks"].chunks == (chunk,) + STACK.shape[1:]
     np.testing.assert_array_equal(g["frames"][:], STACK)
     np.testing.assert_array_equal(g["darks"][:], STACK)
+    # whole chunks a read, all through the pipelines' own chunk writer (the last, partial chunk aside)
+    assert all(ok for *_, ok in taken) and sum(b - a for a, b, _ in taken) == 2 * (len(STACK) // chunk * chunk)
 
 
 def test_recording_chunk_frames_for_camera_sizes():
