@@ -10,7 +10,9 @@ Every part against the way it was done before, in the same process on the same d
   (the fallback for NaN or an even window);
 * the darks' per-pixel mean and standard deviation: exact int64 sums in one pass
   (pipeline.schedule.frame_statistics) against the float64 Dask reduction it replaced;
-* the whole ``calibrate``, and the first frames' noise-model fit, for the record;
+* the first frames' noise-model fit (denoisers on): with the exact selection (its noise level's median) and
+  radix-sort (its quantile bins) kernels of pipeline.jit against NumPy's nanmedian and stable argsort;
+* the whole ``calibrate``, for the record;
 * a flat-field run's set-up (its wall time less its blocks' time) without and with a saved
   calibration.
 
@@ -93,6 +95,28 @@ def main():
             "calibrate (darks, flats, bad pixels)": lambda: pipeline.calibrate(src),
         }, args.repeats))
 
+        # the noise-model fit (denoisers on): the exact selection and radix-sort kernels against NumPy's nanmedian
+        # and stable argsort, which they replace (the same model, asserted)
+        from pipeline import api, jit
+        from pipeline.stages import build_chain
+
+        cfg_dn = pipeline.load_config(None, overrides=["denoise.enabled=true"])
+        chain = build_chain(cfg_dn, pipeline.load_calibration(cal, (args.size, args.size)), ds.frames.dtype)
+        kernels = (jit.nanmedian_f32, jit.argsort_f32)
+
+        def fit(use_kernels: bool):
+            jit.nanmedian_f32, jit.argsort_f32 = kernels if use_kernels else (lambda v: None, lambda v: None)
+            try:
+                return api._noise_model(cfg_dn, chain, ds)
+            finally:
+                jit.nanmedian_f32, jit.argsort_f32 = kernels
+
+        assert fit(True) == fit(False)
+        times.update(alternate({
+            "noise-model fit: selection and radix-sort kernels": lambda: fit(True),
+            "noise-model fit: NumPy nanmedian and stable argsort": lambda: fit(False),
+        }, args.repeats))
+
         def run(**kw):
             return pipeline.run(src, tmp / "out.zarr", overwrite=True, **kw).time_account
 
@@ -112,6 +136,8 @@ def main():
         "median kernel vs scipy one thread": med["median: scipy, one thread"] / med["median: sliding-window kernel"],
         "median kernel vs scipy row strips": med["median: scipy, row strips"] / med["median: sliding-window kernel"],
         "exact sums vs Dask float64": med["dark mean + std: Dask float64"] / med["dark mean + std: exact int64 sums"],
+        "noise-model fit, kernels vs NumPy": (med["noise-model fit: NumPy nanmedian and stable argsort"]
+                                              / med["noise-model fit: selection and radix-sort kernels"]),
     }
     meta = {"benchmark": "a run's set-up: calibration and noise model", "machine": machine(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "python": platform.python_version(),

@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import jit
 from ._version import __version__
 from .backend import describe_device, resolve_device, say_once
 from .config import RunConfig, load_config
@@ -594,7 +595,10 @@ def _noise_model(cfg: RunConfig, chain, ds):
     probe, _ = chain(raw)
     model = estimate_noise_model(probe)
     # the level at which noise-unit parameters are scaled without the GAT: once per run (chunking-independent)
-    level = float(np.nanmedian(probe)) if np.isfinite(probe).any() else 0.0
+    level = 0.0
+    if np.isfinite(probe).any():
+        level = jit.nanmedian_f32(probe)
+        level = float(np.nanmedian(probe)) if level is None else level
     return NoiseModel(model.alpha, model.beta, model.box_factor, level)
 
 

@@ -1,6 +1,7 @@
 """The Numba CPU kernels against the NumPy array code they replace (bit for bit)."""
 
 import subprocess
+import warnings
 import sys
 
 import numpy as np
@@ -252,3 +253,53 @@ def test_sliding_median_declines_what_it_cannot_take():
     assert not jit.median_filter_into(img.astype(np.float64), out.astype(np.float64), size=3)
     img[2, 3] = np.nan
     assert not jit.median_filter_into(img, out, size=3)  # NaN: scipy's own selection
+
+
+def _nanmedian_cases(rng):
+    for n in (1, 2, 3, 4, 5, 10, 101, 4097, 70_000):
+        normal = rng.normal(0, 100, n).astype(np.float32)
+        ties = rng.integers(-5, 5, n).astype(np.float32)  # many equal values, both signs, zeros
+        nans = normal.copy()
+        nans[rng.random(n) < 0.3] = np.nan
+        infs = normal.copy()
+        infs[rng.random(n) < 0.2] = np.inf
+        infs[rng.random(n) < 0.2] = -np.inf
+        tiny = np.abs(normal) * np.float32(1e-40)  # subnormals
+        spread = (rng.normal(0, 1, n) * 2.0 ** rng.integers(-60, 60, n)).astype(np.float32)  # all exponents
+        yield from (normal, ties, nans, infs, tiny, spread, np.full(n, np.nan, np.float32))
+    yield rng.normal(1000, 30, (3, 64, 80)).astype(np.float32)  # frames, as the noise level takes them
+
+
+def test_nanmedian_selection_equals_numpy():
+    """The linear-time selection gives np.nanmedian's value (one middle value, or the float32 mean of two)."""
+    rng = np.random.default_rng(12)
+    for a in _nanmedian_cases(rng):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+            want = float(np.nanmedian(a))
+        got = jit.nanmedian_f32(a)
+        assert (np.isnan(want) and np.isnan(got)) or got == want, (a.size, want, got)
+    assert jit.nanmedian_f32(np.array([-0.0, 0.0, -0.0], np.float32)) == 0.0
+    assert jit.nanmedian_f32(np.arange(4.0)) is None  # float64: NumPy's own
+    assert jit.nanmedian_f32(np.zeros((4, 4), np.float32)[:, ::2]) is None  # not contiguous
+    with jit.disabled():
+        assert jit.nanmedian_f32(np.zeros(4, np.float32)) is None
+
+
+def test_radix_argsort_is_numpys_stable_argsort():
+    """The same permutation as np.argsort(kind="stable"): ties in index order, -0.0 equal to +0.0, NaN last."""
+    rng = np.random.default_rng(13)
+    for n in (0, 1, 2, 3, 17, 1000, 65537, 200_000):
+        normal = rng.normal(0, 100, n).astype(np.float32)
+        ties = rng.integers(-3, 3, n).astype(np.float32)
+        ties[rng.random(n) < 0.3] *= np.float32(-0.0)  # signed zeros among the ties
+        nans = normal.copy()
+        nans[rng.random(n) < 0.2] = np.nan
+        nans[rng.random(n) < 0.1] = -np.nan
+        infs = normal.copy()
+        infs[rng.random(n) < 0.2] = np.inf
+        infs[rng.random(n) < 0.2] = -np.inf
+        spread = (rng.normal(0, 1, n) * 2.0 ** rng.integers(-140, 100, n)).astype(np.float32)  # subnormals too
+        for a in (normal, ties, nans, infs, spread):
+            np.testing.assert_array_equal(jit.argsort_f32(a), np.argsort(a, kind="stable"))
+    assert jit.argsort_f32(np.zeros((2, 2), np.float32)) is None and jit.argsort_f32(np.zeros(3)) is None

@@ -86,7 +86,11 @@ def estimate_noise_model(frames, *, bins: int = 24) -> NoiseModel:
     mv = (np.float32(0.5) * (sub[1:] + sub[:-1])).ravel()
     ok = np.isfinite(dv) & np.isfinite(mv)
     dv, mv = dv[ok], mv[ok]
-    order = np.argsort(mv, kind="stable")
+    from ..jit import argsort_f32
+
+    order = argsort_f32(mv)  # the same permutation in linear time, where Numba runs
+    if order is None:
+        order = np.argsort(mv, kind="stable")
     dv, mv = dv[order], mv[order]
     xs, ys, ws = [], [], []
     bounds = np.linspace(0, mv.size, bins + 1).astype(np.int64)
