@@ -453,12 +453,17 @@ if _nb is not None:
                     s2[i] += v * v
 
     @_nb.njit(cache=True, nogil=True)
+    def _nan_bits(u):  # pragma: no cover - compiled
+        # the float32 with bits u is a NaN: exponent all ones, mantissa not zero
+        return (u & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (u & np.uint32(0x007FFFFF)) != 0
+
+    @_nb.njit(cache=True, nogil=True)
     def _f32_key(u):  # pragma: no cover - compiled
         # the float32 with bits u as an unsigned key in the floats' order (-0.0 taken as +0.0); 0 for NaN,
         # which the callers have counted out (0 is also the key of a NaN-like pattern no float orders below)
         if u == np.uint32(0x80000000):
             u = np.uint32(0)
-        if (u & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (u & np.uint32(0x007FFFFF)) != 0:
+        if _nan_bits(u):
             return np.uint32(0)
         if u & np.uint32(0x80000000):
             return ~u
@@ -473,7 +478,7 @@ if _nb is not None:
         n = 0
         for i in range(bits.size):
             u = bits[i]
-            if (u & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (u & np.uint32(0x007FFFFF)) != 0:
+            if _nan_bits(u):
                 continue
             hi[_f32_key(u) >> np.uint32(16)] += 1
             n += 1
@@ -492,7 +497,7 @@ if _nb is not None:
         lo = np.zeros((2, 65536), np.int64)
         for i in range(bits.size):
             u = bits[i]
-            if (u & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (u & np.uint32(0x007FFFFF)) != 0:
+            if _nan_bits(u):
                 continue
             k = _f32_key(u)
             t = np.int64(k >> np.uint32(16))
@@ -518,7 +523,7 @@ if _nb is not None:
         keys = np.empty(n, np.uint32)
         for i in range(n):
             u = bits[i]
-            if (u & np.uint32(0x7F800000)) == np.uint32(0x7F800000) and (u & np.uint32(0x007FFFFF)) != 0:
+            if _nan_bits(u):
                 keys[i] = np.uint32(0xFFFFFFFF)  # NaN: after +inf (whose key is 0xFF800000)
             else:
                 keys[i] = _f32_key(u)
