@@ -175,20 +175,14 @@ extern "C" __global__ void nl_means_f32(const float* f, float* out, int h, int w
     xray_nl_means<0>(f, out, h, w, r, patch, inv_h2, sig2);
 }
 
-extern "C" __global__ void nl_means_f32_p3(const float* f, float* out, int h, int w, int r, int patch, float inv_h2,
-                                           float sig2)
-{
-    xray_nl_means<3>(f, out, h, w, r, patch, inv_h2, sig2);
-}
+// nl_means_f32_p<P>: the patch sizes one sets (pipeline.kernels.NLM_SPECIALISED), with nl_means_f32's parameters
+#define XRAY_NLM_KERNEL(P)                                                                                      \
+    extern "C" __global__ void nl_means_f32_p##P(const float* f, float* out, int h, int w, int r, int patch,    \
+                                                 float inv_h2, float sig2)                                      \
+    {                                                                                                           \
+        xray_nl_means<P>(f, out, h, w, r, patch, inv_h2, sig2);                                                 \
+    }
 
-extern "C" __global__ void nl_means_f32_p5(const float* f, float* out, int h, int w, int r, int patch, float inv_h2,
-                                           float sig2)
-{
-    xray_nl_means<5>(f, out, h, w, r, patch, inv_h2, sig2);
-}
-
-extern "C" __global__ void nl_means_f32_p7(const float* f, float* out, int h, int w, int r, int patch, float inv_h2,
-                                           float sig2)
-{
-    xray_nl_means<7>(f, out, h, w, r, patch, inv_h2, sig2);
-}
+XRAY_NLM_KERNEL(3)
+XRAY_NLM_KERNEL(5)
+XRAY_NLM_KERNEL(7)

@@ -882,17 +882,17 @@ def simulate(
         raise DataError(f"simulate: {exc}") from None
     sim = build(spec)
     t, h, w = spec.frames, spec.height, spec.width
-    def chunks(n, dtype, limit=None):  # limit: darks and flats (chunks of at most 8 frames, whatever was given)
-        c = recording_chunk_frames((h, w), dtype, limit=limit or 16) if limit or stored is None else int(stored)
-        return (min(c, n), h, w)
+    def chunks(n, dtype, given=None, limit=16):  # given: the frames' chunk_frames (darks and flats: at most 8 frames)
+        return (min(int(given) if given is not None else recording_chunk_frames((h, w), dtype, limit=limit), n), h, w)
 
     writer = zarr_store.OutputWriter(output, overwrite=overwrite)
     try:
-        raw = writer.frames_target(writer.create("frames", (t, h, w), np.uint16, chunks=chunks(t, np.uint16)))
-        truth = (writer.frames_target(writer.create("truth/frames", (t, h, w), np.float32, chunks=chunks(t, np.float32)))
+        raw = writer.frames_target(writer.create("frames", (t, h, w), np.uint16, chunks=chunks(t, np.uint16, stored)))
+        truth = (writer.frames_target(writer.create("truth/frames", (t, h, w), np.float32,
+                                                    chunks=chunks(t, np.float32, stored)))
                  if spec.truth_frames else None)
-        writer.write("darks", sim.darks, chunks=chunks(sim.darks.shape[0], sim.darks.dtype, 8))
-        writer.write("flats", sim.flats, chunks=chunks(sim.flats.shape[0], sim.flats.dtype, 8))
+        writer.write("darks", sim.darks, chunks=chunks(sim.darks.shape[0], sim.darks.dtype, limit=8))
+        writer.write("flats", sim.flats, chunks=chunks(sim.flats.shape[0], sim.flats.dtype, limit=8))
         for name, arr in sim.truth_maps.items():
             writer.write(f"truth/{name}", arr)
         for start, block, tblock in sim.iter_chunks():

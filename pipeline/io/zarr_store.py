@@ -195,10 +195,10 @@ class ChunkDecoder(_WholeFrameChunks):
         self.fill = array.fill_value
         self._decode = decode
         # blocks smaller than the input's chunks (a 2048^2 run's 4-frame blocks of the 16-frame chunks simulate and
-        # ingest wrote before they sized chunks from the frame, or other tools write): a Blosc chunk decompresses only the part a block needs (c-blosc's getitem: the blocks of
-        # the compressed buffer that hold it); a chunk of another codec is decoded once and the blocks are served
-        # from it, instead of decoding it again for every block. Entries go once all their frames were served,
-        # or oldest first beyond the limit.
+        # ingest wrote before they sized chunks from the frame, or other tools write): a Blosc chunk decompresses
+        # only the part a block needs (c-blosc's getitem: the blocks of the compressed buffer that hold it); a
+        # chunk of another codec is decoded once and the blocks are served from it, instead of decoding it again
+        # for every block. Entries go once all their frames were served, or oldest first beyond the limit.
         self._decode_part = decode_part
         chunk_bytes = max(1, self.chunk * self.frame_bytes)
         self._keep = max(2, self.PARTIAL_CACHE_BYTES // chunk_bytes) if self.PARTIAL_CACHE_BYTES > 0 else 0

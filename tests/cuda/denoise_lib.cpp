@@ -19,21 +19,14 @@ void launch_nl_means_f32(unsigned grid, unsigned block, const float* f, float* o
     xray_launch(grid, block, nl_means_f32, f, out, h, w, r, patch, inv_h2, sig2);
 }
 
-void launch_nl_means_f32_p3(unsigned grid, unsigned block, const float* f, float* out, int h, int w, int r, int patch,
-                            float inv_h2, float sig2)
-{
-    xray_launch(grid, block, nl_means_f32_p3, f, out, h, w, r, patch, inv_h2, sig2);
-}
+#define XRAY_NLM_LAUNCHER(P)                                                                                      \
+    void launch_nl_means_f32_p##P(unsigned grid, unsigned block, const float* f, float* out, int h, int w, int r, \
+                                  int patch, float inv_h2, float sig2)                                            \
+    {                                                                                                             \
+        xray_launch(grid, block, nl_means_f32_p##P, f, out, h, w, r, patch, inv_h2, sig2);                        \
+    }
 
-void launch_nl_means_f32_p5(unsigned grid, unsigned block, const float* f, float* out, int h, int w, int r, int patch,
-                            float inv_h2, float sig2)
-{
-    xray_launch(grid, block, nl_means_f32_p5, f, out, h, w, r, patch, inv_h2, sig2);
-}
-
-void launch_nl_means_f32_p7(unsigned grid, unsigned block, const float* f, float* out, int h, int w, int r, int patch,
-                            float inv_h2, float sig2)
-{
-    xray_launch(grid, block, nl_means_f32_p7, f, out, h, w, r, patch, inv_h2, sig2);
-}
+XRAY_NLM_LAUNCHER(3)
+XRAY_NLM_LAUNCHER(5)
+XRAY_NLM_LAUNCHER(7)
 }

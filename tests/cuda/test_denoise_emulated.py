@@ -23,6 +23,9 @@ from pipeline.ops.denoise import NoiseModel, nl_means, temporal_filter
 def _signature(name):
     """Parameter C types of an extern "C" kernel of cuda/denoise.cu."""
     src = (Path(__file__).resolve().parents[2] / "cuda" / "denoise.cu").read_text()
+    if re.fullmatch(r"nl_means_f32_p\d+", name):  # XRAY_NLM_KERNEL's: nl_means_f32's parameters, by construction
+        assert f"XRAY_NLM_KERNEL({name.rsplit('_p', 1)[1]})" in src, name
+        name = "nl_means_f32"
     body = re.search(rf"__global__ void {name}\((.*?)\)", src, re.DOTALL).group(1)
     return [" ".join(p.split()).rsplit(" ", 1)[0].replace("const ", "").replace(" *", "*") for p in body.split(",")]
 
