@@ -933,6 +933,10 @@ def ingest(
     """
     from .io.ingest import open_sources, storage_dtype
 
+    if chunk_frames is not None and (isinstance(chunk_frames, bool) or not isinstance(chunk_frames, (int, np.integer))
+                                     or chunk_frames < 1):
+        raise DataError(f"ingest: chunk_frames must be a positive integer (or None: from the frame size), "
+                        f"not {chunk_frames!r}")
     kw = dict(dataset=dataset, raw_dtype=raw_dtype, raw_shape=raw_shape, header=header)
     srcs = open_sources(source, **kw)
     if srcs["frames"] is None:

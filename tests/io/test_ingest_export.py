@@ -69,6 +69,9 @@ def test_chunks_sized_from_the_frame_by_default(tmp_path, monkeypatch, limit_fra
     assert g["frames"].chunks == (chunk,) + STACK.shape[1:] and g["darks"].chunks == (chunk,) + STACK.shape[1:]
     np.testing.assert_array_equal(g["frames"][:], STACK)
     np.testing.assert_array_equal(g["darks"][:], STACK)
+    with pytest.raises(DataError, match="chunk_frames must be a positive integer"):
+        pipeline.api.ingest(src, tmp_path / "bad.zarr", chunk_frames=0, **kw)
+    assert not (tmp_path / "bad.zarr").exists()
     # whole chunks a read, all through the pipelines' own chunk writer (the last, partial chunk aside)
     assert all(ok for *_, ok in taken) and sum(b - a for a, b, _ in taken) == 2 * (len(STACK) // chunk * chunk)
 
