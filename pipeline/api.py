@@ -283,36 +283,99 @@ def run(
     -------
     RunResult
     """
-    from .io.checkpoint import CHECKSUM, Checkpoint, block_checksum, checksum
-
-    src = Path(input)
-    if resume and Path(output).exists() and not Path(str(output) + ".partial").exists() and not overwrite:
-        # a complete output (possibly killed after its final move, before the progress folder went)
-        import shutil
-
-        shutil.rmtree(Path(str(output) + ".progress"), ignore_errors=True)
-        raise AlreadyComplete(f"'{output}' is complete; nothing to resume")
-    if src.exists() and not (src.is_dir() and (src / "zarr.json").is_file()):
-        # a TIFF/HDF5/raw/video/npy recording: ingest it on the fly next to the output, then run on that
-        import shutil
-
-        staged = Path(str(Path(output).resolve()) + ".ingest.zarr")
-        st = src.stat()
-        stamp = {"size": st.st_size, "mtime": st.st_mtime}
-        fresh = not (resume and staged.is_dir() and zarr_store.read_attrs(staged).get("source_stamp") == stamp)
-        if fresh:
-            ingest(src, staged, overwrite=True)
-            zarr_store.set_attrs_in_place(staged, {"source_stamp": stamp})
-        try:
-            return run(staged, output, config, overrides=overrides, calibration=calibration, overwrite=overwrite,
-                       resume=resume, progress=progress, _source=src)
-        except PipelineError as exc:
-            raise type(exc)(str(exc).replace(str(staged), str(src))) from None
-        finally:
-            if not Path(str(output) + ".progress").exists():  # kept only while a resume may need it
-                shutil.rmtree(staged, ignore_errors=True)
+    from .io import outputs
 
     cfg = load_config(config, overrides=overrides)
+    src = Path(input)
+    inputs = run_inputs(src, calibration, cfg)
+    out = outputs.check_output_path(output, overwrite=True, inputs=inputs)  # overlaps first, whatever exists
+    progress_path, partial = outputs.sidecar(out, ".progress"), outputs.sidecar(out, ".partial")
+    lock = outputs.OutputLock(out)  # one writer per output, from here until it is committed or left for --resume
+    try:
+        if resume and out.exists() and not partial.exists() and not overwrite:
+            _resume_complete(out, src, cfg)  # raises: nothing to resume, or made from something else
+        outputs.check_output_path(output, overwrite=overwrite, inputs=inputs)
+        staged = None
+        if not is_zarr_group(src):
+            staged = _stage_recording(src, outputs.sidecar(out, ".ingest.zarr"), resume=resume)
+        try:
+            return _run(staged or src, out, cfg, calibration=calibration, overwrite=overwrite, resume=resume,
+                        progress=progress, source=src, lock=lock)
+        except PipelineError as exc:
+            if staged is None:
+                raise
+            raise type(exc)(str(exc).replace(str(staged), str(src))) from None
+        finally:
+            if staged is not None and not progress_path.exists():  # kept only while a resume may need it
+                outputs.remove(staged)
+    finally:
+        lock.release()
+
+
+def is_zarr_group(path: Path) -> bool:
+    """A folder holding a Zarr group (the data contract); anything else is a recording to ingest."""
+    return path.is_dir() and (path / "zarr.json").is_file()
+
+
+def run_inputs(source: Path, calibration, cfg: RunConfig) -> list:
+    """Everything a run reads, which its outputs must never overlap."""
+    return [source, calibration, cfg.afterglow.model, cfg.flatfield.response]
+
+
+def _stage_recording(src: Path, staged: Path, *, resume: bool) -> Path:
+    """A TIFF/HDF5/raw/video/npy recording ingested next to the output (kept for ``--resume`` while the
+    recording's files are unchanged: :func:`pipeline.io.checkpoint.path_stamp`)."""
+    from .io import outputs
+    from .io.checkpoint import path_stamp
+
+    if not src.exists():
+        raise DataError(f"input '{src}' does not exist; check the path")
+    stamp = path_stamp(src)
+    if (resume and outputs.marked(staged, "staged-ingest")
+            and zarr_store.read_attrs(staged).get("source_stamp") == stamp):
+        return staged
+    ingest(src, staged, overwrite=True)
+    zarr_store.set_attrs_in_place(staged, {"source_stamp": stamp})
+    outputs.mark(staged, "staged-ingest", source=str(src.resolve()))
+    return staged
+
+
+def _comparable_config(cfg: RunConfig) -> dict:
+    """The config as it decides a run's result: how the blocks are scheduled does not (tested bit for bit)."""
+    run_config = cfg.model_dump(mode="json")
+    for key in ("scheduler", "cluster", "num_workers"):
+        run_config["execution"].pop(key, None)
+    return run_config
+
+
+def _resume_complete(out: Path, src: Path, cfg: RunConfig):
+    """``--resume`` of a complete output: nothing to do where it was made from this input and config, else refused."""
+    from .io import outputs
+    from .io.checkpoint import path_stamp
+
+    prov = zarr_store.read_attrs(out).get("provenance") or {}
+    had_cfg = dict(prov.get("config") or {})
+    if had_cfg.get("execution"):
+        had_cfg["execution"] = {k: v for k, v in had_cfg["execution"].items()
+                                if k not in ("scheduler", "cluster", "num_workers")}
+    same = (prov.get("input") == str(src.resolve()) and had_cfg == _comparable_config(cfg)
+            and prov.get("input_stamp") in (None, path_stamp(src)["digest"]))
+    if not same:
+        raise DataError(f"'{out}' is complete but was made from another input, config or version of the input; "
+                        "rerun without --resume (add --overwrite to replace it) or choose another output")
+    progress_dir = outputs.sidecar(out, ".progress")
+    if outputs.marked(progress_dir):  # killed after its final move, before the progress folder went
+        outputs.remove(progress_dir)
+    raise AlreadyComplete(f"'{out}' is complete; nothing to resume")
+
+
+def _run(input: Path, out_path: Path, cfg: RunConfig, *, calibration, overwrite: bool, resume: bool, progress,
+         source: Path, lock) -> RunResult:
+    """:func:`run` on a Zarr dataset, its output's lock held (handed to the writer, which releases it)."""
+    from .io.checkpoint import CHECKSUM, Checkpoint, block_checksum, checksum, path_stamp
+
+    _source = source
+    output = out_path
     check_execution(cfg.execution.scheduler, cfg.execution.cluster)  # a missing dask-cuda fails before any output
     on_cluster = is_distributed(cfg.execution.scheduler, cfg.execution.cluster)
     # device gpu on a cluster: the workers' GPUs (the client needs none); auto: only on a local-cuda cluster,
@@ -329,9 +392,14 @@ def run(
     t, h, w = ds.shape
     if t < 1:
         raise DataError(f"input '{input}/frames' holds no frames")
-    out_path = zarr_store.check_output_path(output, overwrite=overwrite, inputs=[input, calibration])
+    inputs = run_inputs(source, calibration, cfg)  # (a staged ingest of the source is ours, beside the output)
     if cfg.mtf.enabled:
-        zarr_store.check_output_path(mtf_plot_path(out_path), overwrite=overwrite)
+        zarr_store.check_output_path(mtf_plot_path(out_path), overwrite=overwrite, inputs=inputs, kind="file")
+    from . import validate
+
+    if hasattr(validate, "check_sizes"):
+        validate.check_sizes(cfg, (h, w))
+    input_stamp = path_stamp(source)["digest"]
     start_wall, start = _now(), time.perf_counter()
 
     model = load_afterglow(cfg, ds)
@@ -372,11 +440,9 @@ def run(
                                            np.asarray(cal.gain, np.float32).ravel(),
                                            np.asarray([cal.flat_level], np.float32)]))
     # how the blocks are scheduled does not change the result (tested bit for bit): a resume may use other workers
-    run_config = cfg.model_dump(mode="json")
-    for key in ("scheduler", "cluster", "num_workers"):
-        run_config["execution"].pop(key, None)
     fingerprint = {
-        "version": __version__, "checksum": CHECKSUM, "config": run_config, "device": device, "input": str(Path(input).resolve()),
+        "version": __version__, "checksum": CHECKSUM, "config": _comparable_config(cfg), "device": device,
+        "input": str(Path(input).resolve()), "input_stamp": input_stamp,
         "shape": [t, h, w], "dtype": str(ds.frames.dtype), "calibration_checksum": cal_sum, "chunk_frames": chunk,
         "afterglow_model": (model.info if model is not None else None),
         "noise_model": ([noise.alpha, noise.beta, noise.box_factor] if noise else None), "mtf_roi": mtf_roi,
@@ -391,19 +457,21 @@ def run(
         if old.get("checksum") != CHECKSUM or old.get("version") != __version__:
             raise DataError(f"the interrupted run at '{output}' was made by an earlier xray-pipeline "
                             f"({old.get('version', '?')}); rerun without --resume (it starts afresh)")
-        raise DataError(f"the interrupted run at '{output}' was made with another input, config or calibration; "
-                        "rerun without --resume (it starts afresh) or with the same settings")
+        changed = "the input's files changed since" if old.get("input_stamp") != input_stamp else \
+            "another input, config or calibration made"
+        raise DataError(f"{changed} the interrupted run at '{output}'; rerun without --resume (it starts afresh) "
+                        "or with the same input and settings")
     writer = target = None
     if resuming:
         try:  # a kill can land while the partial output was being set up: then start afresh
-            writer = zarr_store.OutputWriter(out_path, overwrite=overwrite, inputs=[input, calibration], resume=True)
+            writer = zarr_store.OutputWriter(out_path, overwrite=overwrite, inputs=inputs, resume=True, lock=lock)
             target = writer.group["frames"]
             if tuple(target.shape) != (t, h, w) or target.chunks[0] != chunk:
                 raise ValueError("partial output does not match")
         except Exception:
             resuming = False
     if not resuming:
-        writer = zarr_store.OutputWriter(out_path, overwrite=overwrite, inputs=[input, calibration])
+        writer = zarr_store.OutputWriter(out_path, overwrite=overwrite, inputs=inputs, lock=lock)
     n_blocks = -(-t // chunk)
     stages = list(chain.stateful)
     has_states = bool(stages)  # what on_commit needs (it travels to the workers: not the stages themselves)
@@ -496,6 +564,7 @@ def run(
         "version": __version__,
         "config": cfg.model_dump(mode="json"),
         "input": str(Path(_source or input).resolve()),
+        "input_stamp": input_stamp,
         "input_shape": [t, h, w],
         "input_dtype": str(ds.frames.dtype),
         "calibration": cal_source,

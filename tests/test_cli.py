@@ -77,9 +77,16 @@ def test_existing_output_is_never_overwritten_without_flag(tmp_path, sim_small):
     assert (out / "precious.txt").read_text() == "user data"
     e = _one_line_error(run_cli("run", sim_small, sim_small, "--overwrite"))
     assert "overlaps the input" in e
-    p = run_cli("run", sim_small, out, "--overwrite", "-q")
+    # --overwrite replaces a Zarr output, never a folder of something else
+    e = _one_line_error(run_cli("run", sim_small, out, "--overwrite", "-q"))
+    assert "not a Zarr group" in e and (out / "precious.txt").read_text() == "user data"
+    (out / "precious.txt").unlink()
+    out.rmdir()
+    assert run_cli("run", sim_small, out, "-q").returncode == 0
+    p = run_cli("run", sim_small, out, "--overwrite", "-q")  # an earlier output: replaced
     assert p.returncode == 0, p.stderr
-    assert not (out / "precious.txt").exists() and zarr.open_group(str(out), mode="r")["frames"].shape[0] == 48
+    assert zarr.open_group(str(out), mode="r")["frames"].shape[0] == 48
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["out.zarr"]  # no lock, partial or old output left
 
 
 def test_demo_writes_pngs_and_summary(tmp_path):

@@ -13,15 +13,21 @@ from conftest import run_cli
 def test_resume_on_a_complete_output_with_a_stale_progress_folder(sim_small, tmp_path):
     out = tmp_path / "o.zarr"
     pipeline.run(sim_small, out)
-    (tmp_path / "o.zarr.progress").mkdir()  # as if killed after the final move, before the clean-up
+    from pipeline.io.outputs import mark
+
+    stale = tmp_path / "o.zarr.progress"
+    stale.mkdir()  # a folder of the user's at that name is never deleted
+    p = run_cli("run", sim_small, out, "--resume")
+    assert p.returncode == 2 and "not made by xray-pipeline" in p.stderr and stale.is_dir()
+    mark(stale, "progress")  # as if killed after the final move, before the clean-up
     p = run_cli("run", sim_small, out, "--resume")
     assert p.returncode == 0 and "nothing to resume" in p.stdout
-    assert not (tmp_path / "o.zarr.progress").exists()
+    assert not stale.exists()
 
 
 def test_cli_run_on_a_tiff_recording(tmp_path):
     sim = pipeline.simulate(tmp_path / "s.zarr", frames=4, size=(64, 64), truth_frames=False)
-    tifffile.imwrite(tmp_path / "rec.tif", zarr.open_group(str(sim), mode="r")["frames"][:])
+    tifffile.imwrite(tmp_path / "rec.tif", zarr.open_group(str(sim), mode="r")["frames"][:], photometric="minisblack")
     pipeline.save_calibration(pipeline.calibrate(sim), tmp_path / "cal.zarr")
     p = run_cli("run", tmp_path / "rec.tif", tmp_path / "o.zarr", "--calibration", tmp_path / "cal.zarr", "-q")
     assert p.returncode == 0, p.stderr
@@ -112,5 +118,9 @@ def test_resume_of_a_run_started_by_an_earlier_release_says_so(sim_small, tmp_pa
     progress.mkdir()
     (progress / "run.json").write_text(json.dumps({"version": "0.1.0", "config": {}}))
     (tmp_path / "o.zarr.partial").mkdir()
+    from pipeline.io.outputs import mark
+
+    mark(progress, "progress")
+    mark(tmp_path / "o.zarr.partial", "output")
     e = _one_line(run_cli("run", sim_small, out, "--resume", "--overwrite"))
     assert "earlier xray-pipeline (0.1.0)" in e and "without --resume" in e

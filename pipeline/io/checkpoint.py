@@ -83,6 +83,39 @@ def block_checksum(block) -> str:
     return checksum(block)
 
 
+def states_checksum(arrays: dict) -> str:
+    """One checksum over saved states (names, dtypes, shapes and bytes), recorded in the block's marker."""
+    parts = []
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        parts.append(f"{k}:{a.dtype.str}:{a.shape}:{block_checksum(a)}")
+    return checksum(np.frombuffer(";".join(parts).encode(), np.uint8))
+
+
+def path_stamp(path) -> dict:
+    """Identity of a file or folder's contents as the filesystem sees them, for ``--resume``.
+
+    For every regular file under ``path`` (links followed): its name, size, inode and modification
+    and change times in ns. Rewriting, replacing or adding any file changes it; reading does not.
+    Returns ``{"files": n, "bytes": total, "digest": ...}``.
+    """
+    p = Path(path)
+    rows, total = [], 0
+    files = [p] if not p.is_dir() else sorted(q for q in p.rglob("*") if q.name != ".xray-pipeline")
+    for q in files:
+        try:
+            st = q.stat()
+        except OSError:
+            continue
+        if not q.is_file():
+            continue
+        total += st.st_size
+        rows.append(f"{q.relative_to(p) if q != p else q.name}\0{st.st_size}\0{st.st_ino}\0{st.st_mtime_ns}"
+                    f"\0{st.st_ctime_ns}")
+    return {"files": len(rows), "bytes": total,
+            "digest": checksum(np.frombuffer("\n".join(rows).encode(), np.uint8))}
+
+
 def _atomic_write(path: Path, data: bytes, *, durable: bool = True):
     """``data`` into ``path`` whole or not at all (a temporary file renamed); ``durable``: synced to disk first.
 
@@ -126,9 +159,14 @@ class Checkpoint:
 
     # --- set-up
     def start(self, fingerprint: dict):
-        if self.dir.exists():
+        from .outputs import mark, marked
+
+        if self.dir.exists() or self.dir.is_symlink():
+            if not marked(self.dir):  # never a folder of the user's (the output's checks refuse it before)
+                raise FileExistsError(f"'{self.dir}' was not made by xray-pipeline; move it away")
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
+        mark(self.dir, "progress")
         _atomic_write(self.dir / "run.json", json.dumps(fingerprint, sort_keys=True).encode())
 
     def has_fingerprint(self) -> bool:
@@ -156,7 +194,7 @@ class Checkpoint:
             return False
 
     # --- per block
-    def commit(self, c: int, t0: int, t1: int, digest: str, states, extra: dict | None, *,
+    def commit(self, c: int, t0: int, t1: int, digest_block: str, states, extra: dict | None, *,
                block_bytes: int | None = None):
         """Record block ``c`` as finished (after its data is written), with the states after it where due.
 
@@ -167,9 +205,11 @@ class Checkpoint:
         if present:
             size = sum(int(np.asarray(s).nbytes) for s in states if s is not None)
             present = block_bytes is None or c % self.state_blocks(size, block_bytes, self.state_every) == 0
+        digest = None
         if present:
             buf = {f"s{i}": np.asarray(s) for i, s in enumerate(states) if s is not None}
             buf["present"] = np.array([s is not None for s in states])
+            digest = states_checksum(buf)
             tmp = self.dir / f".state_{c:06d}.{os.getpid()}.tmp.npz"
             np.savez(tmp, **buf)
             os.replace(tmp, self.dir / f"state_{c:06d}.npz")
@@ -177,7 +217,7 @@ class Checkpoint:
             with known.lock:  # a block committed again behind the walk (a retried task, a resume): track it too
                 if c <= known.prefix and c not in known.states:
                     bisect.insort(known.states, c)
-        doc = {"block": c, "t0": t0, "t1": t1, "checksum": digest, "extra": extra or {}}
+        doc = {"block": c, "t0": t0, "t1": t1, "checksum": digest_block, "extra": extra or {}, "states_checksum": digest}
         _atomic_write(self.dir / f"block_{c:06d}.json", json.dumps(doc, default=_jsonable).encode(), durable=False)
         self._prune()
 
@@ -192,14 +232,22 @@ class Checkpoint:
         return out
 
     def states_after(self, c: int, n: int):
-        """States of the ``n`` stateful stages after block ``c`` (None if not saved)."""
+        """States of the ``n`` stateful stages after block ``c`` (None if not saved, or not as saved).
+
+        A state file counts only where its arrays match the checksum its block's marker recorded:
+        one torn by a crash or altered since is as if not saved (the resume steps back to an earlier one).
+        """
         f = self.dir / f"state_{c:06d}.npz"
         if not f.is_file():
             return None
-        try:  # a file torn by a crash: as if not saved (the resume steps back to an earlier one)
-            with np.load(f) as z:
-                present = z["present"]
-                return [z[f"s{i}"] if present[i] else None for i in range(n)]
+        try:
+            want = json.loads((self.dir / f"block_{c:06d}.json").read_text()).get("states_checksum")
+            with np.load(f, allow_pickle=False) as z:
+                buf = {k: z[k] for k in z.files}
+            if want is None or states_checksum(buf) != want:
+                return None
+            present = buf["present"]
+            return [buf[f"s{i}"] if present[i] else None for i in range(n)]
         except Exception:
             return None
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import stat
 import threading
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ import zarr
 import zarr.codecs
 
 from ..errors import CalibrationError, DataError, OutputExistsError  # noqa: F401 (re-exported)
+from . import outputs
+
+#: Group attribute of every group this project writes: a missing chunk file in it is a lost chunk (every chunk
+#: is stored); in other tools' arrays (Zarr's default ``write_empty_chunks=False``) it is the fill value
+WRITER_ATTR = "xray_pipeline_writer"
 
 FRAME_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float32, np.float64)
 
@@ -500,17 +506,65 @@ def _frame_writer(array, folder):
     return w
 
 
-class FrameReader:
-    """Array-like view of a Zarr array for Dask; read errors and missing chunks name the frame range."""
+def _store_root(array) -> Path | None:
+    """The local folder of the store ``array`` lives in (None for other stores)."""
+    root = getattr(getattr(array, "store", None), "root", None)
+    return Path(root) if root is not None else None
 
-    def __init__(self, array, label: str, root: Path | None = None):
+
+def written_by_us(root: Path | None) -> bool:
+    """Whether the Zarr group at ``root`` was written by xray-pipeline (which stores every chunk).
+
+    Its missing chunk files are lost chunks; in other tools' arrays, written with Zarr's default
+    ``write_empty_chunks=False``, a missing chunk is the fill value by the Zarr spec.
+    """
+    if root is None:
+        return False
+    if (root / outputs.MARKER).is_file():
+        return True
+    try:
+        import json
+
+        attrs = json.loads((root / "zarr.json").read_text()).get("attributes") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    src = str(attrs.get("source", ""))
+    kind = str(attrs.get("kind", ""))
+    return (WRITER_ATTR in attrs or "provenance" in attrs or "ingested" in attrs or kind.startswith("xray-pipeline")
+            or src.startswith("xray-pipeline"))
+
+
+#: ``check_missing`` values: what a missing chunk file means
+MISSING_RULES = {True: "lost (an error)", False: "the fill value (Zarr's write_empty_chunks=False)"}
+
+
+class FrameReader:
+    """Array-like view of a Zarr array for Dask; read errors and missing chunks name the frame range.
+
+    ``check_missing``: a missing chunk file is a lost chunk (True) or the fill value (False);
+    'auto' (default): lost where xray-pipeline wrote the group (:func:`written_by_us`), the fill
+    value elsewhere. A chunk path that is not a regular file (a folder, a FIFO) is never opened:
+    it is a corrupt chunk under either rule. ``root``: the store's folder (default: the array's).
+    """
+
+    def __init__(self, array, label: str, root: Path | None = None, *, check_missing="auto"):
         self._a = array
         self.shape = tuple(array.shape)
         self.dtype = np.dtype(array.dtype)
         self.ndim = len(self.shape)
         self.label = label
-        self._dir = (Path(root) / array.path) if root is not None else None
+        root = Path(root) if root is not None else _store_root(array)
+        self._dir = (root / array.path) if root is not None else None
+        self.check_missing = written_by_us(root) if check_missing == "auto" else bool(check_missing)
         self._decoder = ChunkDecoder.for_array(array, self._dir)
+
+    #: whether ``execution.on_error: skip`` may pass over its unreadable frames (the frames of a run, not a calibration)
+    skippable = True
+
+    @property
+    def missing_rule(self) -> str:
+        """What a missing chunk file of this array means (for messages and provenance)."""
+        return MISSING_RULES[bool(self.check_missing)]
 
     def __getstate__(self):  # to worker processes: the decoder (closures) is made again there
         state = dict(self.__dict__)
@@ -532,20 +586,22 @@ class FrameReader:
 
     def _where(self, key):
         t = key[0] if isinstance(key, tuple) else key
+        if t is Ellipsis:
+            t = slice(None)
         if isinstance(t, slice):
             start, stop, _ = t.indices(self.shape[0])
             return f"frames {start}-{stop - 1}", start, stop
-        return f"frame {t}", int(t), int(t) + 1
-
-    check_missing = True  # set False for datasets written with write_empty_chunks=False by other tools
+        t = int(t) + (self.shape[0] if int(t) < 0 else 0)
+        return f"frame {t}", t, t + 1
 
     def _missing(self, start, stop):
-        """Chunk files that should hold frames start..stop-1 but do not exist (a missing chunk reads as fill).
+        """Chunk files that should hold frames start..stop-1 but are not regular files: ``[(i, key, why)]``.
 
-        Checked for unsharded Zarr v3 arrays in a local folder (the project's own writers store every
-        chunk, empty or not); returns ``[(chunk index along T, key), ...]``.
+        ``i``: the chunk index along T. Absent files count only where missing chunks are lost
+        (``check_missing``); a folder, FIFO or device at a chunk path always counts (never opened).
+        Checked for unsharded Zarr v3 arrays in a local folder.
         """
-        if (not self.check_missing or self._dir is None or not self._dir.is_dir()
+        if (self._dir is None or not self._dir.is_dir() or self.ndim == 0
                 or self._a.metadata.zarr_format != 3 or getattr(self._a, "shards", None) is not None):
             return []
         meta = self._a.metadata
@@ -556,30 +612,45 @@ class FrameReader:
         for i in range(start // ct[0], (stop - 1) // ct[0] + 1):
             for rest in np.ndindex(*[len(g) for g in grid]):
                 key = enc.encode_chunk_key((i, *rest))
-                if not (self._dir / key).exists():
-                    out.append((i, key))
+                try:
+                    mode = os.stat(self._dir / key).st_mode
+                except FileNotFoundError:
+                    if self.check_missing:
+                        out.append((i, key, "chunk file missing"))
+                    continue
+                except OSError as exc:
+                    out.append((i, key, f"chunk file unreadable ({type(exc).__name__})"))
+                    continue
+                if not stat.S_ISREG(mode):
+                    out.append((i, key, "chunk path is not a regular file"))
         return out
 
     def __getitem__(self, key):
         where, start, stop = self._where(key)
-        if not isinstance(key, tuple) and isinstance(key, slice) and (key.step in (None, 1)):
+        if start >= stop:
+            return np.asarray(self._a[key])
+        whole = key if not isinstance(key, tuple) else (key[0] if len(key) == 1 else None)
+        if whole is Ellipsis or (isinstance(whole, slice) and whole.step in (None, 1)):
             data, bad = self.read_block(start, stop, skip=False)
             return data
-        try:
-            return np.asarray(self._a[key])
-        except Exception as exc:
-            raise ChunkError(f"cannot read {where} of {self.label} ({type(exc).__name__}); the chunk is corrupt: "
-                             "restore it, re-ingest the recording, or set execution.on_error: skip") from None
+        data, _ = self.read_block(start, stop, skip=False)  # checked; then the rest of the key on the frames read
+        rest = key[1:] if isinstance(key, tuple) else ()
+        first = key[0] if isinstance(key, tuple) else key
+        if isinstance(first, slice):
+            return data[(slice(None, None, first.step),) + tuple(rest)]
+        return data[(0,) + tuple(rest)]
 
     def _bad_chunks(self, start, stop):
         """Frame ranges [a, b) of the input chunks in start..stop-1 that are missing or do not decode."""
         ct = self._a.chunks[0]
-        missing = {i for i, _ in self._missing(start, stop)}
+        missing = {}
+        for i, _, why in self._missing(start, stop):
+            missing.setdefault(i, why)
         bad = []
         for i in range(start // ct, (stop - 1) // ct + 1):
             a, b = max(i * ct, start), min((i + 1) * ct, stop)
             if i in missing:
-                bad.append((a, b, "chunk file missing"))
+                bad.append((a, b, missing[i]))
                 continue
             try:
                 self._a[a:b]
@@ -599,20 +670,28 @@ class FrameReader:
                                     and out.shape == (stop - start,) + self.shape[1:]):
             raise ValueError(f"read_block: out must be a C-contiguous {self.dtype} array of shape "
                              f"{(stop - start,) + self.shape[1:]}")
-        try:
-            data = self._read(start, stop, out)
-            failed = False
-        except Exception:
-            failed = True
-        bad = self._bad_chunks(start, stop) if (failed or self._dir is not None and self._missing(start, stop)) else []
+        failed = bool(self._missing(start, stop))  # checked first: a FIFO at a chunk path would block a read
+        if not failed:
+            try:
+                data = self._read(start, stop, out)
+            except Exception:
+                failed = True
+        bad = self._bad_chunks(start, stop) if failed else []
         if failed and not bad:  # the block failed but every chunk alone reads through Zarr: a transient error
             data = np.asarray(self._a[start:stop])
         if not bad:
             return data, []
         if not skip:
             a, b, why = bad[0]
-            raise ChunkError(f"frames {a}-{b - 1} of {self.label}: {why}; restore the chunk from a copy, re-ingest "
-                             "the recording, or set execution.on_error: skip to fill them with NaN and go on")
+            what = f"rows {a}-{b - 1} along axis 0 of"
+            if self.skippable:
+                what = f"frames {a}-{b - 1} of"
+                fix = ("restore the chunk from a copy, re-ingest the recording, or set execution.on_error: skip to "
+                       "fill them with NaN and go on")
+            else:
+                fix = "restore the chunk from a copy or make the array again"
+            rule = f" (missing chunks here are {self.missing_rule})" if why == "chunk file missing" else ""
+            raise ChunkError(f"{what} {self.label}: {why}{rule}; {fix}")
         out = np.full((stop - start,) + self.shape[1:], np.nan, dtype=np.float32)
         good = np.ones(stop - start, dtype=bool)
         for a, b, _ in bad:
@@ -639,10 +718,13 @@ class InputDataset:
     def shape(self):
         return tuple(self.frames.shape)
 
-    def reader(self, *, check_missing: bool = True) -> FrameReader:
-        r = FrameReader(self.frames, f"{self.path}/frames", root=self.path)
-        r.check_missing = check_missing
-        return r
+    def reader(self, *, check_missing="auto") -> FrameReader:
+        """The frames, checked as read (:class:`FrameReader`; ``check_missing``: True, False or 'auto')."""
+        return FrameReader(self.frames, f"{self.path}/frames", root=self.path, check_missing=check_missing)
+
+    def array_reader(self, name: str, *, check_missing="auto") -> FrameReader:
+        """``darks`` or ``flats``, checked as read like the frames."""
+        return FrameReader(getattr(self, name), f"{self.path}/{name}", root=self.path, check_missing=check_missing)
 
     @property
     def has_truth(self) -> bool:
@@ -704,32 +786,39 @@ def open_input(path: str | Path) -> InputDataset:
     return InputDataset(p, frames, out["darks"], out["flats"], dict(g.attrs))
 
 
-def check_output_path(output: str | Path, *, overwrite: bool, inputs=()) -> Path:
-    """Refuse an output that exists (without ``overwrite``) or that is one of the inputs."""
-    out = Path(output).resolve()
-    for i in inputs:
-        if i is None:
-            continue
-        ip = Path(i).resolve()
-        if out == ip or ip in out.parents or out in ip.parents:
-            raise OutputExistsError(f"output '{output}' overlaps the input '{i}'; choose another output path")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output '{output}' already exists; pass --overwrite to replace it or choose another path")
-    return out
+def check_output_path(output: str | Path, *, overwrite: bool, inputs=(), kind: str = "zarr") -> Path:
+    """Refuse an output that exists (without ``overwrite``), overlaps an input, or would delete what is not ours
+    (:func:`pipeline.io.outputs.check_output_path`)."""
+    return outputs.check_output_path(output, overwrite=overwrite, inputs=inputs, kind=kind)
 
 
 class OutputWriter:
-    """A new Zarr v3 group written at ``PATH.partial`` and moved to ``PATH`` on :meth:`commit`."""
+    """A new Zarr v3 group written at ``PATH.partial`` and moved to ``PATH`` on :meth:`commit`.
 
-    def __init__(self, path: str | Path, *, overwrite: bool = False, inputs=(), resume: bool = False):
+    Holds the output's lock (:class:`pipeline.io.outputs.OutputLock`) from before ``PATH.partial``
+    is touched until :meth:`commit` or :meth:`abort`; ``lock``: one the caller already holds (a run,
+    which also keeps ``PATH.progress``), released here all the same.
+    """
+
+    def __init__(self, path: str | Path, *, overwrite: bool = False, inputs=(), resume: bool = False, lock=None):
         self.final = check_output_path(path, overwrite=overwrite, inputs=inputs)
-        self.partial = self.final.with_name(self.final.name + ".partial")
-        if resume and self.partial.is_dir():
-            self.group = zarr.open_group(str(self.partial), mode="r+")
-            return
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
-        self.group = zarr.open_group(str(self.partial), mode="w-", zarr_format=3)
+        self.partial = outputs.sidecar(self.final, ".partial")
+        own = lock is None
+        self.lock = lock if lock is not None else outputs.OutputLock(self.final)
+        try:
+            if resume and outputs.marked(self.partial):
+                self.group = zarr.open_group(str(self.partial), mode="r+")
+                return
+            if self.partial.exists() or self.partial.is_symlink():
+                if not outputs.marked(self.partial):  # checked above too; a folder that appeared since
+                    raise OutputExistsError(f"'{self.partial}' exists and was not made by xray-pipeline; move it away")
+                shutil.rmtree(self.partial)
+            self.group = zarr.open_group(str(self.partial), mode="w-", zarr_format=3)
+            outputs.mark(self.partial, "output")
+        except BaseException:
+            if own:
+                self.lock.release()
+            raise
 
     def create(self, name: str, shape, dtype, *, chunks=None, codec: str = "bitshuffle-lz4", level: int = 1,
                fill_value=0):
@@ -763,21 +852,19 @@ class OutputWriter:
         node.attrs.update(_jsonable(attrs))
 
     def commit(self) -> Path:
-        """Move the finished group into place (replacing an old output only now)."""
-        old = None
-        if self.final.exists():
-            old = self.final.with_name(self.final.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            self.final.rename(old)
-        self.partial.rename(self.final)
-        if old is not None:
-            shutil.rmtree(old)
-        return self.final
+        """Move the finished group into place (an old output is moved aside first and deleted only after)."""
+        try:
+            self.group.attrs.update({WRITER_ATTR: "xray-pipeline"})  # its missing chunks are lost chunks
+            return outputs.replace(self.partial, self.final)
+        finally:
+            self.lock.release()
 
     def abort(self):
         """Remove the partial output (the final path is untouched)."""
-        shutil.rmtree(self.partial, ignore_errors=True)
+        try:
+            shutil.rmtree(self.partial, ignore_errors=True)
+        finally:
+            self.lock.release()
 
 
 def _jsonable(obj):
@@ -796,12 +883,27 @@ def _jsonable(obj):
     return obj
 
 
+def checked(array, label: str, root: Path | None = None) -> FrameReader:
+    """``array`` read through :class:`FrameReader`: missing (in this project's groups) or corrupt chunks raise
+    :class:`ChunkError` naming ``label`` and the frames, never read as zeros."""
+    r = FrameReader(array, label, root=root)
+    r.skippable = False
+    return r
+
+
+def read_checked(array, label: str, root: Path | None = None) -> np.ndarray:
+    """The whole of ``array`` (any number of dimensions), checked as :func:`checked` reads it."""
+    if array.ndim == 0:
+        return np.asarray(array[...])
+    return checked(array, label, root)[:]
+
+
 def read_array(path: str | Path, name: str) -> np.ndarray:
-    """Read a whole (small) array of a group."""
+    """Read a whole (small) array of a group (checked: a lost chunk raises)."""
     g = _open_group(Path(path), "dataset")
     if name not in g:
         raise DataError(f"'{path}' has no array '{name}'")
-    return np.asarray(g[name][...])
+    return read_checked(g[name], f"{path}/{name}", Path(path))
 
 
 def set_attrs_in_place(path: str | Path, attrs: dict):
@@ -817,7 +919,7 @@ def open_group_readonly(path: str | Path):
 def read_frame(path: str | Path, name: str, index: int) -> np.ndarray:
     """Read one frame ``index`` of a (T, H, W) array of a group."""
     g = _open_group(Path(path), "dataset")
-    return np.asarray(g[name][index])
+    return checked(g[name], f"{path}/{name}", Path(path))[index]
 
 
 def read_attrs(path: str | Path, group: str = "") -> dict:
@@ -839,7 +941,7 @@ def load_calibration(path: str | Path, frame_shape) -> tuple[dict, dict]:
     if missing or g.attrs.get("kind") != "xray-pipeline calibration":
         raise CalibrationError(f"'{p}' is not a calibration made by 'xray-pipeline calibrate' "
                                f"(missing {', '.join(missing) or 'its kind attribute'})")
-    arrays = {n: np.asarray(g[n][...]) for n in CALIBRATION_ARRAYS}
+    arrays = {n: read_checked(g[n], f"{p}/{n}", p) for n in CALIBRATION_ARRAYS}
     if tuple(arrays["gain"].shape) != tuple(frame_shape):
         raise CalibrationError(f"calibration '{p}' is for {tuple(arrays['gain'].shape)} frames "
                                f"but the input frames are {tuple(frame_shape)}; use a matching calibration")

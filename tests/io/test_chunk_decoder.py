@@ -23,7 +23,7 @@ def _array(tmp_path, codec, dtype, *, shape=(11, 6, 5), chunks=(4, 6, 5), fill_v
 
 
 def _reader(g, a):
-    return FrameReader(a, "test", root=g.store.root)
+    return FrameReader(a, "test", root=g.store.root, check_missing=True)  # as for this project's own data
 
 
 @pytest.mark.parametrize("codec", ["bitshuffle-lz4", "lz4", "zstd", "none"])

@@ -140,7 +140,7 @@ def test_every_chunk_is_stored_also_in_an_array_opened_again(tmp_path):
 
     w = OutputWriter(tmp_path / "out.zarr")
     w.create("frames", (T + 2, H, W), np.float32, chunks=(C, H, W), fill_value=np.nan)
-    again = OutputWriter(tmp_path / "out.zarr", resume=True)
+    again = OutputWriter(tmp_path / "out.zarr", resume=True, lock=w.lock)  # (one writer per output: its lock)
     fw = again.frames_target(again.group["frames"])
     empty = np.full((C, H, W), np.nan, np.float32)
     fw[0:C] = empty  # through the encoder
