@@ -658,9 +658,7 @@ def _noise_model(cfg: RunConfig, chain, ds):
     if cfg.denoise.noise_model is not None:
         a, b = cfg.denoise.noise_model
         return NoiseModel(float(a), float(b))
-    n = min(cfg.denoise.noise_frames, ds.shape[0])
-    raw, _ = ds.reader(check_missing=cfg.execution.check_missing_chunks).read_block(
-        0, n, skip=cfg.execution.on_error == "skip")
+    raw = _first_readable(cfg, ds, min(cfg.denoise.noise_frames, ds.shape[0]), "the noise model")
     probe, _ = chain(raw)
     model = estimate_noise_model(probe)
     # the level at which noise-unit parameters are scaled without the GAT: once per run (chunking-independent)
@@ -669,6 +667,32 @@ def _noise_model(cfg: RunConfig, chain, ds):
         level = jit.nanmedian_f32(probe)
         level = float(np.nanmedian(probe)) if level is None else level
     return NoiseModel(model.alpha, model.beta, model.box_factor, level)
+
+
+def _first_readable(cfg: RunConfig, ds, n: int, what: str):
+    """The first ``n`` frames that read (unreadable ones passed over where ``execution.on_error: skip``),
+    consecutive runs of them as read: set-up statistics are never made of NaN frames."""
+    reader = ds.reader(check_missing=cfg.execution.check_missing_chunks)
+    skip = cfg.execution.on_error == "skip"
+    t = ds.shape[0]
+    step = max(n, int(ds.frames.chunks[0]) if hasattr(ds.frames, "chunks") else n)
+    parts, got, t0 = [], 0, 0
+    while got < n and t0 < t:
+        t1 = min(t0 + step, t)
+        raw, bad = reader.read_block(t0, t1, skip=skip)
+        good = np.ones(t1 - t0, bool)
+        for a, b, *_ in bad:
+            good[a - t0 : b + 1 - t0] = False
+        take = raw[good][: n - got]
+        if take.size:
+            parts.append(take)
+            got += take.shape[0]
+        t0 = t1
+    if not got:
+        raise DataError(f"no frame of '{ds.path}' could be read for {what}; restore the recording's chunks")
+    if len({p.dtype for p in parts}) > 1:  # a block with unreadable frames came back as float32
+        parts = [p.astype(np.float32, copy=False) for p in parts]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def _mtf_roi(cfg: RunConfig, chain, ds) -> tuple[int, int, int, int]:
@@ -681,9 +705,7 @@ def _mtf_roi(cfg: RunConfig, chain, ds) -> tuple[int, int, int, int]:
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w) or min(y1 - y0, x1 - x0) < 16:
             raise ConfigError(f"mtf.roi {list(cfg.mtf.roi)} must lie inside the {h} x {w} frames and be >= 16 px a side")
         return tuple(cfg.mtf.roi)
-    raw, _ = ds.reader(check_missing=cfg.execution.check_missing_chunks).read_block(
-        0, 1, skip=cfg.execution.on_error == "skip")
-    first, _ = chain(raw)
+    first, _ = chain(_first_readable(cfg, ds, 1, "the MTF edge"))
     try:
         return find_edge_roi(np.nan_to_num(first[0]))
     except ValueError as exc:

@@ -69,6 +69,9 @@ def unsupported_reason(chain, input_dtype, execution=None) -> str | None:
             return "the GPU engine runs in this process, not on a dask.distributed scheduler or cluster"
     if not all(hasattr(chain, a) for a in ("flatfield", "stateful", "post", "measures")):
         return "the GPU engine runs a pipeline.stages.Chain"
+    if execution is not None and getattr(execution, "on_error", "fail") == "skip" and list(chain.stateful):
+        # a skipped frame restarts the afterglow and temporal states (pipeline.stages.run_stateful): CPU engine only
+        return "execution.on_error: skip with afterglow or the temporal filter runs on the CPU engine"
     dt = np.dtype(input_dtype)
     if dt not in (np.dtype(np.uint16), np.dtype(np.float32)):
         return f"the GPU engine reads uint16 or float32 frames, not {dt}"

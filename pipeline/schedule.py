@@ -274,11 +274,12 @@ def _add_seconds(info, key, since):
 
 def _stateful(chain, i, payload, state):
     # the stage through the chain (a data node: shipped once per worker, with whatever it keeps per process)
+    from .stages import gaps_of, run_stateful
+
     stage = chain.stateful[i]
-    block, mask, info = payload  # unreadable frames are NaN: the stages carry on over them
+    block, mask, info = payload  # unreadable frames: NaN, and the stage restarts after them
     start = time.perf_counter()
-    state = stage.initial_state(block) if state is None else _copy(state)
-    block, state = stage(block, state)
+    block, state = run_stateful(stage, block, None if state is None else _copy(state), gaps_of(info, info["t0"]))
     _add_seconds(info, "stages", start)
     return (block, mask, info), state
 

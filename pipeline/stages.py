@@ -191,6 +191,42 @@ class MTFStage:
         return out
 
 
+def run_stateful(stage, block, state, gaps=()):
+    """``stage`` over a block whose frames ``gaps`` (``[(a, b), ...]``, frames a..b-1 of the block) were not read.
+
+    The frames of a gap stay NaN, and the state restarts after it: the next frame read starts the
+    stage afresh (``stage.initial_state`` of the frames after the gap, as at frame 0), so the frames
+    after a gap are what a run of the recording starting there gives, and nothing is carried over
+    the frames that are not known (the temporal filter would repeat the last frame through them,
+    the lag model would decay through them as if the beam were off). Decided frame by frame, so
+    any chunking gives the same result. Returns ``(block, state)``; a block that ends in a gap
+    returns ``None`` (the next block starts afresh).
+    """
+    if not gaps:
+        st = stage.initial_state(block) if state is None else state
+        return stage(block, st)
+    n = block.shape[0]
+    cut = sorted((max(0, int(a)), min(n, int(b))) for a, b in gaps if min(n, int(b)) > max(0, int(a)))
+    pos = 0
+    for a, b in cut + [(n, n)]:
+        if a > pos:  # frames pos..a-1 were read
+            part = block[pos:a]
+            st = stage.initial_state(part) if state is None else state
+            out, state = stage(part, st)
+            if out is not part:
+                block[pos:a] = out
+        if b > a:
+            block[a:b] = np.nan
+            state = None
+        pos = max(pos, b)
+    return block, state
+
+
+def gaps_of(info, t0: int) -> list:
+    """The unread frames a block's read recorded (``info['skipped']``: inclusive ranges) as block offsets."""
+    return [(int(a) - t0, int(b) + 1 - t0) for a, b, *_ in (info or {}).get("skipped") or ()]
+
+
 class BlockPool:
     """Block buffers reused from block to block, shared by the scheduler's threads.
 
@@ -302,13 +338,13 @@ class Chain:
             block = self.flatfield.tail(block, mask)
         return block if block.dtype == np.float32 else block.astype(np.float32)
 
-    def __call__(self, raw, states=None):
-        """Whole chain on one block (``states``: list per stateful stage, None = initial)."""
+    def __call__(self, raw, states=None, *, gaps=()):
+        """Whole chain on one block (``states``: list per stateful stage, None = initial; ``gaps``: see
+        :func:`run_stateful`)."""
         block, mask = self.head(raw)
         states = list(states) if states is not None else [None] * len(self.stateful)
         for i, stage in enumerate(self.stateful):
-            st = stage.initial_state(block) if states[i] is None else states[i]
-            block, states[i] = stage(block, st)
+            block, states[i] = run_stateful(stage, block, states[i], gaps)
         return self.tail((block, mask)), states
 
     def __dask_tokenize__(self):

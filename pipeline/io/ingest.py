@@ -12,12 +12,22 @@ Sources (by suffix, or a folder of numbered TIFFs):
 * ``.mp4/.avi/.mov/.mkv``: video (PyAV through imageio), converted to grey.
 * ``.npy``: NumPy array (memory-mapped).
 
-Every frame must have the same shape and dtype: the first that differs is rejected with its index.
+Every frame must have the same shape and dtype: the first that differs is rejected with its index. Nothing is
+shortened or made up: a truncated or damaged file (a TIFF whose chain of pages breaks, or whose pages' data run past
+its end), a colour (RGB) TIFF, an unknown NXtomo ``image_key``, a FIFO or device, a link out of a TIFF folder are
+refused in one line that says the fix; image_key 3 (invalid) frames are left out, with a warning and
+``image_key_left_out`` in the attributes. A source's ``read`` raises only DataError and gives exactly the frames asked.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 import re
+import stat
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,42 +55,195 @@ def _natural_key(p: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
+
+
+def _why(exc: BaseException) -> str:
+    """``exc`` for a one-line message: its type and the first line of its text, shortened."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def _file_kind(mode: int) -> str:
+    """What a ``st_mode`` that is not a regular file or folder is, in words."""
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+class _ChainErrors(logging.Handler):
+    """What tifffile logs (instead of raising) while it walks a file's chain of pages (IFDs): a cut file's chain ends
+    at an offset past its end, and tifffile just stops there, with the pages it found."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)  # older tifffile logged these as warnings, newer as errors
+        self.errors, self.thread = [], threading.get_ident()
+
+    def emit(self, record):
+        msg = record.getMessage()
+        # the chain's messages (this thread's), not odd tags, metadata or ScanImage's virtual frames (tifffile falls
+        # back to the real pages)
+        if record.thread == self.thread and "TiffPages" in msg and "virtual" not in msg:
+            self.errors.append(msg)
+
+
+def _open_tiff(path: Path):
+    """``(TiffFile, number of pages)``; refuses a file whose page chain breaks, or that holds fewer (or more) pages
+    than its own metadata (tifffile's shape, ImageJ's ``images=``) lists."""
+    import tifffile
+
+    log, chain = logging.getLogger("tifffile"), _ChainErrors()
+    level = log.level
+    log.setLevel(min(log.getEffectiveLevel(), logging.WARNING))  # heard even where tifffile's log is silenced
+    log.addHandler(chain)
+    tif = None
+    try:
+        tif = tifffile.TiffFile(path)
+        n = len(tif.pages)  # walks the whole chain
+        claimed = None
+        if tif.is_shaped or tif.is_imagej:
+            claimed = sum(s.size // max(1, s.keyframe.size) for s in tif.series)
+    except Exception as exc:
+        if tif is not None:
+            tif.close()
+        raise DataError(f"'{path}': cannot read it as TIFF ({_why(exc)}); it is truncated, damaged or not a TIFF: "
+                        "re-copy or re-export it") from None
+    finally:
+        log.removeHandler(chain)
+        log.setLevel(level)
+    problem = None
+    if chain.errors:
+        read = f"{n} of the {claimed} pages" if claimed and claimed != n else _count(n, "page")
+        problem = (f"'{path}' is truncated or damaged: only {read} could be read (its chain of pages breaks there); "
+                   "re-copy or re-export the file")
+    elif claimed is not None and claimed != n:
+        problem = (f"'{path}' holds {_count(n, 'page')} but its metadata lists {claimed}: it is truncated or damaged "
+                   "(or an ImageJ stack over 4 GB); re-copy the file, or re-save it as a TIFF sequence")
+    if problem:
+        tif.close()
+        raise DataError(problem)
+    return tif, n
+
+
+def _tiff_page(label: str, tif, i: int):
+    """Page ``i`` of ``tif``, with all its data inside the file (checked before any pixel is read: a cut file's last
+    page would read short, or as zeros)."""
+    try:
+        pg = tif.pages[i]
+    except Exception as exc:
+        raise DataError(f"{label}: page {i} cannot be read ({_why(exc)}); the file is damaged: re-copy or "
+                        "re-export it") from None
+    end = max((o + c for o, c in zip(pg.dataoffsets, pg.databytecounts) if c), default=0)
+    if end > tif.filehandle.size:
+        raise DataError(f"{label}: page {i}'s data end at byte {end}, past the end of the {tif.filehandle.size}-byte "
+                        "file: it is truncated; re-copy or re-export it")
+    return pg
+
+
+def _single_channel(label: str, pg) -> None:
+    """Refuse a colour or multi-sample page (RGB, RGBA, ...): the pipeline takes grey frames."""
+    import tifffile
+
+    if pg.samplesperpixel == 1:
+        return
+    photometric = getattr(pg.photometric, "name", pg.photometric)
+    hint = ""
+    if pg.planarconfig == tifffile.PLANARCONFIG.SEPARATE and pg.photometric == tifffile.PHOTOMETRIC.RGB:
+        # how tifffile.imwrite stores a (3, H, W) stack unless told photometric='minisblack'
+        hint = f" (if they are {pg.shape[0]} greyscale frames, write them with photometric='minisblack')"
+    raise DataError(f"{label} holds {photometric} images {tuple(pg.shape)} ({pg.samplesperpixel} samples per pixel); "
+                    f"the pipeline takes single-channel frames: convert them to greyscale first{hint}")
+
+
+def _pixels(label: str, pg, i: int) -> np.ndarray:
+    """Page ``i``'s pixels; a decoding failure is a DataError naming the page."""
+    try:
+        return pg.asarray()
+    except Exception as exc:
+        raise DataError(f"{label}: page {i} cannot be read ({_why(exc)}); the file is damaged: re-copy or "
+                        "re-export it") from None
+
+
 def _tiff_stack(path: Path) -> Source:
     import tifffile
 
-    tif = tifffile.TiffFile(path)
-    pages = tif.pages
-    n = len(pages)
-    first = pages[0]
-    shape, dtype = tuple(first.shape), np.dtype(first.dtype)
-    if len(shape) == 3 and n == 1 and len(tif.series[0].shape) == 3:
-        # a short stack that TIFF stores as one multi-sample page (e.g. 3 or 4 frames written as planar
-        # samples): the series is the stack
-        a = tif.series[0].asarray()
-        return Source(str(path), tuple(a.shape), a.dtype, lambda t0, t1: a[t0:t1])
-    if len(shape) != 2:
-        raise DataError(f"'{path}': page 0 has shape {shape}; expected single-channel 2D frames")
+    tif, n = _open_tiff(path)
+    label = f"'{path}'"
+    try:
+        first = _tiff_page(label, tif, 0)
+        shape, dtype = tuple(first.shape), np.dtype(first.dtype)
+        if (n == 1 and first.samplesperpixel > 1 and first.photometric == tifffile.PHOTOMETRIC.MINISBLACK
+                and first.planarconfig == tifffile.PLANARCONFIG.SEPARATE and tuple(tif.series[0].shape) == shape):
+            # a short greyscale stack that TIFF stores as one page of planar samples: the planes are the frames
+            # (the same planes labelled RGB are a colour picture, refused below)
+            a = _pixels(label, first, 0)
+            tif.close()
+            return Source(str(path), tuple(a.shape), a.dtype, lambda t0, t1: a[t0:t1])
+        _single_channel(label, first)
+        if len(shape) != 2:
+            raise DataError(f"'{path}': page 0 has shape {shape}; expected single-channel 2D frames")
+        _tiff_page(label, tif, n - 1)  # a cut file is refused now, not after most frames are written
+    except Exception as exc:
+        tif.close()  # refused: nothing will read it
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"'{path}': cannot read it as TIFF ({_why(exc)}); it is damaged: re-copy or "
+                        "re-export it") from None
 
     def read(t0, t1):
         out = np.empty((t1 - t0,) + shape, dtype=dtype)
         for i in range(t0, t1):
-            pg = pages[i]
+            pg = _tiff_page(label, tif, i)
             if tuple(pg.shape) != shape or np.dtype(pg.dtype) != dtype:
                 raise DataError(f"'{path}': page {i} is {tuple(pg.shape)} {pg.dtype}, page 0 is {shape} {dtype}; "
                                 "all frames must match")
-            out[i - t0] = pg.asarray()
+            out[i - t0] = _pixels(label, pg, i)
         return out
 
     return Source(str(path), (n,) + shape, dtype, read)
 
 
-def _tiff_folder(path: Path) -> Source:
-    import tifffile
+def _tiff_file(path: Path, i: int) -> np.ndarray:
+    """The one frame of a folder's ``i``-th TIFF, checked like a stack's pages."""
+    label = f"'{path}' (frame {i})"
+    tif, n = _open_tiff(path)
+    with tif:
+        if n != 1:
+            raise DataError(f"{label} holds {n} pages; a folder takes one frame per file: split it, or ingest it alone")
+        pg = _tiff_page(label, tif, 0)
+        _single_channel(label, pg)
+        return _pixels(label, pg, 0)
 
-    files = sorted([p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff")], key=_natural_key)
+
+def _folder_files(path: Path) -> list:
+    """The folder's .tif files in natural order: regular files only, links only to files inside the folder."""
+    root = Path(os.path.realpath(path))
+    files = []
+    for p in path.iterdir():
+        if p.suffix.lower() not in (".tif", ".tiff"):
+            continue
+        target = Path(os.path.realpath(p))
+        if p.is_symlink() and not target.is_relative_to(root):
+            raise DataError(f"'{p}' is a link to '{target}', outside the folder '{path}'; remove the link or copy the "
+                            "file in")
+        try:
+            mode = p.stat().st_mode  # stat does not open: a FIFO would block an open forever
+        except OSError as exc:
+            raise DataError(f"'{p}' cannot be read as a file ({_why(exc)}); remove it from the folder") from None
+        if not stat.S_ISREG(mode):
+            raise DataError(f"'{p}' is a {_file_kind(mode)}, not a regular file; remove it from the folder")
+        files.append(p)
+    return sorted(files, key=_natural_key)
+
+
+def _tiff_folder(path: Path) -> Source:
+    files = _folder_files(path)
     if not files:
         raise DataError(f"folder '{path}' holds no .tif files")
-    first = tifffile.imread(files[0])
+    first = _tiff_file(files[0], 0)
     shape, dtype = first.shape, first.dtype
     if first.ndim != 2:
         raise DataError(f"'{files[0]}' has shape {first.shape}; expected one 2D frame per file")
@@ -88,7 +251,7 @@ def _tiff_folder(path: Path) -> Source:
     def read(t0, t1):
         out = np.empty((t1 - t0,) + shape, dtype=dtype)
         for i in range(t0, t1):
-            a = tifffile.imread(files[i])
+            a = _tiff_file(files[i], i)
             if a.shape != shape or a.dtype != dtype:
                 raise DataError(f"'{files[i].name}' (frame {i}) is {a.shape} {a.dtype}, the first is {shape} {dtype}; "
                                 "all frames must match")
@@ -99,7 +262,11 @@ def _tiff_folder(path: Path) -> Source:
 
 
 def _npy(path: Path) -> Source:
-    a = np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"'{path}': cannot read it as a .npy array ({_why(exc)}); it is truncated, damaged or not "
+                        "an array: re-save it with numpy.save") from None
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3:
@@ -135,13 +302,14 @@ def _raw(path: Path, dtype, shape, header: int) -> Source:
 def _video(path: Path) -> Source:
     import imageio.v3 as iio
 
+    n = 0
     try:
-        n = 0
         for frame in iio.imiter(path, plugin="pyav"):
             n += 1
             shape = frame.shape[:2]
     except Exception as exc:
-        raise DataError(f"cannot decode video '{path}' ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"cannot decode video '{path}' at frame {n} ({_why(exc)}); re-encode it "
+                        "(e.g. ffmpeg -i in.mp4 out.mp4)") from None
     if n == 0:
         raise DataError(f"video '{path}' has no frames")
 
@@ -153,15 +321,31 @@ def _video(path: Path) -> Source:
 
     state = {"it": None, "pos": 0}
 
+    def frame(i):
+        """The next decoded frame, ``i``; a decoder error, an early end or another size is a DataError naming it."""
+        try:
+            f = grey(next(state["it"]))
+        except StopIteration:
+            why = f"the video ends after {i} frames, {n} were counted"
+        except Exception as exc:
+            why = _why(exc)
+        else:
+            if f.shape == tuple(shape):
+                return f
+            why = f"it is {f.shape[:2]}, frame 0 is {tuple(shape)}"
+        state["it"] = None  # start afresh on the next read
+        raise DataError(f"video '{path}': frame {i} cannot be decoded ({why}); re-encode it "
+                        "(e.g. ffmpeg -i in.mp4 out.mp4)")
+
     def read(t0, t1):
         if state["it"] is None or state["pos"] != t0:  # sequential decoding; restart if asked to go back
             state["it"], state["pos"] = iio.imiter(path, plugin="pyav"), 0
-            for _ in range(t0):
-                next(state["it"])
+            for i in range(t0):
+                frame(i)
             state["pos"] = t0
         out = np.empty((t1 - t0,) + tuple(shape), dtype=np.uint8)
         for i in range(t1 - t0):
-            out[i] = grey(next(state["it"]))
+            out[i] = frame(t0 + i)
         state["pos"] = t1
         return out
 
@@ -171,7 +355,22 @@ def _video(path: Path) -> Source:
 def _hdf5(path: Path, dataset: str | None) -> dict:
     import h5py
 
-    f = h5py.File(path, "r")
+    try:
+        f = h5py.File(path, "r")
+    except Exception as exc:
+        raise DataError(f"'{path}': cannot open it as HDF5 ({_why(exc)}); it is truncated, damaged or not HDF5: "
+                        "re-copy it") from None
+    try:
+        return _hdf5_sources(f, path, dataset)
+    except DataError:
+        raise
+    except Exception as exc:  # h5py's errors on a damaged file (OSError, KeyError, ...)
+        raise DataError(f"'{path}': cannot read it ({_why(exc)}); the HDF5 file is damaged: re-copy it") from None
+
+
+def _hdf5_sources(f, path: Path, dataset: str | None) -> dict:
+    import h5py
+
     if dataset is None:
         for cand in ("/entry/data/data", "/entry/instrument/detector/data", "/entry1/data/data"):
             if cand in f and f[cand].ndim == 3:
@@ -188,13 +387,28 @@ def _hdf5(path: Path, dataset: str | None) -> dict:
     d = f[dataset]
     if d.ndim != 3:
         raise DataError(f"'{path}:{dataset}' has shape {d.shape}; expected (T, H, W)")
+    own = dataset.rsplit("/", 1)[0] + "/image_key"
+    if own in f and isinstance(f[own], h5py.Dataset) and f[own].shape != (d.shape[0],):
+        # ignoring it would pass its darks and flats off as projections
+        raise DataError(f"'{path}:{own}' has {f[own].size} entries but '{dataset}' has {d.shape[0]} frames; "
+                        "fix the image_key (one entry a frame)")
     key = None
-    for cand in (dataset.rsplit("/", 1)[0] + "/image_key", "/entry/instrument/detector/image_key",
-                 "/entry/data/image_key"):
+    for cand in (own, "/entry/instrument/detector/image_key", "/entry/data/image_key"):
         if cand in f and f[cand].shape == (d.shape[0],):
             key = np.asarray(f[cand][...])
             break
     attrs = {}
+    if key is not None:
+        values, counts = np.unique(key, return_counts=True)
+        unknown = [(v, c) for v, c in zip(values.tolist(), counts.tolist()) if v not in (0, 1, 2, 3)]
+        if unknown:
+            listed = ", ".join(f"{v} ({_count(c, 'frame')})" for v, c in unknown)
+            raise DataError(f"'{path}:{cand}' holds image_key values {listed}; NXtomo's are 0 projection, 1 flat, "
+                            "2 dark, 3 invalid: fix the key")
+        left = int(np.count_nonzero(key == 3))
+        if left:  # NXtomo's "invalid" frames are left out, but said: a warning, and in the output's attributes
+            attrs["image_key_left_out"] = {"3": left}
+            warnings.warn(f"'{path}': {_count(left, 'frame')} with image_key 3 (invalid) are left out", stacklevel=2)
     label = f"{path}:{dataset}"
 
     def subset(idx, name):
@@ -222,13 +436,16 @@ def open_sources(path: str | Path, *, dataset=None, raw_dtype=None, raw_shape=No
     p = Path(path)
     if not p.exists():
         raise DataError(f"'{p}' does not exist; check the path")
+    mode = p.stat().st_mode  # stat, not open: opening a FIFO blocks until something writes to it
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise DataError(f"'{p}' is a {_file_kind(mode)}, not a regular file; copy the recording into a file first")
     if p.is_dir():
         if (p / "zarr.json").is_file():
             raise DataError(f"'{p}' is already a Zarr dataset; use it directly")
-        return {"frames": _tiff_folder(p), "darks": None, "flats": None}
+        return {"frames": _guarded(_tiff_folder(p)), "darks": None, "flats": None}
     suf = p.suffix.lower()
     if suf in HDF5:
-        return _hdf5(p, dataset)
+        return {k: _guarded(v) for k, v in _hdf5(p, dataset).items()}
     if suf in (".tif", ".tiff"):
         src = _tiff_stack(p)
     elif suf == ".npy":
@@ -240,7 +457,30 @@ def open_sources(path: str | Path, *, dataset=None, raw_dtype=None, raw_shape=No
     else:
         raise DataError(f"'{p}': unknown format '{suf}'; supported: TIFF (file or folder), HDF5/NeXus, raw, "
                         "mp4/avi video, npy")
-    return {"frames": src, "darks": None, "flats": None}
+    return {"frames": _guarded(src), "darks": None, "flats": None}
+
+
+def _guarded(src: Source | None) -> Source | None:
+    """``src`` whose ``read(t0, t1)`` raises nothing but DataError (a damaged file found late, mid-way) and delivers
+    exactly ``t1 - t0`` frames: ``shape[0]`` is what will be read, never silently fewer."""
+    if src is None:
+        return None
+    inner = src.read
+
+    def read(t0, t1):
+        try:
+            a = inner(t0, t1)
+        except (DataError, MemoryError):
+            raise
+        except Exception as exc:
+            raise DataError(f"'{src.label}': frames {t0}-{t1 - 1} cannot be read ({_why(exc)}); the file is damaged "
+                            "or truncated: re-copy it") from None
+        if len(a) != t1 - t0:
+            raise DataError(f"'{src.label}': frames {t0}-{t1 - 1} gave {len(a)} frames, not {t1 - t0}; the file is "
+                            "truncated or damaged: re-copy it")
+        return a
+
+    return dataclasses.replace(src, read=read)
 
 
 def storage_dtype(dtype) -> np.dtype:
