@@ -110,10 +110,9 @@ def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig
     if afterglow_model is None and cfg.afterglow.model:
         afterglow_model = load_afterglow(cfg, ds)
     sched = cfg.execution.scheduler if cfg.execution.scheduler != "processes" else "threads"
-    dark, dark_std = frame_statistics(zarr_store.FrameReader(ds.darks, f"{ds.path}/darks"),
-                                      statistic=ff.dark_statistic, with_std=True, scheduler=sched)
-    flat, _ = frame_statistics(zarr_store.FrameReader(ds.flats, f"{ds.path}/flats"),
-                               statistic=ff.flat_statistic, scheduler=sched)
+    dark, dark_std = frame_statistics(ds.array_reader("darks"), statistic=ff.dark_statistic, with_std=True,
+                                      scheduler=sched)
+    flat, _ = frame_statistics(ds.array_reader("flats"), statistic=ff.flat_statistic, scheduler=sched)
     from .io.checkpoint import checksum
 
     response = load_response(cfg, dark.shape)
@@ -139,9 +138,11 @@ def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig
         raise CalibrationError(f"calibration from '{ds.path}' failed: {exc}") from None
 
 
-def save_calibration(cal: Calibration, path: str | Path, *, overwrite: bool = False, source: str = "") -> Path:
-    """Write a calibration as its own Zarr group (reuse with ``run --calibration``)."""
-    w = zarr_store.OutputWriter(path, overwrite=overwrite, inputs=[source] if source else [])
+def save_calibration(cal: Calibration, path: str | Path, *, overwrite: bool = False, source: str = "",
+                     inputs=()) -> Path:
+    """Write a calibration as its own Zarr group (reuse with ``run --calibration``); ``inputs``: what it was made
+    from besides ``source`` (never written over)."""
+    w = zarr_store.OutputWriter(path, overwrite=overwrite, inputs=[source or None, *inputs])
     try:
         w.write("dark", np.asarray(cal.dark, np.float32))
         w.write("gain", np.asarray(cal.gain, np.float32))
@@ -595,8 +596,11 @@ def _run(input: Path, out_path: Path, cfg: RunConfig, *, calibration, overwrite:
     if mtf_summary is not None:
         from . import report
 
+        from .io.outputs import atomic_file
+
         m50, m20, unit = mtf_summary.pop("_curves")
-        report.resolution_over_time(m50, m20, unit.replace("_per_", "/"), mtf_summary["plot"])
+        with atomic_file(mtf_summary["plot"], overwrite=True, inputs=inputs) as tmp:  # (checked before the run)
+            report.resolution_over_time(m50, m20, unit.replace("_per_", "/"), tmp)
     if nonfinite:
         warnings.warn(f"{nonfinite} NaN/Inf pixels in the input frames of '{input}' (NaN in the output)", stacklevel=2)
     if at_limit:
@@ -882,10 +886,13 @@ def fit_afterglow(
 
     Returns the saved document (plus the :class:`~pipeline.ops.afterglow.StepFit` under ``"fit"``).
     """
-    ds = zarr_store.open_input(calibration)
+    from .io import outputs
+
     out = Path(output)
-    if out.exists() and not overwrite:
-        raise zarr_store.OutputExistsError(f"'{out}' already exists; pass --overwrite to replace it or choose another path")
+    for f in (out, out.with_suffix(".amplitudes.npy") if per_pixel else None, plot):
+        if f is not None:
+            outputs.check_output_path(f, overwrite=overwrite, inputs=[calibration], kind="file", sidecars=False)
+    ds = zarr_store.open_input(calibration)
     fr = frame_rate_hz if frame_rate_hz is not None else ds.attrs.get("frame_rate_hz")
     if fr is None:
         raise DataError(f"'{calibration}' has no frame_rate_hz attribute; pass --frame-rate HZ")
@@ -898,7 +905,7 @@ def fit_afterglow(
     means = frame_means(reader, roi=roi)
     dark_map = None
     if ds.darks is not None:
-        dark_map, _ = frame_statistics(zarr_store.FrameReader(ds.darks, f"{ds.path}/darks"))
+        dark_map, _ = frame_statistics(ds.array_reader("darks"))
         region = dark_map if roi is None else dark_map[roi[0]:roi[1], roi[2]:roi[3]]
         means = means - float(region.mean(dtype=np.float64))
     try:
@@ -935,11 +942,12 @@ def fit_afterglow(
             "roi": list(roi) if roi else None, "darks_subtracted": dark_map is not None,
         },
     }
-    path = models.save_model(out, doc, amplitude_map=amap, overwrite=overwrite)
+    path = models.save_model(out, doc, amplitude_map=amap, overwrite=overwrite, inputs=[calibration])
     if plot:
         from . import report
 
-        report.afterglow_fit(fit, plot)
+        with outputs.atomic_file(plot, overwrite=overwrite, inputs=[calibration]) as tmp:
+            report.afterglow_fit(fit, tmp)
     return {**doc, "path": path, "fit_result": fit}
 
 
@@ -1096,11 +1104,11 @@ def export(
     ``window``: intensity range mapped to black..white (default: the 0.5-99.5 % percentiles of a sample).
     ``side_by_side``: the preview shows the run's raw input next to the processed frames.
     """
+    from .io import outputs
     from .io.export import write_preview, write_tiff_stack
 
     d = Path(dest)
-    if d.exists() and not overwrite:
-        raise zarr_store.OutputExistsError(f"'{d}' already exists; pass --overwrite to replace it or choose another path")
+    outputs.check_output_path(d, overwrite=overwrite, inputs=[dataset], kind="file", sidecars=False)
     g = zarr_store.open_group_readonly(dataset)
     if array not in g:
         raise DataError(f"'{dataset}' has no array '{array}'")
@@ -1108,10 +1116,11 @@ def export(
     if not hasattr(frames, "dtype") or len(frames.shape) not in (2, 3):
         raise DataError(f"'{dataset}/{array}' is not an array of frames (a group, or not 2D/3D); "
                         "pick a (T, H, W) or (H, W) array with --array")
+    label = f"{dataset}/{array}"
     if len(frames.shape) == 2:
-        frames = frames[...][None]
-    else:
-        frames = zarr_store.decoded_frames(frames)  # an output stored as float16/uint16: its values
+        frames = zarr_store.read_checked(frames, label)[None]
+    else:  # checked as read (a lost chunk is an error, never black frames); float16/uint16 outputs: their values
+        frames = zarr_store.checked_frames(frames, label)
     suf = d.suffix.lower()
     if suf in (".tif", ".tiff"):
         return write_tiff_stack(frames, d)
@@ -1122,7 +1131,7 @@ def export(
         src = (dict(g.attrs).get("provenance") or {}).get("input")
         if not src or not Path(src).exists():
             raise DataError(f"'{dataset}' does not name an existing input in its provenance; drop --side-by-side")
-        left = zarr_store.open_group_readonly(src)["frames"]
+        left = zarr_store.checked_frames(zarr_store.open_group_readonly(src)["frames"], f"{src}/frames")
     return write_preview(frames, d, window=window, fps=fps, left=left)
 
 
@@ -1157,8 +1166,10 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     sim_path, run_path = out / "simulated.zarr", out / "corrected.zarr"
     step_path, model_path = out / "afterglow_step.zarr", out / "afterglow_model.json"
-    for p in (sim_path, run_path, step_path, model_path, mtf_plot_path(run_path.resolve())):
+    for p in (sim_path, run_path, step_path):
         zarr_store.check_output_path(p, overwrite=overwrite)
+    for p in (model_path, mtf_plot_path(run_path.resolve()), out / "afterglow_fit.png"):
+        zarr_store.check_output_path(p, overwrite=overwrite, kind="file")
     simulate(sim_path, preset=preset, frames=frames, size=size, seed=seed, overwrite=overwrite)
     simulate(step_path, preset=preset, frames=160, size=(min(size[0], 256), min(size[1], 256)), seed=seed + 1,
              scene="open", beam_off_frame=40, truth_frames=False, overwrite=overwrite)

@@ -134,9 +134,10 @@ def calibrate(input, output, config_file, overrides, overwrite):
     from .io.zarr_store import check_output_path
 
     cfg = load_config(config_file, overrides=list(overrides))
-    check_output_path(output, overwrite=overwrite, inputs=[input])
+    inputs = [input, cfg.afterglow.model, cfg.flatfield.response]
+    check_output_path(output, overwrite=overwrite, inputs=inputs)
     cal = _calibrate(input, cfg)
-    path = save_calibration(cal, output, overwrite=overwrite, source=str(input))
+    path = save_calibration(cal, output, overwrite=overwrite, source=str(input), inputs=inputs)
     import numpy as np
 
     click.echo(f"calibration -> {path} (flat level {cal.flat_level:.1f} counts, "
@@ -288,21 +289,28 @@ def info(path, as_json):
               help="highest frequency, cycles/pixel")
 @click.option("--json", "json_out", default=None, metavar="OUT|-", help="write the result as JSON (- for stdout)")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG with ESF, LSF and MTF")
-def mtf(path, pixel_pitch, roi, window, f_max, json_out, plot):
+@click.option("--overwrite", is_flag=True, help="replace an existing --json or --plot file")
+def mtf(path, pixel_pitch, roi, window, f_max, json_out, plot, overwrite):
     """Slanted-edge MTF of PATH: a TIFF/PNG/NPY image or a Zarr dataset (every frame, batched)."""
     from .api import measure_mtf
+    from .io.outputs import atomic_file, check_output_path
 
+    for f in (plot, json_out if json_out != "-" else None):
+        if f:
+            check_output_path(f, overwrite=overwrite, inputs=[path], kind="file", sidecars=False)
     d = measure_mtf(path, roi=roi, pixel_pitch_mm=pixel_pitch, window=window, f_max=f_max)
     res = d.pop("result")
     if plot:
         from . import report
 
-        report.mtf_curves(res, plot, pixel_pitch_mm=d.get("pixel_pitch_mm"), title=str(path))
+        with atomic_file(plot, overwrite=overwrite, inputs=[path]) as tmp:
+            report.mtf_curves(res, tmp, pixel_pitch_mm=d.get("pixel_pitch_mm"), title=str(path))
     if json_out == "-":
         click.echo(json.dumps(d, indent=1))
         return
     if json_out:
-        Path(json_out).write_text(json.dumps(d, indent=1) + "\n")
+        with atomic_file(json_out, overwrite=overwrite, inputs=[path]) as tmp:
+            tmp.write_text(json.dumps(d, indent=1) + "\n")
     unit = "lp/mm" if d.get("pixel_pitch_mm") else "cycles/pixel"
     key = "lp_per_mm" if d.get("pixel_pitch_mm") else "cy_per_px"
 

@@ -29,20 +29,25 @@ class AfterglowModel:
         return np.exp(-1.0 / (self.frame_rate_hz * np.asarray(self.tau_s)))
 
 
-def save_model(path: str | Path, document: dict, *, amplitude_map: np.ndarray | None = None, overwrite=False) -> Path:
-    """Write MODEL.json (and the amplitude map beside it, if any). Refuses to overwrite without ``overwrite``."""
+def save_model(path: str | Path, document: dict, *, amplitude_map: np.ndarray | None = None, overwrite=False,
+               inputs=()) -> Path:
+    """Write MODEL.json (and the amplitude map beside it, if any), both or neither.
+
+    Refuses to overwrite without ``overwrite``, and to write over one of ``inputs`` (what the model
+    was fitted from) or over anything but a file (:class:`pipeline.io.outputs.FileSet`).
+    """
+    from .outputs import FileSet
+
     p = Path(path)
     side = p.with_suffix(".amplitudes.npy")
-    for f in (p, side if amplitude_map is not None else None):
-        if f is not None and f.exists() and not overwrite:
-            raise OutputExistsError(f"'{f}' already exists; pass --overwrite to replace it or choose another path")
+    names = [p.name] + ([side.name] if amplitude_map is not None else [])
+    files = FileSet(p.parent, names, overwrite=overwrite, inputs=inputs)
     doc = dict(document, kind=KIND)
-    if amplitude_map is not None:
-        np.save(side, np.asarray(amplitude_map, dtype=np.float32))
-        doc["amplitude_map"] = side.name
-    tmp = p.with_name(p.name + ".partial")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(p)
+    with files:
+        if amplitude_map is not None:
+            np.save(files.path(side.name), np.asarray(amplitude_map, dtype=np.float32))
+            doc["amplitude_map"] = side.name
+        files.path(p.name).write_text(json.dumps(doc, indent=2) + "\n")
     return p
 
 

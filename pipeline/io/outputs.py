@@ -150,6 +150,33 @@ def replace(new: Path, final: Path) -> Path:
     return final
 
 
+def temporary(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` with its suffix (what writers such as ``np.save`` and matplotlib
+    go by), to write ``path`` under and rename it to when whole."""
+    p = Path(path)
+    return p.with_name(f".{p.stem}.{uuid.uuid4().hex[:12]}.partial{p.suffix}")
+
+
+class atomic_file:
+    """``with atomic_file(path, overwrite=..., inputs=...) as tmp:`` write ``tmp``; it becomes ``path`` only when the
+    block ends without an error (checked first like any output: never an input, never over a folder)."""
+
+    def __init__(self, path, *, overwrite: bool, inputs=()):
+        self.final = check_output_path(path, overwrite=overwrite, inputs=inputs, kind="file", sidecars=False)
+        self.tmp = temporary(self.final)
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None and self.tmp.is_file():
+            os.replace(self.tmp, self.final)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return False
+
+
 class OutputLock:
     """One writer per output: ``flock`` on ``OUT.lock``, refused at once while another process holds it.
 
@@ -226,14 +253,16 @@ class FileSet:
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise OutputExistsError(f"'{folder}' is a file, not a folder; choose another output folder")
-        for ip in input_paths(*inputs):
-            if _overlaps(self.folder.resolve(), ip):
-                raise OutputExistsError(f"output folder '{folder}' overlaps the input '{ip}'; choose another folder")
+        here = self.folder.resolve()
+        for ip in input_paths(*inputs):  # the folder may hold inputs (only the named files are written), not be one
+            if here == ip or ip in here.parents:
+                raise OutputExistsError(f"output folder '{folder}' is or lies inside the input '{ip}'; choose "
+                                        "another folder")
         self.final = {n: self.folder / n for n in names}
         for p in self.final.values():
             check_output_path(p, overwrite=overwrite, inputs=inputs, kind="file", sidecars=False)
         self.lock = None
-        self.tmp = {n: self.folder / f".{n}.{uuid.uuid4().hex[:12]}.partial" for n in names}
+        self.tmp = {n: temporary(self.folder / n) for n in names}
 
     def begin(self) -> "FileSet":
         self.folder.mkdir(parents=True, exist_ok=True)

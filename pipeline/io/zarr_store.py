@@ -891,6 +891,13 @@ def checked(array, label: str, root: Path | None = None) -> FrameReader:
     return r
 
 
+def checked_frames(array, label: str, root: Path | None = None):
+    """:func:`checked`, read back as values where the array holds a packed code (:func:`decoded_frames`)."""
+    r = checked(array, label, root)
+    packed = decoded_frames(array)
+    return Decoded(r, packed._decode) if isinstance(packed, Decoded) else r
+
+
 def read_checked(array, label: str, root: Path | None = None) -> np.ndarray:
     """The whole of ``array`` (any number of dimensions), checked as :func:`checked` reads it."""
     if array.ndim == 0:
