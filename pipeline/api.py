@@ -578,6 +578,7 @@ def _run(input: Path, out_path: Path, cfg: RunConfig, *, calibration, overwrite:
         "stages": chain.names,
         "chunk_frames": chunk,
         "skipped_frames": skipped,
+        "input_missing_chunks": ds.reader(check_missing=cfg.execution.check_missing_chunks).missing_rule,
         "nonfinite_input_pixels": nonfinite,
         "stored_at_limit": at_limit,
         "resumed": ({"from_block": start_block, "blocks_kept": sorted(earlier)} if resuming else None),

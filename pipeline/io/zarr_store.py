@@ -683,9 +683,8 @@ class FrameReader:
             return data, []
         if not skip:
             a, b, why = bad[0]
-            what = f"rows {a}-{b - 1} along axis 0 of"
+            what = f"frames {a}-{b - 1} of" if self.ndim == 3 else f"rows {a}-{b - 1} of"
             if self.skippable:
-                what = f"frames {a}-{b - 1} of"
                 fix = ("restore the chunk from a copy, re-ingest the recording, or set execution.on_error: skip to "
                        "fill them with NaN and go on")
             else:
