@@ -313,3 +313,14 @@ def test_mtf_json_is_not_overwritten_without_the_flag(tmp_path):
     assert "--overwrite" in e and (tmp_path / "r.json").read_text() == "mine"
     assert run_cli("mtf", sim, "--json", tmp_path / "r.json", "--overwrite").returncode == 0
     assert json.loads((tmp_path / "r.json").read_text())["frames"] == 2
+
+
+# --------------------------------------------------------------------------- 9. no hangs
+def test_metadata_that_is_a_fifo_is_never_opened(rec, tmp_path):
+    _, sim, _ = rec
+    bad = tmp_path / "b.zarr"
+    shutil.copytree(sim, bad)
+    (bad / "darks" / "zarr.json").unlink()
+    os.mkfifo(bad / "darks" / "zarr.json")
+    e = one_line(run_cli("run", bad, tmp_path / "o.zarr", "-q", timeout=60))  # a hang fails (timeout)
+    assert "darks/zarr.json' is not a regular file" in e

@@ -743,9 +743,30 @@ class InputDataset:
         return dict(g["truth"].attrs) if "truth" in g else {}
 
 
+def _irregular_metadata(path: Path) -> Path | None:
+    """A ``zarr.json`` of the group or of its members (two levels down) that is not a regular file (a FIFO would
+    block Zarr's read forever), or None. Chunk files are checked as they are read (:class:`FrameReader`)."""
+    try:
+        levels = [path] + [c for c in path.iterdir() if c.is_dir() and c.name != "c"]
+        levels += [g for c in levels[1:] for g in c.iterdir() if g.is_dir() and g.name != "c"]
+    except OSError:
+        return None
+    for d in levels:
+        try:
+            mode = os.stat(d / "zarr.json").st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            return d / "zarr.json"
+    return None
+
+
 def _open_group(path: Path, what: str):
     if not path.exists():
         raise DataError(f"{what} '{path}' does not exist; check the path (create one with 'xray-pipeline simulate')")
+    odd = _irregular_metadata(path) if path.is_dir() else None
+    if odd is not None:
+        raise DataError(f"{what} '{path}': '{odd}' is not a regular file; restore the dataset's metadata from a copy")
     try:
         return zarr.open_group(str(path), mode="r")
     except Exception as exc:
