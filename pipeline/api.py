@@ -23,14 +23,14 @@ from typing import Callable
 
 import numpy as np
 
-from . import jit
+from . import jit, validate
 from ._version import __version__
 from .backend import describe_device, resolve_device, say_once
 from .config import RunConfig, load_config
 from .errors import AlreadyComplete, CalibrationError, ConfigError, DataError, PipelineError, RunInterrupted
 from .io import models, zarr_store
 from .ops import afterglow as ag
-from .ops.flatfield import Calibration, compute_calibration
+from .ops.flatfield import Calibration, compute_calibration, saturation_level_for
 from .schedule import check_execution, frame_means, frame_statistics, is_distributed, process_frames
 from .simulator import SimulationSpec, build
 from .stages import build_chain
@@ -113,6 +113,7 @@ def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig
     dark, dark_std = frame_statistics(ds.array_reader("darks"), statistic=ff.dark_statistic, with_std=True,
                                       scheduler=sched)
     flat, _ = frame_statistics(ds.array_reader("flats"), statistic=ff.flat_statistic, scheduler=sched)
+    raw_flat = flat  # saturation is judged on the flats as recorded (before linearisation or the lag gain)
     from .io.checkpoint import checksum
 
     response = load_response(cfg, dark.shape)
@@ -131,6 +132,7 @@ def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig
             dark, flat, dark_noise=dark_std, exposure_ratio=ff.flat_exposure_ratio, detect=bp.detect,
             dead_below=bp.dead_below, under_below=bp.under_below, over_above=bp.over_above,
             hot_sigma=bp.hot_sigma, noisy_factor=bp.noisy_factor, window=bp.window,
+            saturation_level=saturation_level_for(ds.flats.dtype, ff.saturation_level), raw_flat_map=raw_flat,
         )
         return replace(cal, lag_dc_gain=lag_gain,
                        response_checksum=checksum(response) if response is not None else None)
@@ -161,6 +163,7 @@ def save_calibration(cal: Calibration, path: str | Path, *, overwrite: bool = Fa
 
 def load_calibration(path: str | Path, frame_shape) -> Calibration:
     arrays, attrs = zarr_store.load_calibration(path, frame_shape)
+    attrs = validate.calibration_attrs(attrs, str(path))
     gain = arrays["gain"].astype(np.float32)
     if not np.all(np.isfinite(gain)) or np.any(gain <= 0):
         raise CalibrationError(f"calibration '{path}' has non-positive or non-finite gain values; recompute it")
@@ -396,10 +399,7 @@ def _run(input: Path, out_path: Path, cfg: RunConfig, *, calibration, overwrite:
     inputs = run_inputs(source, calibration, cfg)  # (a staged ingest of the source is ours, beside the output)
     if cfg.mtf.enabled:
         zarr_store.check_output_path(mtf_plot_path(out_path), overwrite=overwrite, inputs=inputs, kind="file")
-    from . import validate
-
-    if hasattr(validate, "check_sizes"):
-        validate.check_sizes(cfg, (h, w))
+    validate.check_sizes(cfg, (h, w))
     input_stamp = path_stamp(source)["digest"]
     start_wall, start = _now(), time.perf_counter()
 
@@ -784,6 +784,9 @@ def measure_mtf(
     from .io.images import read_image
     from .ops.mtf import auto_n_fft, concat_results, find_edge_roi, slanted_edge_mtf
 
+    if pixel_pitch_mm is not None:
+        pixel_pitch_mm = validate.positive_finite(pixel_pitch_mm, "--pixel-pitch", unit="mm", upper=10,
+                                                  fix="give the pixel pitch in mm at the scintillator, e.g. --pixel-pitch 0.1")
     p = Path(path)
     is_zarr = p.is_dir()
     if is_zarr:
@@ -893,6 +896,9 @@ def fit_afterglow(
     for f in (out, out.with_suffix(".amplitudes.npy") if per_pixel else None, plot):
         if f is not None:
             outputs.check_output_path(f, overwrite=overwrite, inputs=[calibration], kind="file", sidecars=False)
+    if frame_rate_hz is not None:
+        frame_rate_hz = validate.positive_finite(frame_rate_hz, "--frame-rate", unit="Hz", upper=1e7,
+                                                 fix="give the recording's frame rate in Hz, e.g. --frame-rate 50")
     ds = zarr_store.open_input(calibration)
     fr = frame_rate_hz if frame_rate_hz is not None else ds.attrs.get("frame_rate_hz")
     if fr is None:
@@ -974,6 +980,10 @@ def simulate(
     stored = spec_fields.pop("chunk_frames", None)
     if stored is not None and (isinstance(stored, bool) or not isinstance(stored, (int, np.integer)) or stored < 1):
         raise DataError(f"simulate: chunk_frames must be a positive integer, not {stored!r}")
+    for key, unit, upper in (("pixel_pitch_mm", "mm", 10), ("frame_rate_hz", "Hz", 1e7), ("quanta_per_pixel", "", None)):
+        if spec_fields.get(key) is not None:
+            spec_fields[key] = validate.positive_finite(spec_fields[key], key, unit=unit, upper=upper,
+                                                        fix=f"give a positive finite {key}")
     try:
         spec = SimulationSpec(preset=preset, frames=frames, height=size[0], width=size[1], seed=seed, **spec_fields)
     except TypeError as exc:
@@ -1037,6 +1047,12 @@ def ingest(
                                      or chunk_frames < 1):
         raise DataError(f"ingest: chunk_frames must be a positive integer (or None: from the frame size), "
                         f"not {chunk_frames!r}")
+    if pixel_pitch_mm is not None:
+        pixel_pitch_mm = validate.positive_finite(pixel_pitch_mm, "--pixel-pitch", unit="mm", upper=10,
+                                                  fix="give the pixel pitch in mm at the scintillator, e.g. --pixel-pitch 0.1")
+    if frame_rate_hz is not None:
+        frame_rate_hz = validate.positive_finite(frame_rate_hz, "--frame-rate", unit="Hz", upper=1e7,
+                                                 fix="give the recording's frame rate in Hz, e.g. --frame-rate 50")
     kw = dict(dataset=dataset, raw_dtype=raw_dtype, raw_shape=raw_shape, header=header)
     srcs = open_sources(source, **kw)
     if srcs["frames"] is None:

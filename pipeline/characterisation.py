@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import validate
 from ._version import __version__
-from .errors import DataError, PipelineError
+from .errors import CalibrationError, DataError, PipelineError
 from .io import zarr_store
 from .ops import afterglow as ag
-from .ops.flatfield import compute_calibration
+from .ops.flatfield import compute_calibration, saturated_flat_pixels, saturation_level_for
 from .simulator import SimulationSpec
 
 
@@ -73,51 +74,87 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict
     from .ops import characterise as ch
     from .ops.mtf import find_edge_roi, slanted_edge_mtf
 
+    from .io.outputs import FileSet
+
     out = Path(outdir)
-    for name in ("report.json", "report.html"):
-        if (out / name).exists() and not overwrite:
-            raise zarr_store.OutputExistsError(f"'{out / name}' exists; pass --overwrite or choose another folder")
+    # the three files are written together or not at all, never into the dataset, never over a folder
+    files = FileSet(out, ("report.json", "report.html", "pixel_response.npy"), overwrite=overwrite,
+                    inputs=[dataset, compare])
+    if q_per_ugy_mm2 is not None:  # before the dataset: an argument error needs no data to show
+        q_per_ugy_mm2 = validate.positive_finite(
+            q_per_ugy_mm2, "--q", unit="photons per mm^2 per uGy", upper=validate.DATASET_ATTRS["q_per_uGy_mm2"][1],
+            fix="give the beam's photon fluence per air kerma, e.g. --q 29653 for RQA5 (IEC 62220-1-1)")
+    other = None
+    if compare:
+        cp = Path(compare)
+        if not cp.is_file():
+            raise DataError(f"--compare '{cp}' does not exist; give another report.json")
+        try:
+            other = _json.loads(cp.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise DataError(f"--compare '{cp}' is not readable JSON ({type(exc).__name__}); give a report.json "
+                            "from 'xray-pipeline characterise'") from None
+        if not isinstance(other, dict) or not isinstance(other.get("summary"), dict):
+            raise DataError(f"--compare '{cp}' is not a report of 'xray-pipeline characterise' (no summary); give "
+                            "its report.json")
     g = zarr_store.open_group_readonly(dataset)
-    attrs = dict(g.attrs)
+    root = Path(dataset)
+
+    def read(name):  # checked: a lost chunk is an error, never zeros
+        return np.asarray(zarr_store.read_checked(g[name], f"{dataset}/{name}", root), np.float64)
+
+    # every number the figures use is checked here, before any is computed (a pitch of -0.01 mm gave an MTF20 of
+    # -14.8 lp/mm, a q of -5 a DQE of -5217, a NaN frame rate silently dropped the afterglow)
+    attrs = validate.dataset_attrs(dict(g.attrs), str(dataset), fixes={
+        "pixel_pitch_mm": "correct the dataset's pixel_pitch_mm attribute (mm at the scintillator plane, e.g. 0.1)",
+        "frame_rate_hz": "correct the dataset's frame_rate_hz attribute (Hz), or delete it to skip the afterglow",
+    })
     for need in ("darks", "flats", "edge"):
         if need not in g:
             raise DataError(f"characterisation dataset '{dataset}' has no '{need}'; see the README for its layout")
     pitch = attrs.get("pixel_pitch_mm")
-    if not pitch:
+    if pitch is None:
         raise DataError(f"'{dataset}' has no pixel_pitch_mm attribute; add it (ingest --pixel-pitch)")
     beam = attrs.get("beam_quality")
     q = q_per_ugy_mm2 or attrs.get("q_per_uGy_mm2") or ch.Q_PER_UGY_MM2.get(str(beam))
     if not q:
         raise DataError(f"beam quality {beam!r} has no standard fluence; pass --q PHOTONS_PER_UGY_MM2")
-    dark = np.asarray(g["darks"][:], np.float64).mean(axis=0)
     levels = []
     for name, arr in g["flats"].arrays():
-        k = arr.attrs.get("air_kerma_uGy")
+        k = validate.dataset_attrs(dict(arr.attrs), f"{dataset}/flats/{name}").get("air_kerma_uGy")
         if k is None:
             raise DataError(f"'{dataset}/flats/{name}' has no air_kerma_uGy attribute")
         levels.append((float(k), name))
     levels.sort()
     if len(levels) < 2:
         raise DataError(f"'{dataset}/flats' needs at least two air-kerma levels for linearity")
+    darks = read("darks")
+    dark = darks.mean(axis=0)
     h, w = dark.shape
     cy, cx = h // 2, w // 2
     c = max(8, min(h, w) // 8)
     central = (slice(cy - c, cy + c), slice(cx - c, cx + c))
     means, stacks = [], []
     for k, name in levels:
-        st = np.asarray(g["flats"][name][:], np.float64) - dark
+        raw = g["flats"][name]
+        st = read(f"flats/{name}")
+        try:  # a clipped level would bend the linearity fit and the response: refuse it, naming the level
+            saturated_flat_pixels(st.mean(axis=0), saturation_level_for(raw.dtype))
+        except ValueError as exc:
+            raise CalibrationError(f"characterisation dataset '{dataset}/flats/{name}' ({k:g} uGy): {exc}") from None
+        st -= dark
         stacks.append(st.mean(axis=0))
         means.append(float(st.mean(axis=0)[central].mean()))
     lin = ch.fit_linearity([k for k, _ in levels], means)
-    response = np.asarray(ch.fit_pixel_response([k for k, _ in levels], np.stack(stacks),
-                                                reference_ugy=float(attrs.get("reference_kerma_uGy",
-                                                                              levels[len(levels) // 2][0]))))
-    kref = float(attrs.get("reference_kerma_uGy", levels[len(levels) // 2][0]))
+    kref = attrs.get("reference_kerma_uGy")  # checked finite > 0 above; absent or null: the middle level
+    kref = float(kref if kref is not None else levels[len(levels) // 2][0])
+    response = np.asarray(ch.fit_pixel_response([k for k, _ in levels], np.stack(stacks), reference_ugy=kref))
     iref = int(np.argmin([abs(k - kref) for k, _ in levels]))
     kref, ref_name = levels[iref]
-    ref = np.asarray(g["flats"][ref_name][:], np.float64) - dark
+    ref = read(f"flats/{ref_name}") - dark
     cal = compute_calibration(dark.astype(np.float32), (ref.mean(axis=0) + dark).astype(np.float32),
-                              dark_noise=np.asarray(g["darks"][:], np.float64).std(axis=0, ddof=1).astype(np.float32))
+                              dark_noise=darks.std(axis=0, ddof=1).astype(np.float32),
+                              saturation_level=saturation_level_for(g["flats"][ref_name].dtype))
     p = lin["power_law"]["exponent_p"]
 
     def linearise(x):  # global conversion function: signal -> signal of a linear detector (same at K_ref)
@@ -135,7 +172,7 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict
     pairs[:, ~good] = 0.0  # defects would dominate the NPS; they are replaced in normal use
     nn = ch.nnps(pairs + mean_lin, float(pitch), roi=min(256, (min(h, w) // 128) * 128 or 128),
                  overlap=min(128, (min(h, w) // 256) * 128 or 64))
-    edge = linearise(np.asarray(g["edge"][:], np.float64) - dark) / np.asarray(cal.gain, np.float64)
+    edge = linearise(read("edge") - dark) / np.asarray(cal.gain, np.float64)
     edge_mean = edge.mean(axis=0)  # the frames' mean edge: noise down by sqrt(frames) before the derivative
     roi = find_edge_roi(edge_mean)
     y0, y1, x0, x1 = roi
@@ -151,7 +188,7 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict
     dqe = np.where(f_nn <= f10, dqe, np.nan)
     ag_fig = None
     if "afterglow_step" in g:
-        step = linearise(np.asarray(g["afterglow_step"][:], np.float64) - dark)
+        step = linearise(read("afterglow_step") - dark)
         fr = float(attrs.get("frame_rate_hz") or 0)
         if fr > 0:
             fit = ag.fit_falling_step(step.mean(axis=(1, 2)), fr)
@@ -193,21 +230,16 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict
         "Afterglow at 100 ms (%)": (ag_fig["afterglow_100ms"] * 100) if ag_fig else None,
         "Bad pixels": rep["gain"]["bad_pixels"],
     }
-    other = None
-    if compare:
-        cp = Path(compare)
-        if not cp.is_file():
-            raise DataError(f"--compare '{cp}' does not exist; give another report.json")
-        other = _json.loads(cp.read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "pixel_response.npy", response)
     from .io.checkpoint import _jsonable
 
-    (out / "report.json").write_text(_json.dumps(rep, indent=1, default=_jsonable, allow_nan=False)
-                                     if _finite(rep) else _json.dumps(_nan_to_none(rep), indent=1, default=_jsonable))
     html = report.characterisation_html(rep, np.asarray(cal.gain), np.asarray(cal.bad_pixels), nn["nps_2d"],
                                         other=other)
-    (out / "report.html").write_text(html)
+    with files:
+        np.save(files.path("pixel_response.npy"), response)
+        files.path("report.json").write_text(
+            _json.dumps(rep, indent=1, default=_jsonable, allow_nan=False) if _finite(rep)
+            else _json.dumps(_nan_to_none(rep), indent=1, default=_jsonable))
+        files.path("report.html").write_text(html)
     return rep
 
 

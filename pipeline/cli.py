@@ -16,6 +16,18 @@ from ._version import __version__
 from .errors import AlreadyComplete, ConfigError, PipelineError, RunInterrupted
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange that also refuses nan and inf (``nan > 2`` is False: FloatRange lets them through)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{rv} is not a finite number", param, ctx)
+        return rv
+
+
 class _Bar:
     """A progress bar on stderr, created at the first update (so errors come first), only on a terminal.
 
@@ -65,11 +77,11 @@ def cli():
 @click.option("--size", type=(click.IntRange(min=32), click.IntRange(min=32)), default=(256, 256), show_default=True,
               metavar="H W")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dose", type=click.FloatRange(min=0, min_open=True), default=1000.0, show_default=True,
+@click.option("--dose", type=FiniteFloatRange(min=0, min_open=True), default=1000.0, show_default=True,
               help="open-beam X-ray quanta per pixel per frame")
-@click.option("--pixel-pitch", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+@click.option("--pixel-pitch", type=FiniteFloatRange(min=0, min_open=True), default=0.01, show_default=True,
               help="mm at the scintillator plane")
-@click.option("--frame-rate", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True, help="Hz")
+@click.option("--frame-rate", type=FiniteFloatRange(min=0, min_open=True), default=50.0, show_default=True, help="Hz")
 @click.option("--no-truth-frames", is_flag=True, help="skip truth/frames (halves the disk space)")
 @click.option("--scene", type=click.Choice(["default", "open"]), default="default", show_default=True,
               help="open: no object (flat field), e.g. for afterglow calibration")
@@ -221,7 +233,7 @@ def afterglow():
 @click.option("--max-terms", type=click.IntRange(1, 4), default=4, show_default=True)
 @click.option("--skip", type=click.IntRange(min=0), default=None, help="frames after cut-off to leave out (ramp); default: auto")
 @click.option("--roi", type=(int, int, int, int), default=None, metavar="Y0 Y1 X0 X1", help="region to average")
-@click.option("--frame-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--frame-rate", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Hz, when the recording lacks frame_rate_hz")
 @click.option("--overwrite", is_flag=True)
 def afterglow_fit(calibration, output, plot, per_pixel, max_terms, skip, roi, frame_rate, overwrite):
@@ -281,11 +293,11 @@ def info(path, as_json):
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--pixel-pitch", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--pixel-pitch", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="mm at the scintillator plane (default: the dataset's pixel_pitch_mm)")
 @click.option("--roi", type=(int, int, int, int), default=None, metavar="Y0 Y1 X0 X1", help="edge ROI (default: found)")
 @click.option("--window", type=click.Choice(["tukey", "hann", "none"]), default="tukey", show_default=True)
-@click.option("--f-max", type=click.FloatRange(min=0, min_open=True, max=2), default=1.0, show_default=True,
+@click.option("--f-max", type=FiniteFloatRange(min=0, min_open=True, max=2), default=1.0, show_default=True,
               help="highest frequency, cycles/pixel")
 @click.option("--json", "json_out", default=None, metavar="OUT|-", help="write the result as JSON (- for stdout)")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG with ESF, LSF and MTF")
@@ -336,8 +348,8 @@ def mtf(path, pixel_pitch, roi, window, f_max, json_out, plot, overwrite):
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--darks", type=click.Path(path_type=Path), default=None, help="beam-off frames (any supported format)")
 @click.option("--flats", type=click.Path(path_type=Path), default=None, help="open-beam frames (any supported format)")
-@click.option("--pixel-pitch", type=click.FloatRange(min=0, min_open=True), default=None, help="mm at the scintillator")
-@click.option("--frame-rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Hz")
+@click.option("--pixel-pitch", type=FiniteFloatRange(min=0, min_open=True), default=None, help="mm at the scintillator")
+@click.option("--frame-rate", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Hz")
 @click.option("--dataset", default=None, help="HDF5 dataset path (default: NXtomo's or the largest 3D one)")
 @click.option("--raw-dtype", default=None, help="raw files: numpy dtype, e.g. <u2")
 @click.option("--raw-shape", default=None, metavar="T,H,W|H,W", help="raw files: frame shape")
@@ -374,7 +386,7 @@ def ingest(source, output, darks, flats, pixel_pitch, frame_rate, dataset, raw_d
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--array", default="frames", show_default=True, help="which array of the group")
 @click.option("--window", type=(float, float), default=None, metavar="LO HI", help="preview intensity window")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True)
+@click.option("--fps", type=FiniteFloatRange(min=0, min_open=True), default=20.0, show_default=True)
 @click.option("--side-by-side", is_flag=True, help="preview: raw input | processed")
 @click.option("--overwrite", is_flag=True)
 def export(dataset, dest, array, window, fps, side_by_side, overwrite):
@@ -389,7 +401,7 @@ def export(dataset, dest, array, window, fps, side_by_side, overwrite):
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.argument("outdir", type=click.Path(path_type=Path))
 @click.option("--compare", type=click.Path(path_type=Path), default=None, help="another report.json to overlay")
-@click.option("--q", "q_value", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--q", "q_value", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="photons per uGy per mm^2 of a lab beam (default: from the beam quality)")
 @click.option("--overwrite", is_flag=True)
 def characterise(dataset, outdir, compare, q_value, overwrite):
@@ -486,6 +498,12 @@ def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*NaN/Inf pixels in the input.*")  # the CLI says it itself
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy.*")  # NumPy's own (all-NaN slices): noise
+
+    def one_line(message, category, filename, lineno, file=None, line=None):  # no source path, no code line
+        click.echo(f"warning: {str(message).splitlines()[0] if str(message) else category.__name__}", err=True)
+
+    warnings.showwarning = one_line
     try:
         cli.main(args=argv, prog_name="xray-pipeline", standalone_mode=False)
     except RunInterrupted as exc:

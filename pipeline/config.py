@@ -1,8 +1,12 @@
 """One typed configuration schema for the command line, YAML files and Python.
 
-:class:`RunConfig` is frozen and validated by pydantic. Unknown keys and wrong
-types raise :class:`~pipeline.errors.ConfigError` with a one-line message
-naming the dotted key, e.g. ``config key 'flatfield.outptu' is unknown``.
+:class:`RunConfig` is frozen and validated by pydantic. Unknown keys, wrong
+types, numbers that are not finite (NaN, inf) or out of their physical range,
+and booleans given for numbers raise :class:`~pipeline.errors.ConfigError` with
+a one-line message naming the dotted key, e.g. ``config key 'flatfield.outptu'
+is unknown`` or ``config key 'output.offset': input should be a finite number
+(got nan)``. Sizes bounded by the frame size are checked once the input is open
+(:func:`pipeline.validate.check_sizes`).
 
 Use :func:`load_config` to build a config from a YAML file, a mapping, CLI
 ``--set key=value`` overrides, or any mix of them (later ones win).
@@ -11,6 +15,8 @@ Use :func:`load_config` to build a config from a YAML file, a mapping, CLI
 from __future__ import annotations
 
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping
 
@@ -21,8 +27,30 @@ from pydantic_core import PydanticCustomError
 from .errors import ConfigError
 
 
+def _takes_bool(annotation) -> bool:
+    """True if a field's annotation admits a bool (``bool``, ``bool | None``, ...)."""
+    if annotation is bool:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_bool(a) for a in typing.get_args(annotation))
+    return False
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # every number must be finite (NaN, inf and -inf refused: a NaN offset turned every output value into NaN) and
+    # a bool is never a number (YAML reads yes/true as True, which pydantic would take as 1)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v, info: ValidationInfo):
+        field = cls.model_fields.get(info.field_name)
+        if field is None or _takes_bool(field.annotation):
+            return v
+        if isinstance(v, bool) or (isinstance(v, (list, tuple)) and any(isinstance(x, bool) for x in v)):
+            raise PydanticCustomError("bool_number", "must be a number, not true/false")
+        return v
 
 
 class BadPixelConfig(_Section):
@@ -34,7 +62,9 @@ class BadPixelConfig(_Section):
     over_above: float = Field(1.3, gt=1, description="... above this: over-responding")
     hot_sigma: float = Field(10.0, gt=0, description="dark level above local median by this many robust sigmas: hot")
     noisy_factor: float = Field(3.0, gt=1, description="temporal dark noise / median dark noise above this: noisy")
-    window: int = Field(9, ge=3, description="odd side of the local-median window, pixels")
+    # <= 127: the window must follow the local shading to stay "local" (ASTM E2597 practice uses ~9-31 px) and the
+    # sliding median costs O(window) per pixel; validate.check_sizes also bounds it by the frame
+    window: int = Field(9, ge=3, le=127, description="odd side of the local-median window, pixels")
     replace: bool = Field(True, description="replace bad pixels by the median of good neighbours")
 
     @field_validator("window")
@@ -56,7 +86,7 @@ class FlatFieldConfig(_Section):
     )
     output: Literal["counts", "transmission", "attenuation"] = "counts"
     saturation_level: float | None = Field(
-        None, description="raw level at or above which a pixel is saturated; None: dtype maximum for integers"
+        None, gt=0, description="raw level at or above which a pixel is saturated; None: dtype maximum for integers"
     )
     saturated: Literal["nan", "keep"] = "nan"
     response: str | None = Field(
@@ -84,24 +114,50 @@ class DenoiseConfig(_Section):
     temporal: bool = Field(True, description="motion-adaptive recursive temporal filter")
     temporal_gain_min: float = Field(0.1, gt=0, le=1, description="gain where the scene is still (noise variance x K/(2-K))")
     temporal_threshold: tuple[float, float] = Field((1.5, 3.0), description="motion in noise sigmas: gain rises from min to 1")
-    temporal_smooth: int = Field(3, ge=1, description="box size over which the frame difference is averaged for motion")
+    # <= 63: a larger box averages away the motion of anything smaller than it, and the filters sum `smooth` rows
+    # per pixel (100001 ran > 15 min on 32 frames of 64 x 64); validate.check_sizes also bounds it by the frame
+    temporal_smooth: int = Field(3, ge=1, le=63,
+                                 description="box size over which the frame difference is averaged for motion")
     temporal_hold: float = Field(0.5, ge=0, lt=1, description="a moved pixel keeps at least this fraction of last gain")
     noise_model: tuple[float, float] | None = Field(None, description="[alpha, beta] of var = alpha*mean + beta; null: estimated")
     noise_frames: int = Field(8, ge=1, description="frames at the start used to estimate the noise model")
-    median_size: int = Field(3, ge=3)
-    gaussian_sigma: float = Field(1.0, gt=0)
-    bilateral_sigma_spatial: float = Field(2.0, gt=0)
+    # Absolute caps on the spatial sizes, far beyond any useful denoiser and before the cost explodes; the main guard
+    # is validate.check_sizes against the frame size. A median beyond ~9 px and a Gaussian beyond ~5 px blur rather
+    # than denoise (31 and 32: generous); the bilateral filter visits (4 sigma + 1)^2 neighbours per pixel (16: 4225);
+    # non-local means compares (2 search + 1)^2 patches per pixel: Buades et al. use a 21 x 21 window (radius 10) and
+    # 7 x 7 patches, 64 (16641 patches per pixel) and 31 are several times that.
+    median_size: int = Field(3, ge=3, le=31)
+    gaussian_sigma: float = Field(1.0, gt=0, le=32, description="pixels")
+    bilateral_sigma_spatial: float = Field(2.0, gt=0, le=16, description="pixels")
     bilateral_sigma_range: float = Field(2.0, gt=0, description="in noise sigmas (inside the GAT: absolute)")
     tv_weight: float = Field(1.0, gt=0)
     nlm_h: float = Field(0.8, gt=0)
-    nlm_patch: int = Field(5, ge=3)
-    nlm_search: int = Field(3, ge=1, description="search radius, pixels")
+    nlm_patch: int = Field(5, ge=3, le=31, description="patch side, pixels")
+    nlm_search: int = Field(3, ge=1, le=64, description="search radius, pixels")
 
     @field_validator("temporal_threshold")
     @classmethod
     def _ordered(cls, v):
         if not 0 <= v[0] < v[1]:
             raise ValueError("must be two increasing numbers >= 0")
+        return v
+
+    @field_validator("noise_model")
+    @classmethod
+    def _positive_variance(cls, v):
+        # var = alpha * mean + beta. alpha is the gain (counts per quantum): never negative. beta may be negative (a
+        # pedestal: var = alpha (mean - p) + s^2 gives beta = s^2 - alpha p), since with alpha > 0 the variance is
+        # positive above -beta / alpha; with alpha = 0 (pure Gaussian noise) beta is the variance and must be > 0,
+        # or the Anscombe transform divides by zero
+        if v is None:
+            return v
+        alpha, beta = v
+        if alpha < 0:
+            raise PydanticCustomError("noise_model", "alpha (the gain, first value) must be >= 0, not {alpha}",
+                                      {"alpha": alpha})
+        if alpha == 0 and beta <= 0:
+            raise PydanticCustomError("noise_model", "with alpha = 0 (pure Gaussian noise) beta (the variance, second "
+                                                     "value) must be > 0, not {beta}", {"beta": beta})
         return v
 
 
@@ -136,9 +192,10 @@ class ExecutionConfig(_Section):
                                 "GPUs used by local-cuda; null: one per core (per GPU)")
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="a corrupt or missing input chunk: fail naming the frames, or skip (NaN, recorded)")
-    check_missing_chunks: bool = Field(
-        True, description="report absent chunk files of the input (false for data written by tools that leave out "
-                          "all-fill chunks, e.g. zarr's default write_empty_chunks=False)")
+    check_missing_chunks: bool | Literal["auto"] = Field(
+        "auto", description="an absent chunk file of the input is a lost chunk (true) or the fill value (false, as "
+                            "the Zarr spec reads data written with write_empty_chunks=False); auto: lost where "
+                            "xray-pipeline wrote the dataset (it stores every chunk), the fill value elsewhere")
 
     @field_validator("chunk_frames")
     @classmethod
@@ -201,8 +258,8 @@ class OutputConfig(_Section):
         None, gt=0, description="uint16 only: stored = round(value * scale + offset), clipped to 1..65535, NaN -> 0 "
                                 "(CF scale_factor = 1/scale); null: 1 for counts, 50000 transmission, 10000 attenuation")
     offset: float | None = Field(
-        None, description="uint16 only: added after scaling (room for values below zero); null: 100 for counts, "
-                          "500 transmission, 1000 attenuation")
+        None, ge=0, lt=65535, description="uint16 only (0 <= offset < 65535): added after scaling (room for values "
+                                          "below zero); null: 100 for counts, 500 transmission, 1000 attenuation")
 
 
 class RunConfig(_Section):

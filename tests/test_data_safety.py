@@ -324,3 +324,50 @@ def test_metadata_that_is_a_fifo_is_never_opened(rec, tmp_path):
     os.mkfifo(bad / "darks" / "zarr.json")
     e = one_line(run_cli("run", bad, tmp_path / "o.zarr", "-q", timeout=60))  # a hang fails (timeout)
     assert "darks/zarr.json' is not a regular file" in e
+
+
+# --------------------------------------------------------------------------- 8. characterise writes its report whole
+@pytest.fixture(scope="module")
+def char(tmp_path_factory):
+    d = tmp_path_factory.mktemp("char")
+    return pipeline.api.simulate_characterisation(d / "c.zarr", size=(128, 128))
+
+
+def test_characterise_never_writes_into_its_dataset(char):
+    before = _tree(char)
+    e = one_line(run_cli("characterise", char, char, "--overwrite"))
+    assert "is or lies inside the input" in e and _tree(char) == before
+
+
+def test_characterise_report_is_whole_or_absent(char, tmp_path, monkeypatch):
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "pixel_response.npy").write_bytes(b"mine")
+    with pytest.raises(pipeline.PipelineError, match="pixel_response.npy' already exists"):
+        pipeline.api.characterise(char, out)
+    assert (out / "pixel_response.npy").read_bytes() == b"mine"
+    (out / "pixel_response.npy").unlink()
+
+    def broken(*a, **k):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(pipeline.report, "characterisation_html", broken)
+    with pytest.raises(RuntimeError):
+        pipeline.api.characterise(char, out)
+    assert list(out.iterdir()) == []  # no half report (report.json alone blocked the rerun)
+    monkeypatch.undo()
+    rep = pipeline.api.characterise(char, out)  # the rerun needs no --overwrite
+    assert sorted(q.name for q in out.iterdir()) == ["pixel_response.npy", "report.html", "report.json"]
+    written = json.loads((out / "report.json").read_text())["summary"]
+    assert written.keys() == rep["summary"].keys() and written["Bad pixels"] == rep["summary"]["Bad pixels"]
+
+
+def test_characterise_refuses_a_lost_chunk_and_a_bad_compare(char, tmp_path):
+    bad = tmp_path / "b.zarr"
+    shutil.copytree(char, bad)
+    (bad / "edge" / "c" / "0" / "0" / "0").unlink()
+    e = one_line(run_cli("characterise", bad, tmp_path / "r"))
+    assert "b.zarr/edge" in e and "chunk file missing" in e and not (tmp_path / "r" / "report.json").exists()
+    (tmp_path / "x.json").write_text("[1, 2]")
+    e = one_line(run_cli("characterise", char, tmp_path / "r", "--compare", tmp_path / "x.json"))
+    assert "not a report" in e

@@ -17,8 +17,10 @@ def test_resume_on_a_complete_output_with_a_stale_progress_folder(sim_small, tmp
 
     stale = tmp_path / "o.zarr.progress"
     stale.mkdir()  # a folder of the user's at that name is never deleted
+    (stale / "notes.txt").write_text("mine")
     p = run_cli("run", sim_small, out, "--resume")
-    assert p.returncode == 2 and "not made by xray-pipeline" in p.stderr and stale.is_dir()
+    assert p.returncode == 2 and "not made by xray-pipeline" in p.stderr and (stale / "notes.txt").is_file()
+    (stale / "notes.txt").unlink()
     mark(stale, "progress")  # as if killed after the final move, before the clean-up
     p = run_cli("run", sim_small, out, "--resume")
     assert p.returncode == 0 and "nothing to resume" in p.stdout

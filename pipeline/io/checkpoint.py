@@ -159,14 +159,13 @@ class Checkpoint:
 
     # --- set-up
     def start(self, fingerprint: dict):
-        from .outputs import mark, marked
+        from .outputs import make_marked, ours
 
         if self.dir.exists() or self.dir.is_symlink():
-            if not marked(self.dir):  # never a folder of the user's (the output's checks refuse it before)
+            if not ours(self.dir):  # never a folder of the user's (the output's checks refuse it before)
                 raise FileExistsError(f"'{self.dir}' was not made by xray-pipeline; move it away")
             shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
-        mark(self.dir, "progress")
+        make_marked(self.dir, "progress")
         _atomic_write(self.dir / "run.json", json.dumps(fingerprint, sort_keys=True).encode())
 
     def has_fingerprint(self) -> bool:

@@ -61,6 +61,24 @@ def marked(folder: Path, role: str | None = None) -> bool:
         return False
 
 
+def ours(folder: Path) -> bool:
+    """A folder the pipeline may delete: marked as its own (:func:`marked`), or empty (a kill can land between
+    making a folder and marking it; an empty folder holds nothing to lose)."""
+    p = Path(folder)
+    if marked(p):
+        return True
+    try:
+        return p.is_dir() and not p.is_symlink() and next(p.iterdir(), None) is None
+    except OSError:
+        return False
+
+
+def make_marked(folder: Path, role: str, **extra) -> None:
+    """Create ``folder`` with its marker inside (the marker first: a kill leaves an empty or a marked folder)."""
+    Path(folder).mkdir(parents=True)
+    mark(folder, role, **extra)
+
+
 def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
@@ -108,7 +126,7 @@ def check_output_path(output, *, overwrite: bool, inputs=(), kind: str = "zarr",
     if sidecars:
         for s in SIDECARS:
             p = sidecar(out, s)
-            if (p.exists() or p.is_symlink()) and not marked(p):
+            if (p.exists() or p.is_symlink()) and not ours(p):
                 raise OutputExistsError(f"'{p}' exists and was not made by xray-pipeline (it would be deleted); "
                                         "move it away or choose another output path")
     return out

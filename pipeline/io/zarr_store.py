@@ -803,7 +803,9 @@ def open_input(path: str | Path) -> InputDataset:
             if a.shape[0] < 1:
                 raise DataError(f"input '{p}/{name}' holds no frames; record at least one or drop the array")
         out[name] = a
-    return InputDataset(p, frames, out["darks"], out["flats"], dict(g.attrs))
+    from ..validate import dataset_attrs
+
+    return InputDataset(p, frames, out["darks"], out["flats"], dataset_attrs(dict(g.attrs), str(p)))
 
 
 def check_output_path(output: str | Path, *, overwrite: bool, inputs=(), kind: str = "zarr") -> Path:
@@ -830,11 +832,11 @@ class OutputWriter:
                 self.group = zarr.open_group(str(self.partial), mode="r+")
                 return
             if self.partial.exists() or self.partial.is_symlink():
-                if not outputs.marked(self.partial):  # checked above too; a folder that appeared since
+                if not outputs.ours(self.partial):  # checked above too; a folder that appeared since
                     raise OutputExistsError(f"'{self.partial}' exists and was not made by xray-pipeline; move it away")
                 shutil.rmtree(self.partial)
-            self.group = zarr.open_group(str(self.partial), mode="w-", zarr_format=3)
-            outputs.mark(self.partial, "output")
+            outputs.make_marked(self.partial, "output")
+            self.group = zarr.open_group(str(self.partial), mode="a", zarr_format=3)  # (a fresh folder: its marker only)
         except BaseException:
             if own:
                 self.lock.release()

@@ -41,6 +41,15 @@ _TILE_PIXELS = 1 << 20  # pixels per pass of the NumPy flat-field (one 1024 x 10
 # Robust sigma from the median absolute deviation of a normal distribution.
 _MAD_TO_SIGMA = 1.4826
 
+#: Flats with more than this fraction of pixels at the saturation level are refused (fewer are flagged DEAD):
+#: flats belong at 50-80 % of full scale, so more than a few stuck pixels at the maximum means the dose was too
+#: high, and a clipped region has no gain to measure (neighbour replacement reaches 4 pixels, not a region).
+SATURATED_FLAT_FRACTION = 0.01
+
+# Full-scale codes of 8- to 16-bit ADCs, right- and left-aligned in 16 bits (4095 and 65520 for 12 bits): where a
+# flat map of floats comes without a saturation level, a pile-up at its maximum on one of these is clipping.
+_ADC_FULL_SCALES = frozenset(float(v) for b in range(8, 17) for v in ((1 << b) - 1, ((1 << b) - 1) << (16 - b)))
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -87,6 +96,8 @@ def compute_calibration(
     hot_sigma: float = 10.0,
     noisy_factor: float = 3.0,
     window: int = 9,
+    saturation_level: float | None = None,
+    raw_flat_map=None,
 ) -> Calibration:
     """Build a :class:`Calibration` from dark and flat statistic maps.
 
@@ -102,13 +113,27 @@ def compute_calibration(
         Detect bad pixels (otherwise only non-positive flat pixels are flagged dead).
     dead_below, under_below, over_above, hot_sigma, noisy_factor, window
         Thresholds, see :func:`detect_bad_pixels`.
+    saturation_level : float, optional
+        Raw level at which a pixel saturates (``flatfield.saturation_level``, else the raw frames' integer dtype
+        maximum). None: the integer dtype maximum of ``flat_map`` itself, or for floats a pile-up at an ADC's
+        full scale (see :func:`saturated_flat_pixels`); :func:`saturation_level_for` gives the run's level.
+    raw_flat_map : array (H, W), optional
+        The flat statistic as recorded, where saturation is judged, when ``flat_map`` was transformed first
+        (linearised with a response, divided by the afterglow gain); default ``flat_map``.
 
     Returns
     -------
     Calibration
+
+    Raises
+    ------
+    ValueError
+        The flats are saturated (more than :data:`SATURATED_FLAT_FRACTION` of the pixels at the saturation
+        level; fewer are flagged ``DEAD``), or every pixel is bad.
     """
     xp = get_xp(flat_map)
     dark = xp.asarray(dark_map, dtype=xp.float32)
+    clipped = saturated_flat_pixels(flat_map if raw_flat_map is None else raw_flat_map, saturation_level)
     signal = xp.asarray(flat_map, dtype=xp.float32) - dark
     if detect:
         bad = detect_bad_pixels(
@@ -125,12 +150,76 @@ def compute_calibration(
     else:
         bad = xp.zeros(signal.shape, dtype=xp.uint8)
     bad = bad | xp.where(signal > 0, 0, DEAD).astype(xp.uint8)
+    if clipped is not None:  # a flat pixel at the maximum measures no gain
+        bad = bad | xp.where(clipped, DEAD, 0).astype(xp.uint8)
     good = bad == 0
     if not bool(good.any()):
         raise ValueError("every pixel is flagged bad: check that the flats are open-beam frames above the darks")
     level = float(signal[good].mean(dtype=xp.float64))
     gain = xp.where(signal > 0, signal / np.float32(level), np.float32(1)).astype(xp.float32)
     return Calibration(dark=dark, gain=gain, flat_level=level, exposure_ratio=float(exposure_ratio), bad_pixels=bad)
+
+
+def saturation_level_for(dtype, configured: float | None = None) -> float | None:
+    """The raw saturation level of frames of ``dtype``: ``configured`` (``flatfield.saturation_level``) if given,
+    else the integer dtype's maximum, else None (floats), as the flat-field stage uses it."""
+    if configured is not None:
+        return float(configured)
+    dt = np.dtype(dtype)
+    return float(np.iinfo(dt).max) if dt.kind in "ui" else None
+
+
+def saturated_flat_pixels(flat_map, saturation_level: float | None = None):
+    """Pixels of a flat statistic map at the saturation level; refuses flats that are saturated.
+
+    A pixel clipped in every flat frame has a mean (or median) equal to the level; one clipped in most frames sits
+    just below it, hence the tolerance of 1e-4 of the level.
+
+    Parameters
+    ----------
+    flat_map : array (H, W)
+        Mean or median of the flat frames, raw counts.
+    saturation_level : float, optional
+        None: the maximum of ``flat_map``'s integer dtype (floats: no level). Whatever the level, flats piled up
+        at an ADC full scale (their maximum is 2^n - 1, n = 8..16, or that code left-aligned in 16 bits, and more
+        than :data:`SATURATED_FLAT_FRACTION` of the pixels sit there) are refused too.
+
+    Returns
+    -------
+    array (H, W) bool, or None
+        Where the flat is at the level (None: no level known).
+
+    Raises
+    ------
+    ValueError
+        ``the flats are saturated (100 % of pixels at the maximum, 65535); record them at a lower dose``, when
+        more than :data:`SATURATED_FLAT_FRACTION` of the pixels are.
+    """
+    xp = get_xp(flat_map)
+    raw = xp.asarray(flat_map)
+    level = saturation_level
+    if level is None and raw.dtype.kind in "ui":
+        level = float(np.iinfo(raw.dtype).max)
+    flat = raw.astype(xp.float32, copy=False)
+    if not flat.size:
+        return None
+
+    def refuse_above(mask, at):
+        frac = float(xp.count_nonzero(mask)) / flat.size
+        if frac > SATURATED_FLAT_FRACTION:
+            raise ValueError(f"the flats are saturated ({frac * 100:.3g} % of pixels at the maximum, {at:g}); "
+                             "record them at a lower dose")
+
+    sat = None
+    if level is not None:
+        sat = flat >= np.float32(float(level) - 1e-4 * abs(float(level)))
+        refuse_above(sat, float(level))
+    # whatever the level: a pile-up at an ADC's full scale is clipping too (a 12-bit camera stored as uint16 clips at
+    # 4095, far below the dtype maximum). It only refuses: a few pixels there are left to the bad-pixel classes
+    top = float(xp.max(flat))  # NaN if any is: then no pile-up to see
+    if top in _ADC_FULL_SCALES and (level is None or top < float(level)):
+        refuse_above(flat >= np.float32(top), top)
+    return sat
 
 
 def detect_bad_pixels(
