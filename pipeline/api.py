@@ -317,8 +317,8 @@ def run(
 
 
 def is_zarr_group(path: Path) -> bool:
-    """A folder holding a Zarr group (the data contract); anything else is a recording to ingest."""
-    return path.is_dir() and (path / "zarr.json").is_file()
+    """A folder holding a Zarr group (v3 ``zarr.json``, or v2 ``.zgroup``); anything else is a recording to ingest."""
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
 
 
 def run_inputs(source: Path, calibration, cfg: RunConfig) -> list:
@@ -339,8 +339,7 @@ def _stage_recording(src: Path, staged: Path, *, resume: bool) -> Path:
             and zarr_store.read_attrs(staged).get("source_stamp") == stamp):
         return staged
     ingest(src, staged, overwrite=True)
-    zarr_store.set_attrs_in_place(staged, {"source_stamp": stamp})
-    outputs.mark(staged, "staged-ingest", source=str(src.resolve()))
+    zarr_store.set_attrs_in_place(staged, {"source_stamp": stamp, outputs.ROLE_ATTR: "staged-ingest"})
     return staged
 
 

@@ -440,7 +440,7 @@ def open_sources(path: str | Path, *, dataset=None, raw_dtype=None, raw_shape=No
     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
         raise DataError(f"'{p}' is a {_file_kind(mode)}, not a regular file; copy the recording into a file first")
     if p.is_dir():
-        if (p / "zarr.json").is_file():
+        if (p / "zarr.json").is_file() or (p / ".zgroup").is_file() or (p / ".zarray").is_file():
             raise DataError(f"'{p}' is already a Zarr dataset; use it directly")
         return {"frames": _guarded(_tiff_folder(p)), "darks": None, "flats": None}
     suf = p.suffix.lower()

@@ -9,7 +9,8 @@ Rules (each refused in one line, before anything is written):
   Zarr group by a Zarr group, a file by a file (``--overwrite`` never deletes a folder of
   something else, such as the folder holding the recording);
 * a folder at ``OUT.partial``, ``OUT.progress`` or ``OUT.ingest.zarr`` is deleted only where
-  xray-pipeline made it (a marker file :data:`MARKER` inside says so); anything else is the user's;
+  xray-pipeline made it (its group attribute :data:`WRITER_ATTR`, or a marker file :data:`MARKER`, says so);
+  anything else is the user's;
 * one writer per output: an OS lock (``flock``) on ``OUT.lock`` held from before anything is
   touched until the output is committed or abandoned; a second writer is refused while it is held,
   and the OS releases it when its holder dies, so ``--resume`` works after a kill;
@@ -30,8 +31,12 @@ from pathlib import Path
 
 from ..errors import OutputExistsError, PipelineError
 
-#: A file inside every folder the pipeline makes (outputs, partial outputs, progress, staged ingests)
+#: A file inside the folders the pipeline makes that are not Zarr groups (``OUT.progress``)
 MARKER = ".xray-pipeline"
+#: The group attribute that marks a Zarr group the pipeline wrote (outputs, partial outputs, staged ingests);
+#: ``ROLE_ATTR`` says what for where it is not an output
+WRITER_ATTR = "xray_pipeline_writer"
+ROLE_ATTR = "xray_pipeline_role"
 #: The folders a run writes beside its output ``OUT``
 SIDECARS = (".partial", ".progress", ".ingest.zarr")
 
@@ -46,19 +51,32 @@ def sidecar(output: Path, suffix: str) -> Path:
 
 
 def mark(folder: Path, role: str, **extra) -> None:
-    """Say in ``folder`` that xray-pipeline made it (and what for)."""
+    """Say in ``folder`` (not a Zarr group: those carry :data:`WRITER_ATTR`) that xray-pipeline made it, and why."""
     (Path(folder) / MARKER).write_text(json.dumps({"role": role, **extra}) + "\n")
+
+
+def role_of(folder: Path) -> str | None:
+    """What xray-pipeline made ``folder`` for ('output', 'progress', 'staged-ingest', ...), or None (not ours)."""
+    p = Path(folder)
+    try:
+        if not p.is_dir() or p.is_symlink():
+            return None
+        if (p / MARKER).is_file():
+            return str(json.loads((p / MARKER).read_text()).get("role", "output"))
+        meta = p / "zarr.json"
+        if meta.is_file() and stat.S_ISREG(os.stat(meta).st_mode):
+            attrs = json.loads(meta.read_text()).get("attributes") or {}
+            if WRITER_ATTR in attrs:
+                return str(attrs.get(ROLE_ATTR, "output"))
+    except (OSError, ValueError, AttributeError, UnicodeDecodeError):
+        return None
+    return None
 
 
 def marked(folder: Path, role: str | None = None) -> bool:
     """True where ``folder`` is a folder xray-pipeline made (for ``role``, if given)."""
-    f = Path(folder) / MARKER
-    try:
-        if not Path(folder).is_dir() or Path(folder).is_symlink() or not f.is_file():
-            return False
-        return role is None or json.loads(f.read_text()).get("role") == role
-    except (OSError, ValueError, AttributeError):
-        return False
+    got = role_of(folder)
+    return got is not None and (role is None or got == role)
 
 
 def ours(folder: Path) -> bool:

@@ -33,7 +33,7 @@ from . import outputs
 
 #: Group attribute of every group this project writes: a missing chunk file in it is a lost chunk (every chunk
 #: is stored); in other tools' arrays (Zarr's default ``write_empty_chunks=False``) it is the fill value
-WRITER_ATTR = "xray_pipeline_writer"
+WRITER_ATTR = outputs.WRITER_ATTR
 
 FRAME_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float32, np.float64)
 
@@ -520,7 +520,7 @@ def written_by_us(root: Path | None) -> bool:
     """
     if root is None:
         return False
-    if (root / outputs.MARKER).is_file():
+    if outputs.marked(root):
         return True
     try:
         import json
@@ -814,6 +814,26 @@ def check_output_path(output: str | Path, *, overwrite: bool, inputs=(), kind: s
     return outputs.check_output_path(output, overwrite=overwrite, inputs=inputs, kind=kind)
 
 
+def default_dims(name: str, ndim: int) -> tuple:
+    """Dimension names of an array the project writes, from its name and rank.
+
+    Frames ``(t, y, x)``; other stacks of frames ``(t_<name>, y, x)`` (darks, flats, edge: their own lengths, so
+    that xarray opens a group's arrays as one dataset); maps ``(y, x)``; under ``mtf/`` frequencies ``(f,)`` and
+    per-frame curves ``(t,)``; ghost curves ``(t,)``; any other 1D array its own name.
+    """
+    parts = name.split("/")
+    leaf, group = parts[-1], (parts[-2] if len(parts) > 1 else "")
+    if ndim == 3:
+        return ("t" if leaf == "frames" else f"t_{leaf}", "y", "x")
+    if ndim == 2:
+        return ("t", "f") if group == "mtf" else ("y", "x")
+    if ndim == 1:
+        if group == "mtf":
+            return ("f",) if leaf.startswith("frequencies") else ("t",)
+        return ("t",) if group == "ghost" else (leaf,)
+    return tuple(f"d{i}" for i in range(ndim))
+
+
 class OutputWriter:
     """A new Zarr v3 group written at ``PATH.partial`` and moved to ``PATH`` on :meth:`commit`.
 
@@ -835,21 +855,27 @@ class OutputWriter:
                 if not outputs.ours(self.partial):  # checked above too; a folder that appeared since
                     raise OutputExistsError(f"'{self.partial}' exists and was not made by xray-pipeline; move it away")
                 shutil.rmtree(self.partial)
-            outputs.make_marked(self.partial, "output")
-            self.group = zarr.open_group(str(self.partial), mode="a", zarr_format=3)  # (a fresh folder: its marker only)
+            # marked as ours from its first metadata on (a kill before leaves an empty folder, also ours)
+            self.partial.mkdir(parents=True)
+            self.group = zarr.create_group(str(self.partial), zarr_format=3, attributes={WRITER_ATTR: "xray-pipeline"})
         except BaseException:
             if own:
                 self.lock.release()
             raise
 
     def create(self, name: str, shape, dtype, *, chunks=None, codec: str = "bitshuffle-lz4", level: int = 1,
-               fill_value=0):
-        """Create an array in the output group (chunks default to the whole array); replaces one of that name."""
+               fill_value=0, dims=None):
+        """Create an array in the output group (chunks default to the whole array); replaces one of that name.
+
+        ``dims``: its dimension names (Zarr v3 ``dimension_names``, what xarray and napari go by); default
+        :func:`default_dims`.
+        """
         if name in self.group:
             del self.group[name]
         return self.group.create_array(
             name, shape=tuple(shape), dtype=np.dtype(dtype), chunks=tuple(chunks or shape),
             compressors=_codecs(codec, level), fill_value=fill_value,
+            dimension_names=tuple(dims) if dims is not None else default_dims(name, len(tuple(shape))),
             config={"write_empty_chunks": True},  # every chunk stored: a missing file means a lost chunk
         )
 
@@ -876,7 +902,6 @@ class OutputWriter:
     def commit(self) -> Path:
         """Move the finished group into place (an old output is moved aside first and deleted only after)."""
         try:
-            self.group.attrs.update({WRITER_ATTR: "xray-pipeline"})  # its missing chunks are lost chunks
             return outputs.replace(self.partial, self.final)
         finally:
             self.lock.release()
@@ -890,14 +915,16 @@ class OutputWriter:
 
 
 def _jsonable(obj):
+    """Attributes as JSON: NaN and infinities (bare ``NaN``/``Infinity`` are not JSON) as the strings 'nan', 'inf',
+    '-inf', also inside NumPy scalars and arrays."""
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
-        return obj.item()
+        return _jsonable(obj.item())
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        return _jsonable(obj.tolist())
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, float) and not np.isfinite(obj):

@@ -272,3 +272,15 @@ def test_blosc_chunks_unfit_for_partial_decompression_use_the_decoded_chunk(tmp_
         assert got is out
         np.testing.assert_array_equal(got, data[s:s + out.shape[0]])
     assert len(whole) == 3 and r._decoder._parts == {}
+
+
+def test_without_blosc_getitem_blosc_chunks_are_decoded_once(tmp_path, monkeypatch):
+    """A numcodecs whose library does not export blosc_getitem (the symbol is private): Blosc chunks are decoded
+    whole, once for their blocks, with the same values."""
+    monkeypatch.setattr(zarr_store, "_blosc_getitem", lambda: None)
+    g, a, data = _array(tmp_path, "bitshuffle-lz4", np.uint16, shape=(70, 6, 5), chunks=(16, 6, 5))
+    r = _reader(g, a)
+    assert r._decoder is not None and r._decoder._decode_part is None
+    calls = _counting(r, monkeypatch)
+    np.testing.assert_array_equal(_blocks_in_threads(r, 70), data)
+    assert len(calls) == 5
