@@ -11,6 +11,7 @@ get the same behaviour (and the same one-line errors) as the CLI::
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import warnings
@@ -27,7 +28,8 @@ from . import jit, validate
 from ._version import __version__
 from .backend import describe_device, resolve_device, say_once
 from .config import RunConfig, load_config
-from .errors import AlreadyComplete, CalibrationError, ConfigError, DataError, PipelineError, RunInterrupted
+from .errors import (AlreadyComplete, CalibrationError, ConfigError, DataError, OutputExistsError, PipelineError,
+                     RunInterrupted)
 from .io import models, zarr_store
 from .ops import afterglow as ag
 from .ops.flatfield import Calibration, compute_calibration, saturation_level_for
@@ -52,6 +54,9 @@ class RunResult:
     nonfinite_input_pixels: int = 0
     #: where the time went (:func:`time_account`)
     time_account: dict | None = None
+    #: a resumed run: ``blocks_kept``, ``frames_kept`` (from the interrupted run), ``frames_computed``,
+    #: ``computed_frames_per_second`` (None: not resumed)
+    resumed: dict | None = None
 
 
 def _now() -> str:
@@ -298,6 +303,8 @@ def run(
     try:
         if resume and out.exists() and not partial.exists() and not overwrite:
             _resume_complete(out, src, cfg)  # raises: nothing to resume, or made from something else
+        if not resume and not overwrite:
+            _refuse_to_drop_finished_work(out)
         outputs.check_output_path(output, overwrite=overwrite, inputs=inputs)
         staged = None
         if not is_zarr_group(src):
@@ -341,6 +348,37 @@ def _stage_recording(src: Path, staged: Path, *, resume: bool) -> Path:
     ingest(src, staged, overwrite=True)
     zarr_store.set_attrs_in_place(staged, {"source_stamp": stamp, outputs.ROLE_ATTR: "staged-ingest"})
     return staged
+
+
+def _refuse_to_drop_finished_work(out: Path) -> None:
+    """A run without --resume or --overwrite never deletes an interrupted run's finished blocks."""
+    from .io import outputs
+    from .io.checkpoint import Checkpoint
+
+    progress_dir, partial = outputs.sidecar(out, ".progress"), outputs.sidecar(out, ".partial")
+    if not (outputs.marked(progress_dir, "progress") and partial.is_dir()):
+        return
+    cp = Checkpoint(progress_dir)
+    fp = cp.stored_fingerprint() or {}
+    done = len(cp.markers())
+    if done == 0:  # nothing finished: nothing to lose
+        return
+    shape, chunk = fp.get("shape"), fp.get("chunk_frames")
+    total = f" of {-(-int(shape[0]) // int(chunk))}" if shape and chunk else ""
+    raise OutputExistsError(f"'{out}' holds an interrupted run ({done}{total} blocks finished); add --resume to "
+                            "continue it, or --overwrite to start afresh")
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two fingerprints (config keys as 'config.section.key')."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def _comparable_config(cfg: RunConfig) -> dict:
@@ -456,11 +494,14 @@ def _run(input: Path, out_path: Path, cfg: RunConfig, *, calibration, overwrite:
         old = progress_dir.stored_fingerprint() or {}
         if old.get("checksum") != CHECKSUM or old.get("version") != __version__:
             raise DataError(f"the interrupted run at '{output}' was made by an earlier xray-pipeline "
-                            f"({old.get('version', '?')}); rerun without --resume (it starts afresh)")
-        changed = "the input's files changed since" if old.get("input_stamp") != input_stamp else \
-            "another input, config or calibration made"
-        raise DataError(f"{changed} the interrupted run at '{output}'; rerun without --resume (it starts afresh) "
-                        "or with the same input and settings")
+                            f"({old.get('version', '?')}); rerun with --overwrite instead of --resume (it starts afresh)")
+        if old.get("input_stamp") != input_stamp and old.get("input") == fingerprint["input"]:
+            raise DataError(f"the input's files changed since the interrupted run at '{output}'; rerun with "
+                            "--overwrite instead of --resume (it starts afresh)")
+        differ = [d.removeprefix("config.") for d in _differences(old, json.loads(json.dumps(fingerprint)))]
+        raise DataError(f"the interrupted run at '{output}' was made with another {', '.join(differ[:4])}"
+                        f"{' ...' if len(differ) > 4 else ''}; resume with the same settings, or rerun with "
+                        "--overwrite instead of --resume (it starts afresh)")
     writer = target = None
     if resuming:
         try:  # a kill can land while the partial output was being set up: then start afresh
@@ -610,8 +651,14 @@ def _run(input: Path, out_path: Path, cfg: RunConfig, *, calibration, overwrite:
         warnings.warn(f"{at_limit} output values sit at the ends of {st.dtype}'s range (clipped or Inf): {fix}",
                       stacklevel=2)
     nbad = int(np.count_nonzero(cal.bad_pixels)) if cal is not None else 0
+    resumed = None
+    if resuming:
+        computed = int(sum(r["n"] for r in results if not r["skipped_write"]))
+        kept = sorted(set(range(start_block)) | set(skip))
+        resumed = {"blocks_kept": len(kept), "frames_kept": t - computed, "frames_computed": computed,
+                   "computed_frames_per_second": computed / seconds if seconds > 0 else None}
     return RunResult(final, t, seconds, t / seconds if seconds > 0 else float("inf"), tuple(chain.names), nbad, ghost,
-                     mtf_summary, skipped, nonfinite, account)
+                     mtf_summary, skipped, nonfinite, account, resumed)
 
 
 def time_account(results, seconds: float, *, threads, blocks_s: float | None = None,

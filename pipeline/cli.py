@@ -201,7 +201,14 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
         res = _run(input, output, cfg, calibration=calibration, overwrite=overwrite, resume=resume, progress=update)
     finally:
         bar.close()
-    click.echo(f"{res.frames} frames in {res.seconds:.2f} s ({res.frames_per_second:.1f} frames/s) -> {res.output}")
+    if res.resumed:
+        r = res.resumed
+        rate = f" ({r['computed_frames_per_second']:.1f} frames/s)" if r["computed_frames_per_second"] else ""
+        click.echo(f"resumed: kept {r['blocks_kept']} finished blocks ({r['frames_kept']} frames); computed "
+                   f"{r['frames_computed']} frames in {res.seconds:.2f} s{rate} -> {res.output}")
+    else:
+        click.echo(f"{res.frames} frames in {res.seconds:.2f} s ({res.frames_per_second:.1f} frames/s) -> "
+                   f"{res.output}")
     if res.time_account and not quiet:
         click.echo(describe_time(res.time_account))
     if res.skipped_frames:
@@ -506,8 +513,12 @@ def main(argv=None) -> int:
     warnings.showwarning = one_line
     try:
         cli.main(args=argv, prog_name="xray-pipeline", standalone_mode=False)
-    except RunInterrupted as exc:
-        click.echo(f"error: {exc}", err=True)
+    except RunInterrupted:
+        import shlex
+
+        args = list(sys.argv[1:] if argv is None else argv)
+        again = shlex.join(["xray-pipeline", *args, *([] if "--resume" in args else ["--resume"])])
+        click.echo(f"error: interrupted; the finished blocks are kept: resume with '{again}'", err=True)
         return 130
     except AlreadyComplete as exc:
         click.echo(str(exc))

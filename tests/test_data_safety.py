@@ -253,7 +253,7 @@ def test_resume_refuses_an_input_whose_frames_changed(rec, tmp_path):
     shutil.rmtree(src / "frames")
     shutil.copytree(other / "frames", src / "frames")  # the frames swapped between the stop and the resume
     e = one_line(run_cli("run", src, out, "-q", "--resume", "--set", "execution.chunk_frames=4"))
-    assert "input's files changed" in e and "without --resume" in e
+    assert "input's files changed" in e and "--overwrite instead of --resume" in e
 
 
 def test_resume_of_an_unchanged_input_goes_on(tmp_path):
@@ -371,3 +371,52 @@ def test_characterise_refuses_a_lost_chunk_and_a_bad_compare(char, tmp_path):
     (tmp_path / "x.json").write_text("[1, 2]")
     e = one_line(run_cli("characterise", char, tmp_path / "r", "--compare", tmp_path / "x.json"))
     assert "not a report" in e
+
+
+# --------------------------------------------------------------------------- a rerun keeps finished work
+def test_a_rerun_without_resume_keeps_the_finished_blocks(tmp_path):
+    src = pipeline.simulate(tmp_path / "s.zarr", frames=16, size=(64, 64), chunk_frames=4, truth_frames=False)
+    out = tmp_path / "o.zarr"
+    _interrupted(src, out)
+    kept = _tree(tmp_path / "o.zarr.partial")
+    e = one_line(run_cli("run", src, out, "-q", "--set", "execution.chunk_frames=4"))
+    assert "interrupted run (2 of 4 blocks finished)" in e and "--resume" in e and "--overwrite" in e
+    assert _tree(tmp_path / "o.zarr.partial") == kept
+    assert run_cli("run", src, out, "-q", "--overwrite", "--set", "execution.chunk_frames=4").returncode == 0
+
+
+def test_a_resumed_run_says_what_it_kept_and_drops_stray_temporaries(tmp_path):
+    src = pipeline.simulate(tmp_path / "s.zarr", frames=16, size=(64, 64), chunk_frames=4, truth_frames=False)
+    out = tmp_path / "o.zarr"
+    _interrupted(src, out)
+    chunk = next(f for f in (tmp_path / "o.zarr.partial" / "frames" / "c").rglob("*") if f.is_file())
+    stray = chunk.with_name(f"{chunk.name}.{'ab' * 16}.partial")
+    stray.write_bytes(b"half a chunk")  # as a kill during a chunk's write leaves it
+    p = run_cli("run", src, out, "--resume", "--set", "execution.chunk_frames=4")
+    assert p.returncode == 0, p.stderr
+    assert "resumed: kept 2 finished blocks (8 frames); computed 8 frames" in p.stdout
+    assert not any(f.name.endswith(".partial") for f in out.rglob("*"))
+
+
+def test_a_mismatched_resume_names_the_setting(tmp_path):
+    src = pipeline.simulate(tmp_path / "s.zarr", frames=16, size=(64, 64), chunk_frames=4, truth_frames=False)
+    out = tmp_path / "o.zarr"
+    _interrupted(src, out)
+    e = one_line(run_cli("run", src, out, "--resume", "--set", "execution.chunk_frames=4", "--set",
+                         "flatfield.output=transmission"))
+    assert "another flatfield.output" in e
+
+
+def test_ctrl_c_hint_repeats_the_runs_options(tmp_path, monkeypatch, capsys):
+    from pipeline import cli
+
+    src = pipeline.simulate(tmp_path / "s.zarr", frames=16, size=(64, 64), chunk_frames=4, truth_frames=False)
+
+    def interrupted(*a, **k):
+        raise pipeline.errors.RunInterrupted("interrupted")
+
+    monkeypatch.setattr(pipeline.api, "run", interrupted)
+    args = ["run", str(src), str(tmp_path / "o.zarr"), "--set", "flatfield.output=attenuation", "--on-error", "skip"]
+    assert cli.main(args) == 130
+    err = capsys.readouterr().err
+    assert "--set flatfield.output=attenuation --on-error skip --resume" in err

@@ -125,4 +125,4 @@ def test_resume_of_a_run_started_by_an_earlier_release_says_so(sim_small, tmp_pa
     mark(progress, "progress")
     mark(tmp_path / "o.zarr.partial", "output")
     e = _one_line(run_cli("run", sim_small, out, "--resume", "--overwrite"))
-    assert "earlier xray-pipeline (0.1.0)" in e and "without --resume" in e
+    assert "earlier xray-pipeline (0.1.0)" in e and "--overwrite instead of --resume" in e

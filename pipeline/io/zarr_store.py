@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import stat
 import threading
@@ -814,6 +815,19 @@ def check_output_path(output: str | Path, *, overwrite: bool, inputs=(), kind: s
     return outputs.check_output_path(output, overwrite=overwrite, inputs=inputs, kind=kind)
 
 
+_TEMPORARY = re.compile(r".+\.[0-9a-f]{32}\.partial")  # ChunkEncoder.write's temporary chunk files
+
+
+def _sweep_temporaries(folder: Path) -> int:
+    """Delete the temporary chunk files (``NAME.<uuid>.partial``) a kill left in an output being written."""
+    n = 0
+    for f in Path(folder).rglob("*.partial"):
+        if _TEMPORARY.fullmatch(f.name) and f.is_file():
+            f.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def default_dims(name: str, ndim: int) -> tuple:
     """Dimension names of an array the project writes, from its name and rank.
 
@@ -900,8 +914,10 @@ class OutputWriter:
         node.attrs.update(_jsonable(attrs))
 
     def commit(self) -> Path:
-        """Move the finished group into place (an old output is moved aside first and deleted only after)."""
+        """Move the finished group into place (an old output is moved aside first and deleted only after); chunk
+        files a killed writer left half-written under temporary names go first."""
         try:
+            _sweep_temporaries(self.partial)
             return outputs.replace(self.partial, self.final)
         finally:
             self.lock.release()
