@@ -105,6 +105,7 @@ def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig
     """
     cfg = load_config(config)
     ds = dataset if isinstance(dataset, zarr_store.InputDataset) else zarr_store.open_input(dataset)
+    validate.check_sizes(cfg, ds.shape[1:])
     ff = cfg.flatfield
     missing = [n for n in ("darks", "flats") if getattr(ds, n) is None]
     if missing:
@@ -828,7 +829,7 @@ def measure_mtf(
     (the :class:`~pipeline.ops.mtf.MTFResult`, not serialisable).
     """
     from .io.images import read_image
-    from .ops.mtf import auto_n_fft, concat_results, find_edge_roi, slanted_edge_mtf
+    from .ops.mtf import auto_n_fft, concat_results, expand_result, find_edge_roi, slanted_edge_mtf
 
     if pixel_pitch_mm is not None:
         pixel_pitch_mm = validate.positive_finite(pixel_pitch_mm, "--pixel-pitch", unit="mm", upper=10,
@@ -839,7 +840,10 @@ def measure_mtf(
         ds = zarr_store.open_input(p)
         frames = ds.frames
         pitch = pixel_pitch_mm or ds.attrs.get("pixel_pitch_mm")
-        first = np.asarray(frames[0 : min(4, frames.shape[0])], dtype=np.float64).mean(axis=0)
+        first = np.asarray(frames[0 : min(4, frames.shape[0])], dtype=np.float64)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # frames skipped as NaN: the others' mean
+            first = np.nanmean(first, axis=0)
     else:
         img = read_image(p)
         frames = img[None] if img.ndim == 2 else img
@@ -855,13 +859,24 @@ def measure_mtf(
     if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w) or min(y1 - y0, x1 - x0) < 16:
         raise DataError(f"roi {list(roi)} must lie inside the {h} x {w} image and be at least 16 px a side")
     n_fft = auto_n_fft(max(y1 - y0, x1 - x0), oversample)
-    parts = []
+    parts, pending = [], []  # pending: blocks with no finite ROI, made NaN once a frequency grid is known
     for t0 in range(0, t, block_frames):
         block = np.asarray(frames[t0 : t0 + block_frames, y0:y1, x0:x1], dtype=np.float64)
+        finite = np.isfinite(block).all(axis=(1, 2))  # a frame skipped as NaN: flagged, the others measured
+        if not finite.any():
+            pending.append((len(parts), finite))
+            parts.append(None)
+            continue
         try:
-            parts.append(slanted_edge_mtf(block, window=window, oversample=oversample, f_max=f_max, n_fft=n_fft))
+            res = slanted_edge_mtf(block[finite], window=window, oversample=oversample, f_max=f_max, n_fft=n_fft)
         except ValueError as exc:
             raise DataError(f"'{path}' roi {[y0, y1, x0, x1]}: {exc}") from None
+        parts.append(expand_result(res, finite))
+    known = next((p for p in parts if p is not None), None)
+    if known is None:
+        raise DataError(f"'{path}': no frame has a finite edge ROI {[y0, y1, x0, x1]} (all NaN); nothing to measure")
+    for i, finite in pending:
+        parts[i] = _nan_result(known, finite.size)
     res = concat_results(parts)
     out = res.to_dict(pitch, roi=[y0, y1, x0, x1], index=0 if (t == 1) else None)
     out["source"] = str(p)
@@ -872,6 +887,16 @@ def measure_mtf(
     if not pitch:
         out["note"] = "no pixel pitch known: frequencies in cycles/pixel only (pass --pixel-pitch MM)"
     return {**out, "result": res}
+
+
+def _nan_result(like, n: int):
+    """A result of ``n`` ROIs none of which could be measured, on ``like``'s frequency grid."""
+    from .ops.mtf import expand_result
+
+    none = replace(like, mtf=like.mtf[:0], esf=like.esf[:0], lsf=like.lsf[:0], angle_deg=like.angle_deg[:0],
+                   edge_fit_rms_px=like.edge_fit_rms_px[:0], flags=[], messages=[],
+                   crossings_cy_per_px={k: v[:0] for k, v in like.crossings_cy_per_px.items()})
+    return expand_result(none, np.zeros(n, bool))
 
 
 def ghost_report(ds: "zarr_store.InputDataset", corrected, model, chunk: int) -> dict:
@@ -1185,10 +1210,17 @@ def export(
     else:  # checked as read (a lost chunk is an error, never black frames); float16/uint16 outputs: their values
         frames = zarr_store.checked_frames(frames, label)
     suf = d.suffix.lower()
+    if frames.shape[0] < 1:
+        raise DataError(f"'{dataset}/{array}' holds no frames; nothing to export")
     if suf in (".tif", ".tiff"):
         return write_tiff_stack(frames, d)
     if suf not in (".mp4", ".gif"):
         raise DataError(f"'{d}': export writes .tif/.tiff (exact) or .mp4/.gif (preview)")
+    if not 0.01 <= float(fps) <= 1000:
+        raise DataError(f"--fps {fps:g} is outside 0.01..1000 frames per second; choose a playable rate")
+    if min(frames.shape[1:]) < 2:
+        raise DataError(f"'{dataset}/{array}' has {frames.shape[1]} x {frames.shape[2]} frames; a {suf} preview "
+                        "needs at least 2 x 2 pixels: export them as .tif")
     left = None
     if side_by_side:
         src = (dict(g.attrs).get("provenance") or {}).get("input")

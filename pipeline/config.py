@@ -354,7 +354,10 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file '{p}' does not exist; pass an existing YAML file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, ValueError) as exc:  # a binary file
+        raise ConfigError(f"config file '{p}' is not a text (UTF-8) YAML file ({type(exc).__name__}); pass a YAML "
+                          "config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -279,8 +279,10 @@ def _raw(path: Path, dtype, shape, header: int) -> Source:
         raise DataError(f"raw file '{path}' needs --raw-dtype and --raw-shape (T H W or H W)")
     try:
         dt = np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError):
         raise DataError(f"--raw-dtype '{dtype}' is not a NumPy dtype; use e.g. <u2 (little-endian uint16)") from None
+    if dt.kind not in "uif" or dt.itemsize == 0:
+        raise DataError(f"--raw-dtype '{dtype}' is not a number type of camera pixels; use e.g. <u2 (uint16), <f4")
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise DataError(f"--raw-shape {tuple(shape)} must be T,H,W or H,W with every size >= 1")
     if header < 0 or header > path.stat().st_size:
@@ -292,6 +294,9 @@ def _raw(path: Path, dtype, shape, header: int) -> Source:
             raise DataError(f"raw file '{path}': {size} bytes after the header are not a whole number of "
                             f"{shape[0]} x {shape[1]} {dt} frames; check --raw-shape, --raw-dtype and --header")
         shape = (size // per,) + tuple(shape)
+    if shape[0] < 1 or size == 0:
+        raise DataError(f"raw file '{path}' holds no frames ({size} bytes after the header); check the file and "
+                        "--header")
     need = int(np.prod(shape)) * dt.itemsize
     if need > size:
         raise DataError(f"raw file '{path}' holds {size} bytes after the header, {tuple(shape)} {dt} needs {need}")

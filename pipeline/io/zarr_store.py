@@ -769,10 +769,36 @@ def _open_group(path: Path, what: str):
     if odd is not None:
         raise DataError(f"{what} '{path}': '{odd}' is not a regular file; restore the dataset's metadata from a copy")
     try:
-        return zarr.open_group(str(path), mode="r")
+        g = zarr.open_group(str(path), mode="r")
     except Exception as exc:
-        raise DataError(f"{what} '{path}' is not a readable Zarr group ({type(exc).__name__}); "
+        raise DataError(f"{what} '{path}' is not a readable Zarr group ({_why(exc)}); "
                         "convert the recording with 'xray-pipeline ingest' or check the path") from None
+    _check_members(g, path, what)
+    return g
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_members(g, path: Path, what: str) -> None:
+    """Every member's metadata read and checked once, so that damage is one line naming it, not a traceback
+    wherever it is first touched: metadata that does not parse, an unknown codec, a fill value of the wrong type,
+    a shape below zero or a chunk size below one."""
+    name = ""
+    try:
+        for name, node in g.members(max_depth=None):
+            if isinstance(node, zarr.Array):
+                if any(int(v) < 0 for v in node.shape) or any(int(c) < 1 for c in node.chunks):
+                    raise ValueError(f"shape {tuple(node.shape)}, chunks {tuple(node.chunks)}")
+                node.metadata.to_dict()  # codecs and fill value as Zarr understands them
+                _ = node.compressors, node.fill_value
+    except Exception as exc:
+        where = f"'{path}/{name}'" if name else f"'{path}'"
+        raise DataError(f"{what} {where} has damaged Zarr metadata ({_why(exc)}); restore its zarr.json from a "
+                        "copy or write the dataset again") from None
 
 
 def open_input(path: str | Path) -> InputDataset:

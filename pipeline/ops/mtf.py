@@ -463,6 +463,41 @@ def _pad_bins(a, n, mode):
     return np.pad(a, ((0, 0), (k, n - a.shape[1] - k)), mode=mode)
 
 
+def expand_result(res: MTFResult, keep, *, flag: str = "nonfinite_roi") -> MTFResult:
+    """``res`` (of the ROIs where ``keep`` is True) as a result for every ROI: the others NaN, flagged ``flag``.
+
+    Parameters
+    ----------
+    res : MTFResult
+        Measured on ``keep.sum()`` ROIs, in order.
+    keep : (B,) bool array
+    flag : str
+        The flag of the ROIs not measured (e.g. a frame skipped as NaN).
+    """
+    keep = np.asarray(keep, bool)
+    idx = np.nonzero(keep)[0]
+    if idx.size == keep.size:
+        return res
+    b = keep.size
+
+    def full(a, fill=np.nan):
+        a = np.asarray(a)
+        out = np.full((b,) + a.shape[1:], fill, dtype=np.result_type(a.dtype, np.float64))
+        out[idx] = a
+        return out
+
+    flags, messages = [[flag] for _ in range(b)], [[] for _ in range(b)]
+    for j, i in enumerate(idx):
+        flags[i], messages[i] = res.flags[j], res.messages[j]
+    return MTFResult(frequencies_cy_per_px=res.frequencies_cy_per_px, mtf=full(res.mtf),
+                     esf_positions_px=res.esf_positions_px, esf=full(res.esf), lsf=full(res.lsf),
+                     angle_deg=full(res.angle_deg),
+                     crossings_cy_per_px={lv: full(v) for lv, v in res.crossings_cy_per_px.items()},
+                     flags=flags, messages=messages, orientation=res.orientation,
+                     edge_fit_rms_px=full(res.edge_fit_rms_px), oversample=res.oversample, window=res.window,
+                     extra=dict(res.extra))
+
+
 def concat_results(parts: list) -> MTFResult:
     """Concatenate results of ROI groups of the same size (same frequency grid)."""
     first = parts[0]
