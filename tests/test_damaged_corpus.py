@@ -187,6 +187,15 @@ def _h5_group(base, tmp):
     return p
 
 
+def _h5_dataset_is_group(base, tmp):
+    import h5py
+
+    p = tmp / "n.h5"
+    with h5py.File(p, "w") as f:
+        f["entry/data/data"] = _frames(base)
+    return p, [["ingest", "IN", "OUT", "--dataset", "/entry/data"], ["ingest", "IN", "OUT", "--dataset", "/nope"]]
+
+
 def _empty_tiff(base, tmp):
     p = tmp / "e.tif"
     p.write_bytes(b"")
@@ -220,6 +229,7 @@ def _raw_cases():
 
 
 INGEST.update(_raw_cases())
+INGEST["hdf5-dataset-is-a-group"] = _h5_dataset_is_group
 
 
 def _export_cases():
