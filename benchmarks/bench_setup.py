@@ -97,7 +97,7 @@ def main():
 
         # the noise-model fit (denoisers on): the exact selection and radix-sort kernels against NumPy's nanmedian
         # and stable argsort, which they replace (the same model, asserted)
-        from pipeline import api, jit
+        from pipeline import api, jit, runner
         from pipeline.stages import build_chain
 
         cfg_dn = pipeline.load_config(None, overrides=["denoise.enabled=true"])
@@ -107,7 +107,7 @@ def main():
         def fit(use_kernels: bool):
             jit.nanmedian_f32, jit.argsort_f32 = kernels if use_kernels else (lambda v: None, lambda v: None)
             try:
-                return api._noise_model(cfg_dn, chain, ds)
+                return runner._noise_model(cfg_dn, chain, ds)
             finally:
                 jit.nanmedian_f32, jit.argsort_f32 = kernels
 

@@ -172,8 +172,10 @@ def calibrate(input, output, config_file, overrides, overwrite):
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default=None,
               help="a corrupt or missing input chunk: fail, or fill with NaN, record and continue")
 @click.option("--quiet", "-q", is_flag=True)
+@click.option("--dry-run", is_flag=True, help="print the plan (input, device, blocks, calibration, stages) and exit; "
+                                               "nothing is read but metadata, nothing written")
 def run(input, output, config_file, overrides, calibration, chunk_frames, device, scheduler, cluster, overwrite, resume,
-        on_error, quiet):
+        on_error, quiet, dry_run):
     """Correct the video INPUT and write OUTPUT (Zarr).
 
     INPUT is a Zarr dataset, or a TIFF/HDF5/raw/video/npy recording (ingested on the fly).
@@ -194,6 +196,11 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
     if on_error:
         extra.append(f"execution.on_error={on_error}")
     cfg = load_config(config_file, overrides=extra)
+    if dry_run:
+        from .runner import dry_run as _dry_run
+
+        click.echo(_dry_run(input, output, cfg, calibration=calibration).describe())
+        return
     is_zarr = Path(input).is_dir() and (Path(input) / "zarr.json").is_file()
     total = open_input(input).shape[0] if is_zarr else None  # a field-format recording: counted when ingested
     bar, update = _bar(total, "run", quiet)

@@ -117,11 +117,11 @@ def test_stored_chunks_follow_the_frame_size_and_leave_the_frames_alone(tmp_path
     simulation's own 16-frame blocks, and so a seed's frames, do not change with them."""
     import zarr
 
-    from pipeline import api
+    from pipeline import api, recordings
 
     ref = zarr.open_group(str(api.simulate(tmp_path / "ref.zarr", frames=20, size=(32, 48), seed=4)), mode="r")
     assert ref["frames"].chunks == (16, 32, 48)
-    monkeypatch.setattr(api, "RECORDING_CHUNK_BYTES", 4 * 32 * 48 * 2)  # four uint16 frames, two float32 ones
+    monkeypatch.setattr(recordings, "RECORDING_CHUNK_BYTES", 4 * 32 * 48 * 2)  # four uint16 frames, two float32 ones
     g = zarr.open_group(str(api.simulate(tmp_path / "small.zarr", frames=20, size=(32, 48), seed=4)), mode="r")
     assert g["frames"].chunks == (4, 32, 48) and g["truth/frames"].chunks == (2, 32, 48)
     assert g["darks"].chunks[0] == 4 and g["flats"].chunks[0] == 4
@@ -139,7 +139,7 @@ def test_stored_chunks_follow_the_frame_size_and_leave_the_frames_alone(tmp_path
 def test_simulate_writes_whole_chunks_itself(tmp_path, monkeypatch):
     """Every block simulate stores goes through the pipelines' own chunk writer (truth frames included), the
     array's last, partial chunk aside."""
-    from pipeline import api
+    from pipeline import api, recordings
     from pipeline.io import zarr_store
 
     taken = []
@@ -150,7 +150,7 @@ def test_simulate_writes_whole_chunks_itself(tmp_path, monkeypatch):
         return taken[-1][-1]
 
     monkeypatch.setattr(zarr_store.ChunkEncoder, "write", write)
-    monkeypatch.setattr(api, "RECORDING_CHUNK_BYTES", 4 * 32 * 48 * 2)
+    monkeypatch.setattr(recordings, "RECORDING_CHUNK_BYTES", 4 * 32 * 48 * 2)
     api.simulate(tmp_path / "s.zarr", frames=22, size=(32, 48), seed=4)
     assert taken and all(ok for *_, ok in taken)
     for dt, chunk in ((np.uint16, 4), (np.float32, 2)):  # all but the last, partial chunk of each array

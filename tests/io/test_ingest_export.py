@@ -9,6 +9,7 @@ import tifffile
 import zarr
 
 import pipeline
+import pipeline.recordings
 from pipeline.errors import DataError
 
 RNG = np.random.default_rng(0)
@@ -55,7 +56,7 @@ def test_chunks_sized_from_the_frame_by_default(tmp_path, monkeypatch, limit_fra
     """Without --chunk-frames the stored chunks hold the largest power of two of frames (up to 16) within
     RECORDING_CHUNK_BYTES; the data are the source's, whatever the chunks."""
     frame_bytes = STACK[0].nbytes
-    monkeypatch.setattr(pipeline.api, "RECORDING_CHUNK_BYTES", limit_frames * frame_bytes)
+    monkeypatch.setattr(pipeline.recordings, "RECORDING_CHUNK_BYTES", limit_frames * frame_bytes)
     assert pipeline.api.recording_chunk_frames(STACK.shape[1:], STACK.dtype) == chunk
     from pipeline.io import zarr_store
 
