@@ -17,7 +17,9 @@
 //   lag    a non-finite v enters the recursion as 0 (AfterglowStage) and comes out NaN:
 //          x = v - sum_n L_n ; L_n <- r_n * (L_n + x * a_n)  (__fsub_rn/__fmul_rn/__fadd_rn: no FMA)
 //   tail   raw >= saturation -> NaN in the output, never in the state (the mask is applied after
-//          the recursion, as FlatFieldStage.tail does).
+//          the recursion, as FlatFieldStage.tail does); a bad pixel (slot[p] >= 0) never by its own
+//          raw value (a hot pixel stuck at 65535 is replaced, not saturated): saturate_bad_* marks it
+//          where more than half of the neighbours of its median are saturated (below).
 //
 // A uint16 code output (c16: output.dtype uint16, pipeline.ops.quantise.encode) is
 // rint(o * scale + offset) in float32 (no FMA), clipped to 1..65535, NaN stored as 0: bit-identical
@@ -42,7 +44,9 @@
 // correct_u16_f32, correct_u16_f16, correct_u16_c16, correct_f32_f32, correct_f32_f16, correct_f32_c16
 // (input dtype _ output: float32, float16 passed as unsigned short, or the uint16 code with
 // code_scale and code_offset, which the other outputs ignore); saturate_u16 and
-// saturate_f32 (the saturation mask alone, for chains with denoisers; see the end of the file).
+// saturate_f32 (the saturation mask alone, for chains with denoisers; see the end of the file);
+// saturate_good_u16/_f32 (the same, leaving the bad pixels) and saturate_bad_<in>_<out> (the bad
+// pixels' saturation by their neighbours, launched after correct_* or saturate_good_*).
 
 #ifndef XRAY_MAX_LAG_TERMS
 #define XRAY_MAX_LAG_TERMS 4
@@ -267,7 +271,8 @@ __device__ __forceinline__ void xray_correct(const Tin* __restrict__ raw, Tout* 
                                         : __fmul_rn(__fsub_rn(x, d.v[l]), g.v[l]);
 #endif
                 float y = xray_lag_step<kFloatIn>(v, L[l], a[l], r, n_terms, nonfinite_to_nan);
-                if (x >= saturation) y = xray_nan();  // false for a NaN threshold (check off)
+                // false for a NaN threshold (check off); a bad pixel's own raw value never marks it
+                if (row.v[l] < 0 && x >= saturation) y = xray_nan();
                 o.v[l] = xray_out<kCode>(y, out, code_scale, code_offset);
             }
             xray_save<Tout, V>(out, (long long)(k0 + j) * n_pixels + p, o);
@@ -358,4 +363,118 @@ extern "C" __global__ void saturate_u16(const unsigned short* raw, float* out, l
 extern "C" __global__ void saturate_f32(const float* raw, float* out, long long n, float saturation)
 {
     xray_saturate<float>(raw, out, n, saturation);
+}
+
+// The bad pixels' saturation (pipeline.ops.flatfield.saturation_mask): a replaced bad pixel is never
+// saturated by its own raw value, but where more than half of the neighbours its median is taken over
+// are: 2 * s > n, n the neighbours whose head value is not NaN (those xray_neighbour_median keeps),
+// s those of them with float(raw) >= saturation. No sorting: two counts, no local array.
+template <typename Tin>
+__device__ __forceinline__ bool xray_bad_saturated(const Tin* frame, const float* dark, const float* inv,
+                                                   const int* nb, int k_max, float saturation)
+{
+    int n = 0, s = 0;
+    for (int j = 0; j < k_max; ++j) {
+        int q = nb[j];
+        if (q < 0) continue;
+        float x = xray_head(frame, dark, inv, q);
+        if (x != x) continue;  // NaN: not in the median, not counted
+        ++n;
+        s += (float)frame[q] >= saturation;
+    }
+    return 2 * s > n;
+}
+
+// saturate_good_<in>: saturate_<in> for chains with bad pixels: out[i] = NaN where float(raw[i]) >=
+// saturation and pixel i % n_pixels is not a bad pixel (slot -1; slot NULL: every pixel is judged).
+template <typename Tin>
+__device__ __forceinline__ void xray_saturate_good(const Tin* raw, float* out, long long n, float saturation,
+                                                   const int* slot, long long n_pixels)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && (float)raw[i] >= saturation && (!slot || slot[i % n_pixels] < 0)) out[i] = xray_nan();
+}
+
+extern "C" __global__ void saturate_good_u16(const unsigned short* raw, float* out, long long n, float saturation,
+                                             const int* slot, long long n_pixels)
+{
+    xray_saturate_good<unsigned short>(raw, out, n, saturation, slot, n_pixels);
+}
+
+extern "C" __global__ void saturate_good_f32(const float* raw, float* out, long long n, float saturation,
+                                             const int* slot, long long n_pixels)
+{
+    xray_saturate_good<float>(raw, out, n, saturation, slot, n_pixels);
+}
+
+// saturate_bad_<in>_<out>: one thread per (frame k, bad pixel b), after correct_* (or saturate_good_*):
+// where xray_bad_saturated, the output of pixel targets[b] in frame k is NaN as the output type stores
+// it (float32 NaN; float16 0x7E00; the uint16 code 0). targets (n_bad) int32: each bad pixel's flat index
+// (row b of `neighbours`); the threshold is the fused kernel's (NaN: nothing is marked).
+__device__ __forceinline__ void xray_nan_out(float* out, long long i, bool) { out[i] = xray_nan(); }
+__device__ __forceinline__ void xray_nan_out(unsigned short* out, long long i, bool code)
+{
+    out[i] = code ? (unsigned short)0 : (unsigned short)0x7e00;
+}
+
+template <typename Tin, typename Tout, bool kCode>
+__device__ __forceinline__ void xray_saturate_bad(const Tin* __restrict__ raw, Tout* __restrict__ out,
+                                                  const float* __restrict__ dark, const float* __restrict__ inv,
+                                                  const int* __restrict__ neighbours, const int* __restrict__ targets,
+                                                  int k_max, int n_bad, int n_frames, long long n_pixels,
+                                                  float saturation)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n_frames * n_bad) return;
+    long long k = i / n_bad, b = i % n_bad;
+    if (xray_bad_saturated(raw + k * n_pixels, dark, inv, neighbours + b * k_max, k_max, saturation))
+        xray_nan_out(out, k * n_pixels + targets[b], kCode);
+}
+
+extern "C" __global__ void saturate_bad_u16_f32(const unsigned short* raw, float* out, const float* dark,
+                                                const float* inv, const int* neighbours, const int* targets, int k_max,
+                                                int n_bad, int n_frames, long long n_pixels, float saturation)
+{
+    xray_saturate_bad<unsigned short, float, false>(raw, out, dark, inv, neighbours, targets, k_max, n_bad, n_frames,
+                                                    n_pixels, saturation);
+}
+
+extern "C" __global__ void saturate_bad_u16_f16(const unsigned short* raw, unsigned short* out, const float* dark,
+                                                const float* inv, const int* neighbours, const int* targets, int k_max,
+                                                int n_bad, int n_frames, long long n_pixels, float saturation)
+{
+    xray_saturate_bad<unsigned short, unsigned short, false>(raw, out, dark, inv, neighbours, targets, k_max, n_bad,
+                                                             n_frames, n_pixels, saturation);
+}
+
+extern "C" __global__ void saturate_bad_u16_c16(const unsigned short* raw, unsigned short* out, const float* dark,
+                                                const float* inv, const int* neighbours, const int* targets, int k_max,
+                                                int n_bad, int n_frames, long long n_pixels, float saturation)
+{
+    xray_saturate_bad<unsigned short, unsigned short, true>(raw, out, dark, inv, neighbours, targets, k_max, n_bad,
+                                                            n_frames, n_pixels, saturation);
+}
+
+extern "C" __global__ void saturate_bad_f32_f32(const float* raw, float* out, const float* dark, const float* inv,
+                                                const int* neighbours, const int* targets, int k_max, int n_bad,
+                                                int n_frames, long long n_pixels, float saturation)
+{
+    xray_saturate_bad<float, float, false>(raw, out, dark, inv, neighbours, targets, k_max, n_bad, n_frames, n_pixels,
+                                           saturation);
+}
+
+extern "C" __global__ void saturate_bad_f32_f16(const float* raw, unsigned short* out, const float* dark,
+                                                const float* inv, const int* neighbours, const int* targets, int k_max,
+                                                int n_bad, int n_frames, long long n_pixels, float saturation)
+{
+    xray_saturate_bad<float, unsigned short, false>(raw, out, dark, inv, neighbours, targets, k_max, n_bad, n_frames,
+                                                    n_pixels, saturation);
+}
+
+extern "C" __global__ void saturate_bad_f32_c16(const float* raw, unsigned short* out, const float* dark,
+                                                const float* inv, const int* neighbours, const int* targets, int k_max,
+                                                int n_bad, int n_frames, long long n_pixels, float saturation)
+{
+    xray_saturate_bad<float, unsigned short, true>(raw, out, dark, inv, neighbours, targets, k_max, n_bad, n_frames,
+                                                   n_pixels, saturation);
 }

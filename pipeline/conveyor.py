@@ -172,9 +172,9 @@ def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dty
     out : ndarray (T, H, W) of ``out_dtype``
     state : the same ``state``
     """
-    from .kernels import _check_dtypes, saturation_threshold
+    from .kernels import _check_dtypes
     from .ops.afterglow import remove_lag
-    from .ops.flatfield import replace_bad_pixels
+    from .ops.flatfield import replace_bad_pixels, saturation_mask
     from .ops.quantise import encode
 
     raw_dtype, out_dtype = _check_dtypes(raw.dtype, out_dtype)
@@ -194,9 +194,11 @@ def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dty
         remove_lag(x.reshape(t, 1, p), amps, params.ratios, st, out=x.reshape(t, 1, p))
     to_nan = raw_dtype.kind == "f" or params.nonfinite_to_nan
     o = np.where(finite, x, np.float32(np.nan) if to_nan else v)
-    thr = saturation_threshold(params.saturation, raw_dtype)
-    if not np.isnan(thr):
-        o[r2.astype(np.float32) >= thr] = np.nan
+    # the saturation mask as FlatFieldStage's: a bad pixel by its neighbours, never by its own raw value
+    table = (params.targets, params.neighbours) if params.targets.size else None
+    sat = saturation_mask(np.asarray(raw), params.saturation, table, v.reshape(raw.shape))
+    if sat is not None:
+        o[sat.reshape(t, p)] = np.nan
     if out_dtype == np.uint16:
         return encode(o, "uint16", scale=scale, offset=offset).reshape(raw.shape), state
     return o.astype(out_dtype).reshape(raw.shape), state

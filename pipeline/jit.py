@@ -159,10 +159,12 @@ if _nb is not None:
         return (a3 + a4) / np.float32(2)
 
     @_nb.njit(parallel=True, cache=True, nogil=True)
-    def _correct_fused(frames, dark, inv, out, trow, tcol, nrow, ncol, band_start, band, sat):  # pragma: no cover
+    def _correct_fused(frames, dark, inv, out, trow, tcol, nrow, ncol, band_start, band, sat, flags,
+                       order):  # pragma: no cover
         # bands of `band` rows of every frame: the flat field of the band, then its bad pixels while the band is
         # in cache (a neighbour outside the band is corrected again from its raw value: the same float32 result);
-        # returns how many raw values are >= sat
+        # returns how many raw values are >= sat. flags[k, order[j]]: more than half of the neighbours of bad
+        # pixel j's median are >= sat in frame k (ops.flatfield.saturation_mask's rule for bad pixels)
         t, h, w = frames.shape
         kk = nrow.shape[1]
         n_bands = (h + band - 1) // band
@@ -188,19 +190,23 @@ if _nb is not None:
                 vals = bufs[job, kk:]
                 for j in range(lo, hi):
                     n_ok = 0
+                    n_hit = 0
                     for q in range(kk):
                         ny = nrow[j, q]
                         if ny < 0:
                             continue
                         nx = ncol[j, q]
+                        rv = np.float32(fr[ny, nx])
                         if r0 <= ny < r1:
                             v = o[ny, nx]
                         else:
-                            v = (np.float32(fr[ny, nx]) - dark[ny, nx]) * inv[ny, nx]
+                            v = (rv - dark[ny, nx]) * inv[ny, nx]
                         if v != v:
                             continue
                         vals[n_ok] = v
                         n_ok += 1
+                        n_hit += 1 if rv >= sat else 0
+                    flags[k, order[j]] = 2 * n_hit > n_ok
                     ty = trow[j]
                     tx = tcol[j]
                     if n_ok == 8:  # the common case, eight good neighbours: no data-dependent branches
@@ -723,12 +729,15 @@ def median_filter_into(image, out, *, size: int) -> bool:
     return True
 
 
-def correct_into(frames, dark, inv, out, targets, neighbours, saturation) -> int | None:
+def correct_into(frames, dark, inv, out, targets, neighbours, saturation, saturated_bad=None) -> int | None:
     """Flat field and bad pixels in one pass over each frame; returns the count of raw values >= ``saturation``.
 
     ``out = (float32(frames) - dark) * inv``, then every target replaced by the median of its
     finite neighbours (as :func:`replace_bad_into`) while the frame is in cache. ``saturation``
-    None counts nothing. None where the kernel cannot take these arrays.
+    None counts nothing. None where the kernel cannot take these arrays. ``saturated_bad``
+    (T, len(targets)) bool, optional: set to the targets' saturation by their neighbours (more
+    than half of the neighbours of the median at or above ``saturation``; see
+    :func:`pipeline.ops.flatfield.saturation_mask`), in the same pass.
     """
     if not available() or not isinstance(frames, np.ndarray) or frames.ndim != 3:
         return None
@@ -747,6 +756,11 @@ def correct_into(frames, dark, inv, out, targets, neighbours, saturation) -> int
         targets, neighbours = _NO_TARGETS, _NO_NEIGHBOURS
     if not isinstance(neighbours, np.ndarray):
         return None
+    if saturated_bad is None:
+        saturated_bad = np.empty((frames.shape[0], len(targets)), np.bool_)
+    elif (not isinstance(saturated_bad, np.ndarray) or saturated_bad.dtype != np.bool_
+          or saturated_bad.shape != (frames.shape[0], len(targets))):
+        return None
     sat = np.float32(np.nan) if saturation is None else np.float32(saturation)  # v >= NaN: never
     if saturation is not None and float(sat) != float(saturation):
         return None  # not exact in float32: leave it to NumPy
@@ -758,8 +772,9 @@ def correct_into(frames, dark, inv, out, targets, neighbours, saturation) -> int
         if len(_tables) > 16:
             _tables.clear()
         _tables[key] = prepared
-    trow, tcol, nrow, ncol, band_start, band = prepared[2]
-    return int(_correct_fused(frames, dark, inv, out, trow, tcol, nrow, ncol, band_start, band, sat))
+    trow, tcol, nrow, ncol, band_start, band, order = prepared[2]
+    return int(_correct_fused(frames, dark, inv, out, trow, tcol, nrow, ncol, band_start, band, sat, saturated_bad,
+                              order))
 
 
 _NO_TARGETS, _NO_NEIGHBOURS = np.zeros(0, np.int64), np.zeros((0, 1), np.int64)  # no bad pixels: one cached table
@@ -775,7 +790,7 @@ def _band_table(targets, neighbours, h: int, w: int):
     nrow, ncol = np.divmod(nb, max(w, 1))
     nrow[nb < 0] = -1  # unused slots
     band_start = np.searchsorted(trow, np.arange(0, h + band, band)[: (h + band - 1) // band + 1]).astype(np.int64)
-    return trow, tcol, nrow, ncol, band_start, band
+    return trow, tcol, nrow, ncol, band_start, band, order.astype(np.int64)
 
 
 def remove_lag_into(x, state, amplitudes, ratios) -> bool:

@@ -271,6 +271,10 @@ class CorrectKernel:
                                                  defines)
                            for r in _INPUTS for o in _OUTPUTS for v in {1, self.lanes}}
         self._saturate = {r: get_kernel("correct", f"saturate_{_INPUTS[r]}", defines) for r in _INPUTS}
+        # with bad pixels: the saturation of the good ones, then of the bad ones by their neighbours
+        self._saturate_good = {r: get_kernel("correct", f"saturate_good_{_INPUTS[r]}", defines) for r in _INPUTS}
+        self._saturate_bad = {(r, o): get_kernel("correct", f"saturate_bad_{_INPUTS[r]}_{_OUTPUTS[o]}", defines)
+                              for r in _INPUTS for o in _OUTPUTS}
         # the medians in registers for tables of up to 8 or 24 columns (bad pixels with good neighbours within
         # radius 1 or 2), the generic version (a local array) for wider ones
         k = int(params.neighbours.shape[1])
@@ -278,6 +282,7 @@ class CorrectKernel:
         self.median_kernel = f"bad_heads_*{width}"  # which one runs (reported by the benchmark)
         self._bad_heads = {r: get_kernel("correct", f"bad_heads_{_INPUTS[r]}{width}", defines) for r in _INPUTS}
         self.n_bad = int(params.targets.size)
+        self.targets = cp.asarray(params.targets.astype(np.int32))  # each bad pixel's flat index (saturate_bad_*)
         self._bad = cp.empty(0, cp.float32)  # (T, n_bad) replacement values, grown to the largest block once
 
     def _function(self, raw_dtype, out_dtype, lanes: int = 1):
@@ -327,7 +332,16 @@ class CorrectKernel:
                                                      if a is not None) else 1
             threads = n // v
             self._function(raw.dtype, out.dtype, v)(((threads + _BLOCK - 1) // _BLOCK,), (_BLOCK,), args)
+            if nb and not np.isnan(thr):  # the bad pixels saturated by their neighbours (never by their own value)
+                self._saturate_bad_launch(raw, out_arg, out.dtype, t, thr)
         return out
+
+    def _saturate_bad_launch(self, raw, out_arg, out_dtype, t: int, thr):
+        nb = self.n_bad
+        self._saturate_bad[np.dtype(raw.dtype), np.dtype(out_dtype)](
+            ((t * nb + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
+            (raw, out_arg, self.dark, self.inv, self.neighbours, self.targets, np.int32(self.neighbours.shape[1]),
+             np.int32(nb), np.int32(t), np.int64(self.params.n_pixels), thr))
 
     def saturate(self, raw, out, *, stream=None):
         """Set ``out`` (float32, the shape of ``raw``) to NaN where ``raw`` is saturated."""
@@ -338,8 +352,13 @@ class CorrectKernel:
         if np.isnan(thr) or raw.size == 0:
             return out
         with stream if stream is not None else _null():
-            self._saturate_function(raw.dtype)(((raw.size + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
-                                               (raw, out, np.int64(raw.size), thr))
+            grid = ((raw.size + _BLOCK - 1) // _BLOCK,)
+            if self.slot is None:
+                self._saturate_function(raw.dtype)(grid, (_BLOCK,), (raw, out, np.int64(raw.size), thr))
+            else:  # the good pixels by their raw values, the bad ones by their neighbours'
+                self._saturate_good[np.dtype(raw.dtype)](grid, (_BLOCK,), (raw, out, np.int64(raw.size), thr, self.slot,
+                                                                         np.int64(self.params.n_pixels)))
+                self._saturate_bad_launch(raw, out, out.dtype, int(raw.size // self.params.n_pixels), thr)
         return out
 
 

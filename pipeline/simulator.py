@@ -199,6 +199,15 @@ class SimulationSpec:
     ramp_frames: int = 0
     afterglow_amplitudes: tuple[float, ...] | None = None
     afterglow_tau_s: tuple[float, ...] | None = None
+    # extra camera defects, none by default (a seed's recording is unchanged without them); truth/bad_pixels
+    # marks each. stuck_high: pixels reading 65535 in every frame, darks and flats included (HOT); stuck_low:
+    # pixels reading 0 always (DEAD); cluster_defects: 3 x 3 blocks of dead pixels (DEAD); column_defects:
+    # column segments of a quarter to the whole height, alternately dead (DEAD) and hot (HOT, dark current
+    # 300-3000 counts). More than 1 % of the pixels stuck high saturates the flats (calibration refuses them).
+    stuck_high: int = 0
+    stuck_low: int = 0
+    cluster_defects: int = 0
+    column_defects: int = 0
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -216,6 +225,14 @@ class SimulationSpec:
                 raise ValueError("afterglow amplitudes and time constants must pair up")
             if any(not (a >= 0) for a in self.afterglow_amplitudes) or any(not (t > 0) for t in self.afterglow_tau_s):
                 raise ValueError("afterglow amplitudes must be >= 0 and time constants > 0")
+        for name in ("stuck_high", "stuck_low", "cluster_defects", "column_defects"):
+            n = getattr(self, name)
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, not {n!r}")
+        if self.stuck_high + self.stuck_low > self.height * self.width // 2:
+            raise ValueError("stuck_high + stuck_low must leave at least half of the pixels working")
+        if self.column_defects > self.width // 2:
+            raise ValueError(f"column_defects must be at most half the width ({self.width // 2})")
 
     def beam(self, k: int) -> float:
         """Relative beam intensity of frame k (1 = on; a linear ramp down to 0 at beam_off_frame)."""
@@ -261,7 +278,8 @@ class _Detector:
         self.lag_gain = float(dc_gain(self.a, self.r))
         h, w = spec.height, spec.width
         ss = np.random.SeedSequence(spec.seed)
-        (self.ss_layout, self.ss_darks, self.ss_flats, self.ss_frames) = ss.spawn(4)
+        # the fifth stream places the extra defects: the first four (and so a seed's recording) stay what they were
+        (self.ss_layout, self.ss_darks, self.ss_flats, self.ss_frames, ss_defects) = ss.spawn(5)
         rng = np.random.default_rng(self.ss_layout)
 
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -284,6 +302,8 @@ class _Detector:
         flat_bad[picks[3]] = HOT
         flat_read[picks[4]] *= rng.uniform(8.0, 15.0, n_each)
         flat_bad[picks[4]] = NOISY
+        self.stuck_index, self.stuck_value = self._extra_defects(spec, np.random.default_rng(ss_defects), gain,
+                                                                 current, bad)
         self.gain = gain.astype(np.float32)
         self.offset = offset.astype(np.float32)
         self.current = current.astype(np.float32)
@@ -298,6 +318,37 @@ class _Detector:
         # sum of squared kernel weights = mean |H|^2 over the full (two-sided) grid
         full = lsf_mtf(np.sqrt(sfft.fftfreq(h)[:, None] ** 2 + sfft.fftfreq(w)[None, :] ** 2), self.sigma, self.w, self.lam)
         self.noise_power = float(np.mean(full**2))
+
+    @staticmethod
+    def _extra_defects(spec: SimulationSpec, rng, gain, current, bad):
+        """Clusters, columns and stuck pixels (``spec``'s counts) into the maps, in place; returns the stuck
+        pixels' flat indices and raw values (the camera writes these over every frame)."""
+        h, w = bad.shape
+        for _ in range(spec.cluster_defects):  # 3 x 3 dead blocks, anywhere in the frame
+            y, x = int(rng.integers(0, h - 2)), int(rng.integers(0, w - 2))
+            gain[y : y + 3, x : x + 3] = 0.0
+            bad[y : y + 3, x : x + 3] |= DEAD
+        cols = rng.choice(w, size=spec.column_defects, replace=False) if spec.column_defects else ()
+        for i, x in enumerate(cols):  # segments of h/4 .. h rows, dead and hot in turn
+            n = int(rng.integers(max(1, h // 4), h + 1))
+            y = int(rng.integers(0, h - n + 1))
+            if i % 2 == 0:
+                gain[y : y + n, x] = 0.0
+                bad[y : y + n, x] |= DEAD
+            else:
+                current[y : y + n, x] += rng.uniform(300.0, 3000.0, n)
+                bad[y : y + n, x] |= HOT
+        n_stuck = spec.stuck_high + spec.stuck_low
+        if not n_stuck:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint16)
+        free = np.flatnonzero(bad.reshape(-1) == 0)  # on working pixels: each stuck pixel is one defect
+        index = rng.choice(free, size=n_stuck, replace=False).astype(np.int64)
+        value = np.zeros(n_stuck, np.uint16)
+        value[: spec.stuck_high] = 65535
+        flat_bad = bad.reshape(-1)
+        flat_bad[index[: spec.stuck_high]] |= HOT
+        flat_bad[index[spec.stuck_high :]] |= DEAD
+        return index, value
 
     # --- pieces of the chain
     def blur(self, stack: np.ndarray) -> np.ndarray:
@@ -336,7 +387,10 @@ class _Detector:
             sig += rng.standard_normal(sig.shape, dtype=np.float32) * np.sqrt(self.current + self.read**2)
         np.rint(sig, out=sig)
         np.clip(sig, 0, 65535, out=sig)
-        return sig.astype(np.uint16)
+        raw = sig.astype(np.uint16)
+        if self.stuck_index.size:  # stuck pixels read their value whatever the light (darks and flats too)
+            raw.reshape(-1, raw.shape[-2] * raw.shape[-1])[:, self.stuck_index] = self.stuck_value
+        return raw
 
 
 class _Scene:

@@ -32,7 +32,13 @@ from .ops.quantise import DEFAULT_OFFSET, DEFAULT_SCALE, at_limit, cf_attributes
 
 
 class FlatFieldStage:
-    """Dark, gain, bad pixels, saturation and output mode from :class:`FlatFieldConfig`."""
+    """Dark, gain, bad pixels, saturation and output mode from :class:`FlatFieldConfig`.
+
+    The saturation mask of a block (``head``'s second value, applied to NaN in ``tail``) is
+    :func:`pipeline.ops.flatfield.saturation_mask`: ``raw >= saturation`` for the pixels not
+    replaced; a replaced bad pixel only where more than half of the good neighbours of its median
+    are saturated, never because of its own raw value (a hot pixel stuck at 65535).
+    """
 
     name = "flatfield"
 
@@ -55,12 +61,19 @@ class FlatFieldStage:
         self.inv_gain = inverse_gain(calibration.gain, scale) if response is None else None
 
     def head(self, raw, out=None):
-        """Linear correction of a raw block and its saturation mask (None: nothing saturated)."""
+        """Linear correction of a raw block and its saturation mask (None: nothing saturated; see the class)."""
+        from .ops.flatfield import saturation_mask
+
         if self.response is None and isinstance(raw, np.ndarray):
             # dark, gain, bad pixels and the saturation count in one pass (Numba where available)
+            # the bad pixels' saturation by their neighbours (never by their own raw value: a hot pixel stuck at
+            # full scale) from the same pass
+            flags = (np.empty((raw.shape[0], self.table[0].size), bool)
+                     if self.table is not None and self.saturation is not None else None)
             out, n_sat = flat_field_and_bad_pixels(raw, self.cal.dark, self.inv_gain, self.table,
-                                                   saturation=self.saturation, out=out)
-            mask = (raw >= self.saturation) if n_sat else None
+                                                   saturation=self.saturation, out=out, saturated_bad=flags)
+            mask = (saturation_mask(raw, self.saturation, self.table, out, count=n_sat, bad_saturated=flags)
+                    if n_sat else None)
             if raw.dtype.kind == "f":  # +-Inf input pixels become NaN, like NaN ones
                 bad = ~np.isfinite(out)
                 if bad.any():
@@ -69,11 +82,8 @@ class FlatFieldStage:
         linear = "counts" if self.cfg.output == "counts" else "transmission"
         out = correct_frames(raw, self.cal, output=linear, replace=self.cfg.bad_pixels.replace, table=self.table,
                              saturation_level=None, response=self.response, inv_gain=self.inv_gain)
-        mask = None
-        if self.saturation is not None and raw.size and (raw.dtype.kind not in "ui" or bool(raw.max() >= self.saturation)):
-            mask = raw >= self.saturation  # NaN compares False: one bad pixel does not hide the saturated ones
-            if not mask.any():
-                mask = None
+        # NaN compares False: one NaN pixel does not hide the saturated ones; bad pixels judged by their neighbours
+        mask = saturation_mask(raw, self.saturation, self.table, out)
         if raw.dtype.kind == "f":  # +-Inf input pixels become NaN, like NaN ones
             bad = ~np.isfinite(out)
             if bad.any():

@@ -62,10 +62,14 @@ class FakeKernel:
         return out
 
     def saturate(self, raw, out, *, stream=None):
-        if self.params.saturation is not None:
-            from pipeline.kernels import saturation_threshold
+        p = self.params
+        if p.saturation is not None:  # saturate_good_* and saturate_bad_*: bad pixels judged by their neighbours
+            from pipeline.ops.flatfield import saturation_mask
 
-            out[raw.astype(np.float32) >= saturation_threshold(self.params.saturation, raw.dtype)] = np.nan
+            heads = ((raw.reshape(raw.shape[0], -1).astype(np.float32) - p.dark) * p.inv).reshape(raw.shape)
+            sat = saturation_mask(raw, p.saturation, (p.targets, p.neighbours) if p.targets.size else None, heads)
+            if sat is not None:
+                out[sat] = np.nan
         return out
 
 
@@ -624,15 +628,27 @@ def test_kernel_arguments_match_the_cuda_signature(monkeypatch, raw_dtype, out_d
         n_bad = targets.size
         assert bgrid[0] * bblock[0] >= 3 * n_bad > (bgrid[0] - 1) * bblock[0]
         assert bargs[-1] is k._bad and k._bad.size >= 3 * n_bad and bargs[5] == n_bad
-    (name, grid, block, args), (sname, sgrid, _, sargs) = calls
+    (name, grid, block, args), *after = calls
     if bad:
         assert args[6] is k._bad and args[7] == targets.size  # the main kernel reads the same buffer
+        # then the bad pixels' saturation by their neighbours: after the main kernel, and after saturate_good_*
+        (mname, mgrid, mblock, margs), (sname, sgrid, _, sargs), (bname2, bgrid2, _, bargs2) = after
+        suffix = {np.float16: "f16", np.uint16: "c16"}.get(out_dtype, "f32")
+        tin = 'u16' if raw_dtype == np.uint16 else 'f32'
+        assert mname == f"saturate_bad_{tin}_{suffix}" and bname2 == f"saturate_bad_{tin}_f32"
+        for nm, a in ((mname, margs), (bname2, bargs2)):
+            _check_args(_signature(nm), a)
+            assert a[5] is k.targets and (k.targets == targets).all()
+        assert mgrid[0] * mblock[0] >= 3 * targets.size
+        assert sname == f"saturate_good_{tin}"
+    else:
+        ((sname, sgrid, _, sargs),) = after
+        assert sname == f"saturate_{'u16' if raw_dtype == np.uint16 else 'f32'}"
     suffix = {np.float16: "f16", np.uint16: "c16"}.get(out_dtype, "f32")
     lanes = 4 if (H * W) % 4 == 0 else 1  # four pixels a thread where the frame size allows (aligned NumPy buffers)
     assert name == f"correct_{'u16' if raw_dtype == np.uint16 else 'f32'}_{suffix}" + ("_v4" if lanes == 4 else "")
     _check_args(_signature(name), args)
     assert grid[0] * block[0] >= H * W // lanes > (grid[0] - 1) * block[0]
-    assert sname == f"saturate_{'u16' if raw_dtype == np.uint16 else 'f32'}"
     _check_args(_signature(sname), sargs)
     assert sgrid[0] * block[0] >= 3 * H * W
 

@@ -17,6 +17,26 @@ gain and ``S`` the signal. Flats (open beam, no object) give
 
 Denominators are never zero: pixels whose flat signal is not positive are
 flagged dead and given gain 1 before they are replaced from their neighbours.
+
+Saturation and bad pixels
+-------------------------
+A pixel known to be bad is replaced whatever its raw value (a hot pixel stuck at
+full scale reads 65535 in every frame: it is not a saturated measurement), so
+the saturation mask (``flatfield.saturated: nan``) is, frame by frame
+(:func:`saturation_mask`):
+
+* a pixel that is not replaced (good, or bad with ``bad_pixels.replace: false``):
+  ``raw >= saturation_level``;
+* a replaced bad pixel: saturated where **more than half** of the good neighbours
+  its median is taken over are, i.e. ``2 * s > n`` with ``n`` its good neighbours
+  whose corrected value is not NaN (those the median uses) and ``s`` those of
+  them with ``raw >= saturation_level``; equivalently, the median of the
+  neighbours' 0/1 saturation flags is above 1/2. Half or fewer saturated
+  neighbours leave the replacement finite.
+
+Like the mask of a good pixel, this one is applied after the afterglow stage
+(``pipeline.stages.FlatFieldStage.tail``): the replacement value itself enters
+the lag recursion.
 """
 
 from __future__ import annotations
@@ -374,6 +394,85 @@ def replace_bad_pixels(frames, targets, neighbours, *, out=None):
     return out
 
 
+def saturation_mask(raw, saturation, table=None, values=None, *, count: int | None = None, bad_saturated=None):
+    """Where corrected frames are saturated, with bad pixels judged by their neighbours; None where nowhere.
+
+    The rule (see the module's docstring): a pixel that is not replaced is saturated where
+    ``raw >= saturation``; a replaced bad pixel (a target of ``table``) never by its own raw value,
+    but where more than half of the good neighbours its median is taken over are: ``2 * s > n``,
+    ``n`` the neighbours whose value in ``values`` is not NaN, ``s`` those of them with
+    ``raw >= saturation``.
+
+    Parameters
+    ----------
+    raw : array (T, H, W) or (H, W)
+        Raw frames, as recorded (NaN compares False: never saturated).
+    saturation : float or None
+        Raw saturation level; None: nothing is saturated (returns None).
+    table : tuple, optional
+        ``(targets, neighbours)`` of the replaced bad pixels (:func:`neighbour_table`); None: every
+        pixel is judged by its raw value.
+    values : array like ``raw``, optional
+        The corrected frames the medians were taken from (a NaN neighbour is left out of the median,
+        and so out of ``n``); None: every neighbour in the table counts.
+    count : int, optional
+        How many raw values are ``>= saturation``, where already known (0: returns None at once).
+    bad_saturated : array (T, N) bool, optional
+        The targets' flags by this rule where already known (:func:`flat_field_and_bad_pixels` gives
+        them from the same pass); otherwise computed here.
+
+    Returns
+    -------
+    array of bool like ``raw``, or None
+    """
+    xp = get_xp(raw)
+    if saturation is None or raw.size == 0 or count == 0:
+        return None
+    if count is None and raw.dtype.kind in "ui" and not bool(raw.max() >= saturation):
+        return None  # integers: one cheap max first (floats may hold NaN, whose max is NaN)
+    targets, neighbours = table if table is not None else (None, None)
+    if targets is None or targets.size == 0:
+        mask = raw >= saturation
+        return mask if bool(mask.any()) else None
+    p = raw.shape[-2] * raw.shape[-1]
+    stack = raw.reshape(-1, p)
+    own = int(xp.count_nonzero(stack[:, targets] >= saturation))  # the bad pixels' own values: not counted
+    mask = None
+    if count is None:
+        mask = raw >= saturation
+        count = int(xp.count_nonzero(mask))
+    good_saturated = count > own
+    flags = bad_saturated
+    if flags is None:
+        flags = _bad_pixels_saturated(stack, saturation, neighbours, None if values is None else values.reshape(-1, p))
+    if flags is not None and not bool(flags.any()):
+        flags = None
+    if not good_saturated and flags is None:
+        return None
+    if mask is None:
+        mask = raw >= saturation if good_saturated else xp.zeros(raw.shape, dtype=bool)
+    mask.reshape(-1, p)[:, targets] = flags if flags is not None else False
+    return mask
+
+
+def _bad_pixels_saturated(stack, saturation, neighbours, values=None):
+    """(T, N) bool: more than half of the neighbours of each bad pixel's median saturated (None: none is).
+
+    ``stack`` (T, P) raw frames, ``neighbours`` (N, K) flat indices (-1: none), ``values`` (T, P) the
+    corrected frames (their NaN neighbours are not in the median, so not counted) or None.
+    """
+    xp = get_xp(stack)
+    used = neighbours >= 0  # (N, K)
+    index = xp.maximum(neighbours, 0)
+    hit = (xp.take(stack, index, axis=1) >= saturation) & used  # (T, N, K): saturated neighbours
+    if not bool(hit.any()):
+        return None
+    if values is not None:
+        used = used & ~xp.isnan(xp.take(values, index, axis=1))  # (T, N, K): the ones the median takes
+        hit &= used
+    return 2 * xp.count_nonzero(hit, axis=-1) > xp.count_nonzero(used, axis=-1)
+
+
 def inverse_gain(gain, scale: float = 1.0):
     """``1 / (gain * scale)`` as float32: one division per pixel of the map, not per pixel of every frame."""
     xp = get_xp(gain)
@@ -428,7 +527,8 @@ def flat_field(frames, dark, gain, *, scale: float = 1.0, out=None, inv=None):
     return out
 
 
-def flat_field_and_bad_pixels(frames, dark, inv, table=None, *, saturation: float | None = None, out=None):
+def flat_field_and_bad_pixels(frames, dark, inv, table=None, *, saturation: float | None = None, out=None,
+                              saturated_bad=None):
     """``(frames - dark) * inv`` with bad pixels replaced, and the count of raw values >= ``saturation``.
 
     The NumPy path of :func:`correct_frames`' linear part for a run: with Numba, one pass per
@@ -445,6 +545,9 @@ def flat_field_and_bad_pixels(frames, dark, inv, table=None, *, saturation: floa
     saturation : float, optional
         Raw level counted as saturated (None: count nothing, return 0).
     out : array (T, H, W) float32, optional
+    saturated_bad : array (T, N) bool, optional
+        Set to the bad pixels' saturation by their neighbours (:func:`saturation_mask`'s rule; N the
+        table's targets), from the same pass with Numba. ``out`` must then not be ``frames``.
 
     Returns
     -------
@@ -457,13 +560,21 @@ def flat_field_and_bad_pixels(frames, dark, inv, table=None, *, saturation: floa
         from ..jit import correct_into
 
         targets, neighbours = table if table is not None else (None, None)
-        n = correct_into(frames, dark, inv, out, targets, neighbours, saturation)
+        n = correct_into(frames, dark, inv, out, targets, neighbours, saturation, saturated_bad)
         if n is not None:
             return out, n
+    if saturated_bad is not None and xp.may_share_memory(frames, out):
+        raise ValueError("saturated_bad needs the raw frames: out must not be frames")
     flat_field(frames, dark, None, inv=inv, out=out)
     if table is not None:
         replace_bad_pixels(out, *table, out=out)
     n = 0 if saturation is None else int(xp.count_nonzero(frames >= saturation))
+    if saturated_bad is not None:
+        flags = None
+        if table is not None and saturation is not None and table[0].size:
+            p = frames.shape[-2] * frames.shape[-1]
+            flags = _bad_pixels_saturated(frames.reshape(-1, p), saturation, table[1], out.reshape(-1, p))
+        saturated_bad[...] = False if flags is None else flags
     return out, n
 
 
@@ -494,8 +605,9 @@ def correct_frames(
     """The whole flat-field correction of a block of raw frames.
 
     Steps: dark subtraction and gain division; bad pixels replaced by the
-    median of good neighbours; saturated pixels (raw value at or above
-    ``saturation_level``) set to NaN; optional conversion to transmission or
+    median of good neighbours; saturated pixels set to NaN (raw value at or above
+    ``saturation_level``; a replaced bad pixel where most of its neighbours are,
+    see :func:`saturation_mask`); optional conversion to transmission or
     attenuation.
 
     Parameters
@@ -511,7 +623,8 @@ def correct_frames(
     saturation_level : float, optional
         Raw level that marks saturation; ``None`` disables the check.
     mark_saturated : bool
-        Set saturated pixels to NaN.
+        Set saturated pixels to NaN (:func:`saturation_mask`: a replaced bad pixel by its neighbours,
+        never by its own raw value).
     attenuation_floor : float
         Smallest transmission taken before the logarithm.
     response : array (degree, H, W), optional
@@ -540,11 +653,9 @@ def correct_frames(
             table = neighbour_table(calibration.bad_pixels)
         replace_bad_pixels(out, *table, out=out)
     if mark_saturated and saturation_level is not None:
-        # integers: one cheap max first; floats may hold NaN (max would be NaN), so compare directly
-        if frames.dtype.kind not in "ui" or bool(frames.max() >= saturation_level):
-            sat = frames >= saturation_level
-            if bool(sat.any()):
-                out[sat] = xp.nan
+        sat = saturation_mask(frames, saturation_level, table if replace else None, out)
+        if sat is not None:
+            out[sat] = xp.nan
     if output == "attenuation":
         to_attenuation(out, floor=attenuation_floor, out=out)
     return out
