@@ -161,6 +161,26 @@ class DenoiseConfig(_Section):
         return v
 
 
+class BeamConfig(_Section):
+    """Beam-intensity normalisation: each frame scaled so that its mean over an open-beam region is the reference
+    (a flickering or drifting source); after afterglow removal, before the temporal filter."""
+
+    enabled: bool = False
+    region: tuple[int, int, int, int] | None = Field(
+        None, description="Y0 Y1 X0 X1 of an area the beam reaches unobstructed in every frame (needed when enabled)")
+    reference: float | None = Field(
+        None, gt=0, description="level every frame's region mean is brought to; null: the median of the region's "
+                                "means over the first reference_frames readable frames (once per run)")
+    reference_frames: int = Field(8, ge=1, le=10000, description="frames at the start the reference comes from")
+
+    @field_validator("region")
+    @classmethod
+    def _ordered_region(cls, v):
+        if v is not None and not (0 <= v[0] < v[1] and 0 <= v[2] < v[3]):
+            raise ValueError("must be Y0 Y1 X0 X1 with 0 <= Y0 < Y1 and 0 <= X0 < X1")
+        return v
+
+
 class MTFConfig(_Section):
     """Per-frame slanted-edge MTF of the corrected frames (stored under ``mtf/`` in the output)."""
 
@@ -267,6 +287,7 @@ class RunConfig(_Section):
 
     flatfield: FlatFieldConfig = FlatFieldConfig()
     afterglow: AfterglowConfig = AfterglowConfig()
+    beam: BeamConfig = BeamConfig()
     denoise: DenoiseConfig = DenoiseConfig()
     mtf: MTFConfig = MTFConfig()
     execution: ExecutionConfig = ExecutionConfig()

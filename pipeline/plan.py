@@ -93,6 +93,8 @@ def planned_stages(cfg: RunConfig) -> tuple:
         out.append("flatfield")
     if cfg.afterglow.model:
         out.append("afterglow")
+    if cfg.beam.enabled:
+        out.append("beam")
     if cfg.denoise.enabled and cfg.denoise.temporal:
         out.append("denoise-temporal")
     if cfg.denoise.enabled and cfg.denoise.method != "none":
@@ -133,7 +135,9 @@ def plan_run(input: Path, output: Path, cfg: RunConfig, *, calibration=None, sou
     if cfg.mtf.enabled:
         zarr_store.check_output_path(mtf_plot_path(output), overwrite=overwrite, inputs=inputs, kind="file")
     validate.check_sizes(cfg, (h, w))
-    estimates = tuple(x for x, on in (("noise model", cfg.denoise.enabled and cfg.denoise.noise_model is None),
+    _check_beam(cfg, (h, w))
+    estimates = tuple(x for x, on in (("beam reference", cfg.beam.enabled and cfg.beam.reference is None),
+                                      ("noise model", cfg.denoise.enabled and cfg.denoise.noise_model is None),
                                       ("MTF edge ROI", cfg.mtf.enabled and cfg.mtf.roi is None)) if on)
     return RunPlan(source=source, input=Path(input), output=Path(output), config=cfg, device=device,
                    on_cluster=on_cluster, shape=(t, h, w), dtype=dtype,
@@ -190,11 +194,14 @@ def prepare(plan: RunPlan) -> Prepared:
             cal, cal_source = calibrate(ds, cfg, afterglow_model=model), f"{plan.input} (darks, flats)"
     response = load_response(cfg, (h, w))
     chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, response=response)
+    beam = _beam_reference(cfg, chain, ds) if cfg.beam.enabled else None
+    if beam is not None:
+        chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, response=response, beam_reference=beam)
     noise = _noise_model(cfg, chain, ds) if cfg.denoise.enabled else None
     mtf_roi = _mtf_roi(cfg, chain, ds) if cfg.mtf.enabled else None
     if noise is not None or mtf_roi is not None:
         chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, mtf_roi=mtf_roi, noise=noise,
-                            response=response)
+                            response=response, beam_reference=beam)
     engine, gpu, device, chunk = process_frames, None, plan.device, plan.chunk_frames
     if device == "gpu" and plan.on_cluster:  # the same graph; every task runs its stages on its worker's GPU
         from .conveyor import DeviceChain
@@ -208,6 +215,7 @@ def prepare(plan: RunPlan) -> Prepared:
         if gpu is not None:
             engine, chunk = gpu.process_frames, gpu.fit_block_frames(chunk, ds.frames.dtype)
     fingerprint = _fingerprint(plan, ds, cal, model, response, noise, mtf_roi, device, chunk)
+    fingerprint["beam_reference"] = beam
     return Prepared(ds, cal, cal_source, model, response, chain, noise, mtf_roi, engine, gpu, device, chunk,
                     fingerprint)
 
@@ -255,6 +263,37 @@ def _noise_model(cfg: RunConfig, chain, ds):
         level = jit.nanmedian_f32(probe)
         level = float(np.nanmedian(probe)) if level is None else level
     return NoiseModel(model.alpha, model.beta, model.box_factor, level)
+
+
+def _check_beam(cfg: RunConfig, frame_shape) -> None:
+    if not cfg.beam.enabled:
+        return
+    h, w = frame_shape
+    if cfg.beam.region is None:
+        raise ConfigError("beam.enabled needs beam.region: Y0 Y1 X0 X1 of an area the beam reaches unobstructed in "
+                          "every frame")
+    y0, y1, x0, x1 = cfg.beam.region
+    if y1 > h or x1 > w:
+        raise ConfigError(f"beam.region {list(cfg.beam.region)} must lie inside the {h} x {w} frames")
+    if not cfg.flatfield.enabled:
+        raise ConfigError("beam.enabled needs flatfield.enabled: true (the region's mean must be dark-subtracted)")
+
+
+def _beam_reference(cfg: RunConfig, chain, ds) -> float:
+    """The beam stage's level: the config's, or the median of the region's means over the first readable frames
+    (corrected up to the beam stage; once per run, so that every block uses the same one)."""
+    from .ops.beam import region_means
+
+    if cfg.beam.reference is not None:
+        return float(cfg.beam.reference)
+    n = min(cfg.beam.reference_frames, ds.shape[0])
+    probe, _ = chain(_first_readable(cfg, ds, n, "the beam reference"))
+    m = region_means(probe, region=cfg.beam.region)
+    m = m[np.isfinite(m) & (m > 0)]
+    if m.size == 0:
+        raise DataError(f"beam.region {list(cfg.beam.region)} has no positive signal in the first frames of "
+                        f"'{ds.path}'; choose an open-beam region or set beam.reference")
+    return float(np.median(m))
 
 
 def _first_readable(cfg: RunConfig, ds, n: int, what: str):

@@ -125,6 +125,28 @@ class AfterglowStage:
         return out, state
 
 
+class BeamStage:
+    """Beam-intensity normalisation (:mod:`pipeline.ops.beam`). Stateless, but it sits among the stateful stages:
+    after the afterglow removal (the lag of earlier frames follows their own beam) and before the temporal filter
+    (a flicker would read as motion). Its state is always None."""
+
+    name = "beam"
+    stateful = True
+
+    def __init__(self, region, reference: float):
+        self.region = tuple(int(v) for v in region)
+        self.reference = float(reference)
+
+    def initial_state(self, block):
+        return None
+
+    def __call__(self, block, state):
+        from .ops.beam import normalise_beam
+
+        out, _ = normalise_beam(block, region=self.region, reference=self.reference, out=block)
+        return out, None
+
+
 class TemporalDenoiseStage:
     """Motion-adaptive recursive filter; the previous estimate crosses blocks."""
 
@@ -367,14 +389,19 @@ class Chain:
 
 
 def build_chain(config: RunConfig, calibration: Calibration | None, input_dtype, afterglow_model=None,
-                mtf_roi=None, noise: NoiseModel | None = None, response=None) -> Chain:
-    """The stage chain the config asks for."""
+                mtf_roi=None, noise: NoiseModel | None = None, response=None, beam_reference: float | None = None
+                ) -> Chain:
+    """The stage chain the config asks for (``beam_reference``: the beam stage's level, once it is known)."""
     ff = FlatFieldStage(calibration, config.flatfield, input_dtype, response) if config.flatfield.enabled else None
     stateful = []
     if afterglow_model is not None:
         if ff is None:
             raise ConfigError("afterglow.model needs flatfield.enabled: true (dark subtraction must come first)")
         stateful.append(AfterglowStage(afterglow_model, config.afterglow))
+    if config.beam.enabled and beam_reference is not None:
+        if ff is None:
+            raise ConfigError("beam.enabled needs flatfield.enabled: true (the region's mean must be dark-subtracted)")
+        stateful.append(BeamStage(config.beam.region, beam_reference))
     post = []
     dn = config.denoise
     if dn.enabled and noise is not None:
