@@ -17,7 +17,7 @@ Usage: python benchmarks/bench_io.py [--frames 64] [--size 2048] [--repeats 5] [
   the reader did before), the same figures.
 * **Writes**: blocks of whole chunks written through Zarr's API and through the pipelines' writer
   (`FrameWriter`: its `ChunkEncoder`), float32 and uint16, 1 and 2 threads, the same figures.
-* **uint16 code**: `ops.quantise.encode` to uint16, the Numba pass against the NumPy code.
+* **uint16 code**: `io.packing.encode` to uint16, the Numba pass against the NumPy code.
 * **Progress records**: `Checkpoint.commit` per block (marker, states every k-th block, pruning)
   at 1 000 and 4 000 blocks: the cost a block must not grow with the run.
 
@@ -42,7 +42,7 @@ from _common import machine, write_results
 from pipeline import bench, jit
 from pipeline.io import zarr_store
 from pipeline.io.checkpoint import Checkpoint
-from pipeline.ops.quantise import encode
+from pipeline.io.packing import encode
 
 HERE = Path(__file__).resolve().parent
 
@@ -247,7 +247,7 @@ def main():
             _io_table(lines, what, rows)
             lines.append("")
     if code:
-        lines += ["uint16 code of float32 frames (`ops.quantise.encode`, 16 x 1024 x 1024, median):", "",
+        lines += ["uint16 code of float32 frames (`io.packing.encode`, 16 x 1024 x 1024, median):", "",
                   "| code | ms per 1024² frame |", "|---|---:|"]
         lines += [f"| {k} | {r['ms_per_frame']:.2f} |" for k, r in code.items()]
         lines.append("")

@@ -165,7 +165,7 @@ def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dty
     state : ndarray (N, H, W) float32
         Afterglow state before the block, updated in place to the state after it.
     out_dtype : float32, float16 or uint16
-        uint16: the storage code with ``scale`` and ``offset`` (:func:`pipeline.ops.quantise.encode`).
+        uint16: the storage code with ``scale`` and ``offset`` (:func:`pipeline.io.packing.encode`).
 
     Returns
     -------
@@ -175,7 +175,7 @@ def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dty
     from .kernels import _check_dtypes
     from .ops.afterglow import remove_lag
     from .ops.flatfield import replace_bad_pixels, saturation_mask
-    from .ops.quantise import encode
+    from .io.packing import encode
 
     raw_dtype, out_dtype = _check_dtypes(raw.dtype, out_dtype)
     t, p = raw.shape[0], params.n_pixels
@@ -337,7 +337,7 @@ class Conveyor:
         Largest block; default: what fits the free GPU memory (:func:`choose_block_frames`).
     out_dtype : float32, float16 or uint16, optional
         Frames handed back; default: the chain's storage type (``output.dtype``). float16 and
-        uint16 halve the download; uint16 is the chain's scaled code (:mod:`pipeline.ops.quantise`).
+        uint16 halve the download; uint16 is the chain's scaled code (:mod:`pipeline.io.packing`).
     depth : int
         Buffer slots: 2 (double buffering) or more.
     readers, writers : int
@@ -605,7 +605,7 @@ class Conveyor:
         if ff is not None:
             block = (self.ff_dev or ff).tail(block, mask)  # the mask (if not done), attenuation; in place
         if slot.dev_out is not slot.work and not direct:  # float16 (rounded to nearest) or the uint16 code
-            from .ops.quantise import encode
+            from .io.packing import encode
 
             encode(block, self.out_dtype.name, scale=self.storage.scale, offset=self.storage.offset,
                    out=slot.dev_out[:n])

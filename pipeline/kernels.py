@@ -297,7 +297,7 @@ class CorrectKernel:
 
         ``state`` (N, H, W) float32 is updated in place (ignored without afterglow terms);
         ``saturation=False`` leaves saturated pixels for :meth:`saturate`. A uint16 ``out`` receives
-        the storage code with ``scale`` and ``offset`` (:func:`pipeline.ops.quantise.encode`).
+        the storage code with ``scale`` and ``offset`` (:func:`pipeline.io.packing.encode`).
         """
         cp, p = self._cp, self.params
         _check_dtypes(raw.dtype, out.dtype)

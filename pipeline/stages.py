@@ -28,7 +28,7 @@ from .ops.denoise import NoiseModel, denoise_spatial, temporal_filter
 from .ops.flatfield import (Calibration, correct_frames, flat_field_and_bad_pixels, inverse_gain, neighbour_table,
                              to_attenuation)
 from .ops.mtf import auto_n_fft, slanted_edge_mtf
-from .ops.quantise import DEFAULT_OFFSET, DEFAULT_SCALE, at_limit, cf_attributes, decode, encode
+from .io.packing import DEFAULT_OFFSET, DEFAULT_SCALE, at_limit, cf_attributes, decode, encode
 
 
 class FlatFieldStage:
@@ -292,7 +292,7 @@ class BlockPool:
 
 
 class Storage:
-    """How finished blocks are stored (:mod:`pipeline.ops.quantise`): float32, float16, or scaled uint16.
+    """How finished blocks are stored (:mod:`pipeline.io.packing`): float32, float16, or scaled uint16.
 
     Measurements are made on what is stored (``decode(encode(block))``), so that they are what a
     reader of the output would measure, and the same on every engine.

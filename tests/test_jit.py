@@ -213,7 +213,7 @@ def test_edge_cases_found_in_review():
 def test_uint16_code_kernel_is_bit_identical(scale, offset):
     """One pass (Numba) against the NumPy encode: halves, NaN, +-Inf, the clip ends, every scale of the defaults."""
     from pipeline.jit import code_u16_into
-    from pipeline.ops.quantise import at_limit, encode
+    from pipeline.io.packing import at_limit, encode
 
     rng = np.random.default_rng(6)
     v = rng.uniform(-200, 70000, (3, 37, 41)).astype(np.float32) / np.float32(scale)

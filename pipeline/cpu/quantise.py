@@ -34,7 +34,7 @@ if _nb is not None:
 
 
 def code_u16_into(values, scale: float, offset: float, out) -> int | None:
-    """:func:`pipeline.ops.quantise.encode` to uint16 in one parallel pass into ``out``.
+    """:func:`pipeline.io.packing.encode` to uint16 in one parallel pass into ``out``.
 
     Returns how many codes sit at the ends of the range (1 or 65535: clipped), or None where the
     kernel cannot take these arrays. Bit-identical to the NumPy code: ``values * scale`` and

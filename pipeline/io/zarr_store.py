@@ -102,7 +102,7 @@ def decoded_frames(array):
     rec = dict(array.attrs).get("xray_pipeline_storage") or {}
     if rec.get("dtype") not in ("float16", "uint16") or np.dtype(array.dtype) != np.dtype(rec["dtype"]):
         return array
-    from ..ops.quantise import decode
+    from .packing import decode
 
     return Decoded(array, partial(decode, scale=float(rec.get("scale", 1.0)), offset=float(rec.get("offset", 0.0))))
 

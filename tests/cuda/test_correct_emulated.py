@@ -17,7 +17,7 @@ from pipeline.config import AfterglowConfig, BadPixelConfig, FlatFieldConfig
 from pipeline.conveyor import parameters_from_chain
 from pipeline.conveyor import correct_block_reference
 from pipeline.kernels import saturation_threshold
-from pipeline.ops.quantise import DEFAULT_OFFSET, DEFAULT_SCALE, encode
+from pipeline.io.packing import DEFAULT_OFFSET, DEFAULT_SCALE, encode
 from pipeline.ops.flatfield import DEAD, HOT, Calibration
 from pipeline.stages import AfterglowStage, Chain, FlatFieldStage
 

@@ -94,7 +94,7 @@ def test_fused_kernel_four_pixels_a_thread(monkeypatch, out_dtype):
     thread; a misaligned input falls back to one pixel a thread with the same result."""
     import sys
 
-    from pipeline.ops.quantise import encode
+    from pipeline.io.packing import encode
 
     monkeypatch.setattr(sys.modules[__name__], "W", 128)  # 67 x 128: a multiple of 4
     rng = np.random.default_rng(11)

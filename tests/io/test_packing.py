@@ -1,9 +1,9 @@
-"""Storage codes of the corrected frames (pipeline.ops.quantise) against their definitions."""
+"""Storage codes of the corrected frames (pipeline.io.packing) against their definitions."""
 
 import numpy as np
 import pytest
 
-from pipeline.ops.quantise import at_limit, cf_attributes, decode, encode
+from pipeline.io.packing import at_limit, cf_attributes, decode, encode
 
 
 def test_uint16_code_round_trip_and_cf_decoding():

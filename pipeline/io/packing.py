@@ -49,7 +49,7 @@ def encode(values, dtype: str, *, scale: float = 1.0, offset: float = 0.0, out=N
             res = values.astype(np.float16)
     elif dtype == "uint16":
         if xp is np and isinstance(values, np.ndarray) and values.dtype == np.float32:
-            from ..jit import code_u16_into  # one parallel pass; bit-identical to the code below
+            from ..cpu.quantise import code_u16_into  # one parallel pass; bit-identical to the code below
 
             dst = out if isinstance(out, np.ndarray) and out.dtype == np.uint16 and out.flags.c_contiguous \
                 and out.shape == values.shape else np.empty(values.shape, np.uint16)
