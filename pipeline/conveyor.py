@@ -28,6 +28,11 @@ where a checkpoint needs them. The fused kernel's output is bit-identical to the
 (``tests/cuda/test_correct_emulated.py``); the CuPy stages agree with their NumPy versions to
 float32 rounding (``tests/gpu``).
 
+In named parts: :mod:`pipeline.gpu_device` (the device object and the slots: pinned and device buffers,
+events), this module (the :class:`Conveyor`: blocks through the slots in order, its kernels and stages),
+:mod:`pipeline.gpu_pacing` (the loop that paces readers, the conveyor and writers) and
+:mod:`pipeline.gpu_cluster` (:class:`DeviceChain`, the stages on each cluster worker's GPU).
+
 Every piece of the conveyor's logic talks to the GPU through a small device object
 (:class:`CupyDevice`), so ``tests/test_conveyor.py`` runs it on the CPU with a NumPy device whose
 streams run out of order wherever the events allow, to check the ordering.
@@ -35,13 +40,11 @@ streams run out of order wherever the events allow, to check the ordering.
 
 from __future__ import annotations
 
-import inspect
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -205,120 +208,7 @@ def correct_block_reference(raw, params: CorrectionParameters, state, *, out_dty
 
 
 
-# --------------------------------------------------------------------------- the device
-class CupyDevice:
-    """The conveyor's view of the current CUDA device, through CuPy (from :func:`pipeline.backend.cupy_module`).
-
-    Everything the conveyor asks of a device is here, so a NumPy stand-in can take its place in tests.
-    """
-
-    def __init__(self):
-        from .backend import cupy_module
-
-        self.cp = cupy_module()
-        props = self.cp.cuda.runtime.getDeviceProperties(self.cp.cuda.Device().id)
-        name = props["name"]
-        self.name = name.decode() if isinstance(name, bytes) else str(name)
-
-    # memory
-    def free_bytes(self) -> int:
-        free, _total = self.cp.cuda.runtime.memGetInfo()
-        return int(free) + int(self.cp.get_default_memory_pool().free_bytes())
-
-    def empty(self, shape, dtype):
-        return self.cp.empty(shape, dtype)
-
-    def empty_pinned(self, shape, dtype):
-        dtype = np.dtype(dtype)
-        n = int(np.prod(shape))
-        mem = self.cp.cuda.alloc_pinned_memory(max(n * dtype.itemsize, 1))
-        return np.frombuffer(mem, dtype, n).reshape(shape)
-
-    def is_pinned(self, array) -> bool:
-        """True for a C-contiguous NumPy array in page-locked memory (uploaded without a staging copy)."""
-        if not isinstance(array, np.ndarray) or not array.flags.c_contiguous or array.size == 0:
-            return False
-        try:
-            attrs = self.cp.cuda.runtime.pointerGetAttributes(array.ctypes.data)
-            return attrs.type == self.cp.cuda.runtime.memoryTypeHost
-        except Exception:
-            return False
-
-    def upload(self, array):
-        return self.cp.asarray(array)
-
-    def download(self, array) -> np.ndarray:
-        return self.cp.asnumpy(array)
-
-    # streams and events
-    def stream(self):
-        return self.cp.cuda.Stream(non_blocking=True)
-
-    def event(self):
-        return self.cp.cuda.Event(block=False, disable_timing=True)
-
-    def record(self, event, stream):
-        event.record(stream)
-
-    def wait(self, stream, event):
-        stream.wait_event(event)
-
-    def sync(self, event):
-        event.synchronize()
-
-    def synchronize(self):
-        self.cp.cuda.Device().synchronize()
-
-    # work
-    def h2d(self, dst, src, stream):
-        dst.set(src, stream=stream)
-
-    def d2h(self, dst, src, stream):
-        src.get(stream=stream, out=dst, blocking=False)
-
-    def launch(self, stream, fn: Callable[[], None]):
-        """Run ``fn`` (kernel launches, CuPy operations) with ``stream`` as the current stream."""
-        with stream:
-            fn()
-
-    def prepare(self, params: CorrectionParameters):
-        from .kernels import CorrectKernel
-
-        return CorrectKernel(params)
-
-
-class _Slot:
-    """One set of buffers and events of the conveyor."""
-
-    def __init__(self, dev, frames: int, frame_shape, out_dtype, state_shapes):
-        shape = (frames,) + tuple(frame_shape)
-        self.dev, self.shape = dev, shape
-        self.pin_in: dict = {}
-        self.dev_in: dict = {}
-        self.work = dev.empty(shape, np.float32)
-        self.dev_out = self.work if np.dtype(out_dtype) == np.float32 else dev.empty(shape, out_dtype)
-        self.pin_out = None  # a pinned output block from the conveyor's pool, taken when a block is fetched
-        self.snap = [dev.empty(s, np.float32) for s in state_shapes]
-        self.pin_snap = [dev.empty_pinned(s, np.float32) for s in state_shapes]
-        self.uploaded, self.computed, self.downloaded = dev.event(), dev.event(), dev.event()
-        self.key = None
-        self.n = 0
-        self.fetch = False
-        self.snapped = False
-
-    def inputs(self, dtype):
-        """The device input of ``dtype`` (a float32 block in a uint16 run: frames skipped as NaN), made once."""
-        dtype = np.dtype(dtype)
-        if dtype not in self.dev_in:
-            self.dev_in[dtype] = self.dev.empty(self.shape, dtype)
-        return self.dev_in[dtype]
-
-    def staging(self, dtype):
-        """A pinned buffer to copy a block that is not in pinned memory into, made once (where needed)."""
-        dtype = np.dtype(dtype)
-        if dtype not in self.pin_in:
-            self.pin_in[dtype] = self.dev.empty_pinned(self.shape, dtype)
-        return self.pin_in[dtype]
+from .gpu_device import CupyDevice, _Slot, _device_stage  # noqa: F401 (the device and the slots: their own module)
 
 
 class Conveyor:
@@ -630,321 +520,19 @@ class Conveyor:
                        progress: Callable[[int], None] | None = None, start_block: int = 0,
                        initial_states: list | None = None, skip_write=frozenset(), on_commit: Callable | None = None,
                        skip_errors: bool = False, **_scheduler) -> list[dict]:
-        """:func:`pipeline.schedule.process_frames` on the GPU: same arguments, same records.
+        """:func:`pipeline.schedule.process_frames` on the GPU: same arguments, same records
+        (:func:`pipeline.gpu_pacing.run_blocks`: readers ahead, this conveyor, writers behind)."""
+        from .gpu_pacing import run_blocks
 
-        Blocks are read ahead and written behind by host threads; the chain's measurements,
-        the checksums and ``on_commit`` run in the writing threads, after each block is written.
-        ``num_workers`` (if given) is the number of writing threads; the other scheduler
-        arguments are ignored (the conveyor runs in this process).
-        """
-        from .io.checkpoint import block_checksum
-
-        if chain is not None and chain is not self.chain:
-            raise ValueError("process_frames got another chain than the conveyor was built for")
-        chain = self.chain
-        self.waits = dict.fromkeys(self.waits, 0.0)
-        self.busy_s = 0.0
-        t = int(source.shape[0])
-        # the output's chunks are the blocks: buffers and the pinned pool are counted in them (slots sized
-        # for 64-frame blocks would pin 16x the memory a 4-frame chunk needs, and the pool would lend
-        # only PINNED_OUT_BYTES / (64 frames) blocks: two writers busy, the others idle)
-        self.block_frames = int(chunk_frames)
-        starts = list(range(0, t, chunk_frames))
-        stateful = self.lag is not None or bool(self.stages)
-        blocks = [(c, s, min(s + chunk_frames, t)) for c, s in enumerate(starts) if c >= start_block]
-        results: list[dict] = []
-
-        def skipped(c, t0, t1, info, read_s=None):
-            if progress is not None:
-                progress(t1 - t0)
-            return {"n": t1 - t0, "t0": t0, "measured": None, "checksum": None, "info": info, "skipped_write": True,
-                    "seconds": {} if read_s is None else {"read": read_s}}
-
-        if not stateful:  # nothing to carry: blocks already written are not even read
-            for c, t0, t1 in blocks:
-                if c in skip_write:
-                    results.append(skipped(c, t0, t1, {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}))
-            blocks = [b for b in blocks if b[0] not in skip_write]
-
-        src_dtype = np.dtype(getattr(source, "dtype", np.float32))
-        pooled = src_dtype in (np.dtype(np.uint16), np.dtype(np.float32))  # what the kernels take as it is
-        into = pooled and hasattr(source, "read_block") and "out" in inspect.signature(source.read_block).parameters
-
-        def read(t0, t1):
-            start = time.perf_counter()
-            info = {"t0": t0, "t1": t1, "skipped": [], "nonfinite": 0}
-            # a pinned block to read into (uploaded from directly: no copy on the conveyor's thread, and no
-            # fresh host array a block)
-            buf = self._take_in(src_dtype)[: t1 - t0] if pooled else None
-            if hasattr(source, "read_block"):
-                raw, bad = (source.read_block(t0, t1, skip=skip_errors, out=buf) if into
-                            else source.read_block(t0, t1, skip=skip_errors))
-                info["skipped"] = [list(s) for s in bad]
-            else:
-                raw = np.asarray(source[t0:t1])
-            if raw.dtype.kind == "f":
-                nonfinite = int(raw.size - np.count_nonzero(np.isfinite(raw)))
-                skipped_px = sum((b - a + 1) for a, b, _ in info["skipped"]) * int(np.prod(raw.shape[1:]))
-                info["nonfinite"] = nonfinite - skipped_px
-            if raw.dtype not in (np.dtype(np.uint16), np.dtype(np.float32)):
-                raw = raw.astype(np.float32)
-            if buf is not None and raw is not buf:
-                if raw.dtype == buf.dtype and raw.shape == buf.shape:  # a source that cannot read into it
-                    np.copyto(buf, raw)
-                    raw = buf
-                else:  # frames skipped as NaN (float32 in a uint16 run): staged by the slot instead
-                    self._give_in(buf)
-            return raw, info, time.perf_counter() - start
-
-        storage = self.storage
-        if self.out_dtype != storage.numpy_dtype:
-            raise ValueError(f"the conveyor hands back {self.out_dtype} frames but the run stores {storage.dtype}; "
-                             "build it without out_dtype")
-
-        def write(c, t0, t1, out, info, states, read_s):
-            try:
-                return _write(c, t0, t1, out, info, states, read_s)
-            finally:
-                self.release(out)  # the pinned block goes back to the conveyor
-
-        def _write(c, t0, t1, out, info, states, read_s):
-            start = time.perf_counter()
-            target[t0:t1] = out
-            stored_at = time.perf_counter()
-            measured = chain.measure(storage.decode(out)) if getattr(chain, "measures", None) else None
-            if storage.packed:
-                info = {**info, "at_limit": storage.at_limit(out)}
-            written = {"n": t1 - t0, "t0": t0, "measured": measured, "checksum": block_checksum(out), "info": info,
-                       "skipped_write": False, "seconds": {"read": read_s, "write": stored_at - start}}
-            if progress is not None:
-                progress(t1 - t0)
-            if on_commit is not None:
-                on_commit(c, t0, t1, written, list(states) if states is not None else [])
-            written["seconds"]["record"] = time.perf_counter() - stored_at
-            return written
-
-        infos: dict = {}
-        reads: deque = deque()
-        writes: deque = deque()
-        rpool = ThreadPoolExecutor(max(1, self.readers), thread_name_prefix="xray-gpu-read")
-        writers = max(1, int(_scheduler.get("num_workers") or self.writers))
-        wpool = ThreadPoolExecutor(writers, thread_name_prefix="xray-gpu-write")
-        self._lend_cap = self.lend_limit(writers)
-        block_bytes = chunk_frames * int(np.prod(self.frame_shape)) * np.dtype(getattr(source, "dtype", np.float32)).itemsize
-        ahead = max(2, min(self.readers + 1, READ_AHEAD_BYTES // max(block_bytes, 1)))
-
-        def feed():
-            queue = iter(blocks)
-            for b in queue:
-                reads.append((b, rpool.submit(read, b[1], b[2])))
-                if len(reads) >= ahead:
-                    break
-            while reads:
-                (c, t0, t1), fut = reads.popleft()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    reads.append((nxt, rpool.submit(read, nxt[1], nxt[2])))
-                waited = time.perf_counter()
-                raw, info, read_s = fut.result()
-                self.waits["reads"] += time.perf_counter() - waited
-                infos[c] = (t0, t1, info, read_s)
-                yield c, raw, c not in skip_write
-
-        ok = False
-        began = time.perf_counter()
-        try:
-            keep = on_commit is not None and stateful
-            block_bytes = getattr(on_commit, "block_bytes", None)
-            if keep and block_bytes:  # only the states the checkpoint will save (the others: a wasted download)
-                from .io.checkpoint import Checkpoint
-
-                every = Checkpoint.state_blocks(sum(4 * int(np.prod(s)) for s in self.state_shapes), block_bytes)
-                keep = (lambda c: c % every == 0) if every > 1 else True
-            for c, out, states in self.stream(feed(), states=initial_states, keep_states=keep, hand_over=True):
-                t0, t1, info, read_s = infos.pop(c)
-                if out is None:
-                    results.append(skipped(c, t0, t1, info, read_s))
-                    continue
-                try:  # written straight from the pinned block (no host copy); write() gives it back
-                    writes.append(wpool.submit(write, c, t0, t1, out, info, states, read_s))
-                except BaseException:
-                    self.release(out)
-                    raise
-                waited = time.perf_counter()
-                while len(writes) > 2 * writers:
-                    results.append(writes.popleft().result())
-                self.waits["writers"] += time.perf_counter() - waited
-            waited = time.perf_counter()
-            while writes:  # the last blocks' writes
-                results.append(writes.popleft().result())
-            self.waits["writers"] += time.perf_counter() - waited
-            ok = True
-            # the rest of the conveyor thread's time: its own work (copies into pinned memory, launches)
-            self.busy_s = max(0.0, time.perf_counter() - began - sum(self.waits.values()))
-        finally:
-            for _, fut in reads:
-                fut.cancel()
-            rpool.shutdown(wait=True, cancel_futures=True)
-            wpool.shutdown(wait=True, cancel_futures=not ok)  # writes already started finish
-            with self._out_cv:  # blocks of cancelled writes never come back: forget them
-                self._out_lent.clear()
-                self._out_cv.notify_all()
-            with self._in_lock:  # nor do those of cancelled reads
-                self._in_lent.clear()
-        expected = t - (starts[start_block] if start_block < len(starts) else t)
-        if sum(r["n"] for r in results) != expected:  # pragma: no cover - a conveyor bug
-            raise RuntimeError("the GPU engine did not process every block")
-        return sorted(results, key=lambda r: r["t0"])
+        return run_blocks(self, source, target, chain, chunk_frames=chunk_frames, progress=progress,
+                          start_block=start_block, initial_states=initial_states, skip_write=skip_write,
+                          on_commit=on_commit, skip_errors=skip_errors, **_scheduler)
 
 
-def _device_stage(ff, up):
-    """A copy of a :class:`pipeline.stages.FlatFieldStage` whose arrays ``up`` moved to the device (for its CuPy head)."""
-    import copy
-    import dataclasses
 
-    stage = copy.copy(ff)
-    cal = ff.cal
-    stage.cal = dataclasses.replace(cal, dark=up(np.asarray(cal.dark, np.float32)),
-                                    gain=up(np.asarray(cal.gain, np.float32)))
-    if ff.response is not None:
-        stage.response = up(np.asarray(ff.response, np.float32))
-    if ff.inv_gain is not None:
-        stage.inv_gain = up(np.asarray(ff.inv_gain, np.float32))
-    if ff.table is not None:
-        stage.table = tuple(up(np.asarray(a)) for a in ff.table)
-    return stage
+from .gpu_cluster import DeviceChain  # noqa: E402,F401 (stages on each cluster worker's GPU)
 
 
-# --------------------------------------------------------------------------- a GPU per cluster worker
-def _upload(array):
-    from .backend import to_device
-
-    return to_device(array)
-
-
-def _check_worker_gpu() -> None:
-    """Raise, naming this worker, where it has no usable GPU (once per process, before its device copies)."""
-    from .backend import gpu_unavailable_reason
-
-    reason = gpu_unavailable_reason()
-    if reason:
-        import socket
-
-        raise BackendError(f"execution.device=gpu: the worker on {socket.gethostname()} (pid {os.getpid()}) has no "
-                           f"usable GPU: {reason}; give every worker CuPy and a GPU, or use --device cpu")
-
-
-def _download(array):
-    from .backend import to_host
-
-    return to_host(array)
-
-
-class DeviceChain:
-    """A :class:`pipeline.stages.Chain` whose stages run on the GPU of whichever process calls them.
-
-    For dask.distributed runs with ``execution.device: gpu`` (``--cluster local-cuda``: one worker
-    per GPU). The CPU engine's graph is unchanged: every task uploads its block, runs the same
-    stages (CuPy ops and the kernels of ``cuda/denoise.cu``) on its worker's GPU and hands a host
-    array on, so the states that cross blocks travel between workers as on the CPU, the
-    time-ordered stages run one block after another, and the rest (flat field, spatial
-    denoisers, tail) spreads over the GPUs. Each process makes its device copies of the
-    calibration and models once; measurements and the storage code run on the host.
-    ``upload``/``download`` default to CuPy's (tests pass NumPy copies to run it without a GPU).
-    """
-
-    def __init__(self, chain, upload=None, download=None):
-        self.chain = chain
-        self.upload = upload or _upload
-        self.download = download or _download
-        self.stateful = [_DeviceStateful(self, i) for i in range(len(chain.stateful))]
-        self._local = None
-        self._lock = threading.Lock()
-
-    def __getstate__(self):  # device copies and locks are per process
-        state = dict(self.__dict__)
-        state["_local"], state["_lock"] = None, None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    flatfield = property(lambda self: self.chain.flatfield)
-    post = property(lambda self: self.chain.post)
-    measures = property(lambda self: self.chain.measures)
-    storage = property(lambda self: self.chain.storage)
-    names = property(lambda self: self.chain.names)
-
-    def on_device(self):
-        """This process's copy of the chain with its arrays on the device (made once)."""
-        with self._lock:
-            if self._local is None:
-                import copy
-
-                if self.upload is _upload:
-                    _check_worker_gpu()
-
-                from .stages import AfterglowStage
-
-                c = self.chain
-                ff = _device_stage(c.flatfield, self.upload) if c.flatfield is not None else None
-                stateful = []
-                for stage in c.stateful:
-                    if isinstance(stage, AfterglowStage) and np.ndim(stage.amplitudes) > 1:  # a per-pixel map
-                        stage = copy.copy(stage)
-                        stage.amplitudes = self.upload(np.asarray(stage.amplitudes, np.float32))
-                    stateful.append(stage)
-                self._local = (ff, stateful, list(c.post))
-            return self._local
-
-    def head(self, raw):
-        ff = self.on_device()[0]
-        if ff is None:
-            return raw.astype(np.float32), None
-        block, mask = ff.head(self.upload(np.ascontiguousarray(raw)))
-        return self.download(block), (None if mask is None else self.download(mask))
-
-    def tail(self, payload):
-        block, mask = payload[0], payload[1]
-        ff, _, post = self.on_device()
-        if not post and ff is None:
-            return block if block.dtype == np.float32 else block.astype(np.float32)
-        b = self.upload(block)
-        for stage in post:
-            b = stage(b)
-        if ff is not None:
-            b = ff.tail(b, None if mask is None else self.upload(mask))
-        out = self.download(b)
-        return out if out.dtype == np.float32 else out.astype(np.float32)
-
-    def measure(self, block):
-        return self.chain.measure(block)
-
-    def __dask_tokenize__(self):
-        return ("device-chain", id(self))
-
-
-class _DeviceStateful:
-    """Stage ``i`` of a :class:`DeviceChain`'s time-ordered stages: host block and state in, host out."""
-
-    stateful = True
-
-    def __init__(self, owner: DeviceChain, i: int):
-        self.owner, self.i = owner, i
-        self.name = getattr(owner.chain.stateful[i], "name", "stage")
-
-    def initial_state(self, block):
-        return self.owner.chain.stateful[self.i].initial_state(block)  # on the host, from the first frame
-
-    def __call__(self, block, state):
-        o = self.owner
-        stage = o.on_device()[1][self.i]
-        b, s = stage(o.upload(block), None if state is None else o.upload(np.asarray(state)))
-        return o.download(b), (None if s is None else o.download(s))
-
-
-# --------------------------------------------------------------------------- for api.run
 def gpu_engine(chain, input_dtype, frame_shape, *, requested: str = "gpu", execution=None, device=None):
     """The GPU engine for ``chain``, or why not.
 

@@ -94,7 +94,8 @@ def _record(folder, c, t0, t1, written, states):
 
 def _chain_and_source(vid, overrides):
     """The chain and reader api.run builds (flat-field, afterglow, temporal + spatial denoising)."""
-    from pipeline.api import _noise_model, calibrate, load_afterglow
+    from pipeline.api import calibrate, load_afterglow
+    from pipeline.plan import _noise_model
     from pipeline.io import zarr_store
     from pipeline.stages import build_chain
 
