@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.io import zarr_store
+from pipeline.io import chunks, zarr_store
 from pipeline.io.zarr_store import ChunkDecoder, ChunkError, FrameReader
 
 
@@ -277,7 +277,7 @@ def test_blosc_chunks_unfit_for_partial_decompression_use_the_decoded_chunk(tmp_
 def test_without_blosc_getitem_blosc_chunks_are_decoded_once(tmp_path, monkeypatch):
     """A numcodecs whose library does not export blosc_getitem (the symbol is private): Blosc chunks are decoded
     whole, once for their blocks, with the same values."""
-    monkeypatch.setattr(zarr_store, "_blosc_getitem", lambda: None)
+    monkeypatch.setattr(chunks, "_blosc_getitem", lambda: None)
     g, a, data = _array(tmp_path, "bitshuffle-lz4", np.uint16, shape=(70, 6, 5), chunks=(16, 6, 5))
     r = _reader(g, a)
     assert r._decoder is not None and r._decoder._decode_part is None

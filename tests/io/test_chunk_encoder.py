@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from pipeline.io import zarr_store
+from pipeline.io import chunks, zarr_store
 from pipeline.io.zarr_store import ChunkEncoder, FrameWriter, OutputWriter
 
 T, H, W, C = 12, 24, 20, 4
@@ -86,7 +86,7 @@ def test_other_layouts_are_written_by_zarr(tmp_path, case):
 
 
 def test_without_c_blosc_zarr_writes(tmp_path, monkeypatch):
-    monkeypatch.setattr(zarr_store, "_blosc_compress_ctx", lambda: None)
+    monkeypatch.setattr(chunks, "_blosc_compress_ctx", lambda: None)
     (_, _), (wo, ao) = _pair(tmp_path, "bitshuffle-lz4", np.float32)
     fw = wo.frames_target(ao)
     assert fw._encoder is None
