@@ -163,15 +163,23 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict
         s_ref = means[iref]
         return s_ref * np.sign(x) * (np.abs(x) / s_ref) ** (1.0 / p)
 
-    # NNPS from differences of frame pairs, gain-corrected: the fixed pattern cancels, the noise variance
-    # doubles (hence / sqrt 2), and shading no longer weights the noise against the mean
+    # NNPS of the gain-corrected reference flats (shading no longer weights the noise against the mean). Welch
+    # method (ops.characterise.nnps): the fixed pattern removed by subtracting the frames' mean (N - 1 degrees of
+    # freedom, no polynomial), Hann-tapered ROIs, bins it cannot trust flagged. nnps_method = "iec" gives the former
+    # numbers: the IEC 62220-1-1 method on differences of frame pairs (/ sqrt 2, so the fixed pattern cancels).
+    nnps_method = "welch"
     lr = linearise(ref) / np.asarray(cal.gain, np.float64)
-    pairs = (lr[0 : len(lr) - 1 : 2] - lr[1 : len(lr) : 2]) / np.sqrt(2.0)
     good = np.asarray(cal.bad_pixels) == 0
     mean_lin = float(lr.mean(axis=0)[good].mean())
-    pairs[:, ~good] = 0.0  # defects would dominate the NPS; they are replaced in normal use
-    nn = ch.nnps(pairs + mean_lin, float(pitch), roi=min(256, (min(h, w) // 128) * 128 or 128),
-                 overlap=min(128, (min(h, w) // 256) * 128 or 64))
+    nn_roi = min(256, (min(h, w) // 128) * 128 or 128)
+    nn_overlap = min(128, (min(h, w) // 256) * 128 or 64)
+    if nnps_method == "iec":
+        pairs = (lr[0 : len(lr) - 1 : 2] - lr[1 : len(lr) : 2]) / np.sqrt(2.0)
+        pairs[:, ~good] = 0.0  # defects would dominate the NPS; they are replaced in normal use
+        nn = ch.nnps(pairs + mean_lin, float(pitch), method="iec", roi=nn_roi, overlap=nn_overlap)
+    else:
+        lr[:, ~good] = mean_lin  # defects would dominate the NPS (they are replaced in normal use): constant, no noise
+        nn = ch.nnps(lr, float(pitch), method="welch", roi=nn_roi, overlap=nn_overlap)
     edge = linearise(read("edge") - dark) / np.asarray(cal.gain, np.float64)
     edge_mean = edge.mean(axis=0)  # the frames' mean edge: noise down by sqrt(frames) before the derivative
     roi = find_edge_roi(edge_mean)
@@ -182,10 +190,6 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict
     f_nn = np.asarray(nn["frequencies_lp_per_mm"])
     mtf_at = np.interp(f_nn * float(pitch), f_cy, mtf_mean)
     cut = nn["nnps_horizontal_mm2"] if mres.orientation == "vertical" else nn["nnps_vertical_mm2"]
-    dqe = ch.dqe(mtf_at, cut, kref, float(q))
-    # beyond the first MTF = 0.1 crossing the MTF estimate is mostly noise: DQE not reported there
-    f10 = float(np.nanmedian(mres.crossings_cy_per_px[0.1])) / float(pitch)
-    dqe = np.where(f_nn <= f10, dqe, np.nan)
     ag_fig = None
     if "afterglow_step" in g:
         step = linearise(read("afterglow_step") - dark)
@@ -195,10 +199,32 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict
             ag_fig = {"tau_s": fit.tau_s.tolist(), "amplitudes": fit.amplitudes.tolist(), **fit.figures(),
                       "decay_t_ms": ((np.arange(fit.data.size) + fit.skipped_frames) / fr * 1e3).tolist(),
                       "decay_fraction": fit.data.tolist(), "decay_model": fit.model.tolist()}
+    # DQE from the lag-corrected NNPS (IEC 62220-1-3): a lagged frame's mean carries the lag's DC gain G, its quantum
+    # noise only sum h^2, so single frames' NNPS is low and the DQE high by G^2 / sum h^2 (1.067 for the simulated gc
+    # screen: DQE 0.64 for an absorption of 0.6). The factor applies to the lagged (quantum) noise, not to the camera
+    # noise added after the screen (white, from the darks' temporal variance).
+    lag_factor = ch.lag_correction_factor(fit.amplitudes, fit.ratios) if ag_fig else 1.0
+    dark_var = darks.var(axis=0, ddof=1)
+    slope = 1.0 if abs(p - 1) < 0.01 else (1.0 / p)  # the conversion function's slope at the reference level
+    cam = float(np.mean((dark_var * slope**2 / np.asarray(cal.gain, np.float64) ** 2)[good])) * float(pitch) ** 2
+    cam_nnps = cam / mean_lin**2
+    cut_arr = np.asarray(cut, np.float64)
+    cut_lag = lag_factor * np.maximum(cut_arr - cam_nnps, 0.0) + np.minimum(cut_arr, cam_nnps)
+    dqe = ch.dqe(mtf_at, cut_lag, kref, float(q))
+    # beyond the first MTF = 0.1 crossing the MTF estimate is mostly noise: DQE not reported there
+    f10 = float(np.nanmedian(mres.crossings_cy_per_px[0.1])) / float(pitch)
+    dqe = np.where(f_nn <= f10, dqe, np.nan)
+    dqe_trusted = np.asarray(nn["trusted"], bool) & np.isfinite(dqe)
     k_mm = 1.0 / float(pitch)
 
     def at(freq):
         return float(np.interp(freq, f_nn, dqe)) if f_nn.size else None
+
+    def trusted_at(freq):  # both bins the interpolation uses are trusted
+        if not f_nn.size or not f_nn[0] <= freq <= f_nn[-1]:
+            return False
+        i = int(np.searchsorted(f_nn, freq))
+        return bool(dqe_trusted[max(i - 1, 0)] and dqe_trusted[min(i, f_nn.size - 1)])
 
     crossings = {lv: float(np.nanmedian(mres.crossings_cy_per_px[lv]) * k_mm) for lv in (0.5, 0.2, 0.1)}
     rep = {
@@ -212,9 +238,14 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict
                 "edge_angle_deg": float(np.nanmedian(mres.angle_deg)), "mtf50_lp_per_mm": crossings[0.5],
                 "mtf20_lp_per_mm": crossings[0.2], "mtf10_lp_per_mm": crossings[0.1], "frames": int(edge.shape[0])},
         "nnps": {k: v for k, v in nn.items() if k != "nps_2d"},
-        "dqe": {"frequencies_lp_per_mm": f_nn.tolist(), "dqe": dqe.tolist(),
+        "dqe": {"frequencies_lp_per_mm": f_nn.tolist(), "dqe": dqe.tolist(), "trusted": dqe_trusted.tolist(),
                 "dqe_at_0p5_lp_per_mm": at(0.5), "dqe_at_1_lp_per_mm": at(1.0), "dqe_at_2_lp_per_mm": at(2.0),
-                "note": "DQE(f) = MTF^2 / (K_a q NNPS), NNPS cut along the MTF direction; null beyond the MTF10 frequency"},
+                "trusted_at_0p5_1_2_lp_per_mm": [trusted_at(0.5), trusted_at(1.0), trusted_at(2.0)],
+                "lag_correction_factor": lag_factor, "camera_nnps_mm2": cam_nnps, "nnps_method": nn["method"],
+                "note": "DQE(f) = MTF^2 / (K_a q NNPS_lag), NNPS cut along the MTF direction, its lagged (quantum) "
+                        "part times the lag correction factor G^2 / sum h^2 of the afterglow fit (1 without one), the "
+                        "camera noise (darks) not; null beyond the MTF10 frequency; trusted: the NNPS bin is trusted "
+                        "(see nnps.trust_note) and the DQE reported"},
         "afterglow": ag_fig,
         "units": {"kerma": "uGy", "nnps": "mm^2", "frequencies": "lp/mm at the scintillator plane",
                   "afterglow": "fraction of the steady signal"},
