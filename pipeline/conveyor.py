@@ -55,8 +55,7 @@ from .kernels import CorrectionParameters, array_address, correction_parameters
 #: Largest block (frames) the conveyor picks by itself, and the share of free GPU memory it may take.
 MAX_BLOCK_FRAMES = 64
 MEMORY_FRACTION = 0.5
-#: Most bytes of raw blocks the GPU engine's readers hold ahead of the conveyor.
-READ_AHEAD_BYTES = 2 << 30
+from .gpu_pacing import READ_AHEAD_BYTES  # noqa: E402,F401 (the pacing loop's: readers ahead of the conveyor)
 #: Most bytes of pinned output blocks handed to the writing threads at once (:meth:`Conveyor.process_frames`).
 PINNED_OUT_BYTES = 1 << 30
 

@@ -12,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import conveyor as _conveyor
+
+#: Most bytes of raw blocks the GPU engine's readers hold ahead of the conveyor.
+READ_AHEAD_BYTES = 2 << 30
 
 
 def run_blocks(conv, source, target, chain=None, *, chunk_frames: int,
@@ -120,7 +122,7 @@ def run_blocks(conv, source, target, chain=None, *, chunk_frames: int,
     wpool = ThreadPoolExecutor(writers, thread_name_prefix="xray-gpu-write")
     conv._lend_cap = conv.lend_limit(writers)
     block_bytes = chunk_frames * int(np.prod(conv.frame_shape)) * np.dtype(getattr(source, "dtype", np.float32)).itemsize
-    ahead = max(2, min(conv.readers + 1, _conveyor.READ_AHEAD_BYTES // max(block_bytes, 1)))
+    ahead = max(2, min(conv.readers + 1, READ_AHEAD_BYTES // max(block_bytes, 1)))
 
     def feed():
         queue = iter(blocks)
