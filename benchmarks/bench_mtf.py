@@ -24,7 +24,8 @@ import zarr
 
 import pipeline
 from _common import machine, write_results
-from pipeline.ops.mtf import find_edge_roi, slanted_edge_mtf
+from pipeline.ops.edges import find_edge_roi
+from pipeline.ops.mtf import slanted_edge_mtf
 from pipeline.simulator import pixel_esf
 
 HERE = Path(__file__).resolve().parent

@@ -72,7 +72,8 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict
 
     from . import report
     from .ops import characterise as ch
-    from .ops.mtf import find_edge_roi, slanted_edge_mtf
+    from .ops.edges import find_edge_roi
+    from .ops.mtf import slanted_edge_mtf
 
     from .io.outputs import FileSet
 

@@ -87,7 +87,8 @@ def measure_mtf(
     (the :class:`~pipeline.ops.mtf.MTFResult`, not serialisable).
     """
     from .io.images import read_image
-    from .ops.mtf import auto_n_fft, concat_results, expand_result, find_edge_roi, slanted_edge_mtf
+    from .ops.edges import find_edge_roi
+    from .ops.mtf import auto_n_fft, concat_results, expand_result, slanted_edge_mtf
 
     if pixel_pitch_mm is not None:
         pixel_pitch_mm = validate.positive_finite(pixel_pitch_mm, "--pixel-pitch", unit="mm", upper=10,

@@ -324,7 +324,7 @@ def _first_readable(cfg: RunConfig, ds, n: int, what: str):
 
 def _mtf_roi(cfg: RunConfig, chain, ds) -> tuple[int, int, int, int]:
     """The MTF ROI: from the config (checked) or found on the first corrected frame."""
-    from .ops.mtf import find_edge_roi
+    from .ops.edges import find_edge_roi
 
     t, h, w = ds.shape
     if cfg.mtf.roi is not None:

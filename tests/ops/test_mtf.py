@@ -10,7 +10,8 @@ import zarr
 
 import pipeline
 from conftest import run_cli
-from pipeline.ops.mtf import bar_contrast, coltman_ctf, find_edge_roi, slanted_edge_mtf
+from pipeline.ops.edges import bar_contrast, coltman_ctf, find_edge_roi
+from pipeline.ops.mtf import slanted_edge_mtf
 from pipeline.simulator import PRESETS, lsf_mtf, pixel_esf
 
 REF = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "edges"
