@@ -256,9 +256,26 @@ def slanted_edge_mtf(
                                       f_max=f_max, orientation=orientation, n_fft=n_fft)
                      for i in range(0, rois.shape[0], group)]
             return concat_results(parts)
+    a, orientation = _prepared(rois, orientation, poly_order, xp)
+    b, h, w = a.shape
+    a, step = _dark_to_bright(a, xp)
+    fit = _fit_edges(a, poly_order, xp)
+    bins = _bin_esf(a, fit["coef"], oversample, xp)
+    spec = _lsf_and_mtf(bins, window, n_fft if n_fft is not None else auto_n_fft(w, oversample), oversample, f_max,
+                        xp)
+    flags, msgs = _flags(fit, bins, spec, step, h, f_max, xp)
+    return MTFResult(
+        frequencies_cy_per_px=spec["f"], mtf=spec["mtf"], esf_positions_px=bins["pos"], esf=to_host(spec["esf_n"]),
+        lsf=to_host(spec["lsf_n"]), angle_deg=fit["angle"], crossings_cy_per_px=spec["crossings"], flags=flags,
+        messages=msgs, orientation=orientation, edge_fit_rms_px=to_host(fit["rms"]), oversample=oversample,
+        window=window, extra={"n_fft": spec["n_fft"], "bins": bins["nb"], "empty_bins": bins["empty"].tolist()},
+    )
+
+
+def _prepared(rois, orientation, poly_order, xp):
+    """The ROIs as float64 (B, H, W), checked, turned so that the edge runs along the columns ('vertical')."""
     a = xp.asarray(rois, dtype=xp.float64)
-    single = a.ndim == 2
-    if single:
+    if a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or min(a.shape[1:]) < 8:
         raise ValueError(f"ROIs must be (H, W) or (B, H, W) with sides >= 8 pixels, got {tuple(rois.shape)}")
@@ -266,25 +283,28 @@ def slanted_edge_mtf(
         raise ValueError("ROI holds NaN or Inf pixels; correct or crop them before measuring the MTF")
     if poly_order not in (1, 2):
         raise ValueError("poly_order must be 1 or 2")
-    b = a.shape[0]
     if orientation is None:
         gx = float(xp.abs(xp.diff(a, axis=2)).mean())
         gy = float(xp.abs(xp.diff(a, axis=1)).mean())
         orientation = "vertical" if gx >= gy else "horizontal"
     if orientation == "horizontal":
         a = xp.swapaxes(a, 1, 2)
-    _, h, w = a.shape
-    flags: list[list[str]] = [[] for _ in range(b)]
-    msgs: list[list[str]] = [[] for _ in range(b)]
+    return a, orientation
 
-    # polarity: dark (left) to bright (right)
+
+def _dark_to_bright(a, xp):
+    """Each ROI with its dark side left (polarity does not matter), and its edge step (host)."""
+    w = a.shape[2]
     left = a[:, :, : max(2, w // 8)].mean(axis=(1, 2))
     right = a[:, :, -max(2, w // 8):].mean(axis=(1, 2))
     sign = xp.where(right >= left, 1.0, -1.0)
-    a = a * sign[:, None, None]
-    step = to_host(xp.abs(right - left))
+    return a * sign[:, None, None], to_host(xp.abs(right - left))
 
-    # --- edge location per row
+
+def _fit_edges(a, poly_order: int, xp) -> dict:
+    """The edge in every row (biweight-windowed centroids of the row derivative, 4 passes with outlier
+    rejection) fitted by a line or parabola ``x = c0 + c1 (y - yc) + c2 (y - yc)^2``."""
+    b, h, w = a.shape
     d = 0.5 * (a[:, :, 2:] - a[:, :, :-2])  # (B, H, W-2) at x = 1..W-2
     xs = xp.arange(1, w - 1, dtype=xp.float64)
     ys = xp.arange(h, dtype=xp.float64)
@@ -328,13 +348,19 @@ def slanted_edge_mtf(
         used = wts > 0
         rms = xp.sqrt((xp.where(used, (cen - fit) ** 2, 0)).sum(axis=1) / xp.maximum(used.sum(axis=1), 1))
         half_w = xp.clip(4.0 * sig + 3.0, 6.0, max(6.0, w / 3.0))
-    n_used = to_host(used.sum(axis=1))
+    noise = to_host(xp.median(xp.abs(d - dmed), axis=(1, 2))) * 1.4826 * math.sqrt(2)
+    return {"coef": coef, "rms": rms, "n_used": to_host(used.sum(axis=1)),
+            "angle": to_host(xp.degrees(xp.arctan(coef[:, 1]))),  # slope dx/dy at the centre
+            "noise": noise}
 
-    slope = coef[:, 1]  # dx/dy at the centre
-    theta = xp.arctan(slope)
-    angle = to_host(xp.degrees(theta))
 
-    # --- projection onto the normal and binning
+def _bin_esf(a, coef, oversample: int, xp) -> dict:
+    """Every pixel projected onto the edge normal and binned ``oversample`` bins a pixel: the ESF of each ROI over
+    its own symmetric range, fully covered by all its rows (bins beyond it are padding, so a ROI gives the same
+    result alone or in any batch)."""
+    b, h, w = a.shape
+    ys = xp.arange(h, dtype=xp.float64)
+    yc = (h - 1) / 2.0
     dlt = 1.0 / oversample
     yy = (ys - yc)[None, :, None]
     xedge = coef[:, 0, None, None] + coef[:, 1, None, None] * yy + coef[:, 2, None, None] * yy**2  # (B, H, 1)
@@ -342,8 +368,6 @@ def slanted_edge_mtf(
     cosl = xp.cos(xp.arctan(local_slope))
     xpix = xp.arange(w, dtype=xp.float64)[None, None, :]
     p = (xpix - xedge) * cosl  # (B, H, W)
-    # each ROI's own symmetric range, fully covered by all its rows; bins beyond it are padding,
-    # so a ROI gives the same result alone or in any batch
     lo = to_host(((0 - xedge) * cosl).max(axis=(1, 2)))
     hi = to_host(((w - 1 - xedge) * cosl).min(axis=(1, 2)))
     reach = np.minimum(-lo, hi)
@@ -365,16 +389,21 @@ def slanted_edge_mtf(
     counts = xp.bincount(flat.ravel(), minlength=b * nb + 1)[: b * nb].reshape(b, nb)
     ii = np.arange(nb)
     valid = (ii[None, :] >= n_half - own[:, None]) & (ii[None, :] < n_half + own[:, None])  # (B, nb) host
-    empty = ((to_host(counts) == 0) & valid).sum(axis=1)
-    esf = _fill_empty(sums / xp.maximum(counts, 1), counts)  # padding: nearest own value
-    pos = (np.arange(nb) - n_half + 0.5) * dlt
+    return {"esf": _fill_empty(sums / xp.maximum(counts, 1), counts),  # padding: nearest own value
+            "empty": ((to_host(counts) == 0) & valid).sum(axis=1), "pos": (np.arange(nb) - n_half + 0.5) * dlt,
+            "own": own, "failed": failed, "reach": reach, "n_half": n_half, "nb": nb, "valid": valid, "ii": ii}
 
-    # --- LSF, window, FFT
+
+def _lsf_and_mtf(bins: dict, window: str, n_fft: int, oversample: int, f_max: float, xp) -> dict:
+    """The LSF (central difference of the ESF), windowed about its centroid, its FFT's modulus normalised at zero
+    frequency and corrected for the binning and the derivative, and where it crosses 0.5, 0.2 and 0.1."""
+    esf, own, n_half, nb, valid, ii = (bins[k] for k in ("esf", "own", "n_half", "nb", "valid", "ii"))
+    dlt = 1.0 / oversample
     lsf = xp.zeros_like(esf)
     lsf[:, 1:-1] = 0.5 * (esf[:, 2:] - esf[:, :-2])
     inner = (ii[None, :] > n_half - own[:, None]) & (ii[None, :] < n_half + own[:, None] - 1)
     lsf = lsf * xp.asarray(inner)  # the end bins of each ROI's own range are zero, as at an array end
-    posx = xp.asarray(pos)
+    posx = xp.asarray(bins["pos"])
     wpk = xp.maximum(lsf, 0)
     cent = (wpk * posx).sum(axis=1) / xp.maximum(wpk.sum(axis=1), 1e-300)
     lo_pos = xp.asarray(-(own.astype(np.float64) - 0.5) * dlt)
@@ -390,8 +419,6 @@ def slanted_edge_mtf(
     else:
         raise ValueError(f"unknown window '{window}'; choose tukey, hann or none")
     lw = lsf * win
-    if n_fft is None:
-        n_fft = auto_n_fft(w, oversample)
     if n_fft < nb:
         raise ValueError(f"n_fft={n_fft} is shorter than the {nb} ESF bins")
     spec = xp.abs(xp.fft.rfft(lw, n=n_fft, axis=1))
@@ -406,20 +433,28 @@ def slanted_edge_mtf(
     mtf = mtf[:, keep] / corr[None, :]
     crossings = {lv: to_host(_first_crossing(fx, mtf, lv, xp)) for lv in LEVELS}
     mtf = to_host(mtf)
+    failed = bins["failed"]
     if failed.any():
         mtf[failed] = np.nan
         for lv in LEVELS:
             crossings[lv][failed] = np.nan
-
-    # --- normalised ESF / LSF for reporting
+    # normalised ESF / LSF for reporting
     lo_v = esf[:, : max(1, nb // 10)].mean(axis=1, keepdims=True)
     hi_v = esf[:, -max(1, nb // 10):].mean(axis=1, keepdims=True)
     span_v = xp.where(hi_v - lo_v != 0, hi_v - lo_v, 1.0)
-    esf_n = (esf - lo_v) / span_v
     lsf_n = lsf / xp.where(lsf.sum(axis=1, keepdims=True) != 0, lsf.sum(axis=1, keepdims=True) * dlt, 1.0)
+    return {"f": f, "mtf": mtf, "crossings": crossings, "bad_dc": bad_dc, "n_fft": n_fft,
+            "esf_n": (esf - lo_v) / span_v, "lsf_n": lsf_n}
 
-    rms_h = to_host(rms)
-    noise = to_host(xp.median(xp.abs(d - dmed), axis=(1, 2))) * 1.4826 * math.sqrt(2)
+
+def _flags(fit: dict, bins: dict, spec: dict, step, h: int, f_max: float, xp) -> tuple[list, list]:
+    """Per ROI: the flags and messages that say what to trust (angle, phase sampling, edge fit, contrast)."""
+    angle, rms_h, n_used, noise = fit["angle"], to_host(fit["rms"]), fit["n_used"], fit["noise"]
+    empty, nb, failed, reach = bins["empty"], bins["nb"], bins["failed"], bins["reach"]
+    crossings, bad_dc = spec["crossings"], spec["bad_dc"]
+    b = len(angle)
+    flags: list[list[str]] = [[] for _ in range(b)]
+    msgs: list[list[str]] = [[] for _ in range(b)]
     for i in range(b):
         ang = abs(float(angle[i]))
         if ang < 1.0:
@@ -449,12 +484,7 @@ def slanted_edge_mtf(
             if not np.isfinite(crossings[lv][i]):
                 flags[i].append(f"mtf{int(lv * 100)}_not_reached")
                 msgs[i].append(f"MTF stays above {lv} up to {f_max} cycles/pixel")
-    return MTFResult(
-        frequencies_cy_per_px=f, mtf=mtf, esf_positions_px=pos, esf=to_host(esf_n), lsf=to_host(lsf_n),
-        angle_deg=angle, crossings_cy_per_px=crossings, flags=flags, messages=msgs, orientation=orientation,
-        edge_fit_rms_px=rms_h, oversample=oversample, window=window,
-        extra={"n_fft": n_fft, "bins": nb, "empty_bins": empty.tolist()},
-    )
+    return flags, msgs
 
 
 def _pad_bins(a, n, mode):
