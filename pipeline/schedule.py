@@ -333,6 +333,49 @@ def _collect(results):
     return results
 
 
+def _graph(source, target, chain, *, chunk_frames: int, ahead: int | None, start_block: int, initial_states,
+           skip_write, on_commit, skip_errors: bool, recycle: bool):
+    """The run's Dask graph: per block a head (read and stateless stages), the stateful stages in time order (each
+    block's state after the previous one's), the write and the commit. With stateful stages the blocks leave in
+    time order; reading ahead is useful, but unbounded it fills memory with blocks waiting for their turn: block
+    ``c`` is read only once block ``c - ahead`` is written. Returns ``(graph, commit keys, token)``."""
+    t = source.shape[0]
+    tok = dask.base.tokenize(id(chain), id(source), id(target), chunk_frames, start_block, uuid.uuid4().hex)
+    # the shared objects are data nodes: a cluster ships each once per worker, not once per task
+    dsk: dict = {f"chain-{tok}": chain, f"source-{tok}": source, f"target-{tok}": target,
+                 f"on-commit-{tok}": on_commit}
+    chain_k, source_k, target_k, on_commit_k = (f"chain-{tok}", f"source-{tok}", f"target-{tok}",
+                                                f"on-commit-{tok}")
+    commits = []
+    stages = list(chain.stateful)
+    into = hasattr(source, "read_block") and _reads_into(source)
+    starts = list(range(0, t, chunk_frames))
+    for c in range(start_block, len(starts)):
+        t0 = starts[c]
+        t1 = min(t0 + chunk_frames, t)
+        prev = (f"head-{tok}", c)
+        after = [(f"write-{tok}", c - ahead)] if ahead and c - ahead >= start_block else []
+        dsk[prev] = (_head, source_k, chain_k, t0, t1, skip_errors, into, *after)
+        state_keys = []
+        for i, stage in enumerate(stages):
+            key = (f"sf{i}-{tok}", c)
+            if c > start_block:
+                state_prev = (f"state{i}-{tok}", c - 1)
+            else:
+                state_prev = initial_states[i] if initial_states is not None else None
+            dsk[key] = (_stateful, chain_k, i, prev, state_prev)
+            dsk[(f"state{i}-{tok}", c)] = (operator.getitem, key, 1)
+            dsk[(f"payload{i}-{tok}", c)] = (operator.getitem, key, 0)
+            prev = (f"payload{i}-{tok}", c)
+            state_keys.append((f"state{i}-{tok}", c))
+        wkey = (f"write-{tok}", c)
+        dsk[wkey] = (_write, chain_k, target_k, prev, t0, t1, c in skip_write, recycle)
+        ckey = (f"commit-{tok}", c)
+        dsk[ckey] = (_commit, on_commit_k, c, t0, t1, wkey, *state_keys)
+        commits.append(ckey)
+    return dsk, commits, tok
+
+
 def process_frames(
     source,
     target,
@@ -405,42 +448,11 @@ def process_frames(
     if not hasattr(chain, "head"):
         chain = _Plain(chain)
     t = source.shape[0]
-    tok = dask.base.tokenize(id(chain), id(source), id(target), chunk_frames, start_block, uuid.uuid4().hex)
-    # the shared objects are data nodes: a cluster ships each once per worker, not once per task
-    dsk: dict = {f"chain-{tok}": chain, f"source-{tok}": source, f"target-{tok}": target,
-                 f"on-commit-{tok}": on_commit}
-    chain_k, source_k, target_k, on_commit_k = (f"chain-{tok}", f"source-{tok}", f"target-{tok}",
-                                                f"on-commit-{tok}")
-    commits = []
-    stages = list(chain.stateful)
-    into = hasattr(source, "read_block") and _reads_into(source)
+    dsk, commits, tok = _graph(source, target, chain, chunk_frames=chunk_frames, ahead=(
+        _read_ahead(scheduler, cluster, num_workers) if list(chain.stateful) else None), start_block=start_block,
+        initial_states=initial_states, skip_write=skip_write, on_commit=on_commit, skip_errors=skip_errors,
+        recycle=recycle)
     starts = list(range(0, t, chunk_frames))
-    # With stateful stages the blocks leave in time order; reading ahead is useful, but unbounded it fills memory
-    # with blocks waiting for their turn. Block c is read only once block c - ahead is written.
-    ahead = _read_ahead(scheduler, cluster, num_workers) if stages else None
-    for c in range(start_block, len(starts)):
-        t0 = starts[c]
-        t1 = min(t0 + chunk_frames, t)
-        prev = (f"head-{tok}", c)
-        after = [(f"write-{tok}", c - ahead)] if ahead and c - ahead >= start_block else []
-        dsk[prev] = (_head, source_k, chain_k, t0, t1, skip_errors, into, *after)
-        state_keys = []
-        for i, stage in enumerate(stages):
-            key = (f"sf{i}-{tok}", c)
-            if c > start_block:
-                state_prev = (f"state{i}-{tok}", c - 1)
-            else:
-                state_prev = initial_states[i] if initial_states is not None else None
-            dsk[key] = (_stateful, chain_k, i, prev, state_prev)
-            dsk[(f"state{i}-{tok}", c)] = (operator.getitem, key, 1)
-            dsk[(f"payload{i}-{tok}", c)] = (operator.getitem, key, 0)
-            prev = (f"payload{i}-{tok}", c)
-            state_keys.append((f"state{i}-{tok}", c))
-        wkey = (f"write-{tok}", c)
-        dsk[wkey] = (_write, chain_k, target_k, prev, t0, t1, c in skip_write, recycle)
-        ckey = (f"commit-{tok}", c)
-        dsk[ckey] = (_commit, on_commit_k, c, t0, t1, wkey, *state_keys)
-        commits.append(ckey)
     if remote:
         results = _run_distributed(dsk, commits, scheduler=scheduler, cluster=cluster, num_workers=num_workers,
                                    progress=progress)
