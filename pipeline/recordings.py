@@ -153,26 +153,11 @@ def ingest(
     summary = {"source": str(source), "frames": [t, h, w], "nonfinite_pixels": 0}
     try:
         for name in ("frames", "darks", "flats"):
-            s_ = srcs[name]
-            if s_ is None:
-                continue
-            dt = storage_dtype(s_.dtype)
-            n = s_.shape[0]
-            chunk = chunk_frames or recording_chunk_frames((h, w), dt)
-            arr = writer.frames_target(writer.create(name, s_.shape, dt, chunks=(min(chunk, n), h, w)))
-            step = chunk * max(1, 16 // chunk)  # whole chunks a read
-            for t0 in range(0, n, step):
-                t1 = min(t0 + step, n)
-                block = np.asarray(s_.read(t0, t1))
-                if block.shape[1:] != (h, w):
-                    raise DataError(f"{s_.label}: frame {t0} is {block.shape[1:]}, expected {(h, w)}")
-                if dt.kind == "f":
-                    summary["nonfinite_pixels"] += int(block.size - np.count_nonzero(np.isfinite(block)))
-                arr[t0:t1] = block.astype(dt, copy=False)
-                if progress is not None and name == "frames":
-                    progress(t1 - t0)
-            summary[name] = [int(v) for v in s_.shape]
-            summary[f"{name}_dtype"] = str(dt)
+            if srcs[name] is not None:
+                summary["nonfinite_pixels"] += _copy_source(writer, name, srcs[name], chunk_frames,
+                                                            progress if name == "frames" else None)
+                summary[name] = [int(v) for v in srcs[name].shape]
+                summary[f"{name}_dtype"] = str(storage_dtype(srcs[name].dtype))
         attrs = {"source": str(Path(source).resolve()), "ingested": _now(), "version": __version__}
         if pixel_pitch_mm is not None:
             attrs["pixel_pitch_mm"] = float(pixel_pitch_mm)
@@ -185,6 +170,30 @@ def ingest(
         raise
     summary["output"] = writer.commit()
     return summary
+
+
+def _copy_source(writer, name: str, src, chunk_frames: int | None, progress) -> int:
+    """``src`` streamed into the array ``name`` of the dataset being written, a few whole chunks a read; returns
+    its count of NaN/Inf pixels."""
+    from .io.ingest import storage_dtype
+
+    n, h, w = src.shape
+    dt = storage_dtype(src.dtype)
+    chunk = chunk_frames or recording_chunk_frames((h, w), dt)
+    arr = writer.frames_target(writer.create(name, src.shape, dt, chunks=(min(chunk, n), h, w)))
+    step = chunk * max(1, 16 // chunk)  # whole chunks a read
+    nonfinite = 0
+    for t0 in range(0, n, step):
+        t1 = min(t0 + step, n)
+        block = np.asarray(src.read(t0, t1))
+        if block.shape[1:] != (h, w):
+            raise DataError(f"{src.label}: frame {t0} is {block.shape[1:]}, expected {(h, w)}")
+        if dt.kind == "f":
+            nonfinite += int(block.size - np.count_nonzero(np.isfinite(block)))
+        arr[t0:t1] = block.astype(dt, copy=False)
+        if progress is not None:
+            progress(t1 - t0)
+    return nonfinite
 
 
 def export(
