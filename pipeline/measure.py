@@ -257,13 +257,25 @@ def fit_afterglow(
         n_after = int(min(t - kc, max(8, 5 * max(fit.tau_s) * float(fr))))
         after = np.asarray(reader[kc: kc + n_after], dtype=np.float32) - dark_map
         amap = ag.fit_amplitude_maps(after, on, fit.tau_s, float(fr), first_frame=fit.skipped_frames)
+    doc = _model_document(fit, calibration, float(fr), roi, darks_subtracted=dark_map is not None)
+    path = models.save_model(out, doc, amplitude_map=amap, overwrite=overwrite, inputs=[calibration])
+    if plot:
+        from . import report
+
+        with outputs.atomic_file(plot, overwrite=overwrite, inputs=[calibration]) as tmp:
+            report.afterglow_fit(fit, tmp)
+    return {**doc, "path": path, "fit_result": fit}
+
+
+def _model_document(fit, calibration, frame_rate_hz: float, roi, *, darks_subtracted: bool) -> dict:
+    """MODEL.json's content: the model, its parameters, the conventional figures and how the fit went."""
     resid = (fit.data - fit.model) if fit.data is not None else np.zeros(1)
     doc = {
         "version": __version__,
         "source": str(Path(calibration).resolve()),
         "created": _now(),
         "model": "y_k = x_k + sum_n L_n,k ; L_n,k+1 = r_n (L_n,k + a_n x_k) ; r_n = exp(-1 / (frame_rate_hz tau_n))",
-        "frame_rate_hz": float(fr),
+        "frame_rate_hz": frame_rate_hz,
         "tau_s": [float(v) for v in fit.tau_s],
         "amplitudes": [float(v) for v in fit.amplitudes],
         "step_amplitudes": [float(v) for v in fit.step_amplitudes],
@@ -275,13 +287,7 @@ def fit_afterglow(
             "cutoff_frame": fit.cutoff_frame, "skipped_frames": fit.skipped_frames, "points": fit.n_points,
             "residual_rms": float(np.sqrt(np.mean(resid**2))), "noise_rms": fit.noise / fit.steady_level,
             "steady_level_counts": fit.steady_level, "offset_counts": fit.offset, "bic": fit.bic,
-            "roi": list(roi) if roi else None, "darks_subtracted": dark_map is not None,
+            "roi": list(roi) if roi else None, "darks_subtracted": darks_subtracted,
         },
     }
-    path = models.save_model(out, doc, amplitude_map=amap, overwrite=overwrite, inputs=[calibration])
-    if plot:
-        from . import report
-
-        with outputs.atomic_file(plot, overwrite=overwrite, inputs=[calibration]) as tmp:
-            report.afterglow_fit(fit, tmp)
-    return {**doc, "path": path, "fit_result": fit}
+    return doc
