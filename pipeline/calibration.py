@@ -10,18 +10,13 @@ import numpy as np
 
 from . import validate
 from ._version import __version__
+from .clock import utc_now as _now
 from .config import RunConfig, load_config
 from .errors import CalibrationError, DataError
 from .io import models, zarr_store
 from .ops import afterglow as ag
 from .ops.flatfield import Calibration, compute_calibration, saturation_level_for
 from .schedule import frame_statistics
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def calibrate(dataset: "str | Path | zarr_store.InputDataset", config: RunConfig | dict | None = None,

@@ -13,17 +13,12 @@ import numpy as np
 
 from . import validate
 from ._version import __version__
+from .clock import utc_now as _now
 from .errors import CalibrationError, DataError, PipelineError
 from .io import zarr_store
 from .ops import afterglow as ag
 from .ops.flatfield import compute_calibration, saturated_flat_pixels, saturation_level_for
 from .simulator import SimulationSpec
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def simulate_characterisation(output: str | Path, *, preset: str = "eu-gc", size=(512, 512), seed: int = 0,

@@ -42,3 +42,9 @@ class RunInterrupted(PipelineError):
 
 class AlreadyComplete(PipelineError):
     """``--resume`` was asked for an output that is already complete."""
+
+
+def brief(exc: BaseException, limit: int = 160) -> str:
+    """``exc`` for a one-line message: its type and the first line of its text, shortened to ``limit``."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__

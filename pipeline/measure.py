@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from . import validate
 from ._version import __version__
+from .clock import utc_now as _now
 from .errors import CalibrationError, DataError
 from .io import models, zarr_store
 from .ops import afterglow as ag
 from .schedule import frame_means, frame_statistics
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _write_mtf(writer, measured, t, pitch, roi, cfg) -> dict:

@@ -34,12 +34,19 @@ def run_inputs(source: Path, calibration, cfg: RunConfig) -> list:
     return [source, calibration, cfg.afterglow.model, cfg.flatfield.response]
 
 
+def without_scheduling(config: dict) -> dict:
+    """A dumped config without how the blocks are scheduled (that does not change the result: tested bit for bit,
+    so a resume may use other workers)."""
+    out = dict(config)
+    if isinstance(out.get("execution"), dict):
+        out["execution"] = {k: v for k, v in out["execution"].items()
+                            if k not in ("scheduler", "cluster", "num_workers")}
+    return out
+
+
 def _comparable_config(cfg: RunConfig) -> dict:
-    """The config as it decides a run's result: how the blocks are scheduled does not (tested bit for bit)."""
-    run_config = cfg.model_dump(mode="json")
-    for key in ("scheduler", "cluster", "num_workers"):
-        run_config["execution"].pop(key, None)
-    return run_config
+    """The config as it decides a run's result."""
+    return without_scheduling(cfg.model_dump(mode="json"))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ dataset."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -11,13 +10,10 @@ import numpy as np
 
 from . import validate
 from ._version import __version__
+from .clock import utc_now as _now
 from .errors import DataError
 from .io import zarr_store
 from .simulator import SimulationSpec, build
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 #: Bytes a stored chunk of a recording holds at most (``simulate``, ``ingest``), unless one frame is larger

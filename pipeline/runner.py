@@ -16,20 +16,21 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ._version import __version__
+from .clock import utc_now as _now
 from .backend import describe_device
 from .config import RunConfig, load_config
 from .errors import AlreadyComplete, DataError, OutputExistsError, PipelineError, RunInterrupted
 from .io import zarr_store
 from .measure import _write_mtf, ghost_report
-from .plan import (Prepared, RunPlan, _comparable_config, choose_chunk_frames, plan_run, planned_stages,  # noqa: F401
+from .plan import (Prepared, RunPlan, _comparable_config, without_scheduling, choose_chunk_frames, plan_run, planned_stages,  # noqa: F401
                    prepare, run_inputs)
+from .io.outputs import sidecar
 from .recordings import ingest
 
 
@@ -52,10 +53,6 @@ class RunResult:
     #: a resumed run: ``blocks_kept``, ``frames_kept`` (from the interrupted run), ``frames_computed``,
     #: ``computed_frames_per_second`` (None: not resumed)
     resumed: dict | None = None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def run(
@@ -196,11 +193,8 @@ def _resume_complete(out: Path, src: Path, cfg: RunConfig):
     from .io.checkpoint import path_stamp
 
     prov = zarr_store.read_attrs(out).get("provenance") or {}
-    had_cfg = dict(prov.get("config") or {})
-    if had_cfg.get("execution"):
-        had_cfg["execution"] = {k: v for k, v in had_cfg["execution"].items()
-                                if k not in ("scheduler", "cluster", "num_workers")}
-    same = (prov.get("input") == str(src.resolve()) and had_cfg == _comparable_config(cfg)
+    same = (prov.get("input") == str(src.resolve()) and without_scheduling(prov.get("config") or {})
+            == _comparable_config(cfg)
             and prov.get("input_stamp") in (None, path_stamp(src)["digest"]))
     if not same:
         raise DataError(f"'{out}' is complete but was made from another input, config or version of the input; "
@@ -218,7 +212,7 @@ def _check_resumable(plan: RunPlan, prep: Prepared, progress_dir) -> bool:
 
     fingerprint, output = prep.fingerprint, plan.output
     if progress_dir.matches(fingerprint):
-        return outputs_sidecar(output, ".partial").is_dir()
+        return sidecar(output, ".partial").is_dir()
     if not progress_dir.has_fingerprint():
         return False
     old = progress_dir.stored_fingerprint() or {}
@@ -232,12 +226,6 @@ def _check_resumable(plan: RunPlan, prep: Prepared, progress_dir) -> bool:
     raise DataError(f"the interrupted run at '{output}' was made with another {', '.join(differ[:4])}"
                     f"{' ...' if len(differ) > 4 else ''}; resume with the same settings, or rerun with "
                     "--overwrite instead of --resume (it starts afresh)")
-
-
-def outputs_sidecar(output: Path, suffix: str) -> Path:
-    from .io.outputs import sidecar
-
-    return sidecar(output, suffix)
 
 
 @dataclass
@@ -305,7 +293,7 @@ def execute(plan: RunPlan, prep: Prepared, *, lock, resume: bool = False, overwr
 
     cfg, (t, h, w) = plan.config, plan.shape
     start_wall, start = _now(), time.perf_counter()
-    progress_dir = Checkpoint(outputs_sidecar(plan.output, ".progress"))
+    progress_dir = Checkpoint(sidecar(plan.output, ".progress"))
     resuming = bool(resume) and _check_resumable(plan, prep, progress_dir)
     writer, target, resuming = _open_writer(plan, prep, lock, progress_dir, resuming, overwrite)
     where = _Resume(skip=set(), earlier={})

@@ -34,15 +34,16 @@ def _generator():
     return module
 
 
-def _prose_lines(text: str) -> list[tuple[int, str]]:
-    """(line number, line) outside fenced code blocks, with inline code spans blanked."""
+def _prose_lines(text: str, *, keep_code: bool = False) -> list[tuple[int, str]]:
+    """(line number, line) outside fenced code blocks, with inline code spans blanked (or kept: a heading's slug
+    includes its code text)."""
     out, fenced = [], False
     for no, line in enumerate(text.splitlines(), 1):
         if _FENCE.match(line.lstrip()):
             fenced = not fenced
             continue
         if not fenced:
-            out.append((no, _CODE_SPAN.sub("", line)))
+            out.append((no, line if keep_code else _CODE_SPAN.sub("", line)))
     return out
 
 
@@ -58,7 +59,7 @@ def anchors(path: Path) -> set[str]:
     """The heading anchors of a Markdown file, with GitHub's -1, -2 suffixes for repeated headings."""
     seen: dict[str, int] = {}
     out = set()
-    for _, line in _prose_lines_keep_code(path.read_text(encoding="utf-8")):
+    for _, line in _prose_lines(path.read_text(encoding="utf-8"), keep_code=True):
         m = re.match(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$", line)
         if not m:
             continue
@@ -66,18 +67,6 @@ def anchors(path: Path) -> set[str]:
         n = seen.get(slug, 0)
         out.add(slug if n == 0 else f"{slug}-{n}")
         seen[slug] = n + 1
-    return out
-
-
-def _prose_lines_keep_code(text: str) -> list[tuple[int, str]]:
-    """Lines outside fenced code blocks, inline code kept (a heading's slug includes its code text)."""
-    out, fenced = [], False
-    for no, line in enumerate(text.splitlines(), 1):
-        if _FENCE.match(line.lstrip()):
-            fenced = not fenced
-            continue
-        if not fenced:
-            out.append((no, line))
     return out
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..errors import brief as _why
 
 VIDEO = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 HDF5 = (".h5", ".hdf5", ".nxs", ".nx5")
@@ -57,12 +58,6 @@ def _natural_key(p: Path):
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}{'s' * (n != 1)}"
-
-
-def _why(exc: BaseException) -> str:
-    """``exc`` for a one-line message: its type and the first line of its text, shortened."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def _file_kind(mode: int) -> str:

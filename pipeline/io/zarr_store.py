@@ -26,10 +26,9 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from ..errors import CalibrationError, DataError, OutputExistsError  # noqa: F401 (re-exported)
+from ..errors import CalibrationError, DataError, OutputExistsError, brief  # noqa: F401 (re-exported)
 from . import outputs
-from .chunks import (ChunkDecoder, ChunkEncoder, ChunkError, _blosc_compress_ctx, _blosc_getitem,  # noqa: F401
-                     _DecodedChunk, _fill, _Scratch)
+from .chunks import ChunkDecoder, ChunkEncoder, ChunkError  # noqa: F401 (ChunkError re-exported)
 
 #: Group attribute of every group this project writes: a missing chunk file in it is a lost chunk (every chunk
 #: is stored); in other tools' arrays (Zarr's default ``write_empty_chunks=False``) it is the fill value
@@ -427,16 +426,10 @@ def _open_group(path: Path, what: str):
     try:
         g = zarr.open_group(str(path), mode="r")
     except Exception as exc:
-        raise DataError(f"{what} '{path}' is not a readable Zarr group ({_why(exc)}); "
+        raise DataError(f"{what} '{path}' is not a readable Zarr group ({brief(exc, 120)}); "
                         "convert the recording with 'xray-pipeline ingest' or check the path") from None
     _check_members(g, path, what)
     return g
-
-
-def _why(exc: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    text = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _check_members(g, path: Path, what: str) -> None:
@@ -453,7 +446,7 @@ def _check_members(g, path: Path, what: str) -> None:
                 _ = node.compressors, node.fill_value
     except Exception as exc:
         where = f"'{path}/{name}'" if name else f"'{path}'"
-        raise DataError(f"{what} {where} has damaged Zarr metadata ({_why(exc)}); restore its zarr.json from a "
+        raise DataError(f"{what} {where} has damaged Zarr metadata ({brief(exc, 120)}); restore its zarr.json from a "
                         "copy or write the dataset again") from None
 
 

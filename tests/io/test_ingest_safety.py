@@ -194,10 +194,14 @@ except DataError as exc:
 """
 
 
+def _ingest_in_a_child(src, out):
+    """``ingest(src, out)`` in a child process with a timeout (a FIFO opened would hang it, failing the test)."""
+    return _run_with_timeout(_FIFO_SCRIPT.replace("sys.argv[1], sys.argv[2]", f"{str(src)!r}, {str(out)!r}"))
+
+
 def test_fifo_is_refused_before_it_is_opened(tmp_path):
     os.mkfifo(tmp_path / "cam.tif")
-    r = _run_with_timeout(_FIFO_SCRIPT.replace("sys.argv[1], sys.argv[2]",
-                                               f"{str(tmp_path / 'cam.tif')!r}, {str(tmp_path / 'o.zarr')!r}"))
+    r = _ingest_in_a_child(tmp_path / "cam.tif", tmp_path / "o.zarr")
     assert r.returncode == 3, r.stderr
     assert "cam.tif' is a FIFO, not a regular file" in r.stdout
 
@@ -207,8 +211,7 @@ def test_fifo_in_a_folder_is_refused(tmp_path):
     for i in range(3):
         tifffile.imwrite(tmp_path / "seq" / f"f{i}.tif", STACK[i])
     os.mkfifo(tmp_path / "seq" / "f3.tif")
-    r = _run_with_timeout(_FIFO_SCRIPT.replace("sys.argv[1], sys.argv[2]",
-                                               f"{str(tmp_path / 'seq')!r}, {str(tmp_path / 'o.zarr')!r}"))
+    r = _ingest_in_a_child(tmp_path / "seq", tmp_path / "o.zarr")
     assert r.returncode == 3, r.stderr
     assert "f3.tif' is a FIFO, not a regular file; remove it" in r.stdout
 
