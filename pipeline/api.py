@@ -20,10 +20,12 @@ from .characterisation import characterise, simulate_characterisation
 from .demo import demo
 from .errors import PipelineError
 from .measure import fit_afterglow, ghost_report, measure_mtf, mtf_plot_path
-from .recordings import RECORDING_CHUNK_BYTES, export, info, ingest, recording_chunk_frames, simulate
+from .recordings import (RECORDING_CHUNK_BYTES, export, info, ingest, recording_chunk_frames, set_dataset_attrs,
+                         simulate)
 from .runner import RunPlan, RunResult, choose_chunk_frames, plan_run, run, time_account
 
 __all__ = ["RunResult", "RunPlan", "run", "plan_run", "time_account", "simulate", "calibrate", "save_calibration",
+           "set_dataset_attrs",
            "load_calibration", "load_afterglow", "load_response", "info", "ingest", "export", "fit_afterglow",
            "measure_mtf", "ghost_report", "mtf_plot_path", "demo", "characterise", "simulate_characterisation",
            "choose_chunk_frames", "recording_chunk_frames", "RECORDING_CHUNK_BYTES", "PipelineError"]

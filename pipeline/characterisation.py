@@ -49,20 +49,22 @@ def simulate_characterisation(output: str | Path, *, preset: str = "eu-gc", size
 
 
 def characterise(dataset: str | Path, outdir: str | Path, *, compare: str | Path | None = None,
-                 q_per_ugy_mm2: float | None = None, overwrite: bool = False) -> dict:
+                 q_per_ugy_mm2: float | None = None, overwrite: bool = False, inputs=()) -> dict:
     """Linearity, gain and bad pixels, MTF, NNPS, DQE and afterglow of a detector; report.json and report.html.
 
-    See the README for the dataset layout. Returns the report (also written as ``report.json``).
+    See the README for the dataset layout (or :mod:`pipeline.manifest` for the lab's files). ``inputs``: what
+    ``dataset`` was made from (never an output). Returns the report (also written as ``report.json``).
     """
     try:
-        return _characterise(dataset, outdir, compare=compare, q_per_ugy_mm2=q_per_ugy_mm2, overwrite=overwrite)
+        return _characterise(dataset, outdir, compare=compare, q_per_ugy_mm2=q_per_ugy_mm2, overwrite=overwrite,
+                             inputs=list(inputs))
     except ValueError as exc:
         if isinstance(exc, PipelineError):
             raise
         raise DataError(f"characterise '{dataset}': {exc}") from None
 
 
-def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict:
+def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite, inputs) -> dict:
     import json as _json
 
     from . import report
@@ -75,7 +77,7 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite) -> dict
     out = Path(outdir)
     # the three files are written together or not at all, never into the dataset, never over a folder
     files = FileSet(out, ("report.json", "report.html", "pixel_response.npy"), overwrite=overwrite,
-                    inputs=[dataset, compare])
+                    inputs=[dataset, compare, *inputs])
     if q_per_ugy_mm2 is not None:  # before the dataset: an argument error needs no data to show
         q_per_ugy_mm2 = validate.positive_finite(
             q_per_ugy_mm2, "--q", unit="photons per mm^2 per uGy", upper=validate.DATASET_ATTRS["q_per_uGy_mm2"][1],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -28,39 +29,98 @@ class FiniteFloatRange(click.FloatRange):
         return rv
 
 
-class _Bar:
-    """A progress bar on stderr, created at the first update (so errors come first), only on a terminal.
+@contextmanager
+def _progress(desc: str, total: int | None, quiet: bool, unit: str = "frame"):
+    """A :class:`pipeline.progress.Progress` on stderr for the block, installed as the current reporter (so the
+    library can name its set-up phases); its summary line only when the block succeeds."""
+    from .progress import Progress, reporting
 
-    Updates come from the calling thread (every engine counts finished blocks there); the lock is a safety net.
-    """
-
-    def __init__(self, total: int | None, desc: str, quiet: bool):
-        import threading
-
-        self.total, self.desc = total, desc
-        self.enabled = not quiet and sys.stderr.isatty()
-        self.bar = None
-        self.lock = threading.Lock()
-
-    def update(self, n: int):
-        if not self.enabled:
-            return
-        with self.lock:
-            if self.bar is None:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=self.total, desc=self.desc, unit="frame", file=sys.stderr, leave=False,
-                                dynamic_ncols=True)
-            self.bar.update(n)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
+    p = Progress(desc, total, unit=unit, quiet=quiet)
+    with reporting(p):
+        try:
+            yield p
+        except BaseException:
+            p.close(ok=False)
+            raise
+    p.close()
 
 
-def _bar(total: int, desc: str, quiet: bool):
-    b = _Bar(total, desc, quiet)
-    return b, b.update
+def _frames_arg(ctx, param, value):
+    if value is None:
+        return None
+    from .io.ingest import frame_range
+
+    frame_range(value)  # checked now: one line naming --frames
+    return value
+
+
+def _raw_shape_arg(ctx, param, value):
+    if not value:
+        return None
+    try:
+        return tuple(int(v) for v in value.replace("x", ",").split(","))
+    except ValueError:
+        raise click.BadParameter("expected T,H,W or H,W", param_hint="--raw-shape") from None
+
+
+#: the options every command that reads a recording takes (ingest's), in the order --help lists them
+_RECORDING_OPTIONS = (
+    click.option("--darks", type=click.Path(path_type=Path), default=None,
+                 help="beam-off frames (any supported format) where the recording has none"),
+    click.option("--flats", type=click.Path(path_type=Path), default=None,
+                 help="open-beam frames (any supported format) where the recording has none"),
+    click.option("--pixel-pitch", type=FiniteFloatRange(min=0, min_open=True), default=None,
+                 help="mm at the scintillator plane (over the config and the file's own tags)"),
+    click.option("--frame-rate", type=FiniteFloatRange(min=0, min_open=True), default=None,
+                 help="Hz (over the config and the file's own tags)"),
+    click.option("--frames", "frame_range", default=None, metavar="START:STOP[:STEP]", callback=_frames_arg,
+                 help="only these frames of the recording (Python slice rules; darks and flats whole)"),
+    click.option("--dataset", "h5_dataset", default=None, help="HDF5 dataset path (default: NXtomo's or the largest 3D one; "
+                                                 "or name it as FILE.h5::/path)"),
+    click.option("--raw-dtype", default=None, help="raw files: numpy dtype, e.g. <u2"),
+    click.option("--raw-shape", default=None, metavar="T,H,W|H,W", callback=_raw_shape_arg,
+                 help="raw files: frame shape"),
+    click.option("--header", type=click.IntRange(min=0), default=0, help="raw files: header bytes"),
+)
+_RECORDING_KEYS = ("darks", "flats", "pixel_pitch", "frame_rate", "frame_range", "h5_dataset", "raw_dtype",
+                   "raw_shape", "header")
+
+
+def _recording_options(f):
+    for opt in reversed(_RECORDING_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def _source_options(kw: dict, config=None):
+    """The recording options among a command's keyword arguments (removed from ``kw``)."""
+    from .sources import RecordingOptions
+
+    v = {k: kw.pop(k, None) for k in _RECORDING_KEYS}
+    opts = RecordingOptions(darks=v["darks"], flats=v["flats"], pixel_pitch_mm=v["pixel_pitch"],
+                            frame_rate_hz=v["frame_rate"], frames=v["frame_range"], dataset=v["h5_dataset"],
+                            raw_dtype=v["raw_dtype"], raw_shape=v["raw_shape"], header=v["header"] or 0)
+    return opts.with_config(config) if config is not None else opts
+
+
+_NAMES = {"pixel_pitch_mm": ("pixel pitch", "mm", "--pixel-pitch MM"),
+          "frame_rate_hz": ("frame rate", "Hz", "--frame-rate HZ")}
+
+
+def _say_metadata(found: dict, quiet: bool, *, needed=()) -> None:
+    """One line: the recording's pixel pitch and frame rate and where each came from; a warning for a missing
+    one a later figure needs."""
+    if quiet:
+        return
+    meta = found.get("metadata") or {}
+    parts = [f"{_NAMES[k][0]} {v:g} {_NAMES[k][1]} (from {where})" for k, (v, where) in meta.items() if k in _NAMES]
+    if parts:
+        click.echo("metadata: " + "; ".join(parts))
+    for k in found.get("missing") or ():
+        if k in needed:
+            what, _, opt = _NAMES[k]
+            click.echo(f"warning: no {what} (not given, not in the file's tags); pass {opt}, set input.{k} in the "
+                       f"config, or fix the dataset with 'xray-pipeline set-attrs DATASET {k}=...'", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,8 +163,10 @@ def simulate(output, preset, frames, size, seed, dose, pixel_pitch, frame_rate, 
     if characterisation:
         from .api import simulate_characterisation
 
-        path = simulate_characterisation(output, preset=preset, size=tuple(size), seed=seed, overwrite=overwrite)
-        click.echo(f"simulated a characterisation dataset ({preset}, {size[0]} x {size[1]}) -> {path}")
+        with _progress("simulate", None, quiet):
+            path = simulate_characterisation(output, preset=preset, size=tuple(size), seed=seed, overwrite=overwrite)
+        if not quiet:
+            click.echo(f"simulated a characterisation dataset ({preset}, {size[0]} x {size[1]}) -> {path}")
         return
 
     extra = {}
@@ -117,13 +179,13 @@ def simulate(output, preset, frames, size, seed, dose, pixel_pitch, frame_rate, 
             raise click.BadParameter("expected A:TAU_S pairs separated by commas, e.g. 0.01:0.015,0.003:0.12",
                                      param_hint="--afterglow") from None
         extra = {"afterglow_amplitudes": tuple(p[0] for p in pairs), "afterglow_tau_s": tuple(p[1] for p in pairs)}
-    bar, update = _bar(frames, "simulate", quiet)
-    path = _simulate(output, preset=preset, frames=frames, size=tuple(size), seed=seed, overwrite=overwrite,
-                     progress=update, quanta_per_pixel=dose, pixel_pitch_mm=pixel_pitch, frame_rate_hz=frame_rate,
-                     truth_frames=not no_truth_frames, scene=scene, beam_off_frame=beam_off_frame,
-                     ramp_frames=ramp_frames, **extra)
-    bar.close()
-    click.echo(f"simulated {frames} frames of {size[0]} x {size[1]} ({preset}) -> {path}")
+    with _progress("simulate", frames, quiet) as bar:
+        path = _simulate(output, preset=preset, frames=frames, size=tuple(size), seed=seed, overwrite=overwrite,
+                         progress=bar, quanta_per_pixel=dose, pixel_pitch_mm=pixel_pitch, frame_rate_hz=frame_rate,
+                         truth_frames=not no_truth_frames, scene=scene, beam_off_frame=beam_off_frame,
+                         ramp_frames=ramp_frames, **extra)
+    if not quiet:
+        click.echo(f"simulated {frames} frames of {size[0]} x {size[1]} ({preset}) -> {path}")
 
 
 def _config_options(f):
@@ -134,26 +196,48 @@ def _config_options(f):
     return f
 
 
+def _bad_pixel_classes(cal) -> str:
+    """``"12 bad pixels: 3 dead, 9 hot"`` from a calibration's class mask (ASTM E2597)."""
+    import numpy as np
+
+    from .ops.badpixels import BAD_PIXEL_CLASSES
+
+    mask = np.asarray(cal.bad_pixels)
+    n = int(np.count_nonzero(mask))
+    by = [f"{int(np.count_nonzero(mask & bit))} {name}" for name, bit in BAD_PIXEL_CLASSES.items()
+          if np.count_nonzero(mask & bit)]
+    return f"{n} bad pixel{'s' if n != 1 else ''}" + (f": {', '.join(by)}" if by else "")
+
+
 @cli.command()
 @click.argument("input", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
 @_config_options
+@_recording_options
 @click.option("--overwrite", is_flag=True)
-def calibrate(input, output, config_file, overrides, overwrite):
-    """Compute dark, gain and bad-pixel maps from INPUT's darks/flats; save to OUTPUT."""
+@click.option("--quiet", "-q", is_flag=True)
+def calibrate(input, output, config_file, overrides, overwrite, quiet, **rec):
+    """Compute dark, gain and bad-pixel maps from INPUT's darks/flats; save to OUTPUT.
+
+    INPUT is a Zarr dataset or a recording (TIFF file or folder, HDF5, raw, npy, video) with --darks/--flats.
+    """
     from .api import calibrate as _calibrate, save_calibration
     from .config import load_config
     from .io.zarr_store import check_output_path
+    from .sources import staged
 
     cfg = load_config(config_file, overrides=list(overrides))
-    inputs = [input, cfg.afterglow.model, cfg.flatfield.response]
+    opts = _source_options(rec, cfg)
+    inputs = [input, cfg.afterglow.model, cfg.flatfield.response, *opts.inputs()]
     check_output_path(output, overwrite=overwrite, inputs=inputs)
-    cal = _calibrate(input, cfg)
+    with _progress("calibrate", None, quiet) as bar:
+        with bar.phase("reading the recording"), staged(input, opts, near=output) as z:
+            with bar.phase("dark, gain and bad-pixel maps"):
+                cal = _calibrate(z, cfg)
     path = save_calibration(cal, output, overwrite=overwrite, source=str(input), inputs=inputs)
-    import numpy as np
-
-    click.echo(f"calibration -> {path} (flat level {cal.flat_level:.1f} counts, "
-               f"{int(np.count_nonzero(cal.bad_pixels))} bad pixels)")
+    classes = _bad_pixel_classes(cal)
+    if not quiet:
+        click.echo(f"calibration -> {path} (flat level {cal.flat_level:.1f} counts, {classes})")
 
 
 @cli.command()
@@ -174,11 +258,12 @@ def calibrate(input, output, config_file, overrides, overwrite):
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--dry-run", is_flag=True, help="print the plan (input, device, blocks, calibration, stages) and exit; "
                                                "nothing is read but metadata, nothing written")
+@_recording_options
 def run(input, output, config_file, overrides, calibration, chunk_frames, device, scheduler, cluster, overwrite, resume,
-        on_error, quiet, dry_run):
+        on_error, quiet, dry_run, **rec):
     """Correct the video INPUT and write OUTPUT (Zarr).
 
-    INPUT is a Zarr dataset, or a TIFF/HDF5/raw/video/npy recording (ingested on the fly).
+    INPUT is a Zarr dataset, or a TIFF/HDF5/raw/video/npy recording (ingested on the fly, with the options below).
     """
     from .api import run as _run
     from .config import load_config
@@ -196,18 +281,18 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
     if on_error:
         extra.append(f"execution.on_error={on_error}")
     cfg = load_config(config_file, overrides=extra)
+    opts = _source_options(rec)
     if dry_run:
         from .runner import dry_run as _dry_run
 
         click.echo(_dry_run(input, output, cfg, calibration=calibration).describe())
         return
-    is_zarr = Path(input).is_dir() and (Path(input) / "zarr.json").is_file()
-    total = open_input(input).shape[0] if is_zarr else None  # a field-format recording: counted when ingested
-    bar, update = _bar(total, "run", quiet)
-    try:
-        res = _run(input, output, cfg, calibration=calibration, overwrite=overwrite, resume=resume, progress=update)
-    finally:
-        bar.close()
+    from .recordings import is_zarr_group
+
+    total = open_input(input).shape[0] if is_zarr_group(Path(input)) and not opts.frames else None
+    with _progress("run", total, quiet) as bar:
+        res = _run(input, output, cfg, calibration=calibration, overwrite=overwrite, resume=resume, progress=bar,
+                   source_options=opts)
     if res.resumed:
         r = res.resumed
         rate = f" ({r['computed_frames_per_second']:.1f} frames/s)" if r["computed_frames_per_second"] else ""
@@ -218,6 +303,9 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
                    f"{res.output}")
     if res.time_account and not quiet:
         click.echo(describe_time(res.time_account))
+    if not quiet:
+        for line in describe_findings(res):
+            click.echo(line)
     if res.skipped_frames:
         click.echo("skipped (unreadable input, NaN in the output): "
                    + ", ".join(f"frames {a}-{b}" for a, b, _ in res.skipped_frames), err=True)
@@ -247,15 +335,30 @@ def afterglow():
 @click.option("--max-terms", type=click.IntRange(1, 4), default=4, show_default=True)
 @click.option("--skip", type=click.IntRange(min=0), default=None, help="frames after cut-off to leave out (ramp); default: auto")
 @click.option("--roi", type=(int, int, int, int), default=None, metavar="Y0 Y1 X0 X1", help="region to average")
-@click.option("--frame-rate", type=FiniteFloatRange(min=0, min_open=True), default=None,
-              help="Hz, when the recording lacks frame_rate_hz")
+@_recording_options
 @click.option("--overwrite", is_flag=True)
-def afterglow_fit(calibration, output, plot, per_pixel, max_terms, skip, roi, frame_rate, overwrite):
-    """Fit the multi-exponential lag model from CALIBRATION (beam on to steady state, then off)."""
+@click.option("--quiet", "-q", is_flag=True)
+def afterglow_fit(calibration, output, plot, per_pixel, max_terms, skip, roi, overwrite, quiet, **rec):
+    """Fit the multi-exponential lag model from CALIBRATION (beam on to steady state, then off): a Zarr dataset
+    or a recording (TIFF file or folder, HDF5, raw, npy, video)."""
     from .api import fit_afterglow
+    from .sources import staged
 
-    doc = fit_afterglow(calibration, output, plot=plot, per_pixel=per_pixel, max_terms=max_terms, skip=skip,
-                        roi=roi, frame_rate_hz=frame_rate, overwrite=overwrite)
+    from .io.outputs import check_output_path
+
+    opts = _source_options(rec)
+    for f in (output, Path(output).with_suffix(".amplitudes.npy") if per_pixel else None, plot):
+        if f is not None:  # before the recording is read: a refused output costs nothing
+            check_output_path(f, overwrite=overwrite, inputs=[calibration, *opts.inputs()], kind="file",
+                              sidecars=False)
+    with _progress("afterglow fit", None, quiet) as bar:
+        with bar.phase("reading the recording"), staged(calibration, opts, near=output,
+                                                        report=lambda d: _say_metadata(d, quiet)) as z:
+            with bar.phase("fitting"):
+                doc = fit_afterglow(z, output, plot=plot, per_pixel=per_pixel, max_terms=max_terms, skip=skip,
+                                    roi=roi, overwrite=overwrite, inputs=[calibration, *opts.inputs()])
+    if quiet:
+        return
     terms = ", ".join(f"a={a:.4g} tau={t * 1e3:.4g} ms" for a, t in zip(doc["amplitudes"], doc["tau_s"]))
     f = doc["figures"]
     click.echo(f"{len(doc['tau_s'])} term(s): {terms}; DC gain {doc['dc_gain']:.4f}")
@@ -276,21 +379,25 @@ def demo(outdir, preset, frames, size, overwrite, quiet):
     """Simulate, correct, and write PNGs and summary.txt into OUTDIR."""
     from .api import demo as _demo
 
-    bar, update = _bar(frames, "run", quiet)
-    res = _demo(outdir, preset=preset, frames=frames, size=tuple(size), overwrite=overwrite, progress=update)
-    bar.close()
-    click.echo(res["text"], nl=False)
+    with _progress("demo", frames, quiet) as bar:
+        res = _demo(outdir, preset=preset, frames=frames, size=tuple(size), overwrite=overwrite, progress=bar)
+    click.echo(res["text"], nl=False)  # the demo's result: printed with -q too (which silences the progress)
     click.echo(f"written to {outdir}/")
 
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def info(path, as_json):
-    """Describe a dataset: arrays (shape, dtype, chunks, codecs) and attributes."""
+@click.option("--dataset", default=None, help="HDF5 dataset path (or FILE.h5::/path)")
+@click.option("--raw-dtype", default=None, help="raw files: numpy dtype, e.g. <u2")
+@click.option("--raw-shape", default=None, metavar="T,H,W|H,W", callback=_raw_shape_arg, help="raw files: frame shape")
+@click.option("--header", type=click.IntRange(min=0), default=0, help="raw files: header bytes")
+def info(path, as_json, dataset, raw_dtype, raw_shape, header):
+    """Describe a dataset or recording: arrays (shape, dtype, chunks, codecs) and attributes, or a TIFF/HDF5/raw/
+    video recording's frames and the pixel pitch and frame rate its tags give (nothing is copied)."""
     from .api import info as _info
 
-    d = _info(path)
+    d = _info(path, dataset=dataset, raw_dtype=raw_dtype, raw_shape=raw_shape, header=header)
     if as_json:
         click.echo(json.dumps(d, indent=2, default=str))
         return
@@ -307,8 +414,6 @@ def info(path, as_json):
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--pixel-pitch", type=FiniteFloatRange(min=0, min_open=True), default=None,
-              help="mm at the scintillator plane (default: the dataset's pixel_pitch_mm)")
 @click.option("--roi", type=(int, int, int, int), default=None, metavar="Y0 Y1 X0 X1", help="edge ROI (default: found)")
 @click.option("--window", type=click.Choice(["tukey", "hann", "none"]), default="tukey", show_default=True)
 @click.option("--f-max", type=FiniteFloatRange(min=0, min_open=True, max=2), default=1.0, show_default=True,
@@ -316,15 +421,32 @@ def info(path, as_json):
 @click.option("--json", "json_out", default=None, metavar="OUT|-", help="write the result as JSON (- for stdout)")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG with ESF, LSF and MTF")
 @click.option("--overwrite", is_flag=True, help="replace an existing --json or --plot file")
-def mtf(path, pixel_pitch, roi, window, f_max, json_out, plot, overwrite):
-    """Slanted-edge MTF of PATH: a TIFF/PNG/NPY image or a Zarr dataset (every frame, batched)."""
+@click.option("--quiet", "-q", is_flag=True)
+@_recording_options
+def mtf(path, roi, window, f_max, json_out, plot, overwrite, quiet, **rec):
+    """Slanted-edge MTF of PATH: a TIFF/PNG/NPY image, a Zarr dataset or a recording (TIFF folder, HDF5, raw,
+    video): every frame, batched."""
     from .api import measure_mtf
+    from .io.ingest import HDF5, RAW, VIDEO
     from .io.outputs import atomic_file, check_output_path
+    from .sources import staged
 
+    pixel_pitch = rec.get("pixel_pitch")
+    opts = _source_options(rec)
     for f in (plot, json_out if json_out != "-" else None):
         if f:
-            check_output_path(f, overwrite=overwrite, inputs=[path], kind="file", sidecars=False)
-    d = measure_mtf(path, roi=roi, pixel_pitch_mm=pixel_pitch, window=window, f_max=f_max)
+            check_output_path(f, overwrite=overwrite, inputs=[path, *opts.inputs()], kind="file", sidecars=False)
+    p = Path(str(path).split("::", 1)[0])
+    image = p.is_file() and p.suffix.lower() not in HDF5 + RAW + VIDEO  # one image or a stack mtf reads itself
+    quiet = quiet or json_out == "-"
+    with _progress("mtf", None, quiet, unit="frame") as bar:
+        if image and not opts.changes_content():
+            d = measure_mtf(path, roi=roi, pixel_pitch_mm=pixel_pitch, window=window, f_max=f_max)
+        else:
+            with bar.phase("reading the recording"), staged(path, opts, near=Path(json_out if json_out not in
+                                                                                  (None, "-") else plot or "x")) as z:
+                d = measure_mtf(z, roi=roi, pixel_pitch_mm=pixel_pitch, window=window, f_max=f_max, progress=bar)
+            d["source"] = str(path)
     res = d.pop("result")
     if plot:
         from . import report
@@ -360,37 +482,39 @@ def mtf(path, pixel_pitch, roi, window, f_max, json_out, plot, overwrite):
 @cli.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
-@click.option("--darks", type=click.Path(path_type=Path), default=None, help="beam-off frames (any supported format)")
-@click.option("--flats", type=click.Path(path_type=Path), default=None, help="open-beam frames (any supported format)")
-@click.option("--pixel-pitch", type=FiniteFloatRange(min=0, min_open=True), default=None, help="mm at the scintillator")
-@click.option("--frame-rate", type=FiniteFloatRange(min=0, min_open=True), default=None, help="Hz")
-@click.option("--dataset", default=None, help="HDF5 dataset path (default: NXtomo's or the largest 3D one)")
-@click.option("--raw-dtype", default=None, help="raw files: numpy dtype, e.g. <u2")
-@click.option("--raw-shape", default=None, metavar="T,H,W|H,W", help="raw files: frame shape")
-@click.option("--header", type=click.IntRange(min=0), default=0, help="raw files: header bytes")
+@_recording_options
 @click.option("--chunk-frames", type=click.IntRange(min=1), default=None,
               help="frames per stored chunk (default: from the frame size: up to 16, within 32 MiB, at least 1)")
+@click.option("--characterisation", is_flag=True,
+              help="SOURCE is a characterisation manifest (YAML): write the Zarr dataset 'characterise' reads")
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
-def ingest(source, output, darks, flats, pixel_pitch, frame_rate, dataset, raw_dtype, raw_shape, header, chunk_frames,
-           overwrite, quiet):
-    """Convert SOURCE (TIFF file or folder, HDF5/NeXus, raw, mp4/avi, npy) into a Zarr dataset OUTPUT."""
+def ingest(source, output, chunk_frames, characterisation, overwrite, quiet, **rec):
+    """Convert SOURCE (TIFF file or folder, HDF5/NeXus, raw, mp4/avi, npy; or a characterisation manifest) into
+    a Zarr dataset OUTPUT."""
     from .api import ingest as _ingest
 
-    shape = None
-    if raw_shape:
-        try:
-            shape = tuple(int(v) for v in raw_shape.replace("x", ",").split(","))
-        except ValueError:
-            raise click.BadParameter("expected T,H,W or H,W", param_hint="--raw-shape") from None
-    bar, update = _bar(0, "ingest", quiet)
-    d = _ingest(source, output, darks=darks, flats=flats, pixel_pitch_mm=pixel_pitch, frame_rate_hz=frame_rate,
-                dataset=dataset, raw_dtype=raw_dtype, raw_shape=shape, header=header, chunk_frames=chunk_frames,
-                overwrite=overwrite, progress=update)
-    bar.close()
+    if characterisation:
+        from .manifest import frame_count, ingest_manifest, read_manifest
+
+        m = read_manifest(source)
+        with _progress("ingest", frame_count(m), quiet) as bar:
+            path = ingest_manifest(m, output, overwrite=overwrite, progress=bar)
+        if not quiet:
+            click.echo(f"ingested the characterisation manifest {source} ({len(m.flats)} kerma levels) -> {path}")
+        return
+    opts = _source_options(rec)
+    with _progress("ingest", None, quiet) as bar:
+        d = _ingest(source, output, darks=opts.darks, flats=opts.flats, pixel_pitch_mm=opts.pixel_pitch_mm,
+                    frame_rate_hz=opts.frame_rate_hz, dataset=opts.dataset, raw_dtype=opts.raw_dtype,
+                    raw_shape=opts.raw_shape, header=opts.header, frames=opts.frames, chunk_frames=chunk_frames,
+                    overwrite=overwrite, progress=bar)
+    if quiet:
+        return
     parts = [f"frames {' x '.join(map(str, d['frames']))} {d['frames_dtype']}"]
     parts += [f"{n} {' x '.join(map(str, d[n]))}" for n in ("darks", "flats") if n in d]
     click.echo(f"ingested {', '.join(parts)} -> {d['output']}")
+    _say_metadata(d, quiet, needed=("pixel_pitch_mm", "frame_rate_hz"))
     if d["nonfinite_pixels"]:
         click.echo(f"{d['nonfinite_pixels']} NaN/Inf pixels in the source (kept as they are)", err=True)
 
@@ -399,16 +523,35 @@ def ingest(source, output, darks, flats, pixel_pitch, frame_rate, dataset, raw_d
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--array", default="frames", show_default=True, help="which array of the group")
+@click.option("--format", "fmt", type=click.Choice(["png"]), default=None,
+              help="png: DEST is a new folder of PNG frames (uint16 exact; floats scaled, the window in window.json)")
 @click.option("--window", type=(float, float), default=None, metavar="LO HI", help="preview intensity window")
 @click.option("--fps", type=FiniteFloatRange(min=0, min_open=True), default=20.0, show_default=True)
 @click.option("--side-by-side", is_flag=True, help="preview: raw input | processed")
+@click.option("--sheet-frames", type=click.IntRange(1, 1000), default=8, show_default=True,
+              help="a .png DEST: frames on the contact sheet (raw above corrected where the raw input is found)")
+@_recording_options
 @click.option("--overwrite", is_flag=True)
-def export(dataset, dest, array, window, fps, side_by_side, overwrite):
-    """Export DATASET to DEST: a .tif stack (exact values) or an .mp4/.gif preview."""
+@click.option("--quiet", "-q", is_flag=True)
+def export(dataset, dest, array, fmt, window, fps, side_by_side, sheet_frames, overwrite, quiet, **rec):
+    """Export DATASET to DEST: a .tif stack (exact values), an .mp4/.gif preview, a .png contact sheet (a quick
+    look: raw above corrected), or PNG frames (--format png). DATASET may also be a recording (TIFF, HDF5, ...)."""
     from .api import export as _export
+    from .sources import staged
 
-    path = _export(dataset, dest, array=array, window=window, fps=fps, side_by_side=side_by_side, overwrite=overwrite)
-    click.echo(f"exported {dataset}/{array} -> {path}")
+    frames = rec.pop("frame_range", None)
+    opts = _source_options(rec)
+    with _progress("export", None, quiet) as bar:
+        with bar.phase("reading the recording"), staged(dataset, opts, near=dest) as z:
+            with bar.phase("writing"):
+                path = _export(z, dest, array=array, window=window, fps=fps, side_by_side=side_by_side,
+                               overwrite=overwrite, format=fmt, frames=frames, sheet_frames=sheet_frames)
+    if quiet:
+        return
+    summary = getattr(path, "summary", {}) or {}
+    used = summary.get("frames")
+    which = f" (frames {used[0]}..{used[-1]}, {len(used)} of them)" if used else ""
+    click.echo(f"exported {dataset}/{array}{which} -> {path}")
 
 
 @cli.command()
@@ -418,15 +561,62 @@ def export(dataset, dest, array, window, fps, side_by_side, overwrite):
 @click.option("--q", "q_value", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="photons per uGy per mm^2 of a lab beam (default: from the beam quality)")
 @click.option("--overwrite", is_flag=True)
-def characterise(dataset, outdir, compare, q_value, overwrite):
-    """Characterise a detector: linearity, gain, bad pixels, MTF, NNPS, DQE, afterglow -> report.json/.html."""
-    from .api import characterise as _characterise
+@click.option("--quiet", "-q", is_flag=True)
+def characterise(dataset, outdir, compare, q_value, overwrite, quiet):
+    """Characterise a detector: linearity, gain, bad pixels, MTF, NNPS, DQE, afterglow -> report.json/.html.
 
-    rep = _characterise(dataset, outdir, compare=compare, q_per_ugy_mm2=q_value, overwrite=overwrite)
+    DATASET is a characterisation dataset (Zarr) or a manifest (YAML) naming the lab's files: pixel_pitch_mm,
+    frame_rate_hz, beam_quality or q_per_uGy_mm2, reference_kerma_uGy, darks, flats (air kerma in uGy -> files),
+    edge, afterglow_step (optional); paths relative to the manifest's folder.
+    """
+    from .api import characterise as _characterise
+    from .manifest import frame_count, ingest_manifest, is_manifest, read_manifest
+    from .sources import discard, scratch_path
+
+    with _progress("characterise", None, quiet) as bar:
+        if is_manifest(dataset):
+            from .io.outputs import ROLE_ATTR
+
+            m = read_manifest(dataset)
+            bar.set_total(frame_count(m))
+            where = scratch_path(Path(outdir) / "x")
+            try:
+                with bar.phase("reading the manifest's files"):
+                    z = ingest_manifest(m, where, overwrite=True, progress=bar, marker={ROLE_ATTR: "staged-ingest"})
+                with bar.phase("figures (linearity, MTF, NNPS, DQE, lag)"):
+                    rep = _characterise(z, outdir, compare=compare, q_per_ugy_mm2=q_value, overwrite=overwrite,
+                                        inputs=[dataset])
+            finally:
+                discard(where)
+        else:
+            with bar.phase("figures (linearity, MTF, NNPS, DQE, lag)"):
+                rep = _characterise(dataset, outdir, compare=compare, q_per_ugy_mm2=q_value, overwrite=overwrite)
+    if quiet:
+        return
     width = max(len(k) for k in rep["summary"])
     for k, v in rep["summary"].items():
         click.echo(f"{k.ljust(width)} : {v:.4g}" if isinstance(v, float) else f"{k.ljust(width)} : {v}")
     click.echo(f"report -> {Path(outdir) / 'report.html'}")
+
+
+@cli.command("set-attrs")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
+def set_attrs(dataset, assignments):
+    """Set a Zarr dataset's recording attributes in place: pixel_pitch_mm, frame_rate_hz, beam_quality,
+    q_per_uGy_mm2, reference_kerma_uGy, acquired_at (e.g. set-attrs rec.zarr pixel_pitch_mm=0.05 frame_rate_hz=100).
+    Only the group's attributes change; its frames are untouched."""
+    from .api import set_dataset_attrs
+
+    done = set_dataset_attrs(dataset, dict(_assignment(a) for a in assignments))
+    click.echo(f"{dataset}: " + ", ".join(f"{k} = {v}" for k, v in done.items()))
+
+
+def _assignment(text: str):
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise click.BadParameter(f"'{text}' is not NAME=VALUE, e.g. pixel_pitch_mm=0.05", param_hint="NAME=VALUE")
+    return name.strip(), value.strip()
 
 
 def _int_list(ctx, param, value):
@@ -484,6 +674,35 @@ def config_cmd(config_file, overrides):
     from .config import dump_yaml, load_config
 
     click.echo(dump_yaml(load_config(config_file, overrides=list(overrides))), nl=False)
+
+
+def describe_findings(res) -> list[str]:
+    """Lines on what a run found (:func:`pipeline.runner.findings`)."""
+    f = res.findings or {}
+    lines = []
+    meta = f.get("metadata") or {}
+    if meta:
+        lines.append("input: " + "; ".join(f"{_NAMES[k][0]} {v:g} {_NAMES[k][1]} (from {where})"
+                                           for k, (v, where) in meta.items() if k in _NAMES))
+    if "pixel_pitch_mm" not in meta and (res.mtf_summary or {}).get("mtf20_median") is not None:
+        lines.append("no pixel pitch: the MTF is in cycles/pixel; pass --pixel-pitch MM for lp/mm")
+    bp = f.get("bad_pixels")
+    if bp is not None:
+        by = ", ".join(f"{v} {k}" for k, v in bp.items() if k != "total" and v)
+        lines.append(f"bad pixels: {bp['total']}" + (f" ({by})" if by else "") + ", replaced")
+    ag = f.get("afterglow_model")
+    if ag:
+        terms = ", ".join(f"{a:.3g} x exp(-t/{tau * 1e3:.3g} ms)" for a, tau in zip(ag["amplitudes"], ag["tau_s"]))
+        lines.append(f"afterglow model {ag['path']}: {terms}")
+    nm = f.get("noise_model")
+    if nm:
+        gain = f.get("denoise_gain_db")
+        lines.append(f"noise model: var = {nm['alpha']:.4g} x mean + {nm['beta']:.4g}"
+                     + (f"; denoising gained {gain:.1f} dB (the model's noise vs the output's temporal noise, first "
+                        "frames, static scene assumed)" if gain is not None else ""))
+    if f.get("output_bytes") is not None:
+        lines.append(f"output: {f['output_bytes'] / 2**20:.1f} MiB on disk")
+    return lines
 
 
 _PACE = {"reads": "reading the input (decompression)", "device": "the GPU (transfers and kernels)",

@@ -264,6 +264,15 @@ class ExecutionConfig(_Section):
         return v
 
 
+class InputConfig(_Section):
+    """What the recording's files may not say: below the command line, above the file's own tags."""
+
+    pixel_pitch_mm: float | None = Field(None, gt=0, le=10, description="mm at the scintillator plane; null: from "
+                                         "--pixel-pitch, the file's tags or the dataset's pixel_pitch_mm")
+    frame_rate_hz: float | None = Field(None, gt=0, le=1e7, description="Hz; null: from --frame-rate, the file's "
+                                        "tags or the dataset's frame_rate_hz")
+
+
 class OutputConfig(_Section):
     """How the output Zarr array is written."""
 
@@ -271,6 +280,10 @@ class OutputConfig(_Section):
         "bitshuffle-lz4", description="bitshuffle-lz4: Blosc LZ4 after a bit shuffle, the usual choice for detector "
                                       "frames (float32 frames 1.58x smaller, zstd 1.26x, at a similar speed)")
     level: int = Field(1, ge=0, le=22)
+    chunk_frames: int | None = Field(
+        None, ge=1, description="frames per stored chunk (what a viewer decodes to show one frame); null: from the "
+                                "frame size, as ingest (up to 16 frames within 32 MiB); always a divisor of the "
+                                "processing block")
     dtype: Literal["float32", "float16", "uint16"] = Field(
         "float32", description="storage type of the corrected frames: float32 exact; float16 and uint16 half the "
                                "bytes (and half the GPU download)")
@@ -283,8 +296,9 @@ class OutputConfig(_Section):
 
 
 class RunConfig(_Section):
-    """The whole run: one section per stage plus execution and output."""
+    """The whole run: the input's metadata, one section per stage, execution and output."""
 
+    input: InputConfig = InputConfig()
     flatfield: FlatFieldConfig = FlatFieldConfig()
     afterglow: AfterglowConfig = AfterglowConfig()
     beam: BeamConfig = BeamConfig()
@@ -388,6 +402,22 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+#: config keys that name files: relative paths in a YAML file are relative to the file's folder
+PATH_KEYS = (("flatfield", "response"), ("afterglow", "model"))
+
+
+def _relative_to(data: dict, folder: Path) -> dict:
+    """``data`` with its relative file paths (:data:`PATH_KEYS`) made relative to ``folder``."""
+    out = dict(data)
+    for section, key in PATH_KEYS:
+        sec = out.get(section)
+        if isinstance(sec, Mapping) and isinstance(sec.get(key), str) and sec[key].strip():
+            value = Path(sec[key]).expanduser()
+            if not value.is_absolute():
+                out[section] = {**sec, key: str(folder / value)}
+    return out
+
+
 def load_config(
     source: "RunConfig | Mapping | str | Path | None" = None,
     *,
@@ -399,7 +429,9 @@ def load_config(
     ----------
     source : RunConfig, mapping, path or None
         A ready config, a mapping of sections, or a YAML file. ``None`` gives
-        the defaults (the same values as ``configs/default.yaml``).
+        the defaults (the same values as ``configs/default.yaml``). A YAML
+        file's relative file paths (``afterglow.model``, ``flatfield.response``)
+        are relative to the file's folder; ``overrides``' to the working folder.
     overrides : mapping or list of str, optional
         Applied on top: a nested mapping or CLI-style ``"section.key=value"``
         strings.
@@ -416,7 +448,7 @@ def load_config(
     elif isinstance(source, Mapping):
         data = dict(source)
     else:
-        data = read_yaml(source)
+        data = _relative_to(read_yaml(source), Path(source).resolve().parent)
     if overrides:
         items = [parse_override(o) for o in overrides] if isinstance(overrides, list) else [overrides]
         for item in items:

@@ -76,6 +76,7 @@ def measure_mtf(
     oversample: int = 4,
     f_max: float = 1.0,
     block_frames: int = 64,
+    progress=None,
 ) -> dict:
     """Slanted-edge MTF of an image (TIFF/PNG/NPY) or of every frame of a Zarr dataset (batched).
 
@@ -105,6 +106,8 @@ def measure_mtf(
         pitch = pixel_pitch_mm
         first = frames[0]
     t, h, w = frames.shape
+    if hasattr(progress, "set_total"):
+        progress.set_total(t)
     if roi is None:
         try:
             roi = find_edge_roi(np.nan_to_num(first))
@@ -127,6 +130,8 @@ def measure_mtf(
         except ValueError as exc:
             raise DataError(f"'{path}' roi {[y0, y1, x0, x1]}: {exc}") from None
         parts.append(expand_result(res, finite))
+        if progress is not None:
+            progress(len(block))
     known = next((p for p in parts if p is not None), None)
     if known is None:
         raise DataError(f"'{path}': no frame has a finite edge ROI {[y0, y1, x0, x1]} (all NaN); nothing to measure")
@@ -207,20 +212,24 @@ def fit_afterglow(
     roi: tuple[int, int, int, int] | None = None,
     frame_rate_hz: float | None = None,
     overwrite: bool = False,
+    inputs: list | None = None,
 ) -> dict:
     """Fit the afterglow model from a falling-step recording and save MODEL.json.
 
     The recording's ``frames`` hold the beam on at steady state, then off;
     ``darks`` are subtracted when present (otherwise an offset is fitted).
 
-    Returns the saved document (plus the :class:`~pipeline.ops.afterglow.StepFit` under ``"fit"``).
+    ``inputs``: what the recording was read from when ``calibration`` is a staged copy (the first is the model's
+    ``source``; none of them may be an output). Returns the saved document (plus the
+    :class:`~pipeline.ops.afterglow.StepFit` under ``"fit"``).
     """
     from .io import outputs
 
     out = Path(output)
     for f in (out, out.with_suffix(".amplitudes.npy") if per_pixel else None, plot):
         if f is not None:
-            outputs.check_output_path(f, overwrite=overwrite, inputs=[calibration], kind="file", sidecars=False)
+            outputs.check_output_path(f, overwrite=overwrite, inputs=[calibration, *(inputs or [])], kind="file",
+                                      sidecars=False)
     if frame_rate_hz is not None:
         frame_rate_hz = validate.positive_finite(frame_rate_hz, "--frame-rate", unit="Hz", upper=1e7,
                                                  fix="give the recording's frame rate in Hz, e.g. --frame-rate 50")
@@ -253,12 +262,12 @@ def fit_afterglow(
         n_after = int(min(t - kc, max(8, 5 * max(fit.tau_s) * float(fr))))
         after = np.asarray(reader[kc: kc + n_after], dtype=np.float32) - dark_map
         amap = ag.fit_amplitude_maps(after, on, fit.tau_s, float(fr), first_frame=fit.skipped_frames)
-    doc = _model_document(fit, calibration, float(fr), roi, darks_subtracted=dark_map is not None)
-    path = models.save_model(out, doc, amplitude_map=amap, overwrite=overwrite, inputs=[calibration])
+    doc = _model_document(fit, (inputs or [calibration])[0], float(fr), roi, darks_subtracted=dark_map is not None)
+    path = models.save_model(out, doc, amplitude_map=amap, overwrite=overwrite, inputs=[calibration, *(inputs or [])])
     if plot:
         from . import report
 
-        with outputs.atomic_file(plot, overwrite=overwrite, inputs=[calibration]) as tmp:
+        with outputs.atomic_file(plot, overwrite=overwrite, inputs=[calibration, *(inputs or [])]) as tmp:
             report.afterglow_fit(fit, tmp)
     return {**doc, "path": path, "fit_result": fit}
 

@@ -31,7 +31,7 @@ def choose_chunk_frames(config: RunConfig, frame_shape, n_frames: int) -> int:
 
 def run_inputs(source: Path, calibration, cfg: RunConfig) -> list:
     """Everything a run reads, which its outputs must never overlap."""
-    return [source, calibration, cfg.afterglow.model, cfg.flatfield.response]
+    return [Path(str(source).split("::", 1)[0]), calibration, cfg.afterglow.model, cfg.flatfield.response]
 
 
 def without_scheduling(config: dict) -> dict:
@@ -150,7 +150,7 @@ def plan_run(input: Path, output: Path, cfg: RunConfig, *, calibration=None, sou
                    on_cluster=on_cluster, shape=(t, h, w), dtype=dtype,
                    chunk_frames=choose_chunk_frames(cfg, (h, w), t),
                    calibration=Path(calibration) if calibration is not None else None, stages=planned_stages(cfg),
-                   estimates=estimates, inputs=inputs, input_stamp=path_stamp(source)["digest"])
+                   estimates=estimates, inputs=inputs, input_stamp=path_stamp(Path(str(source).split("::", 1)[0]))["digest"])
 
 
 def _input_meta(path: Path) -> tuple:
@@ -188,24 +188,32 @@ class Prepared:
 def prepare(plan: RunPlan) -> Prepared:
     """Calibration (loaded or computed), afterglow model and response, noise model and MTF edge (from the first
     readable frames), the stage chain, the engine (CPU graph or GPU conveyor) and the run's fingerprint."""
+    from .progress import phase
+
     cfg, (_, h, w) = plan.config, plan.shape
     ds = zarr_store.open_input(plan.input)
     model = load_afterglow(cfg, ds)
     cal = cal_source = None
     if cfg.flatfield.enabled:
-        if plan.calibration is not None:
-            cal = _match_lag_gain(load_calibration(plan.calibration, (h, w)), model, plan.calibration)
-            cal_source = str(plan.calibration)
-            _check_response(plan.calibration, cfg, (h, w))
-        else:
-            cal, cal_source = calibrate(ds, cfg, afterglow_model=model), f"{plan.input} (darks, flats)"
+        with phase("calibration"):
+            if plan.calibration is not None:
+                cal = _match_lag_gain(load_calibration(plan.calibration, (h, w)), model, plan.calibration)
+                cal_source = str(plan.calibration)
+                _check_response(plan.calibration, cfg, (h, w))
+            else:
+                cal, cal_source = calibrate(ds, cfg, afterglow_model=model), f"{plan.input} (darks, flats)"
     response = load_response(cfg, (h, w))
     chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, response=response)
-    beam = _beam_reference(cfg, chain, ds) if cfg.beam.enabled else None
+    if cfg.beam.enabled:
+        with phase("beam reference"):
+            beam = _beam_reference(cfg, chain, ds)
+    else:
+        beam = None
     if beam is not None:
         chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, response=response, beam_reference=beam)
-    noise = _noise_model(cfg, chain, ds) if cfg.denoise.enabled else None
-    mtf_roi = _mtf_roi(cfg, chain, ds) if cfg.mtf.enabled else None
+    with phase("noise model and MTF edge on the first frames"):
+        noise = _noise_model(cfg, chain, ds) if cfg.denoise.enabled else None
+        mtf_roi = _mtf_roi(cfg, chain, ds) if cfg.mtf.enabled else None
     if noise is not None or mtf_roi is not None:
         chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, mtf_roi=mtf_roi, noise=noise,
                             response=response, beam_reference=beam)
@@ -217,8 +225,9 @@ def prepare(plan: RunPlan) -> Prepared:
     elif device == "gpu":  # (or auto with a working GPU): the GPU conveyor, where it can run this chain
         from .conveyor import gpu_engine
 
-        gpu, device = gpu_engine(chain, ds.frames.dtype, (h, w), requested=cfg.execution.device,
-                                 execution=cfg.execution)
+        with phase("GPU set-up (kernels compiled)"):
+            gpu, device = gpu_engine(chain, ds.frames.dtype, (h, w), requested=cfg.execution.device,
+                                     execution=cfg.execution)
         if gpu is not None:
             engine, chunk = gpu.process_frames, gpu.fit_block_frames(chunk, ds.frames.dtype)
     fingerprint = _fingerprint(plan, ds, cal, model, response, noise, mtf_roi, device, chunk)

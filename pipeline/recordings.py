@@ -108,35 +108,45 @@ def ingest(
     raw_dtype: str | None = None,
     raw_shape: tuple | None = None,
     header: int = 0,
+    frames: str | tuple | None = None,
     chunk_frames: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    metadata: dict | None = None,
+    attrs: dict | None = None,
 ) -> dict:
-    """Convert a recording (TIFF file or folder, HDF5/NeXus, raw, video, npy) into the Zarr data contract.
+    """Convert a recording (TIFF file or folder, HDF5/NeXus, raw, video, npy, or a Zarr dataset) into the Zarr
+    data contract.
 
+    ``frames``: ``'START:STOP[:STEP]'`` or a tuple, the frames kept (darks and flats are kept whole).
     ``chunk_frames``: frames per stored chunk (default: from the frame size, :func:`recording_chunk_frames`).
-    Frames are streamed a few whole chunks at a time (as many as fit in 16 frames, at least one); the
-    source is only read. Returns a summary.
+    Pixel pitch and frame rate come from the arguments, else from ``metadata`` (name -> ``(value, where)``, e.g.
+    a config's), else from the file's own tags (:mod:`pipeline.io.tags`), else the Zarr source's attributes; the
+    ``metadata_sources`` attribute says which. ``attrs``: more attributes for the output. Frames are streamed a
+    few whole chunks at a time (as many as fit in 16 frames, at least one); the source is only read. Returns a
+    summary (``metadata``: name -> ``[value, where]``; ``missing``: the names found nowhere).
     """
-    from .io.ingest import open_sources, storage_dtype
+    from .io.ingest import open_sources, select_frames, storage_dtype
 
     if chunk_frames is not None and (isinstance(chunk_frames, bool) or not isinstance(chunk_frames, (int, np.integer))
                                      or chunk_frames < 1):
         raise DataError(f"ingest: chunk_frames must be a positive integer (or None: from the frame size), "
                         f"not {chunk_frames!r}")
+    given = dict(metadata or {})
     if pixel_pitch_mm is not None:
-        pixel_pitch_mm = validate.positive_finite(pixel_pitch_mm, "--pixel-pitch", unit="mm", upper=10,
-                                                  fix="give the pixel pitch in mm at the scintillator, e.g. --pixel-pitch 0.1")
+        given["pixel_pitch_mm"] = (pixel_pitch_mm, "--pixel-pitch")
     if frame_rate_hz is not None:
-        frame_rate_hz = validate.positive_finite(frame_rate_hz, "--frame-rate", unit="Hz", upper=1e7,
-                                                 fix="give the recording's frame rate in Hz, e.g. --frame-rate 50")
+        given["frame_rate_hz"] = (frame_rate_hz, "--frame-rate")
+    given = checked_metadata(given)
     kw = dict(dataset=dataset, raw_dtype=raw_dtype, raw_shape=raw_shape, header=header)
-    srcs = open_sources(source, **kw)
+    srcs = _zarr_sources(source) if is_zarr_group(Path(source)) else open_sources(source, **kw)
     if srcs["frames"] is None:
         raise DataError(f"'{source}' holds no projection frames (image_key 0)")
     for name, extra in (("darks", darks), ("flats", flats)):
         if extra is not None:
-            srcs[name] = open_sources(extra, **kw)["frames"]
+            srcs[name] = (_zarr_sources(extra) if is_zarr_group(Path(extra)) else open_sources(extra, **kw))["frames"]
+    if frames is not None:
+        srcs["frames"] = select_frames(srcs["frames"], frames)
     fr = srcs["frames"]
     t, h, w = fr.shape
     for name in ("darks", "flats"):
@@ -144,9 +154,12 @@ def ingest(
         if s_ is not None and tuple(s_.shape[1:]) != (h, w):
             raise DataError(f"{name} '{s_.label}' are {tuple(s_.shape[1:])} frames but the recording is {(h, w)}; "
                             "they must match")
+    found = resolve_metadata(given, fr.attrs, str(source))
     writer = zarr_store.OutputWriter(output, overwrite=overwrite,
                                      inputs=[p for p in (source, darks, flats) if p is not None])
-    summary = {"source": str(source), "frames": [t, h, w], "nonfinite_pixels": 0}
+    summary = {"source": str(source), "frames": [t, h, w], "nonfinite_pixels": 0,
+               "metadata": {k: [v, where] for k, (v, where) in found.items()},
+               "missing": [k for k in ("pixel_pitch_mm", "frame_rate_hz") if k not in found]}
     try:
         for name in ("frames", "darks", "flats"):
             if srcs[name] is not None:
@@ -154,18 +167,70 @@ def ingest(
                                                             progress if name == "frames" else None)
                 summary[name] = [int(v) for v in srcs[name].shape]
                 summary[f"{name}_dtype"] = str(storage_dtype(srcs[name].dtype))
-        attrs = {"source": str(Path(source).resolve()), "ingested": _now(), "version": __version__}
-        if pixel_pitch_mm is not None:
-            attrs["pixel_pitch_mm"] = float(pixel_pitch_mm)
-        if frame_rate_hz is not None:
-            attrs["frame_rate_hz"] = float(frame_rate_hz)
-        attrs["nonfinite_pixels"] = summary["nonfinite_pixels"]
-        writer.set_attrs({**srcs["frames"].attrs, **attrs})
+        own = {k: v for k, v in fr.attrs.items() if k not in ("pixel_pitch_mm", "frame_rate_hz", "metadata_sources")}
+        out = {"source": str(Path(source).resolve()), "ingested": _now(), "version": __version__,
+               **{k: float(v) for k, (v, _) in found.items()},
+               "metadata_sources": {k: where for k, (_, where) in found.items()},
+               "nonfinite_pixels": summary["nonfinite_pixels"]}
+        writer.set_attrs({**own, **out, **(attrs or {})})
     except BaseException:
         writer.abort()
         raise
     summary["output"] = writer.commit()
     return summary
+
+
+#: how each recording attribute is checked, and the option that sets it
+_METADATA = {"pixel_pitch_mm": ("--pixel-pitch", "mm", 10, "give the pixel pitch in mm at the scintillator, "
+                                                           "e.g. --pixel-pitch 0.1"),
+             "frame_rate_hz": ("--frame-rate", "Hz", 1e7, "give the recording's frame rate in Hz, e.g. --frame-rate 50")}
+
+
+def checked_metadata(found: dict) -> dict:
+    """``found`` (name -> ``(value, where)``) with each value checked positive and finite (one line naming it)."""
+    out = {}
+    for k, (v, where) in found.items():
+        if v is None:
+            continue
+        opt, unit, upper, fix = _METADATA[k]
+        out[k] = (validate.positive_finite(v, opt if where.startswith("--") else f"{k} ({where})",
+                                           unit=unit, upper=upper, fix=fix), where)
+    return out
+
+
+def resolve_metadata(given: dict, own_attrs: dict, label: str = "the source") -> dict:
+    """Pixel pitch and frame rate by precedence: ``given`` (command line, then config: name -> ``(value, where)``),
+    then the source's own (its file tags, or a Zarr source's attributes; checked: one line naming ``label``)."""
+    out = dict(given)
+    where = own_attrs.get("metadata_sources") or {}
+    own = validate.dataset_attrs({k: own_attrs.get(k) for k in _METADATA if k not in out}, label)
+    for k in _METADATA:
+        if k not in out and own.get(k) is not None:
+            out[k] = (float(own[k]), where.get(k, "the dataset's attribute") if isinstance(where, dict)
+                      else "the dataset's attribute")
+    return out
+
+
+def is_zarr_group(path: Path) -> bool:
+    """A folder holding a Zarr group (v3 ``zarr.json``, or v2 ``.zgroup``); anything else is a recording to ingest."""
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
+
+
+def _zarr_sources(path) -> dict:
+    """A Zarr dataset's frames, darks and flats as ingest sources (checked as read)."""
+    from .io.ingest import Source
+
+    ds = zarr_store.open_input(path)
+    out = {}
+    for name in ("frames", "darks", "flats"):
+        arr = getattr(ds, name)
+        if arr is None:
+            out[name] = None
+            continue
+        r = ds.reader() if name == "frames" else ds.array_reader(name)
+        out[name] = Source(f"{path}/{name}", tuple(arr.shape), np.dtype(arr.dtype),
+                           lambda t0, t1, r=r: np.asarray(r[t0:t1]), dict(ds.attrs) if name == "frames" else {})
+    return out
 
 
 def _copy_source(writer, name: str, src, chunk_frames: int | None, progress) -> int:
@@ -201,52 +266,172 @@ def export(
     fps: float = 20.0,
     side_by_side: bool = False,
     overwrite: bool = False,
+    format: str | None = None,
+    frames: tuple[int, int, int] | slice | str | None = None,
+    sheet_frames: int = 8,
 ) -> Path:
-    """Export a dataset's frames: ``.tif`` stack (values exact) or ``.mp4``/``.gif`` preview (8-bit, windowed).
+    """Export a dataset's frames: ``.tif`` stack (values exact), ``.mp4``/``.gif`` preview (8-bit, windowed),
+    ``.png`` contact sheet (8-bit quick look) or, with ``format='png'``, a folder of PNG frames.
 
+    ``format``: None (what ``dest``'s suffix says: .tif/.tiff, .mp4, .gif, .png = contact sheet) or ``'png'``:
+    ``dest`` is a new folder of ``frame_<index>.png`` (the source frame index, zero-padded to the frame count's
+    width, at least 5 digits); uint8/uint16 frames hold their values exactly, others 16-bit codes over the window,
+    which ``window.json`` beside them records. ``overwrite`` replaces only such a folder written by export.
+    ``frames``: the frames exported, ``(start, stop[, step])``, a slice or ``'START:STOP[:STEP]'`` (Python slice
+    semantics, step >= 1); default all.
+    ``sheet_frames``: a contact sheet shows up to this many frames evenly spaced over the selected ones, four to a
+    row; where the dataset's provenance names a readable raw input of the same shape, raw tiles above processed.
     ``window``: intensity range mapped to black..white (default: the 0.5-99.5 % percentiles of a sample).
-    ``side_by_side``: the preview shows the run's raw input next to the processed frames.
+    ``side_by_side``: the preview shows the run's raw input next to the processed frames (a contact sheet: the raw
+    row is then required).
+
+    Returns the path written, a :class:`pipeline.io.export.ExportedPath` whose ``summary`` dict says which source
+    frames were used (``frames``), the ``format`` and ``window``, and per format more.
     """
     from .io import outputs
-    from .io.export import write_preview, write_tiff_stack
+    from .io.export import (
+        _exported, _window, check_png_dest, check_window, frame_range, png_digits, raw_input, selected,
+        sheet_positions, write_contact_sheet, write_png_frames, write_preview, write_tiff_stack,
+    )
 
     d = Path(dest)
-    outputs.check_output_path(d, overwrite=overwrite, inputs=[dataset], kind="file", sidecars=False)
+    suf = d.suffix.lower()
+    if format is not None and str(format).lower() != "png":
+        raise DataError(f"--format {format}: export knows 'png' (a folder of PNG frames); other formats follow "
+                        "DEST's suffix (.tif/.tiff, .mp4, .gif, .png contact sheet)")
+    kind = "png" if format is not None else {".tif": "tiff", ".tiff": "tiff", ".mp4": "mp4", ".gif": "gif",
+                                              ".png": "sheet"}.get(suf)
+    if kind is None:
+        raise DataError(f"'{d}': export writes .tif/.tiff (exact), .mp4/.gif (preview), .png (contact sheet) or, "
+                        "with --format png, a folder of PNG frames")
+    if kind == "png" and suf in (".png", ".tif", ".tiff", ".mp4", ".gif"):
+        raise DataError(f"'{d}': --format png writes a folder of PNG frames; give a folder path without a file "
+                        "suffix (a .png DEST without --format is a contact sheet)")
+    if kind == "png" and side_by_side:
+        raise DataError("--side-by-side is for previews (.mp4/.gif) and contact sheets (.png); drop it for --format "
+                        "png")
+    if kind == "sheet" and (isinstance(sheet_frames, bool) or not isinstance(sheet_frames, (int, np.integer))
+                            or not 1 <= sheet_frames <= 1000):
+        raise DataError(f"--sheet-frames {sheet_frames!r}: give a whole number of frames, 1..1000")
+    window = check_window(window) if kind != "tiff" else None
+    if kind == "png":
+        check_png_dest(d, overwrite=overwrite, inputs=[dataset])
+    else:
+        outputs.check_output_path(d, overwrite=overwrite, inputs=[dataset], kind="file", sidecars=False)
     g = zarr_store.open_group_readonly(dataset)
     if array not in g:
         raise DataError(f"'{dataset}' has no array '{array}'")
-    frames = g[array]
-    if not hasattr(frames, "dtype") or len(frames.shape) not in (2, 3):
+    data = g[array]
+    if not hasattr(data, "dtype") or len(data.shape) not in (2, 3):
         raise DataError(f"'{dataset}/{array}' is not an array of frames (a group, or not 2D/3D); "
                         "pick a (T, H, W) or (H, W) array with --array")
     label = f"{dataset}/{array}"
-    if len(frames.shape) == 2:
-        frames = zarr_store.read_checked(frames, label)[None]
+    if len(data.shape) == 2:
+        data = zarr_store.read_checked(data, label)[None]
     else:  # checked as read (a lost chunk is an error, never black frames); float16/uint16 outputs: their values
-        frames = zarr_store.checked_frames(frames, label)
-    suf = d.suffix.lower()
-    if frames.shape[0] < 1:
+        data = zarr_store.checked_frames(data, label)
+    t = data.shape[0]
+    if t < 1:
         raise DataError(f"'{dataset}/{array}' holds no frames; nothing to export")
-    if suf in (".tif", ".tiff"):
-        return write_tiff_stack(frames, d)
-    if suf not in (".mp4", ".gif"):
-        raise DataError(f"'{d}': export writes .tif/.tiff (exact) or .mp4/.gif (preview)")
+    r = frame_range(frames, t)
+    used = {"range": [r.start, r.stop, r.step], "frames": list(r)}
+    if kind == "tiff":
+        return _exported(write_tiff_stack(selected(data, r), d), {"format": "tiff", **used, "window": None})
+    if kind == "png":
+        out = write_png_frames(selected(data, r), d, indices=r, digits=png_digits(t), window=window,
+                               overwrite=overwrite, inputs=[dataset], dataset=str(dataset), array=array)
+        return _exported(d, {**out, **used})
+    left = src = None
+    if side_by_side or kind == "sheet":
+        left, src, why = raw_input(g, dataset, required=side_by_side)
+        if left is not None and tuple(left.shape) != tuple(data.shape):
+            if side_by_side:
+                raise DataError(f"side-by-side needs the raw '{src}' ({' x '.join(map(str, left.shape))}) and "
+                                f"'{label}' ({' x '.join(map(str, data.shape))}) to have the same frames and size")
+            left, why = None, "its input's frames differ in number or size"
+        if left is not None:  # never written over the raw input either
+            outputs.check_output_path(d, overwrite=overwrite, inputs=[dataset, src], kind="file", sidecars=False)
+    if kind == "sheet":
+        pos = [r[i] for i in sheet_positions(len(r), int(sheet_frames))]
+        stack = np.stack([np.asarray(data[i]) for i in pos])
+        raw = np.stack([np.asarray(left[i]) for i in pos]) if left is not None else None
+        out = write_contact_sheet(stack, d, labels=pos, window=window, left=raw)
+        return _exported(d, {**out, **used, "frames": pos, "raw": src if left is not None else None,
+                             "raw_skipped": None if left is not None else why})
     if not 0.01 <= float(fps) <= 1000:
         raise DataError(f"--fps {fps:g} is outside 0.01..1000 frames per second; choose a playable rate")
-    if min(frames.shape[1:]) < 2:
-        raise DataError(f"'{dataset}/{array}' has {frames.shape[1]} x {frames.shape[2]} frames; a {suf} preview "
+    if min(data.shape[1:]) < 2:
+        raise DataError(f"'{dataset}/{array}' has {data.shape[1]} x {data.shape[2]} frames; a {suf} preview "
                         "needs at least 2 x 2 pixels: export them as .tif")
-    left = None
-    if side_by_side:
-        src = (dict(g.attrs).get("provenance") or {}).get("input")
-        if not src or not Path(src).exists():
-            raise DataError(f"'{dataset}' does not name an existing input in its provenance; drop --side-by-side")
-        left = zarr_store.checked_frames(zarr_store.open_group_readonly(src)["frames"], f"{src}/frames")
-    return write_preview(frames, d, window=window, fps=fps, left=left)
+    sel = selected(data, r)
+    win = _window(sel, window)
+    path = write_preview(sel, d, window=win, fps=fps, left=selected(left, r) if left is not None else None)
+    return _exported(path, {"format": kind, **used, "window": [float(v) for v in win], "raw": src})
 
 
-def info(path: str | Path) -> dict:
-    """Describe a dataset: arrays (shape, dtype, chunks, codecs) and attributes."""
-    return zarr_store.describe(path)
+def info(path: str | Path, *, dataset: str | None = None, raw_dtype: str | None = None, raw_shape: tuple | None = None,
+         header: int = 0) -> dict:
+    """Describe a dataset (arrays: shape, dtype, chunks, codecs; attributes), or a recording in any format ingest
+    reads: its frames (and darks and flats), and the attributes its files give (pixel pitch and frame rate from
+    their tags, with ``metadata_sources``). Nothing is copied."""
+    from .io.ingest import open_sources
+
+    p = Path(str(path).split("::", 1)[0])
+    if is_zarr_group(p) or (p.is_dir() and (p / ".zarray").is_file()):
+        return zarr_store.describe(path)
+    srcs = open_sources(path, dataset=dataset, raw_dtype=raw_dtype, raw_shape=raw_shape, header=header)
+    arrays = {name: {"shape": list(src.shape), "dtype": str(src.dtype), "chunks": [1, *src.shape[1:]],
+                     "nbytes": int(np.prod(src.shape)) * np.dtype(src.dtype).itemsize,
+                     "compressors": [f"a recording: {src.label}"]}
+              for name, src in srcs.items() if src is not None}
+    attrs = dict(srcs["frames"].attrs) if srcs["frames"] is not None else {}
+    for k in ("pixel_pitch_mm", "frame_rate_hz"):
+        if k not in attrs:
+            attrs.setdefault("missing", []).append(k)
+    return {"path": str(path), "arrays": arrays, "attributes": attrs}
 
 
+
+
+#: attributes ``set-attrs`` may set: name -> parser of the text value
+SETTABLE_ATTRS = {"pixel_pitch_mm": float, "frame_rate_hz": float, "q_per_uGy_mm2": float,
+                  "reference_kerma_uGy": float, "beam_quality": str, "acquired_at": str}
+
+
+def set_dataset_attrs(dataset: str | Path, values: dict) -> dict:
+    """Set recording attributes of the Zarr dataset ``dataset`` in place (only its group attributes change).
+
+    ``values``: name -> value (text from the command line, or numbers), names from :data:`SETTABLE_ATTRS`;
+    each is checked like an ingested one. ``metadata_sources`` records that they were set by hand, and
+    ``attrs_history`` keeps each old value. Returns the values set.
+    """
+    from .io.outputs import OutputLock
+
+    p = Path(dataset)
+    if not is_zarr_group(p):
+        raise DataError(f"'{p}' is not a Zarr dataset; set-attrs changes a dataset's attributes in place (a "
+                        "recording's files take --pixel-pitch/--frame-rate on each command, or ingest them first)")
+    if not values:
+        raise DataError("set-attrs: give at least one NAME=VALUE, e.g. pixel_pitch_mm=0.05")
+    new = {}
+    for name, value in values.items():
+        if name not in SETTABLE_ATTRS:
+            raise DataError(f"set-attrs: '{name}' is not a recording attribute it sets; the names are "
+                            f"{', '.join(SETTABLE_ATTRS)}")
+        try:
+            new[name] = SETTABLE_ATTRS[name](value)
+        except (TypeError, ValueError):
+            raise DataError(f"set-attrs: {name}={value!r} is not a number") from None
+    checked = validate.dataset_attrs(new, str(p), fixes={k: f"give {k} a positive number" for k in new})
+    lock = OutputLock(p)  # no other writer while the attributes change
+    try:
+        old = zarr_store.read_attrs(p)
+        stamp = _now()
+        sources = dict(old.get("metadata_sources") or {})
+        sources.update({k: f"set by hand (set-attrs, {stamp})" for k in checked if k in _METADATA})
+        history = list(old.get("attrs_history") or [])
+        history += [{"name": k, "old": old.get(k), "new": v, "at": stamp} for k, v in checked.items()]
+        zarr_store.set_attrs_in_place(p, {**checked, "metadata_sources": sources, "attrs_history": history})
+    finally:
+        lock.release()
+    return checked

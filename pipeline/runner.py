@@ -31,7 +31,7 @@ from .measure import _write_mtf, ghost_report
 from .plan import (Prepared, RunPlan, _comparable_config, without_scheduling, choose_chunk_frames, plan_run, planned_stages,  # noqa: F401
                    prepare, run_inputs)
 from .io.outputs import sidecar
-from .recordings import ingest
+from .sources import RecordingOptions, discard
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class RunResult:
     #: a resumed run: ``blocks_kept``, ``frames_kept`` (from the interrupted run), ``frames_computed``,
     #: ``computed_frames_per_second`` (None: not resumed)
     resumed: dict | None = None
+    #: what the run found (:func:`findings`): bad pixels by class, afterglow model, noise model, denoise gain,
+    #: output bytes on disk, the input's metadata and where it came from
+    findings: dict | None = None
 
 
 def run(
@@ -65,6 +68,7 @@ def run(
     overwrite: bool = False,
     resume: bool = False,
     progress: Callable[[int], None] | None = None,
+    source_options: "RecordingOptions | None" = None,
     _source: Path | None = None,
 ) -> RunResult:
     """Process a recorded video: Zarr in, configured stages per block of frames, Zarr out.
@@ -85,16 +89,23 @@ def run(
         written and verified are kept; the result is bit-identical to an uninterrupted run.
     progress : callable, optional
         Called with the number of frames finished after each block.
+    source_options : RecordingOptions, optional
+        How to read a recording that is not a Zarr dataset, or what to change in one (darks, flats, a frame
+        range, pixel pitch, frame rate): :mod:`pipeline.sources`. The config's ``input`` section is its
+        metadata's config layer.
 
     Returns
     -------
     RunResult
     """
     from .io import outputs
+    from .progress import phase
+    from .sources import NONE, needs_staging
 
     cfg = load_config(config, overrides=overrides)
     src = Path(input)
-    inputs = run_inputs(src, calibration, cfg)
+    opts = (source_options or NONE).with_config(cfg)
+    inputs = run_inputs(src, calibration, cfg) + opts.inputs()
     out = outputs.check_output_path(output, overwrite=True, inputs=inputs)  # overlaps first, whatever exists
     progress_path, partial = outputs.sidecar(out, ".progress"), outputs.sidecar(out, ".partial")
     lock = outputs.OutputLock(out)  # one writer per output, from here until it is committed or left for --resume
@@ -105,8 +116,9 @@ def run(
             _refuse_to_drop_finished_work(out)
         outputs.check_output_path(output, overwrite=overwrite, inputs=inputs)
         staged = None
-        if not is_zarr_group(src):
-            staged = _stage_recording(src, outputs.sidecar(out, ".ingest.zarr"), resume=resume)
+        if needs_staging(src, opts):
+            with phase("reading the recording into Zarr"):
+                staged = _stage_recording(src, opts, outputs.sidecar(out, ".ingest.zarr"), resume=resume)
         try:
             plan = plan_run(staged or src, out, cfg, calibration=calibration, source=src, overwrite=overwrite)
             return execute(plan, prepare(plan), lock=lock, resume=resume, overwrite=overwrite, progress=progress)
@@ -116,7 +128,7 @@ def run(
             raise type(exc)(str(exc).replace(str(staged), str(src))) from None
         finally:
             if staged is not None and not progress_path.exists():  # kept only while a resume may need it
-                outputs.remove(staged)
+                discard(staged)
     finally:
         lock.release()
 
@@ -129,29 +141,30 @@ def dry_run(input, output, config=None, *, overrides=None, calibration=None) -> 
     cfg = load_config(config, overrides=overrides)
     src = Path(input)
     outputs.check_output_path(output, overwrite=True, inputs=run_inputs(src, calibration, cfg))
-    if not src.exists():
+    if not Path(str(src).split("::", 1)[0]).exists():
         raise DataError(f"input '{src}' does not exist; check the path")
     return plan_run(src, Path(output).resolve(), cfg, calibration=calibration, source=src, overwrite=True)
 
 
-def is_zarr_group(path: Path) -> bool:
-    """A folder holding a Zarr group (v3 ``zarr.json``, or v2 ``.zgroup``); anything else is a recording to ingest."""
-    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
-
-
-def _stage_recording(src: Path, staged: Path, *, resume: bool) -> Path:
-    """A TIFF/HDF5/raw/video/npy recording ingested next to the output (kept for ``--resume`` while the
-    recording's files are unchanged: :func:`pipeline.io.checkpoint.path_stamp`)."""
+def _stage_recording(src: Path, opts, staged: Path, *, resume: bool) -> Path:
+    """The recording as the Zarr dataset the run reads (:func:`pipeline.sources.stage`: ingested, or linked with
+    the given metadata), next to the output; kept for ``--resume`` while the recording's files and the options
+    are unchanged (:func:`pipeline.io.checkpoint.path_stamp`)."""
     from .io import outputs
     from .io.checkpoint import path_stamp
+    from .sources import discard, file_of, stage
 
-    if not src.exists():
-        raise DataError(f"input '{src}' does not exist; check the path")
-    stamp = path_stamp(src)
+    if not file_of(src).exists():
+        raise DataError(f"input '{file_of(src)}' does not exist; check the path")
+    stamp = {**path_stamp(file_of(src)), "options": opts.stamp(), "name": str(src),
+             **({"darks": path_stamp(opts.darks)} if opts.darks and Path(opts.darks).exists() else {}),
+             **({"flats": path_stamp(opts.flats)} if opts.flats and Path(opts.flats).exists() else {})}
+    stamp = json.loads(json.dumps(stamp, default=str))
     if (resume and outputs.marked(staged, "staged-ingest")
             and zarr_store.read_attrs(staged).get("source_stamp") == stamp):
         return staged
-    ingest(src, staged, overwrite=True)
+    discard(staged)
+    stage(src, opts, staged)
     zarr_store.set_attrs_in_place(staged, {"source_stamp": stamp, outputs.ROLE_ATTR: "staged-ingest"})
     return staged
 
@@ -246,7 +259,7 @@ def _open_writer(plan: RunPlan, prep: Prepared, lock, progress_dir, resume: bool
             writer = zarr_store.OutputWriter(plan.output, overwrite=overwrite, inputs=plan.inputs, resume=True,
                                              lock=lock)
             target = writer.group["frames"]
-            if tuple(target.shape) != (t, h, w) or target.chunks[0] != prep.chunk:
+            if tuple(target.shape) != (t, h, w) or target.chunks[0] != output_chunk_frames(plan, prep):
                 raise ValueError("partial output does not match")
             return writer, target, True
         except Exception:
@@ -255,11 +268,23 @@ def _open_writer(plan: RunPlan, prep: Prepared, lock, progress_dir, resume: bool
     progress_dir.start(prep.fingerprint)
     storage = prep.chain.storage
     cfg = plan.config
-    target = writer.create("frames", (t, h, w), storage.numpy_dtype, chunks=(prep.chunk, h, w),
+    target = writer.create("frames", (t, h, w), storage.numpy_dtype, chunks=(output_chunk_frames(plan, prep), h, w),
                            codec=cfg.output.codec, level=cfg.output.level,
                            fill_value=0 if storage.dtype == "uint16" else np.nan)  # a missing value either way
     writer.set_attrs(storage.attributes(), "frames")
     return writer, target, False
+
+
+def output_chunk_frames(plan: RunPlan, prep: Prepared) -> int:
+    """Frames per stored chunk of the output: ``output.chunk_frames``, else the rule ingest uses (up to 16 frames
+    within 32 MiB: a viewer decodes one chunk to show a frame, not a whole 64-frame block), made a divisor of the
+    processing block (so every block is whole chunks, written straight by the chunk encoder)."""
+    from .recordings import recording_chunk_frames
+
+    _, h, w = plan.shape
+    want = plan.config.output.chunk_frames or recording_chunk_frames((h, w), prep.chain.storage.numpy_dtype)
+    want = max(1, min(int(want), prep.chunk))
+    return max(d for d in range(1, want + 1) if prep.chunk % d == 0)
 
 
 def _resume_point(prep: Prepared, target, progress_dir, t: int) -> _Resume:
@@ -297,10 +322,13 @@ def execute(plan: RunPlan, prep: Prepared, *, lock, resume: bool = False, overwr
     resuming = bool(resume) and _check_resumable(plan, prep, progress_dir)
     writer, target, resuming = _open_writer(plan, prep, lock, progress_dir, resuming, overwrite)
     where = _Resume(skip=set(), earlier={})
+    if hasattr(progress, "set_total"):  # a pipeline.progress.Progress: the work is known now
+        progress.set_total(t)
     if resuming:
         where = _resume_point(prep, target, progress_dir, t)
         if progress is not None and where.start_block > 0:
-            progress(min(where.start_block * prep.chunk, t))
+            kept = min(where.start_block * prep.chunk, t)
+            progress.already_done(kept) if hasattr(progress, "already_done") else progress(kept)
     block_bytes = prep.chunk * h * w * prep.chain.storage.numpy_dtype.itemsize
     has_states = bool(list(prep.chain.stateful))  # what on_commit needs (it travels to the workers, not the stages)
 
@@ -374,10 +402,13 @@ def finalise(plan: RunPlan, prep: Prepared, writer, target, progress_dir, result
         writer.write("ghost/after", ghost.pop("after"))
     attrs = {k: v for k, v in ds.attrs.items() if k in ("pixel_pitch_mm", "frame_rate_hz")}
     attrs["skipped_frames"] = skipped
+    found = findings(prep, target, chain)
     attrs["provenance"] = _provenance(plan, prep, ghost, mtf_summary, skipped, nonfinite, at_limit, resumed,
                                       start_wall, seconds, account)
+    attrs["provenance"]["findings"] = found
     writer.set_attrs(attrs)
     final = writer.commit()
+    found["output_bytes"] = sum(f.stat().st_size for f in Path(final).rglob("*") if f.is_file())
     progress_dir.remove()
     if mtf_summary is not None:
         from . import report
@@ -395,7 +426,45 @@ def finalise(plan: RunPlan, prep: Prepared, writer, target, progress_dir, result
         again = {"blocks_kept": len(kept), "frames_kept": t - computed, "frames_computed": computed,
                  "computed_frames_per_second": computed / seconds if seconds > 0 else None}
     return RunResult(final, t, seconds, t / seconds if seconds > 0 else float("inf"), tuple(chain.names), nbad, ghost,
-                     mtf_summary, skipped, nonfinite, account, again)
+                     mtf_summary, skipped, nonfinite, account, again, found)
+
+
+def findings(prep: Prepared, target, chain) -> dict:
+    """What a run found, for its summary: bad pixels by class, the afterglow model, the noise model and the
+    denoiser's gain, and the input's pixel pitch and frame rate with where they came from.
+
+    The denoise gain compares the noise model's prediction at the median level (the noise the frames had before
+    denoising) with the output's temporal noise over its first 16 frames (each pixel's standard deviation over
+    them, the median over pixels: robust to a moving object; a static scene is assumed): ``20 log10(sigma_in /
+    sigma_out)`` dB, absent with fewer than 4 frames or no noise model.
+    """
+    from .ops.badpixels import BAD_PIXEL_CLASSES
+
+    out: dict = {}
+    if prep.cal is not None:
+        mask = np.asarray(prep.cal.bad_pixels)
+        out["bad_pixels"] = {name: int(np.count_nonzero(mask & bit)) for name, bit in BAD_PIXEL_CLASSES.items()}
+        out["bad_pixels"]["total"] = int(np.count_nonzero(mask))
+    if prep.model is not None:
+        out["afterglow_model"] = {"path": str(prep.model.path), "tau_s": [float(v) for v in prep.model.tau_s],
+                                  "amplitudes": [float(v) for v in prep.model.amplitudes]}
+    noise = prep.noise
+    if noise is not None:
+        out["noise_model"] = {"alpha": float(noise.alpha), "beta": float(noise.beta)}
+        n = min(16, target.shape[0])
+        if n >= 4:
+            first = np.asarray(zarr_store.Decoded(target, chain.storage.decode)[:n], np.float64)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                level = float(np.nanmedian(first))
+                sigma_out = float(np.nanmedian(np.nanstd(first, axis=0, ddof=1)))
+            var_in = noise.alpha * level + noise.beta
+            if var_in > 0 and sigma_out > 0 and np.isfinite(sigma_out):
+                out["denoise_gain_db"] = float(20 * np.log10(np.sqrt(var_in) / sigma_out))
+    meta = prep.ds.attrs.get("metadata_sources") or {}
+    out["metadata"] = {k: [prep.ds.attrs[k], meta.get(k, "the dataset's attribute")]
+                       for k in ("pixel_pitch_mm", "frame_rate_hz") if prep.ds.attrs.get(k) is not None}
+    return out
 
 
 def _provenance(plan, prep, ghost, mtf_summary, skipped, nonfinite, at_limit, resumed, start_wall, seconds,

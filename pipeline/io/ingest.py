@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..errors import brief as _why
+from .tags import as_attrs, nexus_metadata, tiff_metadata
 
 VIDEO = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 HDF5 = (".h5", ".hdf5", ".nxs", ".nx5")
@@ -175,8 +176,9 @@ def _tiff_stack(path: Path) -> Source:
             # a short greyscale stack that TIFF stores as one page of planar samples: the planes are the frames
             # (the same planes labelled RGB are a colour picture, refused below)
             a = _pixels(label, first, 0)
+            tags = as_attrs(tiff_metadata(tif))
             tif.close()
-            return Source(str(path), tuple(a.shape), a.dtype, lambda t0, t1: a[t0:t1])
+            return Source(str(path), tuple(a.shape), a.dtype, lambda t0, t1: a[t0:t1], tags)
         _single_channel(label, first)
         if len(shape) != 2:
             raise DataError(f"'{path}': page 0 has shape {shape}; expected single-channel 2D frames")
@@ -198,7 +200,7 @@ def _tiff_stack(path: Path) -> Source:
             out[i - t0] = _pixels(label, pg, i)
         return out
 
-    return Source(str(path), (n,) + shape, dtype, read)
+    return Source(str(path), (n,) + shape, dtype, read, as_attrs(tiff_metadata(tif)))
 
 
 def _tiff_file(path: Path, i: int) -> np.ndarray:
@@ -253,7 +255,10 @@ def _tiff_folder(path: Path) -> Source:
             out[i - t0] = a
         return out
 
-    return Source(str(path), (len(files),) + shape, np.dtype(dtype), read)
+    tif, _ = _open_tiff(files[0])
+    with tif:
+        tags = as_attrs(tiff_metadata(tif))
+    return Source(str(path), (len(files),) + shape, np.dtype(dtype), read, tags)
 
 
 def _npy(path: Path) -> Source:
@@ -409,6 +414,7 @@ def _hdf5_sources(f, path: Path, dataset: str | None) -> dict:
         if left:  # NXtomo's "invalid" frames are left out, but said: a warning, and in the output's attributes
             attrs["image_key_left_out"] = {"3": left}
             warnings.warn(f"'{path}': {_count(left, 'frame')} with image_key 3 (invalid) are left out", stacklevel=2)
+    attrs.update(as_attrs(nexus_metadata(f, dataset)))
     label = f"{path}:{dataset}"
 
     def subset(idx, name):
@@ -432,7 +438,10 @@ def _hdf5_sources(f, path: Path, dataset: str | None) -> dict:
 
 
 def open_sources(path: str | Path, *, dataset=None, raw_dtype=None, raw_shape=None, header: int = 0) -> dict:
-    """``{'frames': Source, 'darks': Source|None, 'flats': Source|None}`` for any supported recording."""
+    """``{'frames': Source, 'darks': Source|None, 'flats': Source|None}`` for any supported recording
+    (``file.h5::/entry/data/data`` names an HDF5 file's dataset)."""
+    if "::" in str(path) and dataset is None:
+        path, dataset = str(path).split("::", 1)
     p = Path(path)
     if not p.exists():
         raise DataError(f"'{p}' does not exist; check the path")
@@ -491,3 +500,49 @@ def storage_dtype(dtype) -> np.dtype:
     if dt.kind == "b":
         return np.dtype(np.uint16)
     return np.dtype(np.float32)
+
+
+def frame_range(text: str | tuple | None, n: int | None = None) -> tuple[int, int, int] | None:
+    """``'START:STOP[:STEP]'`` (Python slice rules; empty parts are the defaults) as ``(start, stop, step)`` within
+    ``n`` frames (when given); one-line errors name ``--frames``."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        parts = text.split(":")
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError
+            vals = [int(p) if p.strip() else None for p in parts]
+        except ValueError:
+            raise DataError(f"--frames '{text}': expected START:STOP[:STEP], e.g. 0:100 or 100:200:2") from None
+    else:
+        vals = list(text)
+    start, stop, step = (vals + [None])[:3]
+    if step is not None and step < 1:
+        raise DataError(f"--frames: the step must be a positive integer, not {step}")
+    if any(v is not None and v < 0 for v in (start, stop)):
+        raise DataError("--frames: START and STOP count from frame 0 (no negative indices)")
+    if n is None:
+        return (start or 0, stop, step or 1)
+    start, stop, step = slice(start, stop, step).indices(n)
+    if start >= stop:
+        raise DataError(f"--frames {text if isinstance(text, str) else ':'.join(map(str, text))} selects no frame "
+                        f"of the {n}; START must be below STOP and below {n}")
+    return start, stop, step
+
+
+def select_frames(src: Source, rng: tuple[int, int | None, int]) -> Source:
+    """The frames ``range(*rng)`` of ``src`` (clipped to its length) as a Source of their own."""
+    start, stop, step = frame_range(rng, src.shape[0])
+    idx = np.arange(start, stop, step)
+    inner = src.read
+
+    def read(t0, t1):
+        want = idx[t0:t1]
+        if step == 1:
+            return inner(int(want[0]), int(want[-1]) + 1)
+        return np.stack([inner(int(i), int(i) + 1)[0] for i in want])
+
+    attrs = {**src.attrs, "frames_selected": [int(start), int(stop), int(step)]}
+    return Source(f"{src.label} [frames {start}:{stop}:{step}]", (idx.size,) + tuple(src.shape[1:]), src.dtype,
+                  read, attrs)
