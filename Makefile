@@ -40,6 +40,7 @@ bench-detail: $(STAMP)
 	$(PY) benchmarks/bench_io.py
 	$(PY) benchmarks/bench_setup.py
 	$(PY) benchmarks/bench_conveyor_host.py
+	$(PY) benchmarks/bench_output_chunks.py
 
 # Every CUDA source must compile; skipped (with a note) where nvcc is absent.
 cuda-check:
