@@ -176,8 +176,9 @@ def load_afterglow(config: RunConfig, ds: "zarr_store.InputDataset"):
     if config.afterglow.check_frame_rate:
         fr = ds.attrs.get("frame_rate_hz")
         if fr is None:
-            raise DataError(f"input '{ds.path}' has no frame_rate_hz attribute to check the afterglow model against; "
-                            "add it (xray-pipeline ingest --frame-rate) or set afterglow.check_frame_rate: false")
+            raise DataError(f"input '{ds.path}' has no frame rate to check the afterglow model against; pass "
+                            "--frame-rate HZ (or set input.frame_rate_hz in the config, or 'xray-pipeline set-attrs "
+                            "DATASET frame_rate_hz=HZ'), or set afterglow.check_frame_rate: false")
         if abs(float(fr) - model.frame_rate_hz) > 1e-6 * model.frame_rate_hz:
             raise CalibrationError(f"afterglow model '{model.path}' was fitted at {model.frame_rate_hz:g} Hz but "
                                    f"'{ds.path}' was recorded at {float(fr):g} Hz; refit the model at the data's frame rate")

@@ -33,26 +33,14 @@ def demo(
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    sim_path, run_path = out / "simulated.zarr", out / "corrected.zarr"
-    step_path, model_path = out / "afterglow_step.zarr", out / "afterglow_model.json"
-    for p in (sim_path, run_path, step_path):
-        zarr_store.check_output_path(p, overwrite=overwrite)
-    for p in (model_path, mtf_plot_path(run_path.resolve()), out / "afterglow_fit.png"):
-        zarr_store.check_output_path(p, overwrite=overwrite, kind="file")
+    sim_path, run_path, step_path, model_path = _output_paths(out, overwrite)
     simulate(sim_path, preset=preset, frames=frames, size=size, seed=seed, overwrite=overwrite)
     simulate(step_path, preset=preset, frames=160, size=(min(size[0], 256), min(size[1], 256)), seed=seed + 1,
              scene="open", beam_off_frame=40, truth_frames=False, overwrite=overwrite)
     fit = fit_afterglow(step_path, model_path, plot=out / "afterglow_fit.png", overwrite=overwrite)
     result = run(sim_path, run_path, overrides=[f"afterglow.model={model_path}", "mtf.enabled=true"],
                  overwrite=overwrite, progress=progress)
-    tf = zarr_store.read_array(sim_path, "truth/mtf_frequencies_cy_per_px")
-    tm = zarr_store.read_array(sim_path, "truth/mtf_edge")
-    i20 = int(np.argmax(tm < 0.2))
-    true20 = (tf[i20 - 1] + (tm[i20 - 1] - 0.2) * (tf[i20] - tf[i20 - 1]) / (tm[i20 - 1] - tm[i20])) \
-        / zarr_store.read_attrs(sim_path)["pixel_pitch_mm"]
-    tr_ag = zarr_store.read_attrs(sim_path, "truth")["afterglow"]
-    true_lag = ag.figures(ag.step_amplitudes(tr_ag["amplitudes"], tr_ag["ratios_per_frame"]), tr_ag["tau_s"],
-                          fit["frame_rate_hz"])["lag_first_frame"]
+    true20, true_lag = _true_mtf20_and_lag(sim_path, fit["frame_rate_hz"])
 
     k = frames // 2
     raw = zarr_store.read_frame(sim_path, "frames", k)
@@ -61,9 +49,7 @@ def demo(
     detected = zarr_store.read_array(run_path, "calibration/bad_pixels")
     true_bad = zarr_store.read_array(sim_path, "truth/bad_pixels")
     gain = zarr_store.read_array(run_path, "calibration/gain")
-    tp = int(np.count_nonzero((detected != 0) & (true_bad != 0)))
-    recall = tp / max(1, int(np.count_nonzero(true_bad)))
-    precision = tp / max(1, int(np.count_nonzero(detected)))
+    recall, precision = _recall_precision(detected, true_bad)
     open_beam = (truth >= 0.999 * float(np.max(truth))) & (true_bad == 0)  # pixels the scene leaves unobstructed
 
     def rel(a):
@@ -103,3 +89,36 @@ def demo(
     (out / "summary.txt").write_text(text)
     return {"summary": summary, "text": text, "files": files, "result": result,
             "simulated": sim_path, "corrected": run_path}
+
+
+def _output_paths(out: Path, overwrite: bool):
+    """The demo's recordings and model file in ``out``: ``(simulated, corrected, afterglow step, afterglow model)``,
+    each checked (with the plots written next to them) against overwriting."""
+    sim_path, run_path = out / "simulated.zarr", out / "corrected.zarr"
+    step_path, model_path = out / "afterglow_step.zarr", out / "afterglow_model.json"
+    for p in (sim_path, run_path, step_path):
+        zarr_store.check_output_path(p, overwrite=overwrite)
+    for p in (model_path, mtf_plot_path(run_path.resolve()), out / "afterglow_fit.png"):
+        zarr_store.check_output_path(p, overwrite=overwrite, kind="file")
+    return sim_path, run_path, step_path, model_path
+
+
+def _true_mtf20_and_lag(sim_path: Path, frame_rate_hz: float) -> tuple[float, float]:
+    """The simulated recording's true MTF20 (lp/mm, of the slanted edge) and first-frame lag."""
+    tf = zarr_store.read_array(sim_path, "truth/mtf_frequencies_cy_per_px")
+    tm = zarr_store.read_array(sim_path, "truth/mtf_edge")
+    i20 = int(np.argmax(tm < 0.2))
+    true20 = (tf[i20 - 1] + (tm[i20 - 1] - 0.2) * (tf[i20] - tf[i20 - 1]) / (tm[i20 - 1] - tm[i20])) \
+        / zarr_store.read_attrs(sim_path)["pixel_pitch_mm"]
+    tr_ag = zarr_store.read_attrs(sim_path, "truth")["afterglow"]
+    true_lag = ag.figures(ag.step_amplitudes(tr_ag["amplitudes"], tr_ag["ratios_per_frame"]), tr_ag["tau_s"],
+                          frame_rate_hz)["lag_first_frame"]
+    return true20, true_lag
+
+
+def _recall_precision(detected, true_bad) -> tuple[float, float]:
+    """Recall and precision of the detected bad pixels against the true ones."""
+    tp = int(np.count_nonzero((detected != 0) & (true_bad != 0)))
+    recall = tp / max(1, int(np.count_nonzero(true_bad)))
+    precision = tp / max(1, int(np.count_nonzero(detected)))
+    return recall, precision

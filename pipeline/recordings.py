@@ -155,6 +155,8 @@ def ingest(
             raise DataError(f"{name} '{s_.label}' are {tuple(s_.shape[1:])} frames but the recording is {(h, w)}; "
                             "they must match")
     found = resolve_metadata(given, fr.attrs, str(source))
+    if hasattr(progress, "set_total"):  # a pipeline.progress.Progress: the work is known now
+        progress.set_total(t)
     writer = zarr_store.OutputWriter(output, overwrite=overwrite,
                                      inputs=[p for p in (source, darks, flats) if p is not None])
     summary = {"source": str(source), "frames": [t, h, w], "nonfinite_pixels": 0,

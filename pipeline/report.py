@@ -175,15 +175,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def characterisation_html(rep: dict, gain, bad, nps2d, *, other: dict | None = None) -> str:
-    """A self-contained HTML report (plots embedded as PNG data URIs, no network) of :func:`pipeline.api.characterise`."""
-    import html as _h
-
-    plt = _plt()
-    figs = {}
-    lab = [Path(rep["dataset"]).name] + ([Path(other["dataset"]).name + " (compare)"] if other else [])
-    reps = [rep] + ([other] if other else [])
-
+def _linearity_figure(plt, reps, lab) -> str:
+    """Signal vs air kerma (log-log, with the power-law fit) and the linear fit's residuals, as a PNG data URI."""
     fig, ax = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for r, name in zip(reps, lab):
         lin = r["linearity"]
@@ -197,8 +190,11 @@ def characterisation_html(rep: dict, gain, bad, nps2d, *, other: dict | None = N
     ax[1].axhline(0, color="k", lw=0.8)
     ax[1].set(xlabel="air kerma (uGy)", ylabel="residual (%)", title="residuals of the linear fit")
     ax[1].legend(fontsize=8)
-    figs["linearity"] = _png_data_uri(fig)
+    return _png_data_uri(fig)
 
+
+def _maps_figure(plt, gain, bad, nps2d) -> str:
+    """The gain map, the bad pixels and the 2D NPS (log10), as a PNG data URI."""
     fig, ax = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True)
     lo, hi = np.percentile(gain, [0.5, 99.5])
     im = ax[0].imshow(gain, cmap="viridis", vmin=lo, vmax=hi)
@@ -211,8 +207,11 @@ def characterisation_html(rep: dict, gain, bad, nps2d, *, other: dict | None = N
     ax[2].set_title("2D NPS (log10, centred)")
     for a in ax:
         a.set_axis_off()
-    figs["maps"] = _png_data_uri(fig)
+    return _png_data_uri(fig)
 
+
+def _mtf_nnps_dqe_figure(plt, rep, reps, lab) -> str:
+    """MTF, NNPS and DQE curves of each report (Nyquist of ``rep`` marked), as a PNG data URI."""
     fig, ax = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
     for r, name in zip(reps, lab):
         m = r["mtf"]
@@ -230,21 +229,28 @@ def characterisation_html(rep: dict, gain, bad, nps2d, *, other: dict | None = N
     ax[1].set(xlabel="lp/mm", ylabel="NNPS (mm^2)", title="NNPS")
     ax[2].set(xlabel="lp/mm", ylabel="DQE", title=f"DQE ({rep['beam_quality']}, K = {rep['reference_kerma_uGy']:g} uGy)",
               ylim=(0, 1.05))
-    figs["mtf_nnps_dqe"] = _png_data_uri(fig)
+    return _png_data_uri(fig)
 
-    if rep.get("afterglow"):
-        fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-        for r, name in zip(reps, lab):
-            a = r.get("afterglow")
-            if not a:
-                continue
-            d = np.asarray(a["decay_fraction"], dtype=float)
-            t = np.asarray(a["decay_t_ms"])
-            ax.semilogy(t[d > 0], d[d > 0], "o", ms=3, label=f"{name} data")
-            ax.semilogy(t, np.maximum(a["decay_model"], 1e-12), "-", label=f"{name} fit")
-        ax.set(xlabel="time after cut-off (ms)", ylabel="fraction of steady signal", title="afterglow")
-        ax.legend(fontsize=8)
-        figs["afterglow"] = _png_data_uri(fig)
+
+def _afterglow_figure(plt, reps, lab) -> str:
+    """The afterglow decays and their fits (log axis), as a PNG data URI."""
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for r, name in zip(reps, lab):
+        a = r.get("afterglow")
+        if not a:
+            continue
+        d = np.asarray(a["decay_fraction"], dtype=float)
+        t = np.asarray(a["decay_t_ms"])
+        ax.semilogy(t[d > 0], d[d > 0], "o", ms=3, label=f"{name} data")
+        ax.semilogy(t, np.maximum(a["decay_model"], 1e-12), "-", label=f"{name} fit")
+    ax.set(xlabel="time after cut-off (ms)", ylabel="fraction of steady signal", title="afterglow")
+    ax.legend(fontsize=8)
+    return _png_data_uri(fig)
+
+
+def _summary_rows(rep: dict, other: dict | None, lab) -> tuple[str, list[str]]:
+    """The summary table's header row and rows (a column for ``other`` when comparing)."""
+    import html as _h
 
     rows = []
     for key, val in rep["summary"].items():
@@ -254,6 +260,24 @@ def characterisation_html(rep: dict, gain, bad, nps2d, *, other: dict | None = N
         rows.append(f'<tr><th>{_h.escape(key)}</th><td class="value" data-key="{_h.escape(key)}">'
                     f"{_h.escape(_fmt(val))}</td>{other_cell}</tr>")
     head = "<tr><th>figure</th><th>" + _h.escape(lab[0]) + "</th>" + (f"<th>{_h.escape(lab[1])}</th>" if other else "") + "</tr>"
+    return head, rows
+
+
+def characterisation_html(rep: dict, gain, bad, nps2d, *, other: dict | None = None) -> str:
+    """A self-contained HTML report (plots embedded as PNG data URIs, no network) of :func:`pipeline.api.characterise`."""
+    import html as _h
+
+    plt = _plt()
+    figs = {}
+    lab = [Path(rep["dataset"]).name] + ([Path(other["dataset"]).name + " (compare)"] if other else [])
+    reps = [rep] + ([other] if other else [])
+
+    figs["linearity"] = _linearity_figure(plt, reps, lab)
+    figs["maps"] = _maps_figure(plt, gain, bad, nps2d)
+    figs["mtf_nnps_dqe"] = _mtf_nnps_dqe_figure(plt, rep, reps, lab)
+    if rep.get("afterglow"):
+        figs["afterglow"] = _afterglow_figure(plt, reps, lab)
+    head, rows = _summary_rows(rep, other, lab)
     imgs = "\n".join(f'<figure><img alt="{k}" src="{v}"><figcaption>{k}</figcaption></figure>' for k, v in figs.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Detector characterisation: {_h.escape(lab[0])}</title>

@@ -386,23 +386,45 @@ def build(spec: SimulationSpec) -> Simulation:
     det = _Detector(spec)
     scene = _Scene(spec, det)
     q = np.float32(spec.quanta_per_pixel)
-    h, w = spec.height, spec.width
     preset = PRESETS[spec.preset]
+    darks, flats = _calibration_frames(spec, det, q)
+    truth_scale = np.float32(spec.counts_per_quantum * det.mean_good_gain)
+    frames_fn = _frame_source(spec, det, scene, q, truth_scale)
+    truth_maps = _truth_maps(spec, det, preset)
+    truth_attrs = _truth_attrs(spec, det, scene, preset, float(q * truth_scale))
+    attrs = {
+        "pixel_pitch_mm": spec.pixel_pitch_mm,
+        "frame_rate_hz": spec.frame_rate_hz,
+        "source": f"xray-pipeline simulator, preset {spec.preset}, seed {spec.seed}",
+    }
+    return Simulation(spec, attrs, darks, flats, truth_maps, truth_attrs, frames_fn)
 
-    open_scene = spec.scene == "open"
 
-    def static_mean(n):
-        if open_scene:
-            return np.full((n, h, w), q, dtype=np.float32)
-        return np.broadcast_to(q * (1 - scene.static), (n, h, w)).astype(np.float32)
-
-    # darks: no beam; flats: open beam at steady state
+def _calibration_frames(spec: SimulationSpec, det: _Detector, q):
+    """The darks (no beam) and the flats (open beam at steady state), each from its own random stream."""
+    h, w = spec.height, spec.width
     darks = det.camera(np.zeros((spec.n_darks, h, w), np.float32), np.random.default_rng(det.ss_darks))
     rng_f = np.random.default_rng(det.ss_flats)
     open_beam = np.full((spec.n_flats, h, w), q, dtype=np.float32)
     light = det.quanta(open_beam, rng_f)
     det.lag(light, det.steady_state(np.full((h, w), q, np.float32)))
     flats = det.camera(light, rng_f)
+    return darks, flats
+
+
+def _frame_source(spec: SimulationSpec, det: _Detector, scene: _Scene, q, truth_scale):
+    """The video's frame generator: ``frames_fn() -> iter((start, raw block, truth block or None))``.
+
+    Each chunk's random stream is spawned now; the frames are made when iterated (the next chunk's quanta drawn in a
+    thread while this one is lagged and read out).
+    """
+    h, w = spec.height, spec.width
+    open_scene = spec.scene == "open"
+
+    def static_mean(n):
+        if open_scene:
+            return np.full((n, h, w), q, dtype=np.float32)
+        return np.broadcast_to(q * (1 - scene.static), (n, h, w)).astype(np.float32)
 
     chunk = max(1, spec.chunk_frames)
     starts = list(range(0, spec.frames, chunk))
@@ -425,8 +447,6 @@ def build(spec: SimulationSpec) -> Simulation:
         mean = mean_block(start)
         return start, mean, det.quanta(mean, rng), rng
 
-    truth_scale = np.float32(spec.counts_per_quantum * det.mean_good_gain)
-
     def frames_fn():
         first = mean_block(0)[0]
         state = det.steady_state(first)
@@ -445,8 +465,13 @@ def build(spec: SimulationSpec) -> Simulation:
                     truth = mean * truth_scale
                 yield start, raw, truth
 
+    return frames_fn
+
+
+def _truth_maps(spec: SimulationSpec, det: _Detector, preset) -> dict:
+    """The detector's true maps and MTFs (``truth/`` arrays of the recording)."""
     f = np.linspace(0.0, 2.0, 4097)
-    truth_maps = {
+    return {
         "gain": det.gain,
         "dark_offset": det.offset,
         "dark_current": det.current,
@@ -456,7 +481,11 @@ def build(spec: SimulationSpec) -> Simulation:
         "mtf_lsf": preset.mtf(f / spec.pixel_pitch_mm),
         "mtf_edge": system_mtf_edge(f, preset, spec.pixel_pitch_mm, spec.edge_angle_deg),
     }
-    truth_attrs = {
+
+
+def _truth_attrs(spec: SimulationSpec, det: _Detector, scene: _Scene, preset, open_level: float) -> dict:
+    """The truth's attributes: the spec, the preset, the afterglow model, the scene and what the truth frames mean."""
+    return {
         "spec": asdict(spec),
         "preset": {**asdict(preset), "sigma_mm": preset.sigma_mm},
         "mtf20_lsf_lp_per_mm": preset.mtf20_lp_per_mm,
@@ -468,17 +497,11 @@ def build(spec: SimulationSpec) -> Simulation:
         "frames_meaning": "noise-free, lag-free expected output of a perfect correction (flat-field and afterglow) "
                           "in 'counts' mode: counts_per_quantum * mean(good pixel gain) * blurred fluence; "
                           "flat-field alone gives the lagged version (ops.afterglow.add_lag from the steady state)",
-        "open_level": float(q * truth_scale),
+        "open_level": open_level,
         "scene": spec.scene,
         "mean_good_gain": det.mean_good_gain,
         **scene.attrs,
     }
-    attrs = {
-        "pixel_pitch_mm": spec.pixel_pitch_mm,
-        "frame_rate_hz": spec.frame_rate_hz,
-        "source": f"xray-pipeline simulator, preset {spec.preset}, seed {spec.seed}",
-    }
-    return Simulation(spec, attrs, darks, flats, truth_maps, truth_attrs, frames_fn)
 
 
 def with_overrides(spec: SimulationSpec, **kw) -> SimulationSpec:

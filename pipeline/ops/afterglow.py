@@ -318,6 +318,61 @@ def _fit_k(m, f, k, grid_w, grid_tau, with_offset):
     return A[keep][order], tau[keep][order], off, float(np.sum(sol.fun**2))
 
 
+def _fit_terms(tail, sk: int, max_terms: int, fit_offset: bool, sigma: float):
+    """Fit 1..max_terms exponentials to the falling step's ``tail`` from ``sk`` frames after the cut-off.
+
+    Returns ``(best, bics, f, m)``: the lowest-BIC fit ``(A, tau, off, rss, bic)`` (None if none), the BIC of each
+    number of terms, the fitted data and their frame offsets.
+    """
+    from scipy.optimize import nnls
+
+    f = tail[sk:]
+    m = np.arange(sk, tail.size, dtype=np.float64)
+    grid = np.geomspace(0.2, 5.0 * max(tail.size, 2), 80)
+    basis = np.exp(-m[:, None] / grid[None, :])
+    if fit_offset:
+        basis = np.column_stack([basis, np.ones_like(m), -np.ones_like(m)])
+    w, _ = nnls(basis, f)
+    gw = w[: grid.size]
+    best = None
+    bics = {}
+    for k in range(1, max_terms + 1):
+        if 2 * k + int(fit_offset) >= f.size:
+            break
+        A, tau, off, rss = _fit_k(m, f, k, gw, grid, fit_offset)
+        if A.size == 0:
+            continue
+        bic = _bic(rss, f.size, 2 * A.size + int(fit_offset), sigma)
+        bics[k] = bic
+        if best is None or bic < best[-1] - 1e-9:
+            best = (A, tau, off, rss, bic)
+    return best, bics, f, m
+
+
+def _fit_skips(tail, skips, max_terms: int, fit_offset: bool, sigma: float) -> dict:
+    """The best fit for each number of frames skipped after the cut-off (while 4 frames or more are left).
+
+    Returns ``{skip: (best, bics, f, m, reduced chi-square)}`` (see :func:`_fit_terms`).
+    """
+    results = {}
+    for sk in skips:
+        if tail.size - sk < 4:
+            break
+        best, bics, f, m = _fit_terms(tail, sk, max_terms, fit_offset, sigma)
+        if best is None:
+            continue
+        A, tau, off, rss, _ = best
+        dof = max(f.size - 2 * A.size - int(fit_offset), 1)
+        results[sk] = (best, bics, f, m, rss / dof / sigma**2)
+    return results
+
+
+def _choose_skip(results: dict) -> int:
+    """The fewest frames skipped whose fit is as good (reduced chi-square within 1.5x of the best) as any."""
+    best_chi = min(r[-1] for r in results.values())
+    return min(k for k, r in results.items() if r[-1] <= 1.5 * best_chi)
+
+
 def fit_falling_step(
     signal,
     frame_rate_hz: float,
@@ -356,8 +411,6 @@ def fit_falling_step(
     ``RSS / sigma^2 + p ln n`` (p = 2k, +1 with offset; sigma at least 1e-6 of
     the steady signal).
     """
-    from scipy.optimize import nnls
-
     if not 1 <= max_terms <= 4:
         raise ValueError("max_terms must be 1 to 4")
     if not (frame_rate_hz > 0 and math.isfinite(frame_rate_hz)):
@@ -366,48 +419,10 @@ def fit_falling_step(
     kc, steady, noise = find_cutoff(s)
     tail = s[kc:] / steady
     sigma = max(noise / steady, 1e-6)  # floor: float32 data carry ~1e-7 relative rounding
-
-    def one(sk):
-        f = tail[sk:]
-        m = np.arange(sk, tail.size, dtype=np.float64)
-        grid = np.geomspace(0.2, 5.0 * max(tail.size, 2), 80)
-        basis = np.exp(-m[:, None] / grid[None, :])
-        if fit_offset:
-            basis = np.column_stack([basis, np.ones_like(m), -np.ones_like(m)])
-        w, _ = nnls(basis, f)
-        gw = w[: grid.size]
-        best = None
-        bics = {}
-        for k in range(1, max_terms + 1):
-            if 2 * k + int(fit_offset) >= f.size:
-                break
-            A, tau, off, rss = _fit_k(m, f, k, gw, grid, fit_offset)
-            if A.size == 0:
-                continue
-            bic = _bic(rss, f.size, 2 * A.size + int(fit_offset), sigma)
-            bics[k] = bic
-            if best is None or bic < best[-1] - 1e-9:
-                best = (A, tau, off, rss, bic)
-        return best, bics, f, m
-
-    skips = [skip] if skip is not None else [0, 1, 2, 3]
-    results = {}
-    for sk in skips:
-        if tail.size - sk < 4:
-            break
-        best, bics, f, m = one(sk)
-        if best is None:
-            continue
-        A, tau, off, rss, _ = best
-        dof = max(f.size - 2 * A.size - int(fit_offset), 1)
-        results[sk] = (best, bics, f, m, rss / dof / sigma**2)
+    results = _fit_skips(tail, [skip] if skip is not None else [0, 1, 2, 3], max_terms, fit_offset, sigma)
     if not results:
         raise ValueError("the decay could not be fitted; record more frames after the cut-off")
-    if skip is None:
-        best_chi = min(r[-1] for r in results.values())
-        sk = min(k for k, r in results.items() if r[-1] <= 1.5 * best_chi)
-    else:
-        sk = skip
+    sk = _choose_skip(results) if skip is None else skip
     (A, tau_frames, off, rss, _), bics, f, m, _ = results[sk]
     r = np.exp(-1.0 / tau_frames)
     a = model_amplitudes(A, r)

@@ -240,6 +240,271 @@ def _full_from_half(half: np.ndarray, roi: int) -> np.ndarray:
     return full
 
 
+def _default_region(h: int, w: int, roi: int, overlap: int) -> tuple[int, int, int, int]:
+    """The central square that fits (its side a multiple of ``overlap`` where it holds one ROI or more)."""
+    side = min(h, w)
+    side -= side % overlap if side >= roi else 0
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    return (y0, y0 + side, x0, x0 + side)
+
+
+def _detrend_used(method: str, detrend: str, n: int) -> str:
+    """The detrending :func:`nnps` applies: 'quadratic' for 'iec', 'auto' resolved by the number of frames."""
+    if method == "iec":
+        detrend_used = "quadratic"
+    elif detrend == "auto":
+        detrend_used = "frames" if n >= 2 else "quadratic"
+    else:
+        detrend_used = detrend
+    if detrend_used == "frames" and n < 2:
+        raise ValueError("detrend='frames' needs two frames or more")
+    return detrend_used
+
+
+def _nnps_inputs(flats, method, detrend, window, roi, overlap, region):
+    """Checked inputs of :func:`nnps`: ``(xp, frames (N, H, W), window, region, detrend used)``."""
+    if method not in NNPS_METHODS:
+        raise ValueError(f"unknown NNPS method '{method}'; choose welch (default) or iec (IEC 62220-1-1)")
+    if detrend not in DETRENDS:
+        raise ValueError(f"unknown NNPS detrend '{detrend}'; choose auto, frames, quadratic or none")
+    window = ("none" if method == "iec" else "hann") if window is None else window
+    xp = get_xp(flats)
+    f = xp.asarray(flats)
+    if f.ndim == 2:
+        f = f[None]
+    n, h, w = f.shape
+    if region is None:
+        region = _default_region(h, w, roi, overlap)
+    y0, y1, x0, x1 = region
+    if y1 - y0 < roi or x1 - x0 < roi:
+        raise ValueError(f"the analysed region {y1 - y0} x {x1 - x0} is smaller than one {roi} x {roi} ROI")
+    return xp, f, window, region, _detrend_used(method, detrend, n)
+
+
+def _remove_trend(xp, f, region, method: str, detrend_used: str):
+    """The analysed region with its trend removed (or the offset to remove per ROI).
+
+    Returns ``(reg, offset, scale, mean_signal)``: ``offset`` (None, a float or the mean frame) is subtracted from each
+    ROI's tiles when the region is not detrended as a whole; ``scale`` corrects the power for the frames' mean removed.
+    """
+    y0, y1, x0, x1 = region
+    n = f.shape[0]
+    sub = f[:, y0:y1, x0:x1]
+    scale = 1.0
+    offset = None  # subtracted from each ROI's tiles (float64), when the region is not detrended as a whole
+    if method == "iec":
+        sub = sub.astype(xp.float64)
+        mean_signal = float(xp.mean(sub))
+        reg = detrend_quadratic(sub)  # keeps the mean; each ROI's own mean is removed below
+    else:
+        mean_frame = xp.mean(sub, axis=0, dtype=xp.float64)
+        mean_signal = float(xp.mean(mean_frame))
+        if detrend_used == "quadratic":
+            reg = detrend_quadratic(sub.astype(xp.float64))
+            reg -= xp.mean(reg, axis=(-2, -1), keepdims=True)
+        else:  # frames or none: per ROI from the input (no float64 copy of the whole stack)
+            reg = sub
+            offset = mean_frame if detrend_used == "frames" else mean_signal
+            scale = n / (n - 1.0) if detrend_used == "frames" else 1.0
+    return reg, offset, scale, mean_signal
+
+
+def _roi_layout(shape, roi: int, overlap: int):
+    """The ROIs over a (N, H, W) region and the units the standard errors come from.
+
+    Returns ``(corners, by_roi, units)``: the ROIs' top-left corners (``roi - overlap`` apart), whether the units are
+    the ROI positions (fewer than 3 frames) rather than the frames, and their number.
+    """
+    step = roi - overlap
+    corners = [(yy, xx) for yy in range(0, shape[1] - roi + 1, step)
+               for xx in range(0, shape[2] - roi + 1, step)]
+    # the spread between independent parts gives the standard errors: frames, or with fewer than 3 frames each ROI
+    by_roi = shape[0] < 3  # (then the frames of a position together: two frames less their mean are one realisation)
+    units = len(corners) if by_roi else shape[0]
+    return corners, by_roi, units
+
+
+def _model_std_error(member, m: int):
+    """Relative standard error of a bin from ``m`` ROIs when there is no spread to measure it by."""
+    # with a single unit no spread: the standard error of a mean of independent periodogram samples instead (half
+    # of a bin's band samples are independent, P(-k) = P(k)), per ROI
+    return 1 / np.sqrt(np.maximum((member > 0).sum(axis=0) / 2, 1) * m)
+
+
+def _beyond_first_bin(bins, roi: int, pixel_pitch_mm: float):
+    """Bins at 2 / ROI or above (the detrending, the ROI mean and the taper's main lobe reach the first bin)."""
+    df = 1.0 / (roi * pixel_pitch_mm)
+    return bins >= 2 * df - df / 4
+
+
+def _add_band(band, at, p, index, by_roi: bool) -> None:
+    """Add the two cuts' samples of the periodograms ``p`` (frames, rfft2 half) to ``band[:, at]`` (summed if by ROI)."""
+    hr, hc, vr, vc = index
+    band[0, at] += p[:, hr, hc].sum(axis=0, keepdims=True) if by_roi else p[:, hr, hc]
+    band[1, at] += p[:, vr, vc].sum(axis=0, keepdims=True) if by_roi else p[:, vr, vc]
+
+
+def _roi_power(xp, reg, offset, corners, roi: int, method: str, t1, ref1, rows, by_roi: bool, units: int):
+    """The ROIs' periodograms: their sum (rfft2 half) and, per unit, the band samples of the two cuts.
+
+    Returns ``(acc, band, ref_band)``; ``ref_band`` holds the band samples with the taper ``ref1`` (the IEC method's
+    leakage-free reference), None without it.
+    """
+    n = reg.shape[0]
+    taper = xp.asarray(np.outer(t1, t1)) if t1 is not None else None
+    ref_taper = xp.asarray(np.outer(ref1, ref1)) if ref1 is not None else None
+    index = tuple(xp.asarray(a) for a in _half_spectrum_index(int(roi), rows))
+    acc = xp.zeros((roi, roi // 2 + 1), dtype=xp.float64)
+    band = xp.zeros((2, units, rows.size, roi), dtype=xp.float64)  # per unit: the two cuts' samples
+    ref_band = xp.zeros_like(band) if ref_taper is not None else None
+    chunk = max(1, (1 << 22) // (roi * roi))  # frames per batched FFT (bounded memory for long series)
+    for i, (yy, xx) in enumerate(corners):
+        for c0 in range(0, n, chunk):
+            fr = slice(c0, min(c0 + chunk, n))
+            tiles = reg[fr, yy : yy + roi, xx : xx + roi].astype(xp.float64)  # (frames, roi, roi)
+            if offset is not None:
+                tiles -= offset if isinstance(offset, float) else offset[yy : yy + roi, xx : xx + roi]
+            if method == "iec":
+                tiles = tiles - tiles.mean(axis=(1, 2), keepdims=True)
+            p = xp.abs(xp.fft.rfft2(tiles if taper is None else tiles * taper)) ** 2
+            acc += p.sum(axis=0)
+            at = slice(i, i + 1) if by_roi else fr
+            _add_band(band, at, p, index, by_roi)
+            if ref_taper is not None:
+                _add_band(ref_band, at, xp.abs(xp.fft.rfft2(tiles * ref_taper)) ** 2, index, by_roi)
+    return acc, band, ref_band
+
+
+def _unit_cuts(band, units: int, keep, factor: float, member):
+    """The 1D cuts of each unit, ``(cut, unit, bin)``: its band samples times ``factor``, each bin their mean."""
+    return (to_host(band).reshape(2, units, -1)[:, :, keep.ravel()] * factor) @ member
+
+
+def _iec_bin_means(vals, half, freq, bins, df: float):
+    """The IEC cut as it always was: the mean of the samples within +-df/2 of each bin."""
+    out = np.full(bins.size, np.nan)
+    for i, b in enumerate(bins):
+        msk = half & (np.abs(freq - b) <= df / 2)
+        if msk.any():
+            out[i] = vals[msk].mean()
+    return out
+
+
+def _iec_trusted(nh, nv, frames_cut, ref_frames, model_se, above):
+    """IEC bins to trust: above 2 / ROI, and within 5 % (and 3 standard errors) of the leakage-free reference.
+
+    Returns ``(trusted, leak)`` with ``leak`` = |IEC value / reference - 1| (NaN in the first bin).
+    """
+    units = frames_cut.shape[1]
+    ref = ref_frames.mean(axis=1)
+    leak = np.abs(np.stack([nh, nv]) / ref - 1).max(axis=0)  # NaN in the first bin (no reference there)
+    if units >= 2:
+        diff = (frames_cut - ref_frames) / ref[:, None, :]
+        tol = np.maximum(0.05, 3 * diff.std(axis=1, ddof=1).max(axis=0) / math.sqrt(units))
+    else:  # the two estimates of one ROI differ by about 0.7 of one's error
+        tol = np.maximum(0.05, 3 * 0.7 * model_se)
+    return above & (leak <= tol), leak
+
+
+def _iec_cuts(nps2, mean_signal, geometry, pixel_pitch_mm, roi, ref1, ref_band, unit, frames_cut, model_se, above):
+    """The IEC method's cuts from the 2D NPS and their trust (against a leakage-free Welch estimate).
+
+    Returns ``(frames_cut, nh, nv, trusted, extra)``.
+    """
+    rows, freq, bins, keep, member, x1, x2 = geometry
+    units = frames_cut.shape[1]
+    df = 1.0 / (roi * pixel_pitch_mm)
+    nyq = 0.5 / pixel_pitch_mm
+    half = np.broadcast_to(np.abs(np.fft.fftfreq(roi, d=pixel_pitch_mm)[None, :]) < nyq, freq.shape)
+    nh = _iec_bin_means(nps2[rows, :], half, freq, bins, df) / mean_signal**2
+    nv = _iec_bin_means(nps2[:, rows].T, half, freq, bins, df) / mean_signal**2
+    ref_norm = float((np.outer(ref1, ref1) ** 2).sum())
+    ref_frames = _unit_cuts(ref_band, units, keep, unit / ref_norm, member)
+    ref_frames = ref_frames - _smoothing_correction(ref_frames, x1, x2, _window_m2(roi))
+    trusted, leak = _iec_trusted(nh, nv, frames_cut, ref_frames, model_se, above)
+    return frames_cut, nh, nv, trusted, {"leakage_rel": leak.tolist()}
+
+
+_IEC_NOTE = ("IEC 62220-1-1 method (region detrended by a 2D quadratic, square ROIs). Not trusted: bins below 2/ROI "
+             "(the polynomial and the ROI mean remove noise power there) and bins where leakage or smoothing of "
+             "the square ROIs moves the value by more than 5 % (and 3 standard errors) from a leakage-free Welch "
+             "estimate of the same ROIs (leakage_rel).")
+
+
+def _welch_corrections(frames_cut, x1, x2, m2, model_se):
+    """The Welch cuts' relative smoothing corrections and their standard errors.
+
+    Returns ``(relc, relr, rel_se, dis_se)``: the correction from the curve smoothed in log (applied) and from the
+    raw curve, the standard error of the first and of their difference (from the units' own curves).
+    """
+    units = frames_cut.shape[1]
+    # the correction from the curve smoothed in log (a steep spectrum's curvature survives, the bins' noise does
+    # not), applied as a factor; judged by what it significantly is (2 standard errors, from the units' own
+    # curves), so that noise alone does not untrust a bin
+    raw = frames_cut.mean(axis=1)  # (cut, bin)
+    sm = _log_smooth(raw)
+    relc = _smoothing_correction(sm, x1, x2, m2) / sm  # NaN in the first bin
+    # the same correction from the unsmoothed curve: where the two disagree, the spectrum bends too sharply
+    # for the ROI's resolution (a fall into the noise floor within a few bins) and no first-order correction
+    # is reliable
+    relr = _smoothing_correction(raw, x1, x2, m2) / raw
+    rel_se = dis_se = np.broadcast_to(0.5 * model_se, relc.shape)  # a second difference's share of the noise
+    if units >= 2:
+        smu = _log_smooth(frames_cut)
+        unit_s = _smoothing_correction(smu, x1, x2, m2) / smu
+        unit_r = _smoothing_correction(frames_cut, x1, x2, m2) / raw[:, None, :]
+        rel_se = unit_s.std(axis=1, ddof=1) / math.sqrt(units)
+        dis_se = (unit_s - unit_r).std(axis=1, ddof=1) / math.sqrt(units)
+    return relc, relr, rel_se, dis_se
+
+
+def _welch_cuts(frames_cut, geometry, roi, tapered: bool, model_se, above, max_window_correction):
+    """The Welch cuts with the taper's and the bins' smoothing corrected, and their trust.
+
+    Returns ``(frames_cut, nh, nv, trusted, extra)``, ``frames_cut`` corrected.
+    """
+    x1, x2 = geometry[5], geometry[6]
+    m2 = _window_m2(roi) if tapered else 0.0
+    relc, relr, rel_se, dis_se = _welch_corrections(frames_cut, x1, x2, m2, model_se)
+    frames_cut = frames_cut * (1 - np.where(np.isfinite(relc), relc, 0.0))[:, None, :]
+    nh, nv = frames_cut.mean(axis=1)
+    ok = ((np.abs(relc) - 2 * rel_se <= max_window_correction)
+          & (np.abs(relc - relr) - 2 * dis_se <= _MAX_CORRECTION_DISAGREEMENT))
+    trusted = above & np.all(ok, axis=0) & np.isfinite(nh) & np.isfinite(nv)
+    rel = np.abs(relc).max(axis=0)
+    return frames_cut, nh, nv, trusted, {"window_correction_rel": rel.tolist()}
+
+
+def _welch_note(detrend_used: str, window: str, max_window_correction: float) -> str:
+    """The Welch method's ``trust_note``."""
+    how = {"frames": "subtracting the mean of the frames", "quadratic": "a 2D quadratic fit over the region",
+           "none": "subtracting the mean level only"}[detrend_used]
+    return (f"Welch method (fixed pattern removed by {how}, {window} taper, the taper's and the bins' smoothing "
+            f"corrected to first order). Not trusted: bins below 2/ROI, and bins whose smoothing correction "
+            f"(window_correction_rel) exceeds {100 * max_window_correction:g} % or whose correction from the raw "
+            f"and the smoothed curve differ by more than {100 * _MAX_CORRECTION_DISAGREEMENT:g} % (the spectrum "
+            f"bends too sharply for the ROI's frequency resolution).")
+
+
+def _profile_entries(bins, frames_cut, nh, nv, trusted, note, model_se, by_roi: bool) -> dict:
+    """The 1D part of :func:`nnps`'s result: the cuts, their trust and standard errors (from the units' spread)."""
+    units = frames_cut.shape[1]
+    mean_cut = frames_cut.mean(axis=0)  # (unit, bin): the two cuts' mean, unit by unit
+    se = mean_cut.std(axis=0, ddof=1) / math.sqrt(units) / np.abs((nh + nv) / 2) if units >= 2 else model_se
+    return {
+        "frequencies_lp_per_mm": bins.tolist(),
+        "nnps_horizontal_mm2": nh.tolist(),
+        "nnps_vertical_mm2": nv.tolist(),
+        "nnps_mm2": ((nh + nv) / 2).tolist(),
+        "trusted": [bool(t) for t in trusted],
+        "lowest_trusted_lp_per_mm": float(bins[trusted][0]) if trusted.any() else None,
+        "trust_note": note,
+        "nnps_rel_std_error": se.tolist(),
+        "std_error_from": ("frames" if not by_roi else "ROIs (overlapping: an underestimate)" if units >= 2
+                           else "model: independent periodogram samples"),
+    }
+
+
 def nnps(flats, pixel_pitch_mm: float, *, method: str = "welch", roi: int = 256, overlap: int = 128, region=None,
          cut_rows: int = 7, window: str | None = None, detrend: str = "auto", max_window_correction: float = 0.08):
     """NNPS of flat frames: the Welch method (default; unbiased for steep noise spectra) or IEC 62220-1-1's.
@@ -293,184 +558,33 @@ def nnps(flats, pixel_pitch_mm: float, *, method: str = "welch", roi: int = 256,
     2 standard errors); 'iec': not where the IEC value is more than 5 % (and 3 standard errors of the difference) from
     the leakage-free estimate.
     """
-    if method not in NNPS_METHODS:
-        raise ValueError(f"unknown NNPS method '{method}'; choose welch (default) or iec (IEC 62220-1-1)")
-    if detrend not in DETRENDS:
-        raise ValueError(f"unknown NNPS detrend '{detrend}'; choose auto, frames, quadratic or none")
-    window = ("none" if method == "iec" else "hann") if window is None else window
-    xp = get_xp(flats)
-    f = xp.asarray(flats)
-    if f.ndim == 2:
-        f = f[None]
-    n, h, w = f.shape
-    if region is None:
-        side = min(h, w)
-        side -= side % overlap if side >= roi else 0
-        y0, x0 = (h - side) // 2, (w - side) // 2
-        region = (y0, y0 + side, x0, x0 + side)
-    y0, y1, x0, x1 = region
-    if y1 - y0 < roi or x1 - x0 < roi:
-        raise ValueError(f"the analysed region {y1 - y0} x {x1 - x0} is smaller than one {roi} x {roi} ROI")
-    if method == "iec":
-        detrend_used = "quadratic"
-    elif detrend == "auto":
-        detrend_used = "frames" if n >= 2 else "quadratic"
-    else:
-        detrend_used = detrend
-    if detrend_used == "frames" and n < 2:
-        raise ValueError("detrend='frames' needs two frames or more")
-    sub = f[:, y0:y1, x0:x1]
-    scale = 1.0
-    offset = None  # subtracted from each ROI's tiles (float64), when the region is not detrended as a whole
-    if method == "iec":
-        sub = sub.astype(xp.float64)
-        mean_signal = float(xp.mean(sub))
-        reg = detrend_quadratic(sub)  # keeps the mean; each ROI's own mean is removed below
-    else:
-        mean_frame = xp.mean(sub, axis=0, dtype=xp.float64)
-        mean_signal = float(xp.mean(mean_frame))
-        if detrend_used == "quadratic":
-            reg = detrend_quadratic(sub.astype(xp.float64))
-            reg -= xp.mean(reg, axis=(-2, -1), keepdims=True)
-        else:  # frames or none: per ROI from the input (no float64 copy of the whole stack)
-            reg = sub
-            offset = mean_frame if detrend_used == "frames" else mean_signal
-            scale = n / (n - 1.0) if detrend_used == "frames" else 1.0
-    step = roi - overlap
+    xp, f, window, region, detrend_used = _nnps_inputs(flats, method, detrend, window, roi, overlap, region)
+    n = f.shape[0]
+    reg, offset, scale, mean_signal = _remove_trend(xp, f, region, method, detrend_used)
     t1 = _taper_1d(window, roi, method)
-    taper = xp.asarray(np.outer(t1, t1)) if t1 is not None else None
     norm = float((np.outer(t1, t1) ** 2).sum()) if t1 is not None else float(roi * roi)
     # IEC: a leakage-free reference from the same ROIs (periodic Hann) says which IEC bins leakage has moved
     ref1 = _taper_1d("hann", roi, "welch") if method == "iec" else None
-    ref_taper = xp.asarray(np.outer(ref1, ref1)) if ref1 is not None else None
-    rows, freq, bins, keep, member, x1, x2 = _band_geometry(int(roi), float(pixel_pitch_mm), int(cut_rows))
-    hr, hc, vr, vc = (xp.asarray(a) for a in _half_spectrum_index(int(roi), rows))
-    corners = [(yy, xx) for yy in range(0, reg.shape[1] - roi + 1, step)
-               for xx in range(0, reg.shape[2] - roi + 1, step)]
+    geometry = rows, freq, bins, keep, member, x1, x2 = _band_geometry(int(roi), float(pixel_pitch_mm), int(cut_rows))
+    corners, by_roi, units = _roi_layout(reg.shape, roi, overlap)
+    acc, band, ref_band = _roi_power(xp, reg, offset, corners, roi, method, t1, ref1, rows, by_roi, units)
     positions = len(corners)
-    # the spread between independent parts gives the standard errors: frames, or with fewer than 3 frames each ROI
-    by_roi = n < 3  # (then the frames of a position together: two frames less their mean are one realisation)
-    units = positions if by_roi else n
-    acc = xp.zeros((roi, roi // 2 + 1), dtype=xp.float64)
-    band = xp.zeros((2, units, rows.size, roi), dtype=xp.float64)  # per unit: the two cuts' samples
-    ref_band = xp.zeros_like(band) if ref_taper is not None else None
-    chunk = max(1, (1 << 22) // (roi * roi))  # frames per batched FFT (bounded memory for long series)
-    for i, (yy, xx) in enumerate(corners):
-        for c0 in range(0, n, chunk):
-            fr = slice(c0, min(c0 + chunk, n))
-            tiles = reg[fr, yy : yy + roi, xx : xx + roi].astype(xp.float64)  # (frames, roi, roi)
-            if offset is not None:
-                tiles -= offset if isinstance(offset, float) else offset[yy : yy + roi, xx : xx + roi]
-            if method == "iec":
-                tiles = tiles - tiles.mean(axis=(1, 2), keepdims=True)
-            p = xp.abs(xp.fft.rfft2(tiles if taper is None else tiles * taper)) ** 2
-            acc += p.sum(axis=0)
-            at = slice(i, i + 1) if by_roi else fr
-            band[0, at] += p[:, hr, hc].sum(axis=0, keepdims=True) if by_roi else p[:, hr, hc]
-            band[1, at] += p[:, vr, vc].sum(axis=0, keepdims=True) if by_roi else p[:, vr, vc]
-            if ref_taper is not None:
-                pr = xp.abs(xp.fft.rfft2(tiles * ref_taper)) ** 2
-                ref_band[0, at] += pr[:, hr, hc].sum(axis=0, keepdims=True) if by_roi else pr[:, hr, hc]
-                ref_band[1, at] += pr[:, vr, vc].sum(axis=0, keepdims=True) if by_roi else pr[:, vr, vc]
     m = positions * n
     nps2 = _full_from_half(to_host(acc), roi) * (scale * pixel_pitch_mm * pixel_pitch_mm / (m * norm))
     unit = scale * pixel_pitch_mm * pixel_pitch_mm / ((n if by_roi else positions) * mean_signal**2)
-    kflat = keep.ravel()
-    samp = to_host(band).reshape(2, units, -1)[:, :, kflat] * (unit / norm)  # (cut, unit, sample): NNPS per unit
-    frames_cut = samp @ member  # (cut, unit, bin): the mean of each bin's samples
-    # with a single unit no spread: the standard error of a mean of independent periodogram samples instead (half
-    # of a bin's band samples are independent, P(-k) = P(k)), per ROI
-    model_se = 1 / np.sqrt(np.maximum((member > 0).sum(axis=0) / 2, 1) * m)
-    df = 1.0 / (roi * pixel_pitch_mm)
-    above = bins >= 2 * df - df / 4
+    frames_cut = _unit_cuts(band, units, keep, unit / norm, member)  # (cut, unit, bin): NNPS per unit
+    model_se = _model_std_error(member, m)
+    above = _beyond_first_bin(bins, roi, pixel_pitch_mm)
     if method == "iec":
-        nyq = 0.5 / pixel_pitch_mm
-        half = np.broadcast_to(np.abs(np.fft.fftfreq(roi, d=pixel_pitch_mm)[None, :]) < nyq, freq.shape)
-        h_vals = nps2[rows, :]
-        v_vals = nps2[:, rows].T
-
-        def binned(vals):  # the IEC cut as it always was: the mean of the samples within +-df/2 of each bin
-            out = np.full(bins.size, np.nan)
-            for i, b in enumerate(bins):
-                msk = half & (np.abs(freq - b) <= df / 2)
-                if msk.any():
-                    out[i] = vals[msk].mean()
-            return out
-
-        nh = binned(h_vals) / mean_signal**2
-        nv = binned(v_vals) / mean_signal**2
-        ref_norm = float((np.outer(ref1, ref1) ** 2).sum())
-        ref_frames = (to_host(ref_band).reshape(2, units, -1)[:, :, kflat] * (unit / ref_norm)) @ member
-        ref_frames = ref_frames - _smoothing_correction(ref_frames, x1, x2, _window_m2(roi))
-        ref = ref_frames.mean(axis=1)
-        leak = np.abs(np.stack([nh, nv]) / ref - 1).max(axis=0)  # NaN in the first bin (no reference there)
-        if units >= 2:
-            diff = (frames_cut - ref_frames) / ref[:, None, :]
-            tol = np.maximum(0.05, 3 * diff.std(axis=1, ddof=1).max(axis=0) / math.sqrt(units))
-        else:  # the two estimates of one ROI differ by about 0.7 of one's error
-            tol = np.maximum(0.05, 3 * 0.7 * model_se)
-        trusted = above & (leak <= tol)
-        extra = {"leakage_rel": leak.tolist()}
-        note = ("IEC 62220-1-1 method (region detrended by a 2D quadratic, square ROIs). Not trusted: bins below 2/ROI "
-                "(the polynomial and the ROI mean remove noise power there) and bins where leakage or smoothing of "
-                "the square ROIs moves the value by more than 5 % (and 3 standard errors) from a leakage-free Welch "
-                "estimate of the same ROIs (leakage_rel).")
+        frames_cut, nh, nv, trusted, extra = _iec_cuts(nps2, mean_signal, geometry, pixel_pitch_mm, roi, ref1,
+                                                       ref_band, unit, frames_cut, model_se, above)
     else:
-        m2 = _window_m2(roi) if t1 is not None else 0.0
-        # the correction from the curve smoothed in log (a steep spectrum's curvature survives, the bins' noise does
-        # not), applied as a factor; judged by what it significantly is (2 standard errors, from the units' own
-        # curves), so that noise alone does not untrust a bin
-        raw = frames_cut.mean(axis=1)  # (cut, bin)
-        sm = _log_smooth(raw)
-        relc = _smoothing_correction(sm, x1, x2, m2) / sm  # NaN in the first bin
-        # the same correction from the unsmoothed curve: where the two disagree, the spectrum bends too sharply
-        # for the ROI's resolution (a fall into the noise floor within a few bins) and no first-order correction
-        # is reliable
-        relr = _smoothing_correction(raw, x1, x2, m2) / raw
-        rel_se = dis_se = np.broadcast_to(0.5 * model_se, relc.shape)  # a second difference's share of the noise
-        if units >= 2:
-            smu = _log_smooth(frames_cut)
-            unit_s = _smoothing_correction(smu, x1, x2, m2) / smu
-            unit_r = _smoothing_correction(frames_cut, x1, x2, m2) / raw[:, None, :]
-            rel_se = unit_s.std(axis=1, ddof=1) / math.sqrt(units)
-            dis_se = (unit_s - unit_r).std(axis=1, ddof=1) / math.sqrt(units)
-        frames_cut = frames_cut * (1 - np.where(np.isfinite(relc), relc, 0.0))[:, None, :]
-        nh, nv = frames_cut.mean(axis=1)
-        ok = ((np.abs(relc) - 2 * rel_se <= max_window_correction)
-              & (np.abs(relc - relr) - 2 * dis_se <= _MAX_CORRECTION_DISAGREEMENT))
-        trusted = above & np.all(ok, axis=0) & np.isfinite(nh) & np.isfinite(nv)
-        rel = np.abs(relc).max(axis=0)
-        extra = {"window_correction_rel": rel.tolist()}
-        how = {"frames": "subtracting the mean of the frames", "quadratic": "a 2D quadratic fit over the region",
-               "none": "subtracting the mean level only"}[detrend_used]
-        note = (f"Welch method (fixed pattern removed by {how}, {window} taper, the taper's and the bins' smoothing "
-                f"corrected to first order). Not trusted: bins below 2/ROI, and bins whose smoothing correction "
-                f"(window_correction_rel) exceeds {100 * max_window_correction:g} % or whose correction from the raw "
-                f"and the smoothed curve differ by more than {100 * _MAX_CORRECTION_DISAGREEMENT:g} % (the spectrum "
-                f"bends too sharply for the ROI's frequency resolution).")
-    mean_cut = frames_cut.mean(axis=0)  # (unit, bin): the two cuts' mean, unit by unit
-    se = mean_cut.std(axis=0, ddof=1) / math.sqrt(units) / np.abs((nh + nv) / 2) if units >= 2 else model_se
-    return {
-        "frequencies_lp_per_mm": bins.tolist(),
-        "nnps_horizontal_mm2": nh.tolist(),
-        "nnps_vertical_mm2": nv.tolist(),
-        "nnps_mm2": ((nh + nv) / 2).tolist(),
-        "trusted": [bool(t) for t in trusted],
-        "lowest_trusted_lp_per_mm": float(bins[trusted][0]) if trusted.any() else None,
-        "trust_note": note,
-        "nnps_rel_std_error": se.tolist(),
-        "std_error_from": ("frames" if not by_roi else "ROIs (overlapping: an underestimate)" if units >= 2
-                           else "model: independent periodogram samples"),
-        **extra,
-        "nps_2d": np.fft.fftshift(nps2),
-        "mean_signal": mean_signal,
-        "rois": int(m),
-        "frames": int(n),
-        "method": method,
-        "window": window,
-        "detrend": detrend_used,
-        "region": [int(v) for v in region],
-    }
+        frames_cut, nh, nv, trusted, extra = _welch_cuts(frames_cut, geometry, roi, t1 is not None, model_se, above,
+                                                         max_window_correction)
+    note = _IEC_NOTE if method == "iec" else _welch_note(detrend_used, window, max_window_correction)
+    return {**_profile_entries(bins, frames_cut, nh, nv, trusted, note, model_se, by_roi), **extra,
+            "nps_2d": np.fft.fftshift(nps2), "mean_signal": mean_signal, "rois": int(m), "frames": int(n),
+            "method": method, "window": window, "detrend": detrend_used, "region": [int(v) for v in region]}
 
 
 def lag_correction_factor(amplitudes, ratios) -> float:
