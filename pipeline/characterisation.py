@@ -65,36 +65,55 @@ def characterise(dataset: str | Path, outdir: str | Path, *, compare: str | Path
 
 
 def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite, inputs) -> dict:
-    import json as _json
-
     from . import report
-    from .ops import characterise as ch
-    from .ops.edges import find_edge_roi
-    from .ops.mtf import slanted_edge_mtf
-
     from .io.outputs import FileSet
 
-    out = Path(outdir)
     # the three files are written together or not at all, never into the dataset, never over a folder
-    files = FileSet(out, ("report.json", "report.html", "pixel_response.npy"), overwrite=overwrite,
+    files = FileSet(Path(outdir), ("report.json", "report.html", "pixel_response.npy"), overwrite=overwrite,
                     inputs=[dataset, compare, *inputs])
     if q_per_ugy_mm2 is not None:  # before the dataset: an argument error needs no data to show
         q_per_ugy_mm2 = validate.positive_finite(
             q_per_ugy_mm2, "--q", unit="photons per mm^2 per uGy", upper=validate.DATASET_ATTRS["q_per_uGy_mm2"][1],
             fix="give the beam's photon fluence per air kerma, e.g. --q 29653 for RQA5 (IEC 62220-1-1)")
-    other = None
-    if compare:
-        cp = Path(compare)
-        if not cp.is_file():
-            raise DataError(f"--compare '{cp}' does not exist; give another report.json")
-        try:
-            other = _json.loads(cp.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise DataError(f"--compare '{cp}' is not readable JSON ({type(exc).__name__}); give a report.json "
-                            "from 'xray-pipeline characterise'") from None
-        if not isinstance(other, dict) or not isinstance(other.get("summary"), dict):
-            raise DataError(f"--compare '{cp}' is not a report of 'xray-pipeline characterise' (no summary); give "
-                            "its report.json")
+    other = _compared_report(compare)
+    d = _open_characterisation(dataset, q_per_ugy_mm2)
+    lin, response, cal, kref, means, iref, ref, p = _linearity_and_gain(d)
+    linearise = _conversion(p, means[iref])
+    nn, good, mean_lin, lr = _reference_nnps(d, cal, linearise, ref)
+    edge, mres, roi = _edge_mtf(d, cal, linearise)
+    ag_fig, fit = _step_afterglow(d, linearise)
+    dqe = _dqe(d, cal, nn, mres, fit if ag_fig else None, p, good, mean_lin, kref)
+    rep = _report_document(inputs[0] if inputs else dataset, d, lin, cal, kref, nn, edge, mres, roi, ag_fig, dqe)
+    html = report.characterisation_html(rep, np.asarray(cal.gain), np.asarray(cal.bad_pixels), nn["nps_2d"],
+                                        other=other)
+    _write_report(files, rep, response, html)
+    return rep
+
+
+def _compared_report(compare) -> dict | None:
+    """``--compare``'s report.json, checked (one line each: missing, not JSON, not a report)."""
+    import json as _json
+
+    if not compare:
+        return None
+    cp = Path(compare)
+    if not cp.is_file():
+        raise DataError(f"--compare '{cp}' does not exist; give another report.json")
+    try:
+        other = _json.loads(cp.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"--compare '{cp}' is not readable JSON ({type(exc).__name__}); give a report.json "
+                        "from 'xray-pipeline characterise'") from None
+    if not isinstance(other, dict) or not isinstance(other.get("summary"), dict):
+        raise DataError(f"--compare '{cp}' is not a report of 'xray-pipeline characterise' (no summary); give "
+                        "its report.json")
+    return other
+
+
+def _open_characterisation(dataset, q_per_ugy_mm2) -> dict:
+    """The dataset's group, a checked reader, its checked attributes, pitch, beam, q, kerma levels and darks."""
+    from .ops import characterise as ch
+
     g = zarr_store.open_group_readonly(dataset)
     root = Path(dataset)
 
@@ -127,7 +146,16 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite, inputs)
     if len(levels) < 2:
         raise DataError(f"'{dataset}/flats' needs at least two air-kerma levels for linearity")
     darks = read("darks")
-    dark = darks.mean(axis=0)
+    return {"dataset": dataset, "g": g, "read": read, "attrs": attrs, "pitch": pitch, "beam": beam, "q": q,
+            "levels": levels, "darks": darks, "dark": darks.mean(axis=0)}
+
+
+def _linearity_and_gain(d: dict):
+    """The flats' means per kerma level: the linearity fits, the per-pixel response, the calibration at the
+    reference level (refusing a clipped level, naming it)."""
+    from .ops import characterise as ch
+
+    dataset, g, read, levels, dark, darks = d["dataset"], d["g"], d["read"], d["levels"], d["dark"], d["darks"]
     h, w = dark.shape
     cy, cx = h // 2, w // 2
     c = max(8, min(h, w) // 8)
@@ -144,7 +172,7 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite, inputs)
         stacks.append(st.mean(axis=0))
         means.append(float(st.mean(axis=0)[central].mean()))
     lin = ch.fit_linearity([k for k, _ in levels], means)
-    kref = attrs.get("reference_kerma_uGy")  # checked finite > 0 above; absent or null: the middle level
+    kref = d["attrs"].get("reference_kerma_uGy")  # checked finite > 0 above; absent or null: the middle level
     kref = float(kref if kref is not None else levels[len(levels) // 2][0])
     response = np.asarray(ch.fit_pixel_response([k for k, _ in levels], np.stack(stacks), reference_ugy=kref))
     iref = int(np.argmin([abs(k - kref) for k, _ in levels]))
@@ -154,17 +182,31 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite, inputs)
                               dark_noise=darks.std(axis=0, ddof=1).astype(np.float32),
                               saturation_level=saturation_level_for(g["flats"][ref_name].dtype))
     p = lin["power_law"]["exponent_p"]
+    return lin, response, cal, kref, means, iref, ref, p
 
-    def linearise(x):  # global conversion function: signal -> signal of a linear detector (same at K_ref)
+
+def _conversion(p: float, s_ref: float):
+    """The global conversion function: signal -> signal of a linear detector (the same at K_ref)."""
+
+    def linearise(x):
         if abs(p - 1) < 0.01:
             return x
-        s_ref = means[iref]
         return s_ref * np.sign(x) * (np.abs(x) / s_ref) ** (1.0 / p)
 
-    # NNPS of the gain-corrected reference flats (shading no longer weights the noise against the mean). Welch
-    # method (ops.characterise.nnps): the fixed pattern removed by subtracting the frames' mean (N - 1 degrees of
-    # freedom, no polynomial), Hann-tapered ROIs, bins it cannot trust flagged. nnps_method = "iec" gives the former
-    # numbers: the IEC 62220-1-1 method on differences of frame pairs (/ sqrt 2, so the fixed pattern cancels).
+    return linearise
+
+
+def _reference_nnps(d: dict, cal, linearise, ref):
+    """NNPS of the gain-corrected reference flats (shading no longer weights the noise against the mean).
+
+    Welch method (ops.characterise.nnps): the fixed pattern removed by subtracting the frames' mean (N - 1 degrees
+    of freedom, no polynomial), Hann-tapered ROIs, bins it cannot trust flagged. nnps_method = "iec" gives the
+    former numbers: the IEC 62220-1-1 method on differences of frame pairs (/ sqrt 2, so the fixed pattern cancels).
+    """
+    from .ops import characterise as ch
+
+    pitch = d["pitch"]
+    h, w = d["dark"].shape
     nnps_method = "welch"
     lr = linearise(ref) / np.asarray(cal.gain, np.float64)
     good = np.asarray(cal.bad_pixels) == 0
@@ -178,41 +220,69 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite, inputs)
     else:
         lr[:, ~good] = mean_lin  # defects would dominate the NPS (they are replaced in normal use): constant, no noise
         nn = ch.nnps(lr, float(pitch), method="welch", roi=nn_roi, overlap=nn_overlap)
-    edge = linearise(read("edge") - dark) / np.asarray(cal.gain, np.float64)
-    edge_mean = edge.mean(axis=0)  # the frames' mean edge: noise down by sqrt(frames) before the derivative
+    return nn, good, mean_lin, lr
+
+
+def _edge_mtf(d: dict, cal, linearise):
+    """The slanted-edge MTF of the frames' mean edge (noise down by sqrt(frames) before the derivative)."""
+    from .ops.edges import find_edge_roi
+    from .ops.mtf import slanted_edge_mtf
+
+    edge = linearise(d["read"]("edge") - d["dark"]) / np.asarray(cal.gain, np.float64)
+    edge_mean = edge.mean(axis=0)
     roi = find_edge_roi(edge_mean)
     y0, y1, x0, x1 = roi
-    mres = slanted_edge_mtf(edge_mean[y0:y1, x0:x1])
-    mtf_mean = mres.mtf[0]
+    return edge, slanted_edge_mtf(edge_mean[y0:y1, x0:x1]), roi
+
+
+def _step_afterglow(d: dict, linearise):
+    """The afterglow figures from the beam-off step, where the dataset has one and a frame rate."""
+    if "afterglow_step" not in d["g"]:
+        return None, None
+    step = linearise(d["read"]("afterglow_step") - d["dark"])
+    fr = float(d["attrs"].get("frame_rate_hz") or 0)
+    if fr <= 0:
+        return None, None
+    fit = ag.fit_falling_step(step.mean(axis=(1, 2)), fr)
+    return ({"tau_s": fit.tau_s.tolist(), "amplitudes": fit.amplitudes.tolist(), **fit.figures(),
+             "decay_t_ms": ((np.arange(fit.data.size) + fit.skipped_frames) / fr * 1e3).tolist(),
+             "decay_fraction": fit.data.tolist(), "decay_model": fit.model.tolist()}, fit)
+
+
+def _dqe(d: dict, cal, nn, mres, fit, p, good, mean_lin, kref) -> dict:
+    """DQE from the lag-corrected NNPS (IEC 62220-1-3), cut along the MTF direction.
+
+    A lagged frame's mean carries the lag's DC gain G, its quantum noise only sum h^2, so single frames' NNPS is low
+    and the DQE high by G^2 / sum h^2 (1.067 for the simulated gc screen: DQE 0.64 for an absorption of 0.6). The
+    factor applies to the lagged (quantum) noise, not to the camera noise added after the screen (white, from the
+    darks' temporal variance). Beyond the first MTF = 0.1 crossing the MTF estimate is mostly noise: DQE not
+    reported there.
+    """
+    from .ops import characterise as ch
+
+    pitch = d["pitch"]
     f_cy = mres.frequencies_cy_per_px
     f_nn = np.asarray(nn["frequencies_lp_per_mm"])
-    mtf_at = np.interp(f_nn * float(pitch), f_cy, mtf_mean)
+    mtf_at = np.interp(f_nn * float(pitch), f_cy, mres.mtf[0])
     cut = nn["nnps_horizontal_mm2"] if mres.orientation == "vertical" else nn["nnps_vertical_mm2"]
-    ag_fig = None
-    if "afterglow_step" in g:
-        step = linearise(read("afterglow_step") - dark)
-        fr = float(attrs.get("frame_rate_hz") or 0)
-        if fr > 0:
-            fit = ag.fit_falling_step(step.mean(axis=(1, 2)), fr)
-            ag_fig = {"tau_s": fit.tau_s.tolist(), "amplitudes": fit.amplitudes.tolist(), **fit.figures(),
-                      "decay_t_ms": ((np.arange(fit.data.size) + fit.skipped_frames) / fr * 1e3).tolist(),
-                      "decay_fraction": fit.data.tolist(), "decay_model": fit.model.tolist()}
-    # DQE from the lag-corrected NNPS (IEC 62220-1-3): a lagged frame's mean carries the lag's DC gain G, its quantum
-    # noise only sum h^2, so single frames' NNPS is low and the DQE high by G^2 / sum h^2 (1.067 for the simulated gc
-    # screen: DQE 0.64 for an absorption of 0.6). The factor applies to the lagged (quantum) noise, not to the camera
-    # noise added after the screen (white, from the darks' temporal variance).
-    lag_factor = ch.lag_correction_factor(fit.amplitudes, fit.ratios) if ag_fig else 1.0
-    dark_var = darks.var(axis=0, ddof=1)
+    lag_factor = ch.lag_correction_factor(fit.amplitudes, fit.ratios) if fit is not None else 1.0
+    dark_var = d["darks"].var(axis=0, ddof=1)
     slope = 1.0 if abs(p - 1) < 0.01 else (1.0 / p)  # the conversion function's slope at the reference level
     cam = float(np.mean((dark_var * slope**2 / np.asarray(cal.gain, np.float64) ** 2)[good])) * float(pitch) ** 2
     cam_nnps = cam / mean_lin**2
     cut_arr = np.asarray(cut, np.float64)
     cut_lag = lag_factor * np.maximum(cut_arr - cam_nnps, 0.0) + np.minimum(cut_arr, cam_nnps)
-    dqe = ch.dqe(mtf_at, cut_lag, kref, float(q))
-    # beyond the first MTF = 0.1 crossing the MTF estimate is mostly noise: DQE not reported there
+    dqe = ch.dqe(mtf_at, cut_lag, kref, float(d["q"]))
     f10 = float(np.nanmedian(mres.crossings_cy_per_px[0.1])) / float(pitch)
     dqe = np.where(f_nn <= f10, dqe, np.nan)
-    dqe_trusted = np.asarray(nn["trusted"], bool) & np.isfinite(dqe)
+    return {"f_nn": f_nn, "dqe": dqe, "trusted": np.asarray(nn["trusted"], bool) & np.isfinite(dqe), "cut": cut,
+            "lag_factor": lag_factor, "cam_nnps": cam_nnps}
+
+
+def _report_document(dataset, d, lin, cal, kref, nn, edge, mres, roi, ag_fig, dq) -> dict:
+    """report.json's content: every figure with its unit, and the summary table."""
+    pitch, beam = d["pitch"], d["beam"]
+    f_nn, dqe, dqe_trusted = dq["f_nn"], dq["dqe"], dq["trusted"]
     k_mm = 1.0 / float(pitch)
 
     def at(freq):
@@ -227,19 +297,22 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite, inputs)
     crossings = {lv: float(np.nanmedian(mres.crossings_cy_per_px[lv]) * k_mm) for lv in (0.5, 0.2, 0.1)}
     rep = {
         "dataset": str(Path(dataset).resolve()), "created": _now(), "version": __version__,
-        "pixel_pitch_mm": float(pitch), "beam_quality": beam, "q_per_uGy_mm2": float(q),
+        "acquired_at": d["attrs"].get("acquired_at"),
+        "pixel_pitch_mm": float(pitch), "beam_quality": beam, "q_per_uGy_mm2": float(d["q"]),
         "reference_kerma_uGy": kref,
         "linearity": lin,
         "gain": {"flat_level_counts": cal.flat_level, "bad_pixels": int(np.count_nonzero(cal.bad_pixels)),
                  "gain_map_std_pct": float(np.std(np.asarray(cal.gain)[np.asarray(cal.bad_pixels) == 0]) * 100)},
-        "mtf": {"frequencies_lp_per_mm": (f_cy * k_mm).tolist(), "mtf": mtf_mean.tolist(), "roi": list(roi),
-                "edge_angle_deg": float(np.nanmedian(mres.angle_deg)), "mtf50_lp_per_mm": crossings[0.5],
-                "mtf20_lp_per_mm": crossings[0.2], "mtf10_lp_per_mm": crossings[0.1], "frames": int(edge.shape[0])},
+        "mtf": {"frequencies_lp_per_mm": (mres.frequencies_cy_per_px * k_mm).tolist(), "mtf": mres.mtf[0].tolist(),
+                "roi": list(roi), "edge_angle_deg": float(np.nanmedian(mres.angle_deg)),
+                "mtf50_lp_per_mm": crossings[0.5], "mtf20_lp_per_mm": crossings[0.2],
+                "mtf10_lp_per_mm": crossings[0.1], "frames": int(edge.shape[0])},
         "nnps": {k: v for k, v in nn.items() if k != "nps_2d"},
         "dqe": {"frequencies_lp_per_mm": f_nn.tolist(), "dqe": dqe.tolist(), "trusted": dqe_trusted.tolist(),
                 "dqe_at_0p5_lp_per_mm": at(0.5), "dqe_at_1_lp_per_mm": at(1.0), "dqe_at_2_lp_per_mm": at(2.0),
                 "trusted_at_0p5_1_2_lp_per_mm": [trusted_at(0.5), trusted_at(1.0), trusted_at(2.0)],
-                "lag_correction_factor": lag_factor, "camera_nnps_mm2": cam_nnps, "nnps_method": nn["method"],
+                "lag_correction_factor": dq["lag_factor"], "camera_nnps_mm2": dq["cam_nnps"],
+                "nnps_method": nn["method"],
                 "note": "DQE(f) = MTF^2 / (K_a q NNPS_lag), NNPS cut along the MTF direction, its lagged (quantum) "
                         "part times the lag correction factor G^2 / sum h^2 of the afterglow fit (1 without one), the "
                         "camera noise (darks) not; null beyond the MTF10 frequency; trusted: the NNPS bin is trusted "
@@ -252,24 +325,28 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite, inputs)
         "Pixel pitch (mm)": rep["pixel_pitch_mm"], "Beam quality": beam, "Reference air kerma (uGy)": kref,
         "Response exponent p (S ~ K^p)": lin["power_law"]["exponent_p"], "Linear fit R^2": lin["linear"]["r2"],
         "MTF50 (lp/mm)": crossings[0.5], "MTF20 (lp/mm)": crossings[0.2],
-        "NNPS at 1 lp/mm (mm^2)": float(np.interp(1.0, f_nn, cut)),
+        "NNPS at 1 lp/mm (mm^2)": float(np.interp(1.0, f_nn, dq["cut"])),
         "DQE at 0.5 lp/mm": at(0.5), "DQE at 2 lp/mm": at(2.0),
         "First-frame lag (%)": (ag_fig["lag_first_frame"] * 100) if ag_fig else None,
         "Afterglow at 10 ms (%)": (ag_fig["afterglow_10ms"] * 100) if ag_fig else None,
         "Afterglow at 100 ms (%)": (ag_fig["afterglow_100ms"] * 100) if ag_fig else None,
         "Bad pixels": rep["gain"]["bad_pixels"],
     }
+    return rep
+
+
+def _write_report(files, rep: dict, response, html: str) -> None:
+    """pixel_response.npy, report.json (NaN as null) and report.html, all or none."""
+    import json as _json
+
     from .io.checkpoint import _jsonable
 
-    html = report.characterisation_html(rep, np.asarray(cal.gain), np.asarray(cal.bad_pixels), nn["nps_2d"],
-                                        other=other)
     with files:
         np.save(files.path("pixel_response.npy"), response)
         files.path("report.json").write_text(
             _json.dumps(rep, indent=1, default=_jsonable, allow_nan=False) if _finite(rep)
             else _json.dumps(_nan_to_none(rep), indent=1, default=_jsonable))
         files.path("report.html").write_text(html)
-    return rep
 
 
 def _finite(obj) -> bool:
