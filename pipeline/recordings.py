@@ -126,7 +126,7 @@ def ingest(
     few whole chunks at a time (as many as fit in 16 frames, at least one); the source is only read. Returns a
     summary (``metadata``: name -> ``[value, where]``; ``missing``: the names found nowhere).
     """
-    from .io.ingest import open_sources, select_frames, storage_dtype
+    from .io.ingest import storage_dtype
 
     if chunk_frames is not None and (isinstance(chunk_frames, bool) or not isinstance(chunk_frames, (int, np.integer))
                                      or chunk_frames < 1):
@@ -138,22 +138,10 @@ def ingest(
     if frame_rate_hz is not None:
         given["frame_rate_hz"] = (frame_rate_hz, "--frame-rate")
     given = checked_metadata(given)
-    kw = dict(dataset=dataset, raw_dtype=raw_dtype, raw_shape=raw_shape, header=header)
-    srcs = _zarr_sources(source) if is_zarr_group(Path(source)) else open_sources(source, **kw)
-    if srcs["frames"] is None:
-        raise DataError(f"'{source}' holds no projection frames (image_key 0)")
-    for name, extra in (("darks", darks), ("flats", flats)):
-        if extra is not None:
-            srcs[name] = (_zarr_sources(extra) if is_zarr_group(Path(extra)) else open_sources(extra, **kw))["frames"]
-    if frames is not None:
-        srcs["frames"] = select_frames(srcs["frames"], frames)
+    srcs = _sources(source, darks, flats, frames, dict(dataset=dataset, raw_dtype=raw_dtype, raw_shape=raw_shape,
+                                                        header=header))
     fr = srcs["frames"]
     t, h, w = fr.shape
-    for name in ("darks", "flats"):
-        s_ = srcs[name]
-        if s_ is not None and tuple(s_.shape[1:]) != (h, w):
-            raise DataError(f"{name} '{s_.label}' are {tuple(s_.shape[1:])} frames but the recording is {(h, w)}; "
-                            "they must match")
     found = resolve_metadata(given, fr.attrs, str(source))
     if hasattr(progress, "set_total"):  # a pipeline.progress.Progress: the work is known now
         progress.set_total(t)
@@ -216,6 +204,28 @@ def resolve_metadata(given: dict, own_attrs: dict, label: str = "the source") ->
 def is_zarr_group(path: Path) -> bool:
     """A folder holding a Zarr group (v3 ``zarr.json``, or v2 ``.zgroup``); anything else is a recording to ingest."""
     return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
+
+
+def _sources(source, darks, flats, frames, kw: dict) -> dict:
+    """The recording's frames (the range given), darks and flats (its own, or the files given) as sources of
+    one frame size."""
+    from .io.ingest import open_sources, select_frames
+
+    srcs = _zarr_sources(source) if is_zarr_group(Path(source)) else open_sources(source, **kw)
+    if srcs["frames"] is None:
+        raise DataError(f"'{source}' holds no projection frames (image_key 0)")
+    for name, extra in (("darks", darks), ("flats", flats)):
+        if extra is not None:
+            srcs[name] = (_zarr_sources(extra) if is_zarr_group(Path(extra)) else open_sources(extra, **kw))["frames"]
+    if frames is not None:
+        srcs["frames"] = select_frames(srcs["frames"], frames)
+    h, w = srcs["frames"].shape[1:]
+    for name in ("darks", "flats"):
+        s_ = srcs[name]
+        if s_ is not None and tuple(s_.shape[1:]) != (h, w):
+            raise DataError(f"{name} '{s_.label}' are {tuple(s_.shape[1:])} frames but the recording is {(h, w)}; "
+                            "they must match")
+    return srcs
 
 
 def _zarr_sources(path) -> dict:
@@ -292,11 +302,51 @@ def export(
     """
     from .io import outputs
     from .io.export import (
-        _exported, _window, check_png_dest, check_window, frame_range, png_digits, raw_input, selected,
-        sheet_positions, write_contact_sheet, write_png_frames, write_preview, write_tiff_stack,
+        _exported, _window, check_png_dest, check_window, frame_range, png_digits, selected, sheet_positions,
+        write_contact_sheet, write_png_frames, write_preview, write_tiff_stack,
     )
 
     d = Path(dest)
+    kind = _export_kind(d, format, side_by_side, sheet_frames)
+    window = check_window(window) if kind != "tiff" else None
+    if kind == "png":
+        check_png_dest(d, overwrite=overwrite, inputs=[dataset])
+    else:
+        outputs.check_output_path(d, overwrite=overwrite, inputs=[dataset], kind="file", sidecars=False)
+    g, data, label = _export_source(dataset, array)
+    t = data.shape[0]
+    r = frame_range(frames, t)
+    used = {"range": [r.start, r.stop, r.step], "frames": list(r)}
+    if kind == "tiff":
+        return _exported(write_tiff_stack(selected(data, r), d), {"format": "tiff", **used, "window": None})
+    if kind == "png":
+        out = write_png_frames(selected(data, r), d, indices=r, digits=png_digits(t), window=window,
+                               overwrite=overwrite, inputs=[dataset], dataset=str(dataset), array=array)
+        return _exported(d, {**out, **used})
+    left = src = why = None
+    if side_by_side or kind == "sheet":
+        left, src, why = _raw_beside(g, dataset, data, label, d, side_by_side=side_by_side, overwrite=overwrite)
+    if kind == "sheet":
+        pos = [r[i] for i in sheet_positions(len(r), int(sheet_frames))]
+        stack = np.stack([np.asarray(data[i]) for i in pos])
+        raw = np.stack([np.asarray(left[i]) for i in pos]) if left is not None else None
+        out = write_contact_sheet(stack, d, labels=pos, window=window, left=raw)
+        return _exported(d, {**out, **used, "frames": pos, "raw": src if left is not None else None,
+                             "raw_skipped": None if left is not None else why})
+    if not 0.01 <= float(fps) <= 1000:
+        raise DataError(f"--fps {fps:g} is outside 0.01..1000 frames per second; choose a playable rate")
+    if min(data.shape[1:]) < 2:
+        raise DataError(f"'{dataset}/{array}' has {data.shape[1]} x {data.shape[2]} frames; a {d.suffix.lower()} "
+                        "preview needs at least 2 x 2 pixels: export them as .tif")
+    sel = selected(data, r)
+    win = _window(sel, window)
+    path = write_preview(sel, d, window=win, fps=fps, left=selected(left, r) if left is not None else None)
+    return _exported(path, {"format": kind, **used, "window": [float(v) for v in win], "raw": src})
+
+
+def _export_kind(d: Path, format, side_by_side: bool, sheet_frames) -> str:
+    """What export writes to ``d``: 'tiff', 'mp4', 'gif', 'sheet' (a .png contact sheet) or 'png' (frames);
+    the options checked against it (one line each)."""
     suf = d.suffix.lower()
     if format is not None and str(format).lower() != "png":
         raise DataError(f"--format {format}: export knows 'png' (a folder of PNG frames); other formats follow "
@@ -315,11 +365,11 @@ def export(
     if kind == "sheet" and (isinstance(sheet_frames, bool) or not isinstance(sheet_frames, (int, np.integer))
                             or not 1 <= sheet_frames <= 1000):
         raise DataError(f"--sheet-frames {sheet_frames!r}: give a whole number of frames, 1..1000")
-    window = check_window(window) if kind != "tiff" else None
-    if kind == "png":
-        check_png_dest(d, overwrite=overwrite, inputs=[dataset])
-    else:
-        outputs.check_output_path(d, overwrite=overwrite, inputs=[dataset], kind="file", sidecars=False)
+    return kind
+
+
+def _export_source(dataset, array: str):
+    """The group, its array of frames checked as read (T, H, W) and its label."""
     g = zarr_store.open_group_readonly(dataset)
     if array not in g:
         raise DataError(f"'{dataset}' has no array '{array}'")
@@ -332,43 +382,26 @@ def export(
         data = zarr_store.read_checked(data, label)[None]
     else:  # checked as read (a lost chunk is an error, never black frames); float16/uint16 outputs: their values
         data = zarr_store.checked_frames(data, label)
-    t = data.shape[0]
-    if t < 1:
+    if data.shape[0] < 1:
         raise DataError(f"'{dataset}/{array}' holds no frames; nothing to export")
-    r = frame_range(frames, t)
-    used = {"range": [r.start, r.stop, r.step], "frames": list(r)}
-    if kind == "tiff":
-        return _exported(write_tiff_stack(selected(data, r), d), {"format": "tiff", **used, "window": None})
-    if kind == "png":
-        out = write_png_frames(selected(data, r), d, indices=r, digits=png_digits(t), window=window,
-                               overwrite=overwrite, inputs=[dataset], dataset=str(dataset), array=array)
-        return _exported(d, {**out, **used})
-    left = src = None
-    if side_by_side or kind == "sheet":
-        left, src, why = raw_input(g, dataset, required=side_by_side)
-        if left is not None and tuple(left.shape) != tuple(data.shape):
-            if side_by_side:
-                raise DataError(f"side-by-side needs the raw '{src}' ({' x '.join(map(str, left.shape))}) and "
-                                f"'{label}' ({' x '.join(map(str, data.shape))}) to have the same frames and size")
-            left, why = None, "its input's frames differ in number or size"
-        if left is not None:  # never written over the raw input either
-            outputs.check_output_path(d, overwrite=overwrite, inputs=[dataset, src], kind="file", sidecars=False)
-    if kind == "sheet":
-        pos = [r[i] for i in sheet_positions(len(r), int(sheet_frames))]
-        stack = np.stack([np.asarray(data[i]) for i in pos])
-        raw = np.stack([np.asarray(left[i]) for i in pos]) if left is not None else None
-        out = write_contact_sheet(stack, d, labels=pos, window=window, left=raw)
-        return _exported(d, {**out, **used, "frames": pos, "raw": src if left is not None else None,
-                             "raw_skipped": None if left is not None else why})
-    if not 0.01 <= float(fps) <= 1000:
-        raise DataError(f"--fps {fps:g} is outside 0.01..1000 frames per second; choose a playable rate")
-    if min(data.shape[1:]) < 2:
-        raise DataError(f"'{dataset}/{array}' has {data.shape[1]} x {data.shape[2]} frames; a {suf} preview "
-                        "needs at least 2 x 2 pixels: export them as .tif")
-    sel = selected(data, r)
-    win = _window(sel, window)
-    path = write_preview(sel, d, window=win, fps=fps, left=selected(left, r) if left is not None else None)
-    return _exported(path, {"format": kind, **used, "window": [float(v) for v in win], "raw": src})
+    return g, data, label
+
+
+def _raw_beside(g, dataset, data, label: str, d: Path, *, side_by_side: bool, overwrite: bool):
+    """The raw input a processed output names (``(frames, path, why-not)``), where it matches the frames; never
+    an output path either."""
+    from .io import outputs
+    from .io.export import raw_input
+
+    left, src, why = raw_input(g, dataset, required=side_by_side)
+    if left is not None and tuple(left.shape) != tuple(data.shape):
+        if side_by_side:
+            raise DataError(f"side-by-side needs the raw '{src}' ({' x '.join(map(str, left.shape))}) and "
+                            f"'{label}' ({' x '.join(map(str, data.shape))}) to have the same frames and size")
+        left, why = None, "its input's frames differ in number or size"
+    if left is not None:  # never written over the raw input either
+        outputs.check_output_path(d, overwrite=overwrite, inputs=[dataset, src], kind="file", sidecars=False)
+    return left, src, why
 
 
 def info(path: str | Path, *, dataset: str | None = None, raw_dtype: str | None = None, raw_shape: tuple | None = None,

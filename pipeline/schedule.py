@@ -376,6 +376,16 @@ def _graph(source, target, chain, *, chunk_frames: int, ahead: int | None, start
     return dsk, commits, tok
 
 
+def _run_local(dsk: dict, commits: list, tok: str, *, scheduler: str, num_workers, progress) -> list:
+    """The graph on one of Dask's local schedulers, ``progress`` called in this thread as blocks commit."""
+    dsk[f"total-{tok}"] = (_collect, commits)
+    kw = {}
+    if num_workers and scheduler != "synchronous":
+        kw["num_workers"] = num_workers
+    with _progress_callback(progress, commits):
+        return _getter(scheduler)(dsk, f"total-{tok}", **kw)
+
+
 def process_frames(
     source,
     target,
@@ -400,13 +410,14 @@ def process_frames(
     source : array-like (T, H, W)
         Supports slicing (e.g. :class:`pipeline.io.zarr_store.FrameReader`).
     target : writable array-like (T, H, W)
-        Pre-created with chunks ``(chunk_frames, H, W)``.
+        Pre-created with chunks of whole frames, ``chunk_frames`` a multiple of their frames (each block
+        writes whole chunks of its own).
     chain : object
         ``head(raw) -> (block, mask)``, ``stateful`` (list of stages) and
         ``tail((block, mask)) -> block`` (see :class:`pipeline.stages.Chain`).
         A plain callable ``block -> block`` is accepted too.
     chunk_frames : int
-        Frames per block (and per output chunk).
+        Frames per block.
     scheduler : str
         ``threads``, ``synchronous`` or ``processes`` (Dask's local schedulers), or the address of
         a running dask.distributed scheduler (``tcp://host:8786``).
@@ -457,12 +468,7 @@ def process_frames(
         results = _run_distributed(dsk, commits, scheduler=scheduler, cluster=cluster, num_workers=num_workers,
                                    progress=progress)
     else:
-        dsk[f"total-{tok}"] = (_collect, commits)
-        kw = {}
-        if num_workers and scheduler != "synchronous":
-            kw["num_workers"] = num_workers
-        with _progress_callback(progress, commits):
-            results = _getter(scheduler)(dsk, f"total-{tok}", **kw)
+        results = _run_local(dsk, commits, tok, scheduler=scheduler, num_workers=num_workers, progress=progress)
     expected = t - (starts[start_block] if start_block < len(starts) else t)
     if sum(r["n"] for r in results) != expected:  # pragma: no cover - a scheduler contract violation
         raise RuntimeError("not every block was processed")
