@@ -22,10 +22,16 @@ from .stages import build_chain
 
 
 def choose_chunk_frames(config: RunConfig, frame_shape, n_frames: int) -> int:
-    """Frames per block: the config's number, or ``chunk_bytes`` of float32 when 'auto'."""
+    """Frames per block: the config's number, or ``chunk_bytes`` of float32 when 'auto', rounded down to whole
+    output chunks of a viewer's size (:func:`pipeline.recordings.recording_chunk_frames`: 67 frames of 1000²
+    would otherwise leave only 1-frame chunks that divide every block)."""
     c = config.execution.chunk_frames
     if c == "auto":
+        from .recordings import recording_chunk_frames
+
         c = max(1, config.execution.chunk_bytes // (4 * int(np.prod(frame_shape))))
+        v = recording_chunk_frames(tuple(frame_shape), np.float32)
+        c = c // v * v if c >= v else c
     return int(max(1, min(c, n_frames)))
 
 

@@ -278,12 +278,15 @@ def _open_writer(plan: RunPlan, prep: Prepared, lock, progress_dir, resume: bool
 def output_chunk_frames(plan: RunPlan, prep: Prepared) -> int:
     """Frames per stored chunk of the output: ``output.chunk_frames``, else the rule ingest uses (up to 16 frames
     within 32 MiB: a viewer decodes one chunk to show a frame, not a whole 64-frame block), made a divisor of the
-    processing block (so every block is whole chunks, written straight by the chunk encoder)."""
+    processing block where there are several (so every block is whole chunks, written straight by the chunk
+    encoder, and no two blocks share a chunk)."""
     from .recordings import recording_chunk_frames
 
-    _, h, w = plan.shape
+    t, h, w = plan.shape
     want = plan.config.output.chunk_frames or recording_chunk_frames((h, w), prep.chain.storage.numpy_dtype)
     want = max(1, min(int(want), prep.chunk))
+    if prep.chunk >= t:  # one block: no boundary between blocks to fall on
+        return want
     return max(d for d in range(1, want + 1) if prep.chunk % d == 0)
 
 

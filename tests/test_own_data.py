@@ -293,10 +293,14 @@ def test_output_chunks_are_sized_for_viewers_and_change_no_value(rec, tmp_path):
     b = pipeline.run(rec["zarr"], tmp_path / "b.zarr", overrides=["execution.chunk_frames=8", "output.chunk_frames=8"])
     ga, gb = (zarr.open_group(str(p.output), mode="r") for p in (a, b))
     assert ga["frames"].chunks[0] == 8 and gb["frames"].chunks[0] == 8  # 48x48 float32: up to 16, a divisor of 8
-    c = pipeline.run(rec["zarr"], tmp_path / "c.zarr", overrides=["execution.chunk_frames=12", "output.chunk_frames=5"])
+    c = pipeline.run(rec["zarr"], tmp_path / "c.zarr", overrides=["execution.chunk_frames=6", "output.chunk_frames=5"])
     gc = zarr.open_group(str(c.output), mode="r")
-    assert gc["frames"].chunks[0] == 4  # the largest divisor of the 12-frame block not above 5
-    assert np.array_equal(ga["frames"][:], gc["frames"][:], equal_nan=True)
+    assert gc["frames"].chunks[0] == 3  # the largest divisor of the 6-frame blocks not above 5
+    d = pipeline.run(rec["zarr"], tmp_path / "d.zarr", overrides=["execution.chunk_frames=12", "output.chunk_frames=5"])
+    gd = zarr.open_group(str(d.output), mode="r")
+    assert gd["frames"].chunks[0] == 5  # one block: no boundary to fall on
+    for g in (gc, gd):
+        assert np.array_equal(ga["frames"][:], g["frames"][:], equal_nan=True)
 
 
 def test_a_run_says_what_it_found(rec, tmp_path, capsys):
