@@ -116,7 +116,7 @@ def test_a_failed_write_leaves_the_old_chunk_and_no_temporary_file(tmp_path, mon
     def fail(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(zarr_store.os, "replace", fail)
+    monkeypatch.setattr(chunks.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         fw[0:C] = data[C:2 * C]
     monkeypatch.undo()
