@@ -27,17 +27,21 @@ def simulate_characterisation(output: str | Path, *, preset: str = "eu-gc", size
     from .simulator import characterisation
 
     spec = SimulationSpec(preset=preset, height=size[0], width=size[1], seed=seed)
-    d = characterisation(spec, **kw)
+    return write_characterisation(characterisation(spec, **kw), output, overwrite=overwrite)
+
+
+def write_characterisation(d: dict, output, *, overwrite: bool = False, progress=None) -> Path:
+    """A characterisation dict (:func:`pipeline.simulator.characterisation`'s layout) as a Zarr dataset."""
     writer = zarr_store.OutputWriter(output, overwrite=overwrite)
     try:
-        h, w = size
+        h, w = np.shape(d["darks"])[1:]
         writer.write("darks", d["darks"], chunks=(8, h, w))
         for i, (k, stack) in enumerate(d["flats"]):
             writer.write(f"flats/level{i}", stack, chunks=(8, h, w))
             writer.set_attrs({"air_kerma_uGy": k}, f"flats/level{i}")
         writer.write("edge", d["edge"], chunks=(8, h, w))
         writer.write("afterglow_step", d["afterglow_step"], chunks=(16, h, w))
-        truth = d["truth"]
+        truth = dict(d["truth"])
         for name in ("mtf_frequencies_cy_per_px", "mtf_lsf", "mtf_edge", "bad_pixels"):
             writer.write(f"truth/{name}", truth.pop(name))
         writer.set_attrs(truth, "truth")
@@ -45,7 +49,25 @@ def simulate_characterisation(output: str | Path, *, preset: str = "eu-gc", size
     except BaseException:
         writer.abort()
         raise
+    if progress is not None:
+        progress(1)
     return writer.commit()
+
+
+def simulate_stability_sessions(folder, *, preset: str = "eu-gc", size=(256, 256), seed: int = 0,
+                                overwrite: bool = False, progress=None, **kw) -> list[Path]:
+    """A series of simulated characterisation sessions with known drift (:func:`pipeline.simulator.
+    stability_sessions`), one Zarr dataset each, ``session_<hours>h.zarr`` in ``folder``."""
+    from .simulator import stability_sessions
+
+    spec = SimulationSpec(preset=preset, height=size[0], width=size[1], seed=seed)
+    sessions = stability_sessions(spec, **kw)
+    if hasattr(progress, "set_total"):
+        progress.set_total(len(sessions))
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    return [write_characterisation(d, out / f"session_{float(d['truth']['time_h']):05.0f}h.zarr",
+                                   overwrite=overwrite, progress=progress) for d in sessions]
 
 
 def characterise(dataset: str | Path, outdir: str | Path, *, compare: str | Path | None = None,
@@ -55,6 +77,13 @@ def characterise(dataset: str | Path, outdir: str | Path, *, compare: str | Path
     See the README for the dataset layout (or :mod:`pipeline.manifest` for the lab's files). ``inputs``: what
     ``dataset`` was made from (never an output). Returns the report (also written as ``report.json``).
     """
+    return characterise_with_maps(dataset, outdir, compare=compare, q_per_ugy_mm2=q_per_ugy_mm2,
+                                  overwrite=overwrite, inputs=inputs)[0]
+
+
+def characterise_with_maps(dataset, outdir, *, compare=None, q_per_ugy_mm2=None, overwrite=False, inputs=()):
+    """:func:`characterise`, also returning the maps behind the report: ``{'gain', 'bad_pixels', 'edge_mean'}``
+    (what a stability trend compares between sessions)."""
     try:
         return _characterise(dataset, outdir, compare=compare, q_per_ugy_mm2=q_per_ugy_mm2, overwrite=overwrite,
                              inputs=list(inputs))
@@ -87,7 +116,8 @@ def _characterise(dataset, outdir, *, compare, q_per_ugy_mm2, overwrite, inputs)
     html = report.characterisation_html(rep, np.asarray(cal.gain), np.asarray(cal.bad_pixels), nn["nps_2d"],
                                         other=other)
     _write_report(files, rep, response, html)
-    return rep
+    return rep, {"gain": np.asarray(cal.gain), "bad_pixels": np.asarray(cal.bad_pixels),
+                 "edge_mean": edge.mean(axis=0)}
 
 
 def _compared_report(compare) -> dict | None:
@@ -302,6 +332,7 @@ def _report_document(dataset, d, lin, cal, kref, nn, edge, mres, roi, ag_fig, dq
         "reference_kerma_uGy": kref,
         "linearity": lin,
         "gain": {"flat_level_counts": cal.flat_level, "bad_pixels": int(np.count_nonzero(cal.bad_pixels)),
+                 "bad_pixel_positions": np.argwhere(np.asarray(cal.bad_pixels) != 0)[:100000].tolist(),
                  "gain_map_std_pct": float(np.std(np.asarray(cal.gain)[np.asarray(cal.bad_pixels) == 0]) * 100)},
         "mtf": {"frequencies_lp_per_mm": (mres.frequencies_cy_per_px * k_mm).tolist(), "mtf": mres.mtf[0].tolist(),
                 "roi": list(roi), "edge_angle_deg": float(np.nanmedian(mres.angle_deg)),

@@ -45,12 +45,15 @@ def simulate(
     seed: int = 0,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    stability: dict | None = None,
     **spec_fields,
 ) -> Path:
     """Write a simulated recording in the data contract, with a ``truth/`` subgroup.
 
     Extra keyword arguments set fields of :class:`pipeline.simulator.SimulationSpec`
-    (e.g. ``quanta_per_pixel=100``, ``truth_frames=False``).
+    (e.g. ``quanta_per_pixel=100``, ``truth_frames=False``). ``stability``: the keyword arguments of
+    :func:`pipeline.simulator.stability_recording` (an open-beam recording under continuous exposure whose light
+    output drifts as planted; its frames spread over ``hours``, per-frame ``timestamps_s`` with ``frame_times``).
     """
     # chunk_frames: the stored chunks only; the simulation's own blocks (and so its random streams) stay 16 frames,
     # so that a seed gives the same frames whatever the chunks
@@ -67,7 +70,13 @@ def simulate(
         raise DataError(f"simulate: {exc}") from None
     except ValueError as exc:
         raise DataError(f"simulate: {exc}") from None
-    sim = build(spec)
+    if stability is not None:
+        from .simulator import stability_recording
+
+        sim = stability_recording(spec, **stability)
+        spec = sim.spec if hasattr(sim, "spec") else spec
+    else:
+        sim = build(spec)
     t, h, w = spec.frames, spec.height, spec.width
     def chunks(n, dtype, given=None, limit=16):  # given: the frames' chunk_frames (darks and flats: at most 8 frames)
         return (min(int(given) if given is not None else recording_chunk_frames((h, w), dtype, limit=limit), n), h, w)
@@ -88,6 +97,8 @@ def simulate(
                 truth[start : start + block.shape[0]] = np.ascontiguousarray(tblock)
             if progress:
                 progress(block.shape[0])
+        if getattr(sim, "timestamps_s", None) is not None:
+            writer.write("timestamps_s", np.asarray(sim.timestamps_s, np.float64), dims=("t",))
         writer.set_attrs(sim.attrs)
         writer.set_attrs(sim.truth_attrs, "truth")
     except BaseException:

@@ -297,3 +297,118 @@ window.addEventListener("load", function () {{
 </script>
 </body></html>
 """
+
+
+def _stability_panels(doc: dict) -> list:
+    """(title, x, y, band) for each trend a stability report plots; ``band``: (lo, hi) of the limits or None."""
+    lim = doc["limits"]
+    if doc["kind"] == "recording":
+        lo = doc["light_output"]
+        band = (100 - lim["light_yield_pct"], 100 + lim["light_yield_pct"])
+        panels = [("light output (% of the first minute)", lo["time_h"], lo["pct_of_first_minute"], band)]
+        m = doc.get("mtf")
+        if m:
+            t = lo["time_h"][: len(m["mtf20"])]
+            panels.append((f"MTF20 ({m['unit'].replace('_per_', '/')})", t, m["mtf20"], None))
+        return panels
+    rows = doc["sessions"]
+    t = [r["time_h"] for r in rows]
+
+    def rel(name):
+        v = [r.get(name) for r in rows]
+        return [100 * x / v[0] if x is not None and v[0] else None for x in v] if v[0] is not None else None
+
+    panels = []
+    for name, title, key in (("light_yield_counts_per_uGy", "light yield (% of baseline)", "light_yield_pct"),
+                             ("light_output_counts", "light output (% of baseline)", "light_yield_pct"),
+                             ("mtf20_lp_per_mm", "MTF20 (% of baseline)", "mtf20_pct"),
+                             ("mtf50_lp_per_mm", "MTF50 (% of baseline)", "mtf50_pct"),
+                             ("lag_first_frame", "first-frame lag (% of baseline)", "lag_pct")):
+        y = rel(name)
+        if y is not None and any(v is not None for v in y):
+            up = key == "lag_pct"
+            panels.append((title, t, y, (0 if up else 100 - lim[key], 100 + lim[key])))
+    for name, title, key in (("new_bad_pixels_pct_of_area", "new bad pixels (% of the area)",
+                              "new_bad_pixels_pct_of_area"),
+                             ("gain_change_rms_pct", "gain-map change (rms %)", "gain_change_rms_pct")):
+        y = [r.get(name) for r in rows]
+        if any(v is not None for v in y):
+            panels.append((title, t, y, (0, lim[key])))
+    return panels
+
+
+def _stability_figure(doc: dict):
+    plt = _plt()
+    panels = _stability_panels(doc)
+    cols = min(3, len(panels)) or 1
+    rows = -(-len(panels) // cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    unit = "h" if doc["kind"] == "recording" or doc.get("time_unit") == "h" else "session"
+    for ax, (title, x, y, band) in zip(axes.ravel(), panels):
+        pts = [(a, b) for a, b in zip(x, y) if b is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, "." if len(xs) > 50 else "o-", ms=2 if len(xs) > 50 else 5)
+        if band is not None:
+            ax.axhspan(band[0], band[1], color="tab:green", alpha=0.12, label="within limits")
+            ax.legend(loc="best", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(f"time ({unit})")
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"stability: verdict {doc['verdict']}")
+    fig.tight_layout()
+    return fig
+
+
+def stability_plot(doc: dict, path) -> Path:
+    """The trends of a stability report (:mod:`pipeline.stability`) with their tolerance bands, as a PNG."""
+    fig = _stability_figure(doc)
+    fig.savefig(path, dpi=100, format="png")
+    _plt().close(fig)
+    return Path(path)
+
+
+def stability_html(doc: dict) -> str:
+    """A self-contained HTML page (plots as data URIs, no network) of a stability report."""
+    import html as _h
+
+    uri = _png_data_uri(_stability_figure(doc))
+    if doc["kind"] == "recording":
+        lo = doc["light_output"]
+        rows = [("source", doc["source"]), ("frames", doc["frames"]), ("duration (h)", doc["duration_h"]),
+                ("drift (%/h, linear)", f"{_fmt(lo['drift_pct_per_h'])} ± {_fmt(lo['drift_pct_per_h_err'])}"),
+                ("model chosen", lo["fit"].get("chosen")), ("change at the end (%)", lo["change_pct_at_end"]),
+                ("flicker (rms %)", lo["flicker"].get("flicker_rms_pct")), ("verdict", doc["verdict"])]
+        table = "".join(f"<tr><th>{_h.escape(str(k))}</th><td>{_h.escape(_fmt(v))}</td></tr>" for k, v in rows)
+    else:
+        cols = ["time_h", "light_yield_counts_per_uGy", "light_output_counts", "mtf20_lp_per_mm", "mtf50_lp_per_mm",
+                "lag_first_frame", "bad_pixels", "new_bad_pixels", "gain_change_rms_pct", "verdict"]
+        cols = [c for c in cols if any(r.get(c) is not None for r in doc["sessions"])]
+        head = "<tr><th>session</th>" + "".join(f"<th>{_h.escape(c)}</th>" for c in cols) + "</tr>"
+        body = "".join("<tr><td>" + _h.escape(Path(r["path"]).name) + "</td>"
+                       + "".join(f"<td class='{_h.escape(str(r.get(c)))}'>{_h.escape(_fmt(r.get(c)))}</td>"
+                                 for c in cols) + "</tr>" for r in doc["sessions"])
+        trends = "".join(f"<tr><th>{_h.escape(k)}</th><td>{_h.escape(_fmt(v.get('slope_pct_per_h')))} ± "
+                         f"{_h.escape(_fmt(v.get('slope_pct_per_h_err')))} %/h</td></tr>" for k, v in doc["trends"].items())
+        table = head + body + "</table><h2>Trends</h2><table id='trends'>" + trends
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Detector stability: {_h.escape(doc['verdict'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1500px}} table{{border-collapse:collapse}}
+th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}} img{{max-width:100%}} .fail{{background:#fcc}}
+.warn{{background:#ffe6b3}} .pass{{background:#d9f2d9}}</style>
+</head><body>
+<h1>Detector stability</h1>
+<p>verdict <b id="verdict" class="{_h.escape(doc['verdict'])}">{_h.escape(doc['verdict'])}</b> &mdash; xray-pipeline
+{_h.escape(doc['version'])}, {_h.escape(doc['created'])}</p>
+<table id="summary">{table}</table>
+<figure><img alt="trends" src="{uri}"><figcaption>trends with the tolerance bands</figcaption></figure>
+<script>
+window.addEventListener("load", function () {{
+  for (const img of document.images) {{ img.setAttribute("data-natural", img.naturalWidth + "x" + img.naturalHeight); }}
+  document.body.setAttribute("data-loaded", "yes");
+}});
+</script>
+</body></html>
+"""

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
 
     warnings.showwarning = one_line
     try:
-        cli.main(args=argv, prog_name="xray-pipeline", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="xray-pipeline", standalone_mode=False)
     except RunInterrupted:
         import shlex
 
@@ -56,4 +56,5 @@ def main(argv=None) -> int:
     except OSError as exc:
         click.echo(f"error: {exc.strerror or exc} ({exc.filename or ''}); check the path and free space", err=True)
         return 2
-    return 0
+    # a command may return its exit status ('stability': 3 when a limit fails); click's own Exit gives its code
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .app import cli
 from .options import (FiniteFloatRange, _progress, _raw_shape_arg, _recording_options, _say_metadata,
@@ -36,13 +37,60 @@ from .options import (FiniteFloatRange, _progress, _raw_shape_arg, _recording_op
               help="write a detector characterisation dataset (flat series, edge, beam-off step) instead of a video")
 @click.option("--afterglow", "afterglow_terms", default=None, metavar="A:TAU_S[,A:TAU_S...]",
               help="afterglow terms instead of the preset's, e.g. 0.01:0.015,0.003:0.12")
+@click.option("--stability", type=click.Choice(["sessions", "recording"]), default=None,
+              help="a screen that drifts as planted: characterisation sessions over --hours (OUTPUT: a folder of "
+                   "session_<h>h.zarr) or one open-beam recording under continuous exposure over --hours")
+@click.option("--hours", type=FiniteFloatRange(min=0, min_open=True), default=None,
+              help="--stability: the span (default 200 h for sessions, 2 h for a recording)")
+@click.option("--sessions", "n_sessions", type=click.IntRange(min=2), default=5, show_default=True,
+              help="--stability sessions: how many, evenly spaced from 0 to --hours")
+@click.option("--drift", type=FiniteFloatRange(min=-50, max=50), default=None,
+              help="--stability: light-yield drift, %% per hour (default -0.05 sessions, -1 recording)")
+@click.option("--light-model", type=click.Choice(["linear", "exp"]), default="linear", show_default=True)
+@click.option("--tau-h", type=FiniteFloatRange(min=0, min_open=True), default=None,
+              help="--light-model exp: the decay time in hours")
+@click.option("--new-bad", type=click.IntRange(min=0), default=5, show_default=True,
+              help="--stability sessions: new bad pixels in each later session")
+@click.option("--blur-growth", type=FiniteFloatRange(min=0, max=10), default=0.0, show_default=True,
+              help="--stability sessions: LSF width growth, %% per hour")
+@click.option("--lag-growth", type=FiniteFloatRange(min=0, max=100), default=0.0, show_default=True,
+              help="--stability sessions: afterglow amplitude growth, %% per hour")
+@click.option("--flicker", type=FiniteFloatRange(min=0, max=50), default=0.0, show_default=True,
+              help="--stability recording: frame-to-frame light flicker, %% rms")
+@click.option("--frame-times", is_flag=True, help="--stability recording: store per-frame timestamps_s")
 @click.option("--overwrite", is_flag=True, help="replace OUTPUT if it exists")
 @click.option("--quiet", "-q", is_flag=True)
 def simulate(output, preset, frames, size, seed, dose, pixel_pitch, frame_rate, no_truth_frames, scene,
-             beam_off_frame, ramp_frames, characterisation, afterglow_terms, overwrite, quiet):
+             beam_off_frame, ramp_frames, characterisation, afterglow_terms, stability, hours, n_sessions, drift,
+             light_model, tau_h, new_bad, blur_growth, lag_growth, flicker, frame_times, overwrite, quiet):
     """Write a simulated scintillator-detector video with ground truth to OUTPUT (Zarr v3)."""
     from ..api import simulate as _simulate
 
+    if stability == "sessions":
+        from ..characterisation import simulate_stability_sessions
+
+        span = 200.0 if hours is None else float(hours)
+        times = tuple(float(v) for v in np.linspace(0.0, span, n_sessions))
+        with _progress("simulate", n_sessions, quiet, unit="session") as bar:
+            paths = simulate_stability_sessions(output, preset=preset, size=tuple(size), seed=seed,
+                                                overwrite=overwrite, progress=bar, hours=times,
+                                                light_drift_pct_per_h=-0.05 if drift is None else drift,
+                                                light_model=light_model, exp_tau_h=tau_h, new_bad_per_session=new_bad,
+                                                blur_growth_pct_per_h=blur_growth, lag_growth_pct_per_h=lag_growth)
+        if not quiet:
+            click.echo(f"simulated {len(paths)} characterisation sessions over {span:g} h -> {output}/")
+        return
+    if stability == "recording":
+        plan = {"hours": 2.0 if hours is None else float(hours), "light_drift_pct_per_h": -1.0 if drift is None
+                else drift, "light_model": light_model, "exp_tau_h": tau_h, "flicker_pct": flicker,
+                "frame_times": frame_times}
+        with _progress("simulate", frames, quiet) as bar:
+            path = _simulate(output, preset=preset, frames=frames, size=tuple(size), seed=seed, overwrite=overwrite,
+                             progress=bar, quanta_per_pixel=dose, pixel_pitch_mm=pixel_pitch,
+                             truth_frames=not no_truth_frames, stability=plan)
+        if not quiet:
+            click.echo(f"simulated {frames} frames over {plan['hours']:g} h of continuous exposure -> {path}")
+        return
     if characterisation:
         from ..api import simulate_characterisation
 

@@ -168,3 +168,57 @@ def config_cmd(config_file, overrides):
     from ..config import dump_yaml, load_config
 
     click.echo(dump_yaml(load_config(config_file, overrides=list(overrides))), nl=False)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RECORDING OUTDIR | SESSION...")
+@click.option("--out", "outdir", type=click.Path(path_type=Path), default=None,
+              help="sessions mode: the output folder (every argument is then a session)")
+@click.option("--roi", type=(int, int, int, int), default=None, metavar="Y0 Y1 X0 X1",
+              help="recording mode: the region to follow (default: the open-beam area)")
+@click.option("--limits", "limits_file", type=click.Path(path_type=Path), default=None,
+              help="YAML of tolerances (light_yield_pct, mtf20_pct, dqe_pct, lag_pct, new_bad_pixels_pct_of_area, ...)")
+@click.option("--frequencies", default="0.5,1,2", show_default=True, metavar="F,F,...",
+              help="sessions mode: lp/mm at which NNPS and DQE are followed")
+@_recording_options
+@click.option("--overwrite", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+def stability(inputs, outdir, roi, limits_file, frequencies, overwrite, quiet, **rec):
+    """Stability over a screen's life: 'stability RECORDING OUTDIR' follows the light output of one recording under
+    continuous exposure (drift %/h, exponential decay, flicker, MTF per frame); 'stability SESSION... --out OUTDIR'
+    trends characterisation sessions (report.json, manifest, dataset or recording; times from acquired_at, else the
+    file's time, else the order given). Limits give pass/warn/fail; the exit status is 3 when a limit fails."""
+    from ..stability import load_limits, recording_stability, sessions_stability
+
+    limits = load_limits(limits_file)
+    try:
+        freqs = tuple(float(v) for v in frequencies.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"'{frequencies}' is not a comma-separated list of lp/mm", param_hint="--frequencies")
+    if outdir is None:
+        if len(inputs) != 2:
+            raise click.UsageError("give RECORDING OUTDIR (one recording), or SESSION... --out OUTDIR (sessions)")
+        opts = _source_options(rec)
+        with _progress("stability", None, quiet) as bar:
+            doc = recording_stability(inputs[0], inputs[1], roi=roi, source_options=opts, limits=limits,
+                                      overwrite=overwrite, progress=bar)
+        out = Path(inputs[1])
+        if not quiet:
+            lo = doc["light_output"]
+            click.echo(f"light output over {doc['duration_h']:.3g} h ({doc['frames']} frames): drift "
+                       f"{lo['drift_pct_per_h']:.4g} ± {lo['drift_pct_per_h_err']:.2g} %/h (linear); model "
+                       f"{lo['fit'].get('chosen')}; flicker {lo['flicker'].get('flicker_rms_pct', float('nan')):.3g} % rms")
+    else:
+        with _progress("stability", None, quiet, unit="session") as bar:
+            doc = sessions_stability(inputs, outdir, limits=limits, frequencies=freqs, overwrite=overwrite,
+                                     progress=bar)
+        out = Path(outdir)
+        if not quiet:
+            for r in doc["sessions"]:
+                ly = r.get("light_yield_counts_per_uGy") or r.get("light_output_counts")
+                click.echo(f"{r['time_h']:8.1f} h  {Path(r['path']).name:24s} light {ly if ly is None else f'{ly:.4g}'}"
+                           f"  MTF20 {r.get('mtf20_lp_per_mm') or float('nan'):.4g}  new bad pixels "
+                           f"{r.get('new_bad_pixels')}  {r['verdict']}")
+    if not quiet:
+        click.echo(f"verdict {doc['verdict']} -> {out / 'stability.html'}")
+    return 3 if doc["verdict"] == "fail" else 0
