@@ -9,14 +9,13 @@ from typing import Callable
 
 import numpy as np
 
-from . import jit, validate
+from . import validate
 from ._version import __version__
 from .backend import resolve_device, say_once
 from .calibration import _check_response, _match_lag_gain, calibrate, load_afterglow, load_calibration, load_response
 from .config import RunConfig
 from .errors import ConfigError, DataError
 from .io import zarr_store
-from .measure import mtf_plot_path
 from .schedule import check_execution, is_distributed, process_frames
 from .stages import build_chain
 
@@ -146,6 +145,8 @@ def plan_run(input: Path, output: Path, cfg: RunConfig, *, calibration=None, sou
         raise DataError(f"input '{input}/frames' holds no frames")
     inputs = tuple(run_inputs(source, calibration, cfg))  # (a staged ingest of the source is ours, beside the output)
     if cfg.mtf.enabled:
+        from .measure import mtf_plot_path
+
         zarr_store.check_output_path(mtf_plot_path(output), overwrite=overwrite, inputs=inputs, kind="file")
     validate.check_sizes(cfg, (h, w))
     _check_beam(cfg, (h, w))
@@ -282,6 +283,8 @@ def _noise_model(cfg: RunConfig, chain, ds):
     # the level at which noise-unit parameters are scaled without the GAT: once per run (chunking-independent)
     level = 0.0
     if np.isfinite(probe).any():
+        from . import jit
+
         level = jit.nanmedian_f32(probe)
         level = float(np.nanmedian(probe)) if level is None else level
     return NoiseModel(model.alpha, model.beta, model.box_factor, level)

@@ -13,7 +13,6 @@ from ._version import __version__
 from .clock import utc_now as _now
 from .errors import DataError
 from .io import zarr_store
-from .simulator import SimulationSpec, build
 
 
 #: Bytes a stored chunk of a recording holds at most (``simulate``, ``ingest``), unless one frame is larger
@@ -64,6 +63,8 @@ def simulate(
         if spec_fields.get(key) is not None:
             spec_fields[key] = validate.positive_finite(spec_fields[key], key, unit=unit, upper=upper,
                                                         fix=f"give a positive finite {key}")
+    from .simulator import SimulationSpec, build
+
     try:
         spec = SimulationSpec(preset=preset, frames=frames, height=size[0], width=size[1], seed=seed, **spec_fields)
     except TypeError as exc:

@@ -27,7 +27,6 @@ from .backend import describe_device
 from .config import RunConfig, load_config
 from .errors import AlreadyComplete, DataError, OutputExistsError, PipelineError, RunInterrupted
 from .io import zarr_store
-from .measure import _write_mtf, ghost_report
 from .plan import (Prepared, RunPlan, _comparable_config, without_scheduling, choose_chunk_frames, plan_run, planned_stages,  # noqa: F401
                    prepare, run_inputs)
 from .io.outputs import sidecar
@@ -389,6 +388,8 @@ def finalise(plan: RunPlan, prep: Prepared, writer, target, progress_dir, result
     mtf_summary = None
     if cfg.mtf.enabled:
         measured = [(r["t0"], r["measured"]) for r in ordered if r["measured"] is not None]
+        from .measure import _write_mtf
+
         mtf_summary = _write_mtf(writer, measured, t, ds.attrs.get("pixel_pitch_mm"), prep.mtf_roi, cfg)
     if prep.cal is not None:
         writer.write("calibration/bad_pixels", np.asarray(prep.cal.bad_pixels, np.uint8))
@@ -400,6 +401,8 @@ def finalise(plan: RunPlan, prep: Prepared, writer, target, progress_dir, result
                            busy_s=gpu.busy_s if gpu is not None else None)
     ghost = None
     if prep.model is not None and ds.has_truth and cfg.flatfield.output == "counts" and not skipped:
+        from .measure import ghost_report
+
         ghost = ghost_report(ds, zarr_store.Decoded(target, chain.storage.decode), prep.model, prep.chunk)
         writer.write("ghost/before", ghost.pop("before"))
         writer.write("ghost/after", ghost.pop("after"))

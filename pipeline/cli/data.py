@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .app import cli
 from .options import (FiniteFloatRange, _progress, _raw_shape_arg, _recording_options, _say_metadata,
@@ -64,9 +63,11 @@ def simulate(output, preset, frames, size, seed, dose, pixel_pitch, frame_rate, 
              beam_off_frame, ramp_frames, characterisation, afterglow_terms, stability, hours, n_sessions, drift,
              light_model, tau_h, new_bad, blur_growth, lag_growth, flicker, frame_times, overwrite, quiet):
     """Write a simulated scintillator-detector video with ground truth to OUTPUT (Zarr v3)."""
-    from ..api import simulate as _simulate
+    from ..recordings import simulate as _simulate
 
     if stability == "sessions":
+        import numpy as np
+
         from ..characterisation import simulate_stability_sessions
 
         span = 200.0 if hours is None else float(hours)
@@ -92,7 +93,7 @@ def simulate(output, preset, frames, size, seed, dose, pixel_pitch, frame_rate, 
             click.echo(f"simulated {frames} frames over {plan['hours']:g} h of continuous exposure -> {path}")
         return
     if characterisation:
-        from ..api import simulate_characterisation
+        from ..characterisation import simulate_characterisation
 
         with _progress("simulate", None, quiet):
             path = simulate_characterisation(output, preset=preset, size=tuple(size), seed=seed, overwrite=overwrite)
@@ -129,7 +130,7 @@ def simulate(output, preset, frames, size, seed, dose, pixel_pitch, frame_rate, 
 @click.option("--quiet", "-q", is_flag=True)
 def demo(outdir, preset, frames, size, overwrite, quiet):
     """Simulate, correct, and write PNGs and summary.txt into OUTDIR."""
-    from ..api import demo as _demo
+    from ..demo import demo as _demo
 
     with _progress("demo", frames, quiet) as bar:
         res = _demo(outdir, preset=preset, frames=frames, size=tuple(size), overwrite=overwrite, progress=bar)
@@ -147,7 +148,7 @@ def demo(outdir, preset, frames, size, overwrite, quiet):
 def info(path, as_json, dataset, raw_dtype, raw_shape, header):
     """Describe a dataset or recording: arrays (shape, dtype, chunks, codecs) and attributes, or a TIFF/HDF5/raw/
     video recording's frames and the pixel pitch and frame rate its tags give (nothing is copied)."""
-    from ..api import info as _info
+    from ..recordings import info as _info
 
     d = _info(path, dataset=dataset, raw_dtype=raw_dtype, raw_shape=raw_shape, header=header)
     if as_json:
@@ -177,7 +178,7 @@ def info(path, as_json, dataset, raw_dtype, raw_shape, header):
 def ingest(source, output, chunk_frames, characterisation, overwrite, quiet, **rec):
     """Convert SOURCE (TIFF file or folder, HDF5/NeXus, raw, mp4/avi, npy; or a characterisation manifest) into
     a Zarr dataset OUTPUT."""
-    from ..api import ingest as _ingest
+    from ..recordings import ingest as _ingest
 
     if characterisation:
         from ..manifest import frame_count, ingest_manifest, read_manifest
@@ -221,7 +222,7 @@ def ingest(source, output, chunk_frames, characterisation, overwrite, quiet, **r
 def export(dataset, dest, array, fmt, window, fps, side_by_side, sheet_frames, overwrite, quiet, **rec):
     """Export DATASET to DEST: a .tif stack (exact values), an .mp4/.gif preview, a .png contact sheet (a quick
     look: raw above corrected), or PNG frames (--format png). DATASET may also be a recording (TIFF, HDF5, ...)."""
-    from ..api import export as _export
+    from ..recordings import export as _export
     from ..sources import staged
 
     frames = rec.pop("frame_range", None)
@@ -246,7 +247,7 @@ def set_attrs(dataset, assignments):
     """Set a Zarr dataset's recording attributes in place: pixel_pitch_mm, frame_rate_hz, beam_quality,
     q_per_uGy_mm2, reference_kerma_uGy, acquired_at (e.g. set-attrs rec.zarr pixel_pitch_mm=0.05 frame_rate_hz=100).
     Only the group's attributes change; its frames are untouched."""
-    from ..api import set_dataset_attrs
+    from ..recordings import set_dataset_attrs
 
     done = set_dataset_attrs(dataset, dict(_assignment(a) for a in assignments))
     click.echo(f"{dataset}: " + ", ".join(f"{k} = {v}" for k, v in done.items()))

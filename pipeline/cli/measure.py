@@ -27,7 +27,7 @@ from .options import (FiniteFloatRange, _config_options, _int_list, _progress, _
 def mtf(path, roi, window, f_max, json_out, plot, overwrite, quiet, **rec):
     """Slanted-edge MTF of PATH: a TIFF/PNG/NPY image, a Zarr dataset or a recording (TIFF folder, HDF5, raw,
     video): every frame, batched."""
-    from ..api import measure_mtf
+    from ..measure import measure_mtf
     from ..io.ingest import HDF5, RAW, VIDEO
     from ..io.outputs import atomic_file, check_output_path
     from ..sources import staged
@@ -95,7 +95,7 @@ def characterise(dataset, outdir, compare, q_value, overwrite, quiet):
     frame_rate_hz, beam_quality or q_per_uGy_mm2, reference_kerma_uGy, darks, flats (air kerma in uGy -> files),
     edge, afterglow_step (optional); paths relative to the manifest's folder.
     """
-    from ..api import characterise as _characterise
+    from ..characterisation import characterise as _characterise
     from ..manifest import frame_count, ingest_manifest, is_manifest, read_manifest
     from ..sources import discard, scratch_path
 

@@ -35,7 +35,7 @@ def calibrate(input, output, config_file, overrides, overwrite, quiet, **rec):
 
     INPUT is a Zarr dataset or a recording (TIFF file or folder, HDF5, raw, npy, video) with --darks/--flats.
     """
-    from ..api import calibrate as _calibrate, save_calibration
+    from ..calibration import calibrate as _calibrate, save_calibration
     from ..config import load_config
     from ..io.zarr_store import check_output_path
     from ..sources import staged
@@ -79,7 +79,7 @@ def run(input, output, config_file, overrides, calibration, chunk_frames, device
 
     INPUT is a Zarr dataset, or a TIFF/HDF5/raw/video/npy recording (ingested on the fly, with the options below).
     """
-    from ..api import run as _run
+    from ..runner import run as _run
     from ..config import load_config
     from ..io.zarr_store import open_input
 
@@ -155,7 +155,7 @@ def afterglow():
 def afterglow_fit(calibration, output, plot, per_pixel, max_terms, skip, roi, overwrite, quiet, **rec):
     """Fit the multi-exponential lag model from CALIBRATION (beam on to steady state, then off): a Zarr dataset
     or a recording (TIFF file or folder, HDF5, raw, npy, video)."""
-    from ..api import fit_afterglow
+    from ..measure import fit_afterglow
     from ..sources import staged
 
     from ..io.outputs import check_output_path
