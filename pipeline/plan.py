@@ -190,19 +190,22 @@ class Prepared:
     device: str
     chunk: int
     fingerprint: dict
+    #: wall seconds of each set-up phase (calibration, beam reference, noise model and MTF edge, GPU set-up)
+    setup_s: dict | None = None
 
 
 def prepare(plan: RunPlan) -> Prepared:
     """Calibration (loaded or computed), afterglow model and response, noise model and MTF edge (from the first
     readable frames), the stage chain, the engine (CPU graph or GPU conveyor) and the run's fingerprint."""
-    from .progress import phase
+    from .progress import timed
 
+    setup: dict = {}
     cfg, (_, h, w) = plan.config, plan.shape
     ds = zarr_store.open_input(plan.input)
     model = load_afterglow(cfg, ds)
     cal = cal_source = None
     if cfg.flatfield.enabled:
-        with phase("calibration"):
+        with timed("calibration", setup):
             if plan.calibration is not None:
                 cal = _match_lag_gain(load_calibration(plan.calibration, (h, w)), model, plan.calibration)
                 cal_source = str(plan.calibration)
@@ -212,13 +215,13 @@ def prepare(plan: RunPlan) -> Prepared:
     response = load_response(cfg, (h, w))
     chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, response=response)
     if cfg.beam.enabled:
-        with phase("beam reference"):
+        with timed("beam reference", setup):
             beam = _beam_reference(cfg, chain, ds)
     else:
         beam = None
     if beam is not None:
         chain = build_chain(cfg, cal, ds.frames.dtype, afterglow_model=model, response=response, beam_reference=beam)
-    with phase("noise model and MTF edge on the first frames"):
+    with timed("noise model and MTF edge on the first frames", setup):
         noise = _noise_model(cfg, chain, ds) if cfg.denoise.enabled else None
         mtf_roi = _mtf_roi(cfg, chain, ds) if cfg.mtf.enabled else None
     if noise is not None or mtf_roi is not None:
@@ -232,7 +235,7 @@ def prepare(plan: RunPlan) -> Prepared:
     elif device == "gpu":  # (or auto with a working GPU): the GPU conveyor, where it can run this chain
         from .conveyor import gpu_engine
 
-        with phase("GPU set-up (kernels compiled)"):
+        with timed("GPU set-up (kernels compiled)", setup):
             gpu, device = gpu_engine(chain, ds.frames.dtype, (h, w), requested=cfg.execution.device,
                                      execution=cfg.execution)
         if gpu is not None:
@@ -240,7 +243,7 @@ def prepare(plan: RunPlan) -> Prepared:
     fingerprint = _fingerprint(plan, ds, cal, model, response, noise, mtf_roi, device, chunk)
     fingerprint["beam_reference"] = beam
     return Prepared(ds, cal, cal_source, model, response, chain, noise, mtf_roi, engine, gpu, device, chunk,
-                    fingerprint)
+                    fingerprint, setup)
 
 
 def _calibration_checksum(cal) -> str | None:

@@ -454,3 +454,14 @@ def phase(name: str) -> Iterator[None]:
         return
     with p.phase(name):
         yield
+
+
+@contextmanager
+def timed(name: str, into: dict) -> Iterator[None]:
+    """:func:`phase` ``name``, and its wall seconds added to ``into[name]`` (a run's set-up account)."""
+    t0 = time.perf_counter()
+    try:
+        with phase(name):
+            yield
+    finally:
+        into[name] = into.get(name, 0.0) + time.perf_counter() - t0

@@ -399,6 +399,8 @@ def finalise(plan: RunPlan, prep: Prepared, writer, target, progress_dir, result
     account = time_account(results, seconds, threads=_threads(cfg, prep, plan.on_cluster), blocks_s=engine_s,
                            waits=dict(gpu.waits) if gpu is not None else None,
                            busy_s=gpu.busy_s if gpu is not None else None)
+    if prep.setup_s:  # before the run's clock started: what preparing it cost
+        account["prepare_s"] = {k: round(v, 4) for k, v in prep.setup_s.items()}
     ghost = None
     if prep.model is not None and ds.has_truth and cfg.flatfield.output == "counts" and not skipped:
         from .measure import ghost_report

@@ -228,4 +228,6 @@ def describe_time(acc: dict) -> str:
         line += ("; the GPU conveyor waited " + ", ".join(f"{v:.1f} s on the {k}" for k, v in waits.items())
                  + f" and worked {acc.get('gpu_busy_s', 0.0):.1f} s itself"
                  + (f": paced by {_PACE[acc['bound_by']]}" if acc.get("bound_by") else ""))
+    if acc.get("prepare_s"):
+        line += "; before that: " + ", ".join(f"{k} {v:.2f} s" for k, v in acc["prepare_s"].items())
     return line
