@@ -58,7 +58,7 @@ def simulate_stability_sessions(folder, *, preset: str = "eu-gc", size=(256, 256
                                 overwrite: bool = False, progress=None, **kw) -> list[Path]:
     """A series of simulated characterisation sessions with known drift (:func:`pipeline.simulator.
     stability_sessions`), one Zarr dataset each, ``session_<hours>h.zarr`` in ``folder``."""
-    from .simulator import stability_sessions
+    from .simulator_stability import stability_sessions
 
     spec = SimulationSpec(preset=preset, height=size[0], width=size[1], seed=seed)
     sessions = stability_sessions(spec, **kw)

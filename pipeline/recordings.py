@@ -72,7 +72,7 @@ def simulate(
     except ValueError as exc:
         raise DataError(f"simulate: {exc}") from None
     if stability is not None:
-        from .simulator import stability_recording
+        from .simulator_stability import stability_recording
 
         sim = stability_recording(spec, **stability)
         spec = sim.spec if hasattr(sim, "spec") else spec

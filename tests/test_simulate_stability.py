@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from pipeline.ops.flatfield import DEAD, HOT
-from pipeline.simulator import (SimulationSpec, build, characterisation, light_factor, stability_recording,
-                                stability_sessions)
+from pipeline.simulator import SimulationSpec, build, characterisation
+from pipeline.simulator_stability import light_factor, stability_recording, stability_sessions
 
 SPEC = SimulationSpec(height=64, width=64, seed=11)
 CHAR = dict(n_flats=12, n_edge=2, step_frames=30)

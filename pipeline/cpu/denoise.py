@@ -1,10 +1,12 @@
-"""CPU (Numba) kernels: The motion-adaptive temporal filter and non-local means.
+"""CPU (Numba) kernels: The motion-adaptive temporal filter, non-local means and the guided filter (in the GAT).
 
 Bit-identical to the NumPy code in :mod:`pipeline.ops` they stand in for (tests/test_jit.py); each wrapper
 returns False (or None) where it cannot take the arrays, and the caller runs the NumPy code instead.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -171,6 +173,138 @@ if _nb is not None:
                 for x in range(ww):
                     out[y0 + i, x] = num[i, x] / den[i, x]
 
+    @_nb.njit(cache=True, nogil=True, inline="always")
+    def _pad_row(col, ext, r, w):  # pragma: no cover - compiled
+        # ext = col with r values reflected at both ends (scipy 'reflect')
+        for j in range(r):
+            ext[j] = col[_reflect(j - r, w)]
+            ext[r + w + j] = col[_reflect(w + j, w)]
+        for i in range(w):
+            ext[r + i] = col[i]
+
+    @_nb.njit(cache=True, nogil=True)
+    def _box_rows(c1, c2, e1, e2, o1, o2, r, w, scale):  # pragma: no cover - compiled
+        # o[i] = scale * sum of c[reflect(i - r .. i + r)] for two rows at once, each as running sums from both
+        # halves of the row: four independent chains of additions (one chain waits on every add's latency)
+        _pad_row(c1, e1, r, w)
+        _pad_row(c2, e2, r, w)
+        n = 2 * r + 1
+        hf = w // 2
+        s1a = s2a = s1b = s2b = 0.0
+        for j in range(n):
+            s1a += e1[j]
+            s2a += e2[j]
+            s1b += e1[hf + j]
+            s2b += e2[hf + j]
+        o1[0], o2[0], o1[hf], o2[hf] = s1a * scale, s2a * scale, s1b * scale, s2b * scale
+        for i in range(1, hf):
+            k = hf + i
+            s1a += e1[i + n - 1] - e1[i - 1]
+            s2a += e2[i + n - 1] - e2[i - 1]
+            s1b += e1[k + n - 1] - e1[k - 1]
+            s2b += e2[k + n - 1] - e2[k - 1]
+            o1[i], o2[i], o1[k], o2[k] = s1a * scale, s2a * scale, s1b * scale, s2b * scale
+        if w - hf > hf and hf > 0:  # odd width: the second half is one longer
+            k = 2 * hf
+            o1[k] = (s1b + e1[k + n - 1] - e1[k - 1]) * scale
+            o2[k] = (s2b + e2[k + n - 1] - e2[k - 1]) * scale
+
+    @_nb.njit(cache=True, nogil=True)
+    def _guided_stats(t, a, b, r, eps, y0, y1):  # pragma: no cover - compiled
+        # rows y0..y1 of a = v / (v + eps) and b = m (1 - a), m and v the box mean and variance of t: the column
+        # sums (float64) slide down the band, a row's box sum is the running sum across them
+        h, w = t.shape
+        c1 = np.zeros(w, np.float64)
+        c2 = np.zeros(w, np.float64)
+        e1 = np.empty(w + 2 * r, np.float64)
+        e2 = np.empty(w + 2 * r, np.float64)
+        m = np.empty(w, np.float64)
+        m2 = np.empty(w, np.float64)
+        for j in range(-r, r + 1):
+            row = t[_reflect(y0 + j, h)]
+            for i in range(w):
+                v = np.float64(row[i])
+                c1[i] += v
+                c2[i] += v * v
+        scale = 1.0 / ((2 * r + 1) * (2 * r + 1))
+        for y in range(y0, y1):
+            _box_rows(c1, c2, e1, e2, m, m2, r, w, scale)
+            for i in range(w):
+                v = max(m2[i] - m[i] * m[i], 0.0)
+                ai = np.float32(v / (v + eps))
+                a[y, i] = ai
+                b[y, i] = np.float32(m[i] * (1.0 - np.float64(ai)))
+            if y + 1 < y1:
+                add = t[_reflect(y + 1 + r, h)]
+                sub = t[_reflect(y - r, h)]
+                for i in range(w):
+                    va = np.float64(add[i])
+                    vs = np.float64(sub[i])
+                    c1[i] += va - vs
+                    c2[i] += va * va - vs * vs
+
+    @_nb.njit(cache=True, nogil=True)
+    def _guided_apply(t, a, b, out, r, y0, y1, mode, alpha, ib):  # pragma: no cover - compiled
+        # rows y0..y1 of q = box(a) t + box(b), then the inverse GAT: mode 1 the closed form of
+        # ops.denoise.gat_inverse in its float32 operations (ib = beta / alpha^2), 2 q * alpha (alpha = sqrt(beta)), 0 q
+        h, w = t.shape
+        c1 = np.zeros(w, np.float64)
+        c2 = np.zeros(w, np.float64)
+        e1 = np.empty(w + 2 * r, np.float64)
+        e2 = np.empty(w + 2 * r, np.float64)
+        ma = np.empty(w, np.float64)
+        mb = np.empty(w, np.float64)
+        for j in range(-r, r + 1):
+            yy = _reflect(y0 + j, h)
+            for i in range(w):
+                c1[i] += a[yy, i]
+                c2[i] += b[yy, i]
+        scale = 1.0 / ((2 * r + 1) * (2 * r + 1))
+        s15 = np.float32(np.sqrt(1.5))
+        for y in range(y0, y1):
+            _box_rows(c1, c2, e1, e2, ma, mb, r, w, scale)
+            for i in range(w):
+                q = np.float32(ma[i]) * t[y, i] + np.float32(mb[i])
+                if mode == 1:
+                    dd = max(q, np.float32(0.8))
+                    q = alpha * (np.float32(0.25) * dd * dd + np.float32(0.25) * s15 / dd
+                                 - np.float32(11.0 / 8.0) / (dd * dd) + np.float32(5.0 / 8.0) * s15 / (dd * dd * dd)
+                                 - np.float32(0.125) - ib)
+                elif mode == 2:
+                    q = q * alpha
+                out[y, i] = q
+            if y + 1 < y1:
+                ya = _reflect(y + 1 + r, h)
+                ys = _reflect(y - r, h)
+                for i in range(w):
+                    c1[i] += np.float64(a[ya, i]) - np.float64(a[ys, i])
+                    c2[i] += np.float64(b[ya, i]) - np.float64(b[ys, i])
+
+    @_nb.njit(parallel=True, cache=True, nogil=True)
+    def _guided(frames, out, r, eps, mode, k, c, alpha, ib, band):  # pragma: no cover - compiled
+        # frame by frame: the forward GAT (mode 1: k sqrt(max(alpha x + c, 0)); 2: x / k; 0: x), the box statistics,
+        # their box means and the inverse GAT, each pass over bands of rows on all cores
+        nt, h, w = frames.shape
+        t = np.empty((h, w), np.float32)
+        a = np.empty((h, w), np.float32)
+        b = np.empty((h, w), np.float32)
+        n_bands = (h + band - 1) // band
+        zero = np.float32(0)
+        for f in range(nt):
+            fr = frames[f]
+            for y in _nb.prange(h):
+                for i in range(w):
+                    x = fr[y, i]
+                    if mode == 1:
+                        x = k * np.sqrt(max(alpha * x + c, zero))
+                    elif mode == 2:
+                        x = x / k
+                    t[y, i] = x
+            for j in _nb.prange(n_bands):
+                _guided_stats(t, a, b, r, eps, j * band, min(h, (j + 1) * band))
+            for j in _nb.prange(n_bands):
+                _guided_apply(t, a, b, out[f], r, j * band, min(h, (j + 1) * band), mode, alpha, ib)
+
 
 def temporal_into(frames, out, x, kprev, *, smooth: int, alpha: float, beta: float, infl: float, gain_min: float,
                   lo: float, span: float, hold: float) -> bool:
@@ -204,4 +338,44 @@ def nl_means_into(image, out, *, h: float, patch_size: int, patch_distance: int,
     _nl_means(f, res, int(patch_distance), int(patch_size), float(h) * float(h), 2.0 * float(sigma) ** 2, 32)
     if res is not out:
         out[...] = res
+    return True
+
+
+def guided_into(frames, out, *, radius: int, eps: float, alpha: float | None = None, beta: float = 0.0) -> bool:
+    """Self-guided filter of each (H, W) frame of (T, H, W) float32 ``frames`` into ``out``, optionally in the GAT.
+
+    Parameters
+    ----------
+    frames, out : ndarray (T, H, W) float32, C-contiguous
+        Input frames (finite) and the result (may not be ``frames``).
+    radius : int
+        Box radius: the box is ``2 radius + 1`` pixels square (scipy 'reflect' edges).
+    eps : float
+        Regularisation, in the squared units of the filtered data.
+    alpha, beta : float
+        Noise model ``var = alpha mean + beta``: with ``alpha`` given the frames are filtered inside the
+        generalised Anscombe transform (``alpha = 0``: the scaling by ``sqrt(beta)``); ``None``: as they are.
+
+    Returns
+    -------
+    bool
+        False if the kernel cannot take these arrays (the caller runs the NumPy code). The same
+        float32 operations as :func:`pipeline.ops.denoise.guided_denoise`'s array code with float64
+        box sums (running sums here, scipy's separable ones there): they agree to float32 rounding (tested).
+    """
+    if not available() or not all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.flags.c_contiguous
+                                  and v.ndim == 3 for v in (frames, out)):
+        return False
+    if out.shape != frames.shape or out is frames or min(frames.shape) < 1 or radius < 0:
+        return False
+    f32 = np.float32
+    if alpha is None:
+        mode, k, c, a, ib = 0, f32(1), f32(0), f32(1), f32(0)
+    elif alpha <= 0:
+        s = f32(math.sqrt(max(beta, 1e-12)))
+        mode, k, c, a, ib = 2, s, f32(0), s, f32(0)
+    else:
+        mode, k, c = 1, f32(2.0) / f32(alpha), f32(0.375 * alpha * alpha + beta)
+        a, ib = f32(alpha), f32(beta / (alpha * alpha))
+    _guided(frames, out, int(radius), float(eps), mode, k, c, a, ib, 64)
     return True

@@ -6,12 +6,15 @@
 * Generalised Anscombe transform (GAT) and its closed-form approximation of the exact
   unbiased inverse (Makitalo & Foi 2013), so any Gaussian denoiser (sigma = 1) can be used.
 * Spatial denoisers, frame by frame (never a (T, H, W) block as one volume): median, Gaussian,
-  bilateral, total variation (Chambolle), non-local means. Median and Gaussian go through
+  bilateral, total variation (Chambolle), non-local means, guided. Median and Gaussian go through
   scipy.ndimage / cupyx.scipy.ndimage; TV through scikit-image on NumPy and ``tv_chambolle``
   here on CuPy (the two agree to rounding, tested); bilateral and non-local means use the array
   code here on both backends, so the CPU and GPU give the same numbers (scikit-image's versions
   approximate differently: a binned range kernel, a symmetric accumulation), checked against
   the filters' definitions computed pixel by pixel.
+* The default spatial step, the self-guided filter (He et al.) inside the GAT: box statistics in
+  O(1) per pixel; the array code (scipy / cupyx ``uniform_filter``) on both backends, a fused
+  Numba kernel on a CPU (GAT, filter and inverse in two passes; equal to float32 rounding).
 * Temporal filter: a recursive (IIR) filter whose per-pixel gain rises to 1 where the
   (locally smoothed) change exceeds a multiple of the local noise, so moving objects leave
   no trail; its state (the previous estimate) crosses blocks exactly.
@@ -27,7 +30,11 @@ import numpy as np
 from ..backend import get_ndimage, get_xp, to_host
 from .filters import median_filter
 
-SPATIAL_METHODS = ("none", "median", "gaussian", "bilateral", "tv", "nlm")
+SPATIAL_METHODS = ("none", "median", "gaussian", "bilateral", "tv", "nlm", "guided")
+#: The guided filter's defaults (config.DenoiseConfig): box radius (pixels) and eps (noise variances, in the GAT),
+#: chosen on benchmarks/results/denoise_methods_cpu.md
+GUIDED_RADIUS = 8
+GUIDED_EPS = 0.4
 
 
 # --------------------------------------------------------------------------- noise model
@@ -251,6 +258,103 @@ def _nl_means_arrays(image, h: float, *, patch_size: int, patch_distance: int, s
     return (num / den).astype(image.dtype)
 
 
+def box_mean(image, size: int):
+    """Mean over a ``size`` x ``size`` box of each 2D frame (scipy 'reflect' edges).
+
+    Parameters
+    ----------
+    image : array (H, W) or (..., H, W)
+        NumPy or CuPy; leading axes are frames (the box has size 1 along them).
+    size : int
+        Box side in pixels.
+
+    Returns
+    -------
+    array of ``image``'s shape and dtype
+    """
+    ndi = get_ndimage(get_xp(image))
+    return ndi.uniform_filter(image, (1,) * (image.ndim - 2) + (int(size), int(size)), mode="reflect")
+
+
+def guided_filter(image, *, radius: int, eps: float):
+    """Self-guided filter (He, Sun & Tang 2013) of each 2D frame: edge-preserving smoothing in O(1) per pixel.
+
+    ``q = mean_box(a) * p + mean_box(b)`` with ``a = var / (var + eps)`` and ``b = (1 - a) * mean``,
+    ``mean`` and ``var`` the box statistics of ``p`` (boxes ``2 radius + 1`` square, scipy 'reflect'
+    edges). Where the local variance is far below ``eps`` the box mean replaces the pixel; across an
+    edge (variance >> ``eps``) the pixel is kept. A linear ramp is returned unchanged for any ``eps``
+    at ``2 radius`` or more from the frame's edges; a constant image exactly.
+
+    Parameters
+    ----------
+    image : array (H, W) or (T, H, W), finite
+        NumPy or CuPy; frames are filtered one by one (never across frames).
+    radius : int
+        Box radius in pixels.
+    eps : float
+        Regularisation in squared units of ``image`` (inside the GAT: noise variances).
+
+    Returns
+    -------
+    array of ``image``'s shape; float32 for float32 input
+    """
+    xp = get_xp(image)
+    if xp is np and image.dtype == np.float32 and image.ndim in (2, 3):
+        from ..cpu.denoise import guided_into  # the same sums fused into two passes per frame, on all cores
+
+        block = np.ascontiguousarray(image[None] if image.ndim == 2 else image)
+        out = np.empty(block.shape, np.float32)
+        if guided_into(block, out, radius=radius, eps=eps):
+            return out[0] if image.ndim == 2 else out
+    return _guided_arrays(image, radius, eps)
+
+
+def _guided_arrays(p, radius: int, eps: float):
+    # the definition in array operations (box statistics in float64: E[p^2] - E[p]^2 of float32 data that sits
+    # far from zero, as inside the GAT, would lose the variance): the reference for the kernel, and the GPU path
+    xp = get_xp(p)
+    size = 2 * int(radius) + 1
+    ft = p.dtype if p.dtype in (xp.float32, xp.float64) else xp.float64
+    p64 = p.astype(xp.float64)
+    m = box_mean(p64, size)
+    v = xp.maximum(box_mean(p64 * p64, size) - m * m, 0.0)
+    a = (v / (v + float(eps))).astype(ft)
+    b = (m * (1.0 - a.astype(xp.float64))).astype(ft)
+    del p64, m, v
+    return box_mean(a, size) * p.astype(ft, copy=False) + box_mean(b, size)
+
+
+def guided_denoise(frames, *, radius: int, eps: float, noise: NoiseModel | None = None):
+    """The guided filter of each (finite, float32) frame, inside the GAT of ``noise`` (``None``: as they are).
+
+    Parameters
+    ----------
+    frames : array (H, W) or (T, H, W) float32
+        NumPy or CuPy, no NaN (:func:`denoise_spatial` fills them first).
+    radius, eps : int, float
+        As :func:`guided_filter`; with ``noise`` ``eps`` is in noise variances (the GAT makes them 1).
+    noise : NoiseModel or None
+        Noise model of the frames for the forward and the unbiased inverse transform.
+
+    Returns
+    -------
+    array float32 of ``frames``' shape
+    """
+    xp = get_xp(frames)
+    if xp is np and frames.ndim in (2, 3):
+        from ..cpu.denoise import guided_into  # GAT, filter and inverse fused, on all cores
+
+        block = np.ascontiguousarray(frames[None] if frames.ndim == 2 else frames, dtype=np.float32)
+        out = np.empty(block.shape, np.float32)
+        kw = {} if noise is None else {"alpha": noise.alpha, "beta": noise.beta}
+        if guided_into(block, out, radius=radius, eps=eps, **kw):
+            return out[0] if frames.ndim == 2 else out
+    f = frames.astype(xp.float32, copy=False)
+    if noise is None:
+        return _guided_arrays(f, radius, eps)
+    return gat_inverse(_guided_arrays(gat_forward(f, noise.alpha, noise.beta), radius, eps), noise.alpha, noise.beta)
+
+
 # --------------------------------------------------------------------------- spatial (frame by frame)
 def denoise_frame(img, method: str, params: dict):
     """One 2D frame with one method (NumPy: scipy/scikit-image; CuPy: cupyx.ndimage and the xp code above)."""
@@ -272,6 +376,9 @@ def denoise_frame(img, method: str, params: dict):
 
             return denoise_tv_chambolle(img.astype(np.float64), weight=wgt).astype(img.dtype)
         return tv_chambolle(img, wgt)
+    if method == "guided":  # Numba on a CPU (to float32 rounding), the array code on a GPU
+        return guided_filter(img, radius=int(params.get("guided_radius", GUIDED_RADIUS)),
+                             eps=float(params.get("guided_eps", GUIDED_EPS)))
     if method == "nlm":  # Numba on a CPU, cuda/denoise.cu on a GPU: both equal to the array code (float32 rounding)
         return nl_means(img, float(params.get("nlm_h", 0.8)), patch_size=int(params.get("nlm_patch", 5)),
                         patch_distance=int(params.get("nlm_search", 3)), sigma=float(params.get("nlm_sigma", 1.0)))
@@ -282,24 +389,23 @@ def denoise_spatial(frames, method: str, *, noise: NoiseModel | None = None, ans
     """Denoise each frame of (T, H, W) (or one (H, W) frame) separately, optionally inside the GAT.
 
     With ``anscombe`` the frames are stabilised to unit noise with ``noise`` first and brought
-    back with the unbiased inverse; method parameters are then in units of that noise sigma.
-    NaN pixels are left NaN (filled by their neighbourhood for the filter only).
+    back with the unbiased inverse; method parameters are then in units of that noise sigma
+    (``guided_eps``: of its variance). NaN pixels are left NaN (filled by their frame's median
+    for the filter only). ``guided`` filters the whole block in one call (a box of one frame).
     """
     xp = get_xp(frames)
     params = dict(params or {})
     if method == "none":
         return frames
     if not anscombe and noise is not None:
-        # parameters are in noise sigmas: scale them by the noise at the frames' median level
-        level = noise.level if noise.level is not None else float(xp.nanmedian(frames))
-        sg = math.sqrt(max(noise.alpha * level + noise.beta, 1e-12))
-        for key, default in (("bilateral_sigma_range", 2.0), ("nlm_h", 0.8), ("tv_weight", 1.0)):
-            params[key] = float(params.get(key, default)) * sg
-        params["nlm_sigma"] = sg
+        params = _noise_unit_params(params, noise, frames)
     single = frames.ndim == 2
     block = frames[None] if single else frames
-    out = xp.empty(block.shape, dtype=xp.float32)
     frames_with_bad = to_host(~xp.isfinite(block).all(axis=(1, 2)))  # one look for the block (one GPU sync)
+    if method == "guided":
+        out = _guided_block(block, frames_with_bad, noise if anscombe else None, params)
+        return out[0] if single else out
+    out = xp.empty(block.shape, dtype=xp.float32)
     for k in range(block.shape[0]):
         img = block[k].astype(xp.float32)
         has_bad = bool(frames_with_bad[k])
@@ -315,6 +421,34 @@ def denoise_spatial(frames, method: str, *, noise: NoiseModel | None = None, ans
             res = xp.where(bad, xp.nan, res)
         out[k] = res
     return out[0] if single else out
+
+
+def _noise_unit_params(params: dict, noise: NoiseModel, frames) -> dict:
+    # without the GAT, parameters in noise sigmas are scaled by the noise at the frames' median level
+    xp = get_xp(frames)
+    level = noise.level if noise.level is not None else float(xp.nanmedian(frames))
+    sg = math.sqrt(max(noise.alpha * level + noise.beta, 1e-12))
+    for key, default in (("bilateral_sigma_range", 2.0), ("nlm_h", 0.8), ("tv_weight", 1.0)):
+        params[key] = float(params.get(key, default)) * sg
+    params["guided_eps"] = float(params.get("guided_eps", GUIDED_EPS)) * sg * sg  # a variance
+    params["nlm_sigma"] = sg
+    return params
+
+
+def _guided_block(block, frames_with_bad, noise: NoiseModel | None, params: dict):
+    # the guided filter of a (T, H, W) block in one call; NaN filled with their frame's median, then put back
+    xp = get_xp(block)
+    img = block.astype(xp.float32, copy=bool(frames_with_bad.any()))
+    bad = None
+    if frames_with_bad.any():
+        bad = ~xp.isfinite(img)
+        for k in np.flatnonzero(frames_with_bad):
+            img[k] = xp.where(bad[k], xp.nanmedian(img[k]), img[k])
+    out = guided_denoise(img, radius=int(params.get("guided_radius", GUIDED_RADIUS)),
+                         eps=float(params.get("guided_eps", GUIDED_EPS)), noise=noise)
+    if bad is not None:
+        out[bad] = xp.nan
+    return out
 
 
 # --------------------------------------------------------------------------- temporal
