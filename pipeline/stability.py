@@ -125,7 +125,7 @@ def _open_session(path: Path, index: int, outdir: Path, progress=None) -> Sessio
             when, src = _file_time(Path(rep["dataset"])), "file time (the report's dataset)"
         s.time, s.time_source = (when, src) if when else (_file_time(p), "file time (report.json)")
         return s
-    if is_manifest(p) or (is_zarr_group(p) and (p / "flats").is_dir()):
+    if is_manifest(p) or (is_zarr_group(p) and (p / "edge").is_dir()):  # a characterisation: flats, edge
         return _characterised(p, index, outdir, progress)
     s = Session(p, "recording")
     s.light_output_counts, attrs = _mean_light_output(p)

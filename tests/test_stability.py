@@ -175,3 +175,19 @@ def test_stability_html_renders_in_headless_chromium(drifting, tmp_path, capsys)
     assert len(sizes) == 1 and all(int(w) > 0 and int(h) > 0 for w, h in sizes)
     doc = json.loads((tmp_path / "r" / "stability.json").read_text())
     assert f'id="verdict" class="{doc["verdict"]}"' in dom
+
+
+def test_recordings_as_sessions_trend_their_light_output(drifting, tmp_path, capsys):
+    """Plain recordings as sessions (light output only), timed by their acquired_at attributes."""
+    root, lin, _ = drifting
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    shutil.copytree(lin, a)
+    shutil.copytree(lin, b)
+    pipeline.api.set_dataset_attrs(a, {"acquired_at": "2026-01-01T00:00:00Z"})
+    pipeline.api.set_dataset_attrs(b, {"acquired_at": "2026-01-02T00:00:00Z"})
+    rc, _, err = _cli(["stability", b, a, "--out", tmp_path / "o", "-q"], capsys)
+    assert rc == 0, err
+    rows = json.loads((tmp_path / "o" / "stability.json").read_text())["sessions"]
+    assert [r["time_h"] for r in rows] == [0.0, 24.0] and [r["kind"] for r in rows] == ["recording"] * 2
+    assert rows[0]["light_output_counts"] == pytest.approx(rows[1]["light_output_counts"])  # the same frames
+    assert rows[1]["verdicts"]["light_output_counts"] == "pass"
