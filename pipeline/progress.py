@@ -437,17 +437,7 @@ def reporting(p: Progress | None) -> Iterator[Progress | None]:
 
 @contextmanager
 def phase(name: str) -> Iterator[None]:
-    """Name a set-up phase on the current reporter (see :meth:`Progress.phase`); nothing when there is none.
-
-    Parameters
-    ----------
-    name : str
-        What is being set up (``"calibration"``, ``"noise model"``, ``"compile"``).
-
-    Yields
-    ------
-    None
-    """
+    """:meth:`Progress.phase` ``name`` on the current reporter (:func:`reporting`); nothing when there is none."""
     p = current()
     if p is None:
         yield

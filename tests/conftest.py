@@ -60,3 +60,18 @@ def bent_screen_response(rng, h: int, w: int):
     coeffs[2] = 0.02
     coeffs[3] = np.log(5.0)
     return coeffs
+
+
+def chromium() -> str | None:
+    """The headless browser the HTML reports are rendered in (Debian's chromium), or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def chromium_flags(profile) -> list:
+    """Flags for a quiet, offline headless run with its own profile folder."""
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000"]

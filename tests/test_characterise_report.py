@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import pipeline
-from conftest import run_cli
+from conftest import chromium, chromium_flags, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +47,12 @@ def test_bad_dataset_is_one_line(tmp_path):
     assert p.returncode != 0 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (apt-get install chromium)")
+@pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (apt-get install chromium)")
 def test_html_report_renders_in_headless_chromium(reports, tmp_path):
     html = reports / "eu" / "report.html"
     rep = json.loads((reports / "eu" / "report.json").read_text())
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
-             "--virtual-time-budget=5000"]
-    dom = subprocess.run([_chromium(), *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True,
+    flags = chromium_flags(tmp_path / "prof")
+    dom = subprocess.run([chromium(), *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
     assert 'data-loaded="yes"' in dom
     sizes = re.findall(r'data-natural="(\d+)x(\d+)"', dom)
@@ -74,7 +65,7 @@ def test_html_report_renders_in_headless_chromium(reports, tmp_path):
         else:
             assert shown == str(value)
     shot = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "characterisation_report.png"
-    subprocess.run([_chromium(), *flags, f"--screenshot={tmp_path / 'shot.png'}", "--window-size=1400,2600",
+    subprocess.run([chromium(), *flags, f"--screenshot={tmp_path / 'shot.png'}", "--window-size=1400,2600",
                     html.as_uri()], capture_output=True, timeout=120)
     assert (tmp_path / "shot.png").stat().st_size > 10_000
     if not shot.exists():  # a picture of the report for people to look at (kept once)

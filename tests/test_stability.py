@@ -19,6 +19,8 @@ from pipeline.characterisation import simulate_stability_sessions
 from pipeline.cli import main
 from pipeline.ops.stability import fit_drift
 
+from conftest import chromium, chromium_flags
+
 
 def _cli(argv, capsys):
     rc = main([str(a) for a in argv])
@@ -153,22 +155,13 @@ def test_bad_sessions_are_one_line(sessions, tmp_path, capsys):
     assert not (tmp_path / "o" / "stability.json").exists()
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (apt-get install chromium)")
+@pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (apt-get install chromium)")
 def test_stability_html_renders_in_headless_chromium(drifting, tmp_path, capsys):
     _, lin, _ = drifting
     assert _cli(["stability", lin, tmp_path / "r", "-q"], capsys)[0] == 0
     html = tmp_path / "r" / "stability.html"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
-             "--virtual-time-budget=5000"]
-    dom = subprocess.run([_chromium(), *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True,
+    flags = chromium_flags(tmp_path / "prof")
+    dom = subprocess.run([chromium(), *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
     assert 'data-loaded="yes"' in dom
     sizes = re.findall(r'data-natural="(\d+)x(\d+)"', dom)
