@@ -149,9 +149,12 @@ def _sized(*items):
 
 
 @pytest.mark.parametrize("items,shape,key,limit", [
-    (["denoise.enabled=true", "denoise.nlm_search=40"], (32, 32), "denoise.nlm_search", "use at most 31"),
-    (["denoise.enabled=true", "denoise.nlm_search=40"], (16, 40), "denoise.nlm_search", "use at most 39"),
-    (["denoise.enabled=true", "denoise.nlm_patch=21"], (16, 16), "denoise.nlm_patch", "use at most 16"),
+    (["denoise.enabled=true", "denoise.method=nlm", "denoise.nlm_search=40"], (32, 32), "denoise.nlm_search",
+     "use at most 31"),
+    (["denoise.enabled=true", "denoise.method=nlm", "denoise.nlm_search=40"], (16, 40), "denoise.nlm_search",
+     "use at most 39"),
+    (["denoise.enabled=true", "denoise.method=nlm", "denoise.nlm_patch=21"], (16, 16), "denoise.nlm_patch",
+     "use at most 16"),
     (["denoise.enabled=true", "denoise.temporal_smooth=40"], (32, 32), "denoise.temporal_smooth", "use at most 32"),
     (["denoise.enabled=true", "denoise.method=median", "denoise.median_size=21"], (16, 16), "denoise.median_size",
      "use at most 15"),
@@ -173,7 +176,7 @@ def test_check_sizes_message_reads_like_the_rule():
     from pipeline.validate import check_sizes
 
     with pytest.raises(ConfigError) as e:
-        check_sizes(_sized("denoise.enabled=true", "denoise.nlm_search=60"), (48, 40))
+        check_sizes(_sized("denoise.enabled=true", "denoise.method=nlm", "denoise.nlm_search=60"), (48, 40))
     assert str(e.value) == ("config key 'denoise.nlm_search' is 60 pixels but the frames are 48 x 40; "
                             "use at most 47")
 
@@ -183,7 +186,7 @@ def test_check_sizes_passes_defaults_and_ignores_stages_that_are_off():
 
     check_sizes(RunConfig(), (32, 32))
     check_sizes(_sized("denoise.enabled=true"), (32, 32))
-    for m in ("median", "gaussian", "bilateral", "tv", "nlm"):
+    for m in ("median", "gaussian", "bilateral", "tv", "nlm", "guided"):
         check_sizes(_sized("denoise.enabled=true", f"denoise.method={m}"), (32, 32))
     check_sizes(_sized("denoise.nlm_search=40"), (32, 32))  # denoise off
     check_sizes(_sized("denoise.enabled=true", "denoise.method=tv", "denoise.nlm_search=40"), (32, 32))
@@ -440,7 +443,8 @@ def sim32(tmp_path):
 
 def test_run_checks_sizes_against_the_frames(sim32, tmp_path):
     with pytest.raises(ConfigError) as e:
-        pipeline.run(sim32, tmp_path / "o.zarr", overrides=["denoise.enabled=true", "denoise.nlm_search=40"])
+        pipeline.run(sim32, tmp_path / "o.zarr", overrides=["denoise.enabled=true", "denoise.method=nlm",
+                                                            "denoise.nlm_search=40"])
     _one_line(e, "denoise.nlm_search", "32 x 32")
     assert not (tmp_path / "o.zarr").exists()
 

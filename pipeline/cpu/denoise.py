@@ -1,6 +1,7 @@
 """CPU (Numba) kernels: The motion-adaptive temporal filter, non-local means and the guided filter (in the GAT).
 
-Bit-identical to the NumPy code in :mod:`pipeline.ops` they stand in for (tests/test_jit.py); each wrapper
+Bit-identical to the NumPy code in :mod:`pipeline.ops` they stand in for (tests/test_jit.py; the guided filter
+to float32 rounding, tests/ops/test_denoise.py); each wrapper
 returns False (or None) where it cannot take the arrays, and the caller runs the NumPy code instead.
 """
 

@@ -349,10 +349,16 @@ def guided_denoise(frames, *, radius: int, eps: float, noise: NoiseModel | None 
         kw = {} if noise is None else {"alpha": noise.alpha, "beta": noise.beta}
         if guided_into(block, out, radius=radius, eps=eps, **kw):
             return out[0] if frames.ndim == 2 else out
-    f = frames.astype(xp.float32, copy=False)
-    if noise is None:
-        return _guided_arrays(f, radius, eps)
-    return gat_inverse(_guided_arrays(gat_forward(f, noise.alpha, noise.beta), radius, eps), noise.alpha, noise.beta)
+    if frames.ndim == 2:
+        f = frames.astype(xp.float32, copy=False)
+        if noise is None:
+            return _guided_arrays(f, radius, eps)
+        t = _guided_arrays(gat_forward(f, noise.alpha, noise.beta), radius, eps)
+        return gat_inverse(t, noise.alpha, noise.beta)
+    out = xp.empty(frames.shape, dtype=xp.float32)
+    for k in range(frames.shape[0]):  # frame by frame: the float64 statistics of one frame at a time in memory
+        out[k] = guided_denoise(frames[k], radius=radius, eps=eps, noise=noise)
+    return out
 
 
 # --------------------------------------------------------------------------- spatial (frame by frame)
