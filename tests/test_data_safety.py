@@ -415,7 +415,7 @@ def test_ctrl_c_hint_repeats_the_runs_options(tmp_path, monkeypatch, capsys):
     def interrupted(*a, **k):
         raise pipeline.errors.RunInterrupted("interrupted")
 
-    monkeypatch.setattr(pipeline.api, "run", interrupted)
+    monkeypatch.setattr(pipeline.runner, "run", interrupted)  # what the run command calls
     args = ["run", str(src), str(tmp_path / "o.zarr"), "--set", "flatfield.output=attenuation", "--on-error", "skip"]
     assert cli.main(args) == 130
     err = capsys.readouterr().err

@@ -1,40 +1,44 @@
 """Slanted-edge MTF (ISO 12233 / IEC 62220-1 style), batched over ROIs, on NumPy or CuPy.
 
-Algorithm (for each of B ROIs of the same shape, vectorised over the batch; on a CPU the pixel work runs
-in groups of ROIs small enough for the CPU's cache, on a GPU in one group):
+Algorithm (for each of B ROIs of the same shape, vectorised over the batch; the same code on NumPy and,
+for ROIs already on a GPU, CuPy):
 
 1. Orientation: the edge is treated as near-vertical (rows cross it); ROIs with a near-horizontal edge
    are transposed (one orientation for the whole batch). Polarity is normalised (dark-to-bright).
-2. Edge location, coarse: the rows are averaged in 16 blocks; in each block row, the centroid of the
-   derivative ``[-1/2, 0, 1/2]`` under a biweight window around the current estimate; a line (or a
-   2nd-order polynomial) fitted over the blocks by least squares with outlier rejection; three passes,
-   the window narrowing to the measured LSF width.
-3. Edge location, fine: the same windowed centroid in every row, on a band of columns gathered around
-   the coarse edge (only the columns the window reaches), and the fit over the rows with two rounds of
-   outlier rejection (closed-form normal equations, solved for all ROIs at once).
-4. Projection of every pixel onto the edge normal, ``p = (x - x_edge(y)) cos(theta)`` (the slant
+2. Edge location: the rows are summed in 16 blocks (the one read of the pixels before binning); in each
+   block the derivative ``[-1/2, 0, 1/2]``; from a line through each block's steepest rise, the biweight-
+   windowed centroid of every block's derivative and a line (or a 2nd-order polynomial) fitted over the
+   blocks by weighted least squares (closed-form normal equations, all ROIs at once), blocks more than 5
+   robust sigmas off rejected; two passes, the window narrowing to 4 LSF sigmas + 3 px.
+3. Projection of every pixel onto the edge normal, ``p = (x - x_edge(y)) cos(theta)`` (the slant
    correction of the frequency axis: frequencies come out in cycles per pixel along the normal),
-   binned at 1/oversample pixel by one ``bincount`` per group (ROI ``i``'s bins at offset ``i L``);
-   each ROI keeps its own symmetric range, fully covered by all its rows; empty bins are filled by
-   linear interpolation and flagged.
-5. Noise-adaptive ESF smoothing (``esf_smoothing='adaptive'``, in the manner of MTF Mapper's smoothed
-   ESF): the ESF bins' noise is measured from their second differences; where the ESF's local slope
-   stands clear of that noise (the LSF's support) it is left as binned; beyond it, a triangular
-   smoothing whose width grows with the distance from the support removes the tails' noise (a flat or
-   linear ESF is unchanged by it, and a noise-free ESF is not smoothed at all).
-6. ESF -> LSF by central difference; the LSF is windowed (Tukey by default, centred on the LSF
+   binned at 1/oversample pixel: one index pass and ONE ``bincount`` for all ROIs of a cache-sized
+   sub-group (ROI ``i``'s bins at offset ``i L``; sums and counts packed in one pass, see
+   :func:`_sums_and_counts`); each ROI keeps its own symmetric range, fully covered by all its rows;
+   empty bins are filled by linear interpolation and flagged.
+4. Noise-adaptive ESF (``esf_smoothing='adaptive'``, in the manner of MTF Mapper's smoothed ESF): the
+   bins' noise is the robust spread of their second differences in the flat tails; where the ESF's
+   slope (over 2 px each side) stands more than 3 sigmas above that noise, around the edge, the ESF
+   is left as binned; beyond, a triangular average whose half-width grows by 1 bin per 2 bins of
+   distance (up to 4 px) removes the tails' noise. A flat or straight ESF is unchanged by it, so a
+   noise-free edge keeps its binned ESF (to rounding).
+5. ESF -> LSF by central difference; the LSF is windowed (Tukey by default, centred on the LSF
    centroid); zero-padded FFT; |.| normalised at f = 0.
-7. Corrections: the central difference's transfer ``sinc(2 f d)`` and the bin average's ``sinc(f d)``
+6. Corrections: the central difference's transfer ``sinc(2 f d)`` and the bin average's ``sinc(f d)``
    (d = bin width) are divided out.
-8. MTF50/20/10 by linear interpolation at the first crossing; no clipping at Nyquist (the curve is
+7. MTF50/20/10 by linear interpolation at the first crossing; no clipping at Nyquist (the curve is
    reported to ``f_max``, 1 cycle/pixel by default).
 
-A failed fit never gives NaN curves silently: the ROI gets a flag and a message.
+A failed fit never gives NaN curves silently: the ROI gets a flag and a message. On NumPy, each thread
+keeps its larger scratch arrays between calls (about 40 MB at the largest group; fresh multi-MB
+temporaries would cost page faults on every call).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,7 +62,7 @@ class MTFResult:
     flags: list  # per ROI: list of str
     messages: list  # per ROI: list of str
     orientation: str  # "vertical" (edge along columns) or "horizontal"
-    edge_fit_rms_px: np.ndarray  # (B,)
+    edge_fit_rms_px: np.ndarray  # (B,), rms of the row blocks' edge positions about the fitted edge (px)
     oversample: int = 4
     window: str = "tukey"
     extra: dict = field(default_factory=dict)
@@ -114,22 +118,15 @@ def _clean(a):
 def _hann(u):
     """Hann taper on |u| <= 1 (0 outside)."""
     xp = get_xp(u)
-    return xp.where(xp.abs(u) < 1, 0.5 * (1 + xp.cos(np.pi * u)), 0.0)
-
-
-def _biweight(u):
-    """(1 - u^2)^2 on |u| < 1: a smooth, cheap (no transcendental) centroid window."""
-    xp = get_xp(u)
-    v = xp.maximum(1.0 - u * u, 0.0)
-    return v * v
+    c = xp.minimum(xp.abs(u), 1.0)
+    return 0.5 + 0.5 * xp.cos(np.pi * c)
 
 
 def _tukey(u, alpha=0.5):
-    """Tukey window on |u| <= 1: flat for |u| < 1 - alpha, cosine taper outside."""
+    """Tukey window on |u| <= 1: flat for |u| < 1 - alpha, cosine taper outside (0 beyond 1)."""
     xp = get_xp(u)
-    a = xp.abs(u)
-    taper = 0.5 * (1 + xp.cos(np.pi * (a - (1 - alpha)) / alpha))
-    return xp.where(a < 1 - alpha, 1.0, xp.where(a < 1, taper, 0.0))
+    c = xp.clip((xp.abs(u) - (1 - alpha)) / alpha, 0.0, 1.0)
+    return 0.5 + 0.5 * xp.cos(np.pi * c)
 
 
 def auto_n_fft(width_px: int, oversample: int = 4) -> int:
@@ -140,14 +137,12 @@ def auto_n_fft(width_px: int, oversample: int = 4) -> int:
     return 1 << int(math.ceil(math.log2(max(8 * width_px * oversample, 1024))))
 
 
-
 def _first_crossing(f, m, level, xp):
     """Frequency where each row of m first falls below level (linear interpolation); NaN if never."""
-    below = m < level
-    has = below.any(axis=1)
-    i = xp.argmax(below, axis=1)
-    i = xp.maximum(i, 1)
+    i = xp.argmax(m < level, axis=1)
     rows = xp.arange(m.shape[0])
+    has = m[rows, i] < level
+    i = xp.maximum(i, 1)
     m0, m1 = m[rows, i - 1], m[rows, i]
     f0, f1 = f[i - 1], f[i]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -176,26 +171,6 @@ def _fill_empty(values, counts):
     return xp.asarray(np.where(o, v, fill))
 
 
-
-
-def _window_band(d, xs, x0: float, pred, half_w, xp):
-    """The columns of ``d`` (at positions ``xs``, the first at ``x0``) within ``half_w`` of ``pred`` in some row: a view.
-
-    Outside them the centroid window is exactly zero, so the sums over the band are the sums over
-    the whole row (in another order of addition: equal to rounding); a few times fewer columns once
-    the window has shrunk to the LSF's width.
-    """
-    reach = xp.stack([(pred - half_w[:, None]).min(), (pred + half_w[:, None]).max()])
-    lo, hi = (float(v) for v in to_host(reach))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return d, xs
-    j0 = max(0, int(math.floor(lo - x0)))
-    j1 = min(d.shape[-1], int(math.ceil(hi - x0)) + 1)
-    if j1 - j0 < 1:
-        j0, j1 = 0, d.shape[-1]
-    return d[..., j0:j1], xs[j0:j1]
-
-
 def _solve_batch(lhs, rhs, xp):
     """Solutions of the (B, P, P) systems ``lhs x = rhs`` in one call; a singular system gives zeros.
 
@@ -208,10 +183,10 @@ def _solve_batch(lhs, rhs, xp):
     return xp.where(ok[:, None], x[:, :, 0], 0.0)
 
 
-
-_CPU_GROUP_PIXELS = 1 << 20  # ROI pixels per group on a CPU: the group's temporaries stay in the cache
+_CPU_GROUP_PIXELS = 1 << 22  # ROI pixels per group on a CPU (edge fit, LSF, FFT): bounds the temporaries
+_CPU_BIN_PIXELS = 1 << 18  # ROI pixels binned at once on a CPU: the index array stays in the cache
 _GPU_GROUP_PIXELS = 1 << 26  # on a GPU: one group for any usual batch (bounds the temporaries' memory)
-_BLOCKS = 16  # row blocks of the coarse edge fit
+_BLOCKS = 16  # row blocks of the edge fit
 
 
 def _masked_median(v, ok, xp):
@@ -224,7 +199,7 @@ def _masked_median(v, ok, xp):
     n = ok.sum(axis=1)
     lo = xp.maximum((n - 1) // 2, 0)[:, None]
     hi = xp.maximum(n // 2, 0)[:, None]
-    m = 0.5 * (xp.take_along_axis(s, lo, axis=1) + xp.take_along_axis(s, hi, axis=1))[:, 0]
+    m = 0.5 * (_take(s, lo, xp) + _take(s, hi, xp))[:, 0]
     return xp.where(n > 0, m, xp.nan)
 
 
@@ -256,13 +231,12 @@ def _weighted_fit(cen, wts, yr, poly_order: int, xp):
     return coef
 
 
-def _robust_fit(cen, valid, pred, yr, poly_order: int, xp, rounds: int = 2):
+def _robust_fit(cen, valid, pred, yr, poly_order: int, xp, rounds: int = 1):
     """Fit over the valid rows, rejecting rows farther than 5 robust sigmas from the previous curve.
 
-    The first rejection is against ``pred`` (the previous estimate), then against each new fit.
-    Returns the coefficients (B, 3), the rows used (B, R) and the fit's rms over them (B,).
+    The first rejection is against ``pred`` (the previous estimate), then against each new fit
+    (``rounds`` more). Returns the coefficients (B, 3), the rows used (B, R) and their rms (B,).
     """
-    wts = valid.astype(xp.float64)
     for _ in range(rounds + 1):
         resid = xp.abs(cen - pred)
         mad = _masked_median(resid, valid, xp)[:, None]
@@ -275,19 +249,51 @@ def _robust_fit(cen, valid, pred, yr, poly_order: int, xp, rounds: int = 2):
     return coef, used, rms
 
 
-def _centroids(d, xb, pred, half_w, xp, second_moment: bool = False):
-    """Biweight-windowed centroid of each row of ``d`` (B, R, K) at columns ``xb`` around ``pred`` (B, R).
+def _take(a, idx, xp):
+    """``a[..., idx]`` row by row (``idx`` (..., M) into the last axis of the contiguous ``a`` (..., N)): one
+    gather from the flat array, several times faster than ``take_along_axis``'s broadcast index tuples."""
+    n = a.shape[-1]
+    off = xp.arange(a.size // n, dtype=xp.int64).reshape(a.shape[:-1]) * n
+    return xp.ascontiguousarray(a).reshape(-1)[idx + off[..., None]]
 
-    Returns the centroids, the rows with positive windowed mass and (optionally) the second moments.
+
+def _band(d, pred, half_w, xp):
+    """The columns of each row of ``d`` (B, R, N; column j at x = j + 1) that a window of ``half_w`` about
+    ``pred`` (B, R) can reach, as values (B, R, K) and positions relative to ``pred``: a band of K columns
+    starting at the window's left end (kept inside the row; beyond its reach the window is zero)."""
+    b, r, n = d.shape
+    kh = int(math.ceil(float(half_w.max()))) + 1
+    k = 2 * kh + 2
+    if k >= n:
+        return d, xp.subtract(xp.arange(1, n + 1, dtype=xp.float64), pred[:, :, None], out=_ws(xp, "t", d.shape))
+    start = xp.clip(xp.floor(xp.clip(pred, 0.0, float(n))).astype(xp.int64) - 1 - kh, 0, n - k)
+    ar = xp.arange(k)
+    rows = xp.arange(b * r, dtype=xp.int64).reshape(b, r) * n
+    idx = xp.add((start + rows)[:, :, None], ar, out=_ws(xp, "band_idx", (b, r, k), xp.int64))
+    vals = xp.take(d.reshape(-1), idx, out=_ws(xp, "band", (b, r, k)))
+    return vals, xp.add((start + 1 - pred)[:, :, None], ar, out=_ws(xp, "t", (b, r, k)))
+
+
+def _centroids(d, t, half_w, xp, second_moment: bool = False):
+    """Biweight-windowed centroid of each row of ``d`` (B, R, K) at offsets ``t`` from the window's centre.
+
+    Returns the centroids' offsets, the rows with positive windowed mass and (optionally) the variances.
     """
-    wd = _biweight((xb - pred[:, :, None]) / half_w[:, None, None]) * d
-    s0 = wd.sum(axis=2)
+    q = xp.multiply(t, t, out=_ws(xp, "q", t.shape))
+    q *= (-1.0 / half_w**2)[:, None, None]
+    q += 1.0
+    xp.maximum(q, 0.0, out=q)
+    q *= q
+    q *= d  # the windowed derivative
+    s0 = q.sum(axis=2)
     valid = s0 > 0
     s0 = xp.where(valid, s0, 1.0)
-    cen = (wd * xb).sum(axis=2) / s0
+    q *= t
+    m1 = q.sum(axis=2) / s0
     if not second_moment:
-        return cen, valid, None
-    return cen, valid, (wd * (xb - cen[:, :, None]) ** 2).sum(axis=2) / s0
+        return m1, valid, None
+    q *= t
+    return m1, valid, q.sum(axis=2) / s0 - m1 * m1
 
 
 def slanted_edge_mtf(
@@ -307,7 +313,7 @@ def slanted_edge_mtf(
     ----------
     rois : array (H, W) or (B, H, W), linear detector signal
         Each ROI holds one straight edge crossing it completely (ideally 2-10 degrees
-        from a pixel axis). Polarity does not matter. float32 is read as is (sums in float64).
+        from a pixel axis). Polarity does not matter. float32 is read as is (bin sums in float64).
     oversample : int
         Bins per pixel along the edge normal (ISO 12233: 4).
     window : {'tukey', 'hann', 'none'}
@@ -322,7 +328,7 @@ def slanted_edge_mtf(
         FFT length (zero padding); fix it to get the same frequency grid for
         ROIs of the same size whatever their edge position.
     esf_smoothing : {'adaptive', 'none'}
-        'adaptive' smooths the ESF's tails where they are lost in noise (see the module notes);
+        'adaptive' smooths the ESF's tails where they are lost in noise (module notes, step 4);
         'none' keeps the binned ESF as it is.
 
     Returns
@@ -334,292 +340,418 @@ def slanted_edge_mtf(
         raise ValueError(f"unknown esf_smoothing '{esf_smoothing}'; choose adaptive or none")
     a, orientation = _prepared(rois, orientation, poly_order, xp)
     b, h, w = a.shape
-    per = (_CPU_GROUP_PIXELS if xp is np else _GPU_GROUP_PIXELS) // (h * w)
-    step = max(1, per)
-    parts = [_measure_group(a[i : i + step], poly_order, oversample, xp) for i in range(0, b, step)]
-    fit, bins = _assembled(parts, oversample, xp)
-    smooth = _smoothed_esf(bins, esf_smoothing == "adaptive", xp)
-    fit["noise"] = smooth["noise_px"]
-    bins["esf"] = smooth["esf"]
-    spec = _lsf_and_mtf(bins, window, n_fft if n_fft is not None else auto_n_fft(w, oversample), oversample, f_max,
-                        xp)
-    flags, msgs = _flags(fit, bins, spec, fit["step"], h, f_max, xp)
+    opts = {"oversample": oversample, "window": window, "f_max": f_max, "esf_smoothing": esf_smoothing,
+            "n_fft": n_fft if n_fft is not None else auto_n_fft(w, oversample)}
+    step = max(1, (_CPU_GROUP_PIXELS if xp is np else _GPU_GROUP_PIXELS) // (h * w))
+    groups = [slice(i, min(i + step, b)) for i in range(0, b, step)]
+    passes = [_pixel_pass(a[g], poly_order, oversample, xp) for g in groups]  # every read of the pixels
+    fit = {k: np.concatenate([p["fit"][k] for p in passes]) for k in ("rms", "n_used", "step", "angle")}
+    own, failed, reach = _own_ranges(np.concatenate([p["reach"] for p in passes]), oversample)
+    out = _curves(groups, passes, own, opts, xp)
+    out["mtf"][failed] = np.nan
+    for lv in LEVELS:
+        out["crossings"][lv][failed] = np.nan
+    fit["noise"], nb = out["noise"], out["esf"].shape[1]
+    flags, msgs = _flags(fit, {"empty": out["empty"], "nb": nb, "failed": failed, "reach": reach}, out, fit["step"],
+                         h, f_max, xp)
     return MTFResult(
-        frequencies_cy_per_px=spec["f"], mtf=spec["mtf"], esf_positions_px=bins["pos"], esf=to_host(spec["esf_n"]),
-        lsf=to_host(spec["lsf_n"]), angle_deg=fit["angle"], crossings_cy_per_px=spec["crossings"], flags=flags,
-        messages=msgs, orientation=orientation, edge_fit_rms_px=fit["rms"], oversample=oversample,
-        window=window, extra={"n_fft": spec["n_fft"], "bins": bins["nb"], "empty_bins": bins["empty"].tolist(),
-                              "groups": len(parts), "esf_smoothing": esf_smoothing,
-                              "esf_noise": to_host(smooth["sigma"])},
+        frequencies_cy_per_px=_grid(opts["n_fft"], oversample, f_max)[0].copy(), mtf=out["mtf"],
+        esf_positions_px=(np.arange(nb) - nb // 2 + 0.5) / oversample, esf=out["esf"], lsf=out["lsf"],
+        angle_deg=fit["angle"], crossings_cy_per_px=out["crossings"], flags=flags, messages=msgs,
+        orientation=orientation, edge_fit_rms_px=fit["rms"], oversample=oversample, window=window,
+        extra={"n_fft": opts["n_fft"], "bins": nb, "empty_bins": out["empty"].tolist(), "groups": len(groups),
+               "esf_smoothing": esf_smoothing, "esf_noise": out["sigma"]},
     )
 
 
-def _prepared(rois, orientation, poly_order, xp):
-    """The ROIs (B, H, W), checked, turned so that the edge runs along the columns ('vertical').
-
-    float32 and float64 ROIs are used as they are (no copy); other types become float64. The batch's
-    orientation comes from the mean absolute gradients on a sample of rows and columns of <= 32 ROIs.
-    """
-    a = rois if getattr(rois, "dtype", None) in (xp.float32, xp.float64) else xp.asarray(rois, dtype=xp.float64)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3 or min(a.shape[1:]) < 8:
-        raise ValueError(f"ROIs must be (H, W) or (B, H, W) with sides >= 8 pixels, got {tuple(getattr(rois, 'shape', a.shape))}")
-    if poly_order not in (1, 2):
-        raise ValueError("poly_order must be 1 or 2")
-    if orientation is None:
-        s, sub = max(1, min(a.shape[1:]) // 32), a[:: max(1, a.shape[0] // 16)]  # <= 32 ROIs
-        gx = xp.abs(xp.diff(sub[:, ::s, :], axis=2)).mean(dtype=xp.float64)
-        gy = xp.abs(xp.diff(sub[:, :, ::s], axis=1)).mean(dtype=xp.float64)
-        orientation = "vertical" if bool(gx >= gy) or not bool(xp.isfinite(gy)) else "horizontal"
-    if orientation == "horizontal":
-        a = xp.swapaxes(a, 1, 2)
-    return a, orientation
-
-
-def _block_profiles(a, xp):
-    """The rows averaged in up to 16 blocks (B, G, W) float64, the blocks' centre rows, and whether every
-    pixel is finite (checked on the block sums and the rows left over; exactly only if a sum is not)."""
-    b, h, w = a.shape
-    hb = max(1, h // _BLOCKS)
-    g = h // hb
-    prof = a[:, : g * hb].reshape(b, g, hb, w).sum(axis=2, dtype=xp.float64) / hb
-    finite = xp.isfinite(prof.sum(axis=(1, 2)))
-    if g * hb < h:
-        finite = finite & xp.isfinite(a[:, g * hb :].sum(axis=(1, 2), dtype=xp.float64))
-    if not bool(finite.all()) and not bool(xp.isfinite(a).all()):
-        raise ValueError("ROI holds NaN or Inf pixels; correct or crop them before measuring the MTF")
-    return prof, xp.arange(g, dtype=xp.float64) * hb + (hb - 1) / 2.0
-
-
-def _measure_group(a, poly_order: int, oversample: int, xp) -> dict:
-    """Edge fit and ESF bins of one group of ROIs (B, H, W): every pass over its pixels happens here."""
-    b, h, w = a.shape
-    a = xp.ascontiguousarray(a)
-    prof, yb = _block_profiles(a, xp)
-    k = max(2, w // 8)
-    left, right = prof[:, :, :k].mean(axis=(1, 2)), prof[:, :, -k:].mean(axis=(1, 2))
-    sign = xp.where(right >= left, 1.0, -1.0)
-    yc = (h - 1) / 2.0
-    coef, half_w = _coarse_fit(prof * sign[:, None, None], yb - yc, poly_order, w, xp)
-    coef, used, rms = _fine_fit(a, coef, half_w, sign, poly_order, xp)
-    out = _binned(a, coef, oversample, xp)
-    out["sums"] = out["sums"] * sign[:, None]
-    out.update(coef=coef, rms=rms, n_used=used.sum(axis=1), step=xp.abs(right - left))
+def _curves(groups: list, passes: list, own, opts: dict, xp) -> dict:
+    """The ESF, LSF and MTF of every group (module notes, steps 3-7) written into host arrays for the batch:
+    ``mtf`` (B, F), ``esf`` and ``lsf`` (B, 2 max(own)), the crossings, the noise and the empty bins."""
+    b, n_half, os_ = len(own), int(own.max()), opts["oversample"]
+    f, _ = _grid(opts["n_fft"], os_, opts["f_max"])
+    out = {"mtf": np.empty((b, f.size)), "esf": np.empty((b, 2 * n_half)), "lsf": np.empty((b, 2 * n_half)),
+           "noise": np.empty(b), "sigma": np.empty(b), "empty": np.empty(b, np.int64), "bad_dc": np.empty(b, bool),
+           "crossings": {lv: np.empty(b) for lv in LEVELS}}
+    for g, p in zip(groups, passes):
+        bins = _esf_bins(p, own[g], n_half, os_, xp)
+        smooth = _smoothed_esf(bins, opts["esf_smoothing"] == "adaptive", xp)
+        bins["esf"] = smooth["esf"]
+        rows = {k: _rows(v, g) for k, v in out.items()}
+        _lsf_and_mtf(bins, opts["window"], opts["n_fft"], os_, opts["f_max"], xp, rows)
+        out["noise"][g], out["sigma"][g], out["empty"][g] = smooth["noise_px"], to_host(smooth["sigma"]), bins["empty"]
     return out
 
 
-def _coarse_fit(prof, yr, poly_order: int, w: int, xp):
-    """The edge from the block profiles (B, G, W): windowed centroids and a fit, three passes.
-
-    Starts at the median over the blocks of each block's steepest rise; the first window is a quarter
-    of the ROI wide each side, the next ones 4 LSF sigmas + 3 px. Returns the coefficients and the
-    window half-width for the fine fit (B,).
-    """
-    b = prof.shape[0]
-    d = 0.5 * (prof[:, :, 2:] - prof[:, :, :-2])  # at x = 1 .. W-2
-    xs = xp.arange(1, w - 1, dtype=xp.float64)
-    coef = xp.zeros((b, 3))
-    coef[:, 0] = xp.median(xp.argmax(d, axis=2), axis=1) + 1.0
-    half = float(max(6.0, w / 4.0))
-    half_w = xp.full((b,), half)
-    for it in range(3):
-        pred = _poly(coef, yr)
-        db, xb = _window_band(d, xs, 1.0, pred, half_w, xp)
-        cen, valid, var = _centroids(db, xb[None, None, :], pred, half_w, xp, second_moment=True)
-        sig = xp.sqrt(xp.maximum(_masked_median(var, valid, xp), 0.25))
-        sig = xp.where(xp.isfinite(sig), sig, half / 4)
-        if it == 0:
-            coef = _weighted_fit(cen, valid.astype(xp.float64), yr, poly_order, xp)
-        else:
-            coef = _robust_fit(cen, valid, pred, yr, poly_order, xp, rounds=0)[0]
-        half_w = xp.clip(4.0 * sig + 3.0, 6.0, max(6.0, w / 3.0))
-    return coef, half_w
+def _rows(v, g: slice):
+    """The rows ``g`` of an output (a dict of outputs: each one's rows)."""
+    return {k: x[g] for k, x in v.items()} if isinstance(v, dict) else v[g]
 
 
-def _fine_fit(a, coef, half_w, sign, poly_order: int, xp):
-    """The edge in every row: windowed centroids on a band of columns gathered around the coarse edge.
-
-    The band holds the ``2 ceil(max half_w) + 4`` columns around the edge in each row (the window is zero
-    beyond), so the fine pass reads a fraction of the pixels. Returns coefficients, rows used, rms.
-    """
-    b, h, w = a.shape
-    yr = xp.arange(h, dtype=xp.float64) - (h - 1) / 2.0
-    pred = _poly(coef, yr)
-    kh = int(math.ceil(float(half_w.max()))) + 1
-    base = xp.floor(xp.clip(pred, -w, 2 * w)).astype(xp.int64)
-    cols = base[:, :, None] + xp.arange(-kh - 1, kh + 3, dtype=xp.int64)  # (B, H, K + 2)
-    rows = (xp.arange(b, dtype=xp.int64)[:, None] * h + xp.arange(h, dtype=xp.int64)[None, :]) * w
-    vals = a.reshape(-1)[xp.clip(cols, 0, w - 1) + rows[:, :, None]].astype(xp.float64, copy=False)
-    xb = cols[:, :, 1:-1]
-    inside = (xb >= 1) & (xb <= w - 2)
-    d = xp.where(inside, 0.5 * (vals[:, :, 2:] - vals[:, :, :-2]), 0.0) * sign[:, None, None]
-    cen, valid, _ = _centroids(d, xb.astype(xp.float64), pred, half_w, xp)
-    return _robust_fit(cen, valid, pred, yr, poly_order, xp, rounds=2)
-
-
-def _binned(a, coef, oversample: int, xp) -> dict:
-    """Every pixel's bin along the edge normal, ``floor(p * oversample)``, summed by one bincount per group.
-
-    ROI ``i``'s bins lie at ``i L - k_lo[i] + k`` (``k_lo`` its lowest bin): the index is
-    ``x s + o[y]`` truncated (s = oversample cos(theta) per row, ``o`` >= 0 folds in the row's edge and
-    the ROI's offset), one fused pass. Also each ROI's reach: the range of ``p`` every row covers.
-    """
-    b, h, w = a.shape
-    yr = xp.arange(h, dtype=xp.float64) - (h - 1) / 2.0
-    ok = xp.isfinite(coef).all(axis=1) & (xp.abs(coef[:, 0]) < 16 * (w + h))
-    coef = xp.where(ok[:, None], coef, xp.asarray([w / 2.0, 0.0, 0.0]))  # absurd fits: binned harmlessly
-    xedge = _poly(coef, yr)
-    s = oversample / xp.sqrt(1.0 + (coef[:, 1, None] + 2 * coef[:, 2, None] * yr) ** 2)  # os cos(theta_y)
-    t0 = -xedge * s  # p * oversample at x = 0
-    t1 = t0 + (w - 1) * s  # ... at x = W-1
-    k_lo = xp.floor(t0.min(axis=1))
-    span = int(to_host((xp.floor(t1.max(axis=1)) - k_lo).max())) + 2  # a spare bin: no rounding spills over
-    o = t0 + (xp.arange(b, dtype=xp.float64) * span - k_lo)[:, None]
-    xpix = xp.arange(w, dtype=xp.float64)
-    xs = xpix * (s[:, :1, None] if bool((coef[:, 2] == 0).all()) else s[:, :, None])  # (B, 1 or H, W)
-    if xp is np:
-        idx = np.empty((b, h, w), dtype=np.int64)
-        np.add(xs, o[:, :, None], out=idx, casting="unsafe")  # truncation = floor here (o >= k_lo)
-    else:
-        idx = (xs + o[:, :, None]).astype(xp.int64)
-    idx = idx.reshape(-1)
-    weights = a.reshape(-1) if xp is np else a.reshape(-1).astype(xp.float64)
-    sums = xp.bincount(idx, weights=weights, minlength=b * span)[: b * span].reshape(b, span)
-    counts = xp.bincount(idx, minlength=b * span)[: b * span].reshape(b, span)
-    reach = xp.minimum(-t0.max(axis=1), t1.min(axis=1)) / oversample
-    return {"sums": sums, "counts": counts, "k_lo": k_lo.astype(xp.int64), "reach": xp.where(ok, reach, -1.0)}
-
-
-def _assembled(parts: list, oversample: int, xp) -> tuple[dict, dict]:
-    """The groups' fits and bins as one batch: each ROI's own range ``[-own, own)`` of bins placed about a
-    common centre (bins beyond it repeat its end values, so a ROI gives the same result alone or in a batch)."""
-    cat = lambda key: xp.concatenate([p[key] for p in parts])  # noqa: E731
-    coef, reach = cat("coef"), to_host(cat("reach"))
+def _own_ranges(reach, oversample: int):
+    """Each ROI's own range of bins ``[-own, own)`` (the bins every row covers, less one), whether it has room
+    for 4 pixels each side of the edge (``failed`` where not: binned over 4 pixels, its curve NaN) and the
+    reach (px); raises when no ROI has room."""
     own = np.floor(np.nan_to_num(reach, nan=-1.0) * oversample).astype(np.int64) - 1
     failed = own < 4 * oversample
     if failed.all():
         i = int(np.argmin(own))
         raise ValueError(f"no edge crosses the ROI with room on both sides (only {reach[i]:.1f} px on one side"
                          f"{f' in ROI {i}' if len(own) > 1 else ''}); centre the edge in the ROI or widen the ROI")
-    own = np.where(failed, 4 * oversample, own)
-    n_half = int(own.max())
-    nb = 2 * n_half
+    return np.where(failed, 4 * oversample, own), failed, reach
+
+
+def _pixel_pass(a, poly_order: int, oversample: int, xp) -> dict:
+    """Everything that reads the pixels of a group of ROIs (B, H, W): the edge fit (host results in ``fit``)
+    and each ROI's bin sums and counts (B, L) (binned in sub-groups small enough for the cache on a CPU)."""
+    b, h, w = a.shape
+    fit = _edge_fit(a, poly_order, xp)
+    geo = _bin_geometry(fit["coef"], h, w, oversample, xp)
+    step = b if xp is not np else max(1, _CPU_BIN_PIXELS // (h * w))
+    parts = [_binned(a[i : i + step], {k: v[i : i + step] for k, v in geo.items() if k != "span"}, geo["span"], xp)
+             for i in range(0, b, step)]
+    sums, counts = (xp.concatenate([p[j] for p in parts]) if len(parts) > 1 else parts[0][j] for j in (0, 1))
+    return {"fit": fit, "sums": sums, "counts": counts, "k_lo": geo["k_lo"], "reach": to_host(geo["reach"]),
+            "sign": fit["sign"]}
+
+
+def _prepared(rois, orientation, poly_order, xp):
+    """The ROIs (B, H, W), checked, C-contiguous, turned so that the edge runs along the columns ('vertical').
+
+    float32 and float64 ROIs are used as they are (no copy); other types become float64. The batch's
+    orientation comes from the mean absolute gradients on a sample of 16-31 rows and columns of <= 15 ROIs.
+    """
+    a = rois if getattr(rois, "dtype", None) in (xp.float32, xp.float64) else xp.asarray(rois, dtype=xp.float64)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or min(a.shape[1:]) < 8:
+        raise ValueError(f"ROIs must be (H, W) or (B, H, W) with sides >= 8 pixels, got {tuple(a.shape)}")
+    if poly_order not in (1, 2):
+        raise ValueError("poly_order must be 1 or 2")
+    if orientation is None:
+        s, sub = max(1, min(a.shape[1:]) // 16), a[:: max(1, a.shape[0] // 8)]
+        gx = xp.abs(xp.diff(sub[:, ::s, :], axis=2)).mean(dtype=xp.float64)
+        gy = xp.abs(xp.diff(sub[:, :, ::s], axis=1)).mean(dtype=xp.float64)
+        orientation = "vertical" if bool(gx >= gy) or not bool(xp.isfinite(gy)) else "horizontal"
+    if orientation == "horizontal":
+        a = xp.swapaxes(a, 1, 2)
+    return xp.ascontiguousarray(a), orientation
+
+
+def _block_profiles(a, xp):
+    """The rows summed in up to 16 blocks (B, G, W) float64 (added in the ROIs' own precision), the blocks'
+    centre rows and the rows a block holds; raises if a pixel is not finite (seen in the block sums and the
+    rows left over; checked exactly only when a sum is not finite)."""
+    b, h, w = a.shape
+    hb = max(1, h // _BLOCKS)
+    g = h // hb
+    prof = _ws(xp, "prof", (b, g, w))
+    if a.dtype == xp.float64:
+        a[:, : g * hb].reshape(b, g, hb, w).sum(axis=2, out=prof)
+    else:
+        prof[...] = a[:, : g * hb].reshape(b, g, hb, w).sum(axis=2, out=_ws(xp, "prof_in", (b, g, w), a.dtype))
+    finite = xp.isfinite(prof.sum(axis=(1, 2)))
+    if g * hb < h:
+        finite = finite & xp.isfinite(a[:, g * hb :].sum(axis=(1, 2), dtype=xp.float64))
+    if not bool(finite.all()) and not bool(xp.isfinite(a).all()):
+        raise ValueError("ROI holds NaN or Inf pixels; correct or crop them before measuring the MTF")
+    return prof, xp.arange(g, dtype=xp.float64) * hb + (hb - 1) / 2.0, hb
+
+
+def _edge_fit(a, poly_order: int, xp) -> dict:
+    """Polarity and edge of every ROI (module notes, step 2): ``coef`` (B, 3) of ``x = c0 + c1 y' + c2 y'^2``,
+    ``y' = y - (H-1)/2``, and on the host the angle, the fit's rms, the rows used and the edge step."""
+    b, h, w = a.shape
+    prof, yb, hb = _block_profiles(a, xp)
+    k = max(2, w // 8)
+    left, right = prof[:, :, :k].mean(axis=(1, 2)) / hb, prof[:, :, -k:].mean(axis=(1, 2)) / hb
+    sign = xp.where(right >= left, 1.0, -1.0)
+    d = xp.subtract(prof[:, :, 2:], prof[:, :, :-2], out=_ws(xp, "d", (b, prof.shape[1], w - 2)))
+    d *= (0.5 / hb * sign)[:, None, None]  # the derivative of the block means, dark to bright
+    coef, used, rms = _block_fit(d, yb - (h - 1) / 2.0, poly_order, w, xp)
+    return {"coef": coef, "sign": sign, "rms": to_host(rms), "n_used": to_host(used.sum(axis=1)) * hb,
+            "step": to_host(xp.abs(right - left)), "angle": to_host(xp.degrees(xp.arctan(coef[:, 1])))}
+
+
+def _block_fit(d, yr, poly_order: int, w: int, xp, passes: int = 2):
+    """The edge through the block profiles: windowed centroids of their derivative ``d`` (B, G, W-2) and a fit.
+
+    Starts from a line through each block's steepest rise (outliers rejected); the first window reaches
+    a fifth of the ROI each side (up to 24 px), the next ones 4 LSF sigmas + 3 px; outliers rejected at
+    every pass. Returns the coefficients, the blocks used (B, G) and the rms of their centroids (px).
+    """
+    peak = xp.argmax(d, axis=2) + 1.0
+    start = xp.zeros((d.shape[0], 3))
+    start[:, 0] = xp.median(peak, axis=1)
+    coef = _robust_fit(peak, xp.ones(peak.shape, bool), _poly(start, yr), yr, 1, xp, rounds=1)[0]
+    half = float(max(6.0, min(w / 5.0, 24.0)))
+    half_w = xp.full((d.shape[0],), half)
+    for it in range(passes):
+        pred = _poly(coef, yr)
+        db, t = _band(d, pred, half_w, xp)
+        m1, valid, var = _centroids(db, t, half_w, xp, second_moment=it < passes - 1)
+        coef, used, rms = _robust_fit(pred + m1, valid, pred, yr, poly_order, xp, rounds=int(it == passes - 1))
+        if var is not None:
+            sig = xp.sqrt(xp.maximum(_masked_median(var, valid, xp), 0.25))
+            half_w = xp.clip(4.0 * xp.where(xp.isfinite(sig), sig, half / 4) + 3.0, 6.0, max(6.0, w / 3.0))
+    return coef, used, rms
+
+
+_WORK = threading.local()
+_WORK_MAX_BYTES = 1 << 24  # per buffer kept between calls (larger ones are allocated each time)
+
+
+def _ws(xp, name: str, shape, dtype=np.float64):
+    """A scratch array: on NumPy a view of this thread's buffer ``name``, kept between calls (fresh multi-MB
+    temporaries cost page faults on every call once glibc hands them back to the system); on CuPy a new array
+    (its memory pool keeps the blocks)."""
+    if xp is not np:
+        return xp.empty(shape, dtype)
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    bufs = _WORK.__dict__.setdefault("bufs", {})
+    buf = bufs.get(name)
+    if buf is None or buf.size < nbytes:
+        buf = np.empty(nbytes, np.uint8)
+        if nbytes <= _WORK_MAX_BYTES:
+            bufs[name] = buf
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def _bin_geometry(coef, h: int, w: int, oversample: int, xp) -> dict:
+    """Where each ROI's pixels fall along its edge normal, in bins: ``x s + t0[y]`` (s = oversample cos(theta)
+    per row, t0 = -x_edge s), the lowest bin ``k_lo``, the bins L every ROI of the group is given, the most
+    pixels a bin can get (``n_max``) and the reach: the range of ``p`` (px) that every row covers."""
+    yr = xp.arange(h, dtype=xp.float64) - (h - 1) / 2.0
+    ok = xp.isfinite(coef).all(axis=1) & (xp.abs(coef[:, 0]) < 16 * (w + h))
+    coef = xp.where(ok[:, None], coef, xp.asarray([w / 2.0, 0.0, 0.0]))  # absurd fits: binned harmlessly
+    s = oversample / xp.sqrt(1.0 + (coef[:, 1, None] + 2 * coef[:, 2, None] * yr) ** 2)  # os cos(theta_y)
+    t0 = -_poly(coef, yr) * s  # p * oversample at x = 0
+    t1 = t0 + (w - 1) * s  # ... at x = W-1
+    k_lo = xp.floor(t0.min(axis=1))
+    span = int(to_host((xp.floor(t1.max(axis=1)) - k_lo).max())) + 2  # a spare bin: no rounding spills over
+    reach = xp.where(ok, xp.minimum(-t0.max(axis=1), t1.min(axis=1)) / oversample, -1.0)
+    s = s[:, :1] if bool((coef[:, 2] == 0).all()) else s  # a straight edge: one s per ROI
+    return {"s": s, "t0": t0, "k_lo": k_lo, "span": span, "n_max": h * xp.ceil(1.0 / s.min(axis=1)),
+            "reach": reach}
+
+
+def _binned(a, geo: dict, span: int, xp):
+    """The sums and counts (B, span) of a sub-group's bins: ROI ``i``'s bin ``k`` at ``i span + k - k_lo[i]``;
+    the index ``x s + t0[y] + i span - k_lo[i]`` (>= 0) truncated in one fused pass, then one bincount."""
+    b, h, w = a.shape
+    o = geo["t0"] + (xp.arange(b, dtype=xp.float64) * span - geo["k_lo"])[:, None]
+    xs = xp.arange(w, dtype=xp.float64) * geo["s"][:, :, None]  # (B, 1 or H, W)
+    if xp is np:  # into the scratch (truncation = floor here)
+        idx = np.add(xs, o[:, :, None], out=_ws(xp, "idx", a.shape, np.int64), casting="unsafe")
+    else:
+        idx = (xs + o[:, :, None]).astype(xp.int64)
+    sums, counts = _sums_and_counts(a, idx.reshape(-1), geo["n_max"], b * span, xp)
+    return sums.reshape(b, span), counts.reshape(b, span)
+
+
+def _sums_and_counts(a, idx, n_max, n_bins: int, xp):
+    """Each bin's sum of ``a`` (B, H, W) and pixel count, from ONE bincount of ``a + K`` (K per ROI).
+
+    K is the power of 2 >= 4 ``n_max`` max|a|, so a bin of n pixels sums to ``n K + S`` with |S| <= K/4:
+    ``n = rint(total / K)`` exactly and ``S = total - n K`` (a bin's mean to ~1e-11 of the largest pixel; two
+    bincounts, one with the pixels as weights and one without, cost a third more). Absurd ranges take two.
+    """
+    b = a.shape[0]
+    amax = xp.maximum(a.max(axis=(1, 2)), -a.min(axis=(1, 2))).astype(xp.float64)
+    k = 2.0 ** xp.ceil(xp.log2(4.0 * n_max * amax + 1e-300))
+    if not bool((k * n_max < 1e300).all()):
+        w = a.reshape(-1) if xp is np else a.reshape(-1).astype(xp.float64)
+        return xp.bincount(idx, weights=w, minlength=n_bins)[:n_bins], xp.bincount(idx, minlength=n_bins)[:n_bins]
+    w = _ws(xp, "w", a.shape)
+    w[...] = a
+    w += k[:, None, None]
+    total = xp.bincount(idx, weights=w.reshape(-1), minlength=n_bins)[:n_bins].reshape(b, -1)
+    n = xp.rint(total / k[:, None])
+    return (total - n * k[:, None]).reshape(-1), n.astype(xp.int64).reshape(-1)
+
+
+def _esf_bins(px: dict, own, n_half: int, oversample: int, xp) -> dict:
+    """The ESF of a group of ROIs (module notes, step 3) from its bin sums as a (B, 2 n_half) array: each ROI's
+    own range ``[-own, own)`` about the common centre (bins beyond it repeat its end values, so a ROI gives the
+    same result alone or in any batch), empty bins filled by interpolation."""
+    b, span, nb = len(own), px["sums"].shape[1], 2 * n_half
+    o = xp.asarray(own)[:, None]
+    flat = xp.clip(xp.arange(nb, dtype=xp.int64)[None, :] - n_half, -o, o - 1)  # beyond the own range: its ends
+    flat -= px["k_lo"].astype(xp.int64)[:, None]
+    xp.clip(flat, 0, span - 1, out=flat)  # (a failed ROI's 4 pixels may reach beyond its bins)
+    flat += (xp.arange(b, dtype=xp.int64) * span)[:, None]
+    sums = xp.take(px["sums"].reshape(-1), flat, out=_ws(xp, "sums", (b, nb)))
+    counts = xp.take(px["counts"].reshape(-1), flat, out=_ws(xp, "counts", (b, nb), xp.int64))
+    sums *= px["sign"][:, None]
+    esf = xp.divide(sums, xp.maximum(counts, 1), out=_ws(xp, "esf", sums.shape))
     ii = np.arange(nb)
-    valid = (ii[None, :] >= n_half - own[:, None]) & (ii[None, :] < n_half + own[:, None])  # (B, nb) host
-    own_x, k = xp.asarray(own), xp.arange(nb, dtype=xp.int64) - n_half
-    sums, counts, j = [], [], 0
-    for p in parts:
-        g, span = p["sums"].shape
-        kk = xp.clip(k[None, :], -own_x[j : j + g, None], own_x[j : j + g, None] - 1)  # padding: the end bins
-        seg = xp.clip(kk - p["k_lo"][:, None], 0, span - 1)
-        sums.append(xp.take_along_axis(p["sums"], seg, axis=1))
-        counts.append(xp.take_along_axis(p["counts"], seg, axis=1))
-        j += g
-    sums, counts = xp.concatenate(sums), xp.concatenate(counts)
-    bins = {"esf": _fill_empty(sums / xp.maximum(counts, 1), counts), "counts": counts,
-            "empty": ((to_host(counts) == 0) & valid).sum(axis=1), "pos": (ii - n_half + 0.5) / oversample,
-            "own": own, "failed": failed, "reach": reach, "n_half": n_half, "nb": nb, "valid": valid, "ii": ii,
-            "os": oversample}
-    fit = {"coef": coef, "rms": to_host(cat("rms")), "n_used": to_host(cat("n_used")), "step": to_host(cat("step")),
-           "angle": to_host(xp.degrees(xp.arctan(coef[:, 1])))}  # slope dx/dy at the centre
-    return fit, bins
+    empty = np.zeros(b, np.int64)
+    zero = counts == 0
+    if bool(zero.any()):
+        valid = (ii[None, :] >= n_half - own[:, None]) & (ii[None, :] < n_half + own[:, None])
+        empty = (to_host(zero) & valid).sum(axis=1)
+        esf = _fill_empty(esf, counts)
+    return {"esf": esf, "counts": counts, "empty": empty, "pos": (ii - n_half + 0.5) / oversample, "own": own,
+            "n_half": n_half, "nb": nb, "ii": ii, "os": oversample}
 
 
-def _box(v, h, xp):
-    """Box average of each row of ``v`` (B, N) over ``[i - h_i, i + h_i]`` (h (B, N) ints, kept in range).
+def _triangle(v, h, hmax: int, xp):
+    """Triangular average of each row of ``v`` (B, N) over ``[i - h_i, i + h_i]`` (weights ``h + 1 - |k|``;
+    h (B, N) ints <= hmax; h = 0 leaves the value as it is), by second-order prefix sums; beyond the row's
+    ends the values are extended by the end values.
 
-    Prefix sums of ``v - v[:, :1]``: the padding before a ROI's own range (equal to its first value)
+    The sums run over ``v - v[:, :1]``: the padding before a ROI's own range (equal to its first value)
     adds exact zeros, so the result does not depend on how much padding the batch gives the ROI.
     """
+    b, n = v.shape
+    p = hmax + 1
     ref = v[:, :1]
-    c = xp.concatenate([xp.zeros_like(ref), xp.cumsum(v - ref, axis=1)], axis=1)
-    i = xp.arange(v.shape[1])[None, :]
-    out = (xp.take_along_axis(c, i + h + 1, axis=1) - xp.take_along_axis(c, i - h, axis=1)) / (2 * h + 1)
-    return xp.where(h > 0, out + ref, v)
+    u = _ws(xp, "tri_u", (b, n + 2 * p + 1))
+    u[:, : p + 1] = 0.0
+    xp.subtract(v, ref, out=u[:, p + 1 : p + 1 + n])
+    u[:, p + 1 + n :] = u[:, p + n : p + n + 1]
+    d = xp.cumsum(u, axis=1, out=_ws(xp, "tri_c1", u.shape))  # d[j] = u[0] + ... + u[j]: c1 shifted by one
+    xp.cumsum(d, axis=1, out=d)  # second-order prefix sums, d[p + i] holds D[i + 1]
+    i = (xp.arange(b, dtype=xp.int64) * u.shape[1] + p)[:, None] + xp.arange(n, dtype=xp.int64)
+    hh = xp.add(h, 1, out=_ws(xp, "tri_h", h.shape, xp.int64))
+    flat = d.reshape(-1)
+    out = xp.take(flat, xp.add(i, hh, out=_ws(xp, "tri_i", h.shape, xp.int64)), out=_ws(xp, "tri_out", (b, n)))
+    tmp = xp.take(flat, xp.subtract(i, hh, out=_ws(xp, "tri_i", h.shape, xp.int64)), out=_ws(xp, "tri_t", (b, n)))
+    out += tmp
+    tmp = xp.take(flat, i, out=tmp)
+    tmp *= 2.0
+    out -= tmp
+    hh *= hh
+    out /= hh
+    out += ref
+    return xp.where(h > 0, out, v)
+
+
+def _bin_noise(esf, counts, own, n_half: int, xp):
+    """The ESF bins' noise (B,): the robust (MAD) spread of the second differences over the 64 bins at each end
+    of each ROI's own range (the flat tails), and the mean count of those bins (B,)."""
+    t = 64
+    j = xp.arange(t, dtype=xp.int64)[None, :]
+    lo, hi = xp.asarray(n_half - own)[:, None], xp.asarray(n_half + own)[:, None]
+    pos = xp.concatenate([lo + 1 + j, hi - 2 - j], axis=1)
+    ok = xp.concatenate([j, j], axis=1) < xp.asarray(np.minimum(t, 2 * own - 2))[:, None]
+    pos = xp.where(ok, pos, lo + 1)
+    r = xp.abs(_take(esf, pos, xp) - 0.5 * (_take(esf, pos - 1, xp) + _take(esf, pos + 1, xp)))
+    sigma = 1.4826 * _masked_median(r, ok, xp) / math.sqrt(1.5)
+    return xp.where(xp.isfinite(sigma), sigma, 0.0), xp.where(ok, _take(counts, pos, xp), 0).sum(axis=1) / ok.sum(1)
 
 
 def _smoothed_esf(bins: dict, adaptive: bool, xp) -> dict:
-    """The noise-adaptive ESF (module notes, step 5), the ESF bins' noise (B,) and the pixel noise (B,).
+    """The noise-adaptive ESF (module notes, step 4), the ESF bins' noise (B,) and the pixel noise (B,) on the host.
 
-    Bin noise: the robust (MAD) spread of the second differences over each ROI's own range. Support:
-    from the LSF's peak outward, the bins whose slope averaged over 2 px exceeds 3 sigmas of its noise.
-    Beyond it the triangular smoothing's half-width grows by 1 bin per 2 bins of distance (up to 4 px).
+    Support: from the LSF's peak outward, the bins where the ESF's rise over 2 px each side exceeds 3 sigmas of
+    its noise. Beyond it the triangle's half-width grows by 1 bin per 2 bins of distance, up to 4 px. Bins
+    beyond each ROI's own range then repeat its (smoothed) end values.
     """
-    esf, own, n_half, nb, valid = (bins[k] for k in ("esf", "own", "n_half", "nb", "valid"))
-    ii = xp.arange(nb)[None, :]
-    lo, hi = xp.asarray(n_half - own)[:, None], xp.asarray(n_half + own)[:, None]  # own range [lo, hi)
-    r = esf[:, 1:-1] - 0.5 * (esf[:, :-2] + esf[:, 2:])
-    sigma = 1.4826 * _masked_median(xp.abs(r), (ii[:, 1:-1] > lo) & (ii[:, 1:-1] < hi - 1), xp) / math.sqrt(1.5)
-    sigma = xp.where(xp.isfinite(sigma), sigma, 0.0)
-    noise_px = to_host(sigma * xp.sqrt(_masked_median(bins["counts"] * 1.0, xp.asarray(valid), xp)))
+    esf, own, n_half, nb, os_ = (bins[k] for k in ("esf", "own", "n_half", "nb", "os"))
+    sigma, mean_count = _bin_noise(esf, bins["counts"], own, n_half, xp)
+    noise_px = to_host(sigma * xp.sqrt(mean_count))
     if not adaptive:
         return {"esf": esf, "sigma": sigma, "noise_px": noise_px}
-    m = max(2, min(2 * bins["os"], nb // 8))  # the slope over 2 px each side
-    slope = xp.zeros_like(esf)
-    slope[:, m:-m] = (esf[:, 2 * m :] - esf[:, : -2 * m]) / (2 * m)
-    sig = xp.abs(slope) > 3.0 * sigma[:, None] / (math.sqrt(2.0) * m)
-    peak = xp.argmax(xp.where((ii >= lo) & (ii < hi), slope, -xp.inf), axis=1)[:, None]
-    right = xp.argmax((ii > peak) & ~sig, axis=1)[:, None]  # first quiet bin right of the peak
-    right = xp.where(right > peak, right, hi)
-    rev = (ii < peak) & ~sig
-    left = nb - 1 - xp.argmax(rev[:, ::-1], axis=1)[:, None]  # last quiet bin left of the peak
-    left = xp.where(rev.any(axis=1, keepdims=True), left, lo - 1)
-    dist = xp.maximum(xp.maximum(ii - right, left - ii), 0)
-    h = xp.minimum(xp.minimum(dist // 2, 16), xp.maximum(xp.minimum(ii - lo, hi - 1 - ii), 0))
-    h1 = h // 2
-    return {"esf": _box(_box(esf, h1, xp), h - h1, xp), "sigma": sigma, "noise_px": noise_px}
+    ii = xp.arange(nb)[None, :]
+    inside = (ii >= xp.asarray(n_half - own)[:, None]) & (ii < xp.asarray(n_half + own)[:, None])
+    m = max(2, min(2 * os_, nb // 8))  # the slope over 2 px each side
+    slope = _ws(xp, "slope", esf.shape)
+    slope[:, :m] = 0.0
+    slope[:, -m:] = 0.0
+    xp.subtract(esf[:, 2 * m :], esf[:, : -2 * m], out=slope[:, m:-m])
+    peak = xp.argmax(xp.where(inside, slope, -xp.inf), axis=1)[:, None]
+    quiet = xp.abs(slope, out=slope) <= (3.0 * math.sqrt(2.0)) * sigma[:, None]
+    right = xp.argmax((ii > peak) & quiet, axis=1)[:, None]  # the first quiet bin right of the peak
+    right = xp.where(right > peak, right, nb)
+    rev = ((ii < peak) & quiet)[:, ::-1]
+    left = xp.where(rev.any(axis=1, keepdims=True), nb - 1 - xp.argmax(rev, axis=1)[:, None], -1)
+    h = xp.maximum(ii - right, left - ii)  # beyond the own range h does not matter: those bins are reset below
+    h = xp.clip(h, 0, 8 * os_, out=h)
+    h >>= 1
+    sm = _triangle(esf, h, 4 * os_, xp)
+    ends = xp.clip(ii, xp.asarray(n_half - own)[:, None], xp.asarray(n_half + own - 1)[:, None])
+    return {"esf": _take(sm, ends, xp), "sigma": sigma, "noise_px": noise_px}  # padding: the smoothed end values
 
 
-def _lsf_and_mtf(bins: dict, window: str, n_fft: int, oversample: int, f_max: float, xp) -> dict:
-    """The LSF (central difference of the ESF), windowed about its centroid, its FFT's modulus normalised at zero
-    frequency and corrected for the binning and the derivative, and where it crosses 0.5, 0.2 and 0.1."""
-    esf, own, n_half, nb, valid, ii = (bins[k] for k in ("esf", "own", "n_half", "nb", "valid", "ii"))
-    dlt = 1.0 / oversample
-    lsf = xp.zeros_like(esf)
-    lsf[:, 1:-1] = 0.5 * (esf[:, 2:] - esf[:, :-2])
-    inner = (ii[None, :] > n_half - own[:, None]) & (ii[None, :] < n_half + own[:, None] - 1)
-    lsf = lsf * xp.asarray(inner)  # the end bins of each ROI's own range are zero, as at an array end
+def _rfft(x, n: int, xp):
+    """Real FFT of each row, zero-padded to ``n`` (on NumPy into this thread's scratch)."""
+    if xp is np:
+        return np.fft.rfft(x, n=n, axis=1, out=_ws(xp, "fft", (x.shape[0], n // 2 + 1), np.complex128))
+    return xp.fft.rfft(x, n=n, axis=1)
+
+
+def _windowed_lsf(bins: dict, window: str, xp):
+    """The LSF (difference of the ESF over two bins, zero at the ends of each ROI's own range) and the LSF
+    windowed about its centroid (positive part), the window reaching the nearer end of the range."""
+    esf, own, n_half, nb = (bins[k] for k in ("esf", "own", "n_half", "nb"))
+    dlt = 1.0 / bins["os"]
+    lsf = _ws(xp, "lsf", esf.shape)
+    lsf[:, [0, -1]] = 0.0
+    xp.subtract(esf[:, 2:], esf[:, :-2], out=lsf[:, 1:-1])  # twice the LSF: the scale cancels later
+    rows = xp.arange(len(own))
+    lsf[rows, xp.asarray(n_half - own)] = 0.0  # the ends of the own range, as at an array end (beyond: zero)
+    lsf[rows, xp.asarray(n_half + own - 1)] = 0.0
     posx = xp.asarray(bins["pos"])
-    wpk = xp.maximum(lsf, 0)
-    cent = (wpk * posx).sum(axis=1) / xp.maximum(wpk.sum(axis=1), 1e-300)
-    lo_pos = xp.asarray(-(own.astype(np.float64) - 0.5) * dlt)
-    hi_pos = xp.asarray((own.astype(np.float64) - 0.5) * dlt)
-    span = xp.minimum(cent - lo_pos, hi_pos - cent)[:, None]
-    u = (posx[None, :] - cent[:, None]) / xp.maximum(span, dlt)
+    wpk = xp.maximum(lsf, 0, out=_ws(xp, "lsf_pos", esf.shape))
+    cent = (wpk @ posx) / xp.maximum(wpk.sum(axis=1), 1e-300)
+    span = xp.minimum(cent - xp.asarray(-(own - 0.5) * dlt), xp.asarray((own - 0.5) * dlt) - cent)
+    u = xp.subtract(posx[None, :], cent[:, None], out=wpk)
+    u /= xp.maximum(span, dlt)[:, None]
     if window == "tukey":
         win = _tukey(u)
     elif window == "hann":
         win = _hann(u)
     elif window == "none":
-        win = xp.asarray(valid, dtype=xp.float64)
+        win = xp.asarray((bins["ii"][None, :] >= n_half - own[:, None]) & (bins["ii"][None, :] < n_half + own[:, None]),
+                         dtype=xp.float64)
     else:
         raise ValueError(f"unknown window '{window}'; choose tukey, hann or none")
+    return lsf, xp.multiply(lsf, win, out=u)
+
+
+def _lsf_and_mtf(bins: dict, window: str, n_fft: int, oversample: int, f_max: float, xp, out: dict) -> None:
+    """Into ``out`` (host rows of this group): the windowed LSF's FFT modulus normalised at zero frequency and
+    corrected for the binning and the derivative, where it crosses 0.5, 0.2 and 0.1, whether the LSF has no
+    positive area, and the normalised ESF and LSF for the report (on NumPy written in place)."""
+    esf, nb = bins["esf"], bins["nb"]
     if n_fft < nb:
         raise ValueError(f"n_fft={n_fft} is shorter than the {nb} ESF bins")
-    spec = xp.abs(xp.fft.rfft(lsf * win, n=n_fft, axis=1))
+    lsf, lw = _windowed_lsf(bins, window, xp)
+    f, corr = _grid(n_fft, oversample, f_max)
+    spec = xp.abs(_rfft(lw, n_fft, xp)[:, : f.size], out=_dest(out["mtf"], xp, "spec"))
     dc = spec[:, :1]
-    bad_dc = to_host(dc[:, 0] <= 0)
-    f = np.arange(n_fft // 2 + 1) / (n_fft * dlt)  # cycles per pixel along the normal
-    keep = int((f <= f_max + 1e-12).sum())
-    f, fx = f[:keep], xp.asarray(f[:keep])
-    corr = xp.maximum(xp.sinc(fx * dlt) * xp.sinc(2 * fx * dlt), 0.1)
-    mtf = spec[:, :keep] / (xp.where(dc > 0, dc, 1.0) * corr[None, :])
-    crossings = {lv: to_host(_first_crossing(fx, mtf, lv, xp)) for lv in LEVELS}
-    mtf = to_host(mtf)
-    failed = bins["failed"]
-    if failed.any():
-        mtf[failed] = np.nan
-        for lv in LEVELS:
-            crossings[lv][failed] = np.nan
-    # normalised ESF / LSF for reporting
+    out["bad_dc"][...] = to_host(dc[:, 0] <= 0)
+    spec /= xp.where(dc > 0, dc, 1.0) * xp.asarray(corr)[None, :]
+    for lv in LEVELS:
+        out["crossings"][lv][...] = to_host(_first_crossing(xp.asarray(f), spec, lv, xp))
     lo_v = esf[:, : max(1, nb // 10)].mean(axis=1, keepdims=True)
     hi_v = esf[:, -max(1, nb // 10):].mean(axis=1, keepdims=True)
-    span_v = xp.where(hi_v - lo_v != 0, hi_v - lo_v, 1.0)
+    esf_n = xp.subtract(esf, lo_v, out=_dest(out["esf"], xp, "esf_n"))
+    esf_n /= xp.where(hi_v - lo_v != 0, hi_v - lo_v, 1.0)
     area = lsf.sum(axis=1, keepdims=True)
-    lsf_n = lsf / xp.where(area != 0, area * dlt, 1.0)
-    return {"f": f, "mtf": mtf, "crossings": crossings, "bad_dc": bad_dc, "n_fft": n_fft,
-            "esf_n": (esf - lo_v) / span_v, "lsf_n": lsf_n}
+    lsf_n = xp.divide(lsf, xp.where(area != 0, area / oversample, 1.0), out=_dest(out["lsf"], xp, "lsf_n"))
+    for name, v in (("mtf", spec), ("esf", esf_n), ("lsf", lsf_n)):
+        if v is not out[name]:
+            out[name][...] = to_host(v)
+
+
+def _dest(host_rows, xp, name: str):
+    """Where to compute an output: on NumPy the (contiguous) host rows themselves, on a GPU a device array."""
+    if xp is np and host_rows.flags.c_contiguous:
+        return host_rows
+    return _ws(xp, name, host_rows.shape) if xp is np else xp.empty(host_rows.shape, host_rows.dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _grid(n_fft: int, oversample: int, f_max: float):
+    """The frequencies kept (cycles/pixel along the normal, up to ``f_max``) and the correction the binning
+    (``sinc(f d)``) and the central difference (``sinc(2 f d)``) call for, d = 1/oversample (host arrays)."""
+    dlt = 1.0 / oversample
+    f = np.arange(n_fft // 2 + 1) / (n_fft * dlt)
+    f = f[f <= f_max + 1e-12]
+    corr = np.maximum(np.sinc(f * dlt) * np.sinc(2 * f * dlt), 0.1)
+    f.flags.writeable = corr.flags.writeable = False
+    return f, corr
 
 
 def _flags(fit: dict, bins: dict, spec: dict, step, h: int, f_max: float, xp) -> tuple[list, list]:
@@ -723,6 +855,19 @@ def concat_results(parts: list) -> MTFResult:
         crossings_cy_per_px={lv: np.concatenate([p.crossings_cy_per_px[lv] for p in parts]) for lv in LEVELS},
         flags=sum((p.flags for p in parts), []), messages=sum((p.messages for p in parts), []),
         orientation=first.orientation, edge_fit_rms_px=cat("edge_fit_rms_px"), oversample=first.oversample,
-        window=first.window, extra={"groups": len(parts)},
+        window=first.window, extra=_merged_extra(parts),
     )
+
+
+def _merged_extra(parts: list) -> dict:
+    """The groups' ``extra`` as one: per-ROI lists concatenated, the rest from the first, ``bins`` the most."""
+    out = dict(parts[0].extra)
+    for key, v in out.items():
+        if isinstance(v, (list, np.ndarray)):
+            vals = [p.extra.get(key, []) for p in parts]
+            out[key] = sum((list(x) for x in vals), []) if isinstance(v, list) else np.concatenate(vals)
+    if "bins" in out:
+        out["bins"] = max(p.extra.get("bins", 0) for p in parts)
+    out["groups"] = len(parts)
+    return out
 

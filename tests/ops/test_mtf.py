@@ -236,3 +236,30 @@ def test_batched_normal_equations_equal_one_solve_each():
                 want = np.zeros(p)
             np.testing.assert_allclose(got[i], want, rtol=1e-12, atol=1e-12)
         assert not got[3].any()
+
+
+def _noisy_sharp_edges(n, size, rng, *, angle_deg=5.0, mtf20=0.3, quanta=2000, dark=0.1):
+    """Point-sampled erf edges (Gaussian LSF with MTF20 = ``mtf20`` cycles/pixel: the analytic MTF is
+    ``exp(-2 pi^2 sigma^2 f^2)``), ``quanta`` quanta/pixel on the bright side, Poisson noise."""
+    from scipy.special import erf
+
+    sigma = math.sqrt(math.log(5) / 2) / (math.pi * mtf20)
+    t = math.radians(angle_deg)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    out = []
+    for _ in range(n):
+        d = (xx - (size - 1) / 2 - rng.uniform(-2, 2)) * math.cos(t) - (yy - (size - 1) / 2) * math.sin(t)
+        out.append(rng.poisson(quanta * (dark + (1 - dark) * 0.5 * (1 + erf(d / (sigma * math.sqrt(2)))))))
+    return np.stack(out).astype(np.float32)
+
+
+def test_noisy_sharp_edge_mtf20_within_3pct():
+    """2000 quanta/pixel on a sharp edge (MTF20 = 0.3 cycles/pixel): the noise-adaptive ESF keeps MTF20 within
+    3 % of the analytic truth (median and 90th percentile over 32 ROIs), where the plain binned ESF strays ~4 %."""
+    rng = np.random.default_rng(4)
+    rois = _noisy_sharp_edges(32, 128, rng)
+    err = 100 * (slanted_edge_mtf(rois).crossings_cy_per_px[0.2] / 0.3 - 1)
+    plain = 100 * (slanted_edge_mtf(rois, esf_smoothing="none").crossings_cy_per_px[0.2] / 0.3 - 1)
+    assert abs(np.median(err)) < 1.0  # no bias
+    assert np.median(np.abs(err)) < 1.5 and np.percentile(np.abs(err), 90) < 3.0
+    assert np.percentile(np.abs(plain), 90) > 1.3 * np.percentile(np.abs(err), 90)
