@@ -29,15 +29,17 @@ def demo(
     Returns a mapping of what was written and measured.
     """
     from . import report
-    from .ops.flatfield import BAD_PIXEL_CLASSES
+    from .progress import phase
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     sim_path, run_path, step_path, model_path = _output_paths(out, overwrite)
-    simulate(sim_path, preset=preset, frames=frames, size=size, seed=seed, overwrite=overwrite)
-    simulate(step_path, preset=preset, frames=160, size=(min(size[0], 256), min(size[1], 256)), seed=seed + 1,
-             scene="open", beam_off_frame=40, truth_frames=False, overwrite=overwrite)
-    fit = fit_afterglow(step_path, model_path, plot=out / "afterglow_fit.png", overwrite=overwrite)
+    with phase("simulating the recording and a beam-off step"):
+        simulate(sim_path, preset=preset, frames=frames, size=size, seed=seed, overwrite=overwrite)
+        simulate(step_path, preset=preset, frames=160, size=(min(size[0], 256), min(size[1], 256)), seed=seed + 1,
+                 scene="open", beam_off_frame=40, truth_frames=False, overwrite=overwrite)
+    with phase("fitting the afterglow model"):
+        fit = fit_afterglow(step_path, model_path, plot=out / "afterglow_fit.png", overwrite=overwrite)
     result = run(sim_path, run_path, overrides=[f"afterglow.model={model_path}", "mtf.enabled=true"],
                  overwrite=overwrite, progress=progress)
     true20, true_lag = _true_mtf20_and_lag(sim_path, fit["frame_rate_hz"])
@@ -56,14 +58,8 @@ def demo(
         v = a[open_beam]
         return float(np.nanstd(v) / np.nanmean(v))
 
-    files = {
-        "frame": report.frame_comparison(raw, corr, out / "frame_raw_vs_corrected.png",
-                                         title_corr=f"corrected (flat-field, afterglow), frame {k} (counts)"),
-        "bad_pixels": report.bad_pixel_map(detected, out / "bad_pixels.png", BAD_PIXEL_CLASSES),
-        "gain": report.gain_map(gain, out / "gain_map.png"),
-        "afterglow": out / "afterglow_fit.png",
-        "resolution": Path(result.mtf_summary["plot"]),
-    }
+    with phase("writing the pictures"):
+        files = _pictures(out, k, raw, corr, detected, gain, result)
     mt = result.mtf_summary
     gh = result.ghost or {}
     summary = {
@@ -122,3 +118,18 @@ def _recall_precision(detected, true_bad) -> tuple[float, float]:
     recall = tp / max(1, int(np.count_nonzero(true_bad)))
     precision = tp / max(1, int(np.count_nonzero(detected)))
     return recall, precision
+
+
+def _pictures(out: Path, k: int, raw, corr, detected, gain, result) -> dict:
+    """The demo's PNGs: frame k raw and corrected, the bad-pixel and gain maps, the afterglow fit, resolution."""
+    from . import report
+    from .ops.flatfield import BAD_PIXEL_CLASSES
+
+    return {
+        "frame": report.frame_comparison(raw, corr, out / "frame_raw_vs_corrected.png",
+                                         title_corr=f"corrected (flat-field, afterglow), frame {k} (counts)"),
+        "bad_pixels": report.bad_pixel_map(detected, out / "bad_pixels.png", BAD_PIXEL_CLASSES),
+        "gain": report.gain_map(gain, out / "gain_map.png"),
+        "afterglow": out / "afterglow_fit.png",
+        "resolution": Path(result.mtf_summary["plot"]),
+    }
