@@ -203,6 +203,9 @@ def stability(inputs, outdir, roi, limits_file, frequencies, overwrite, quiet, *
             doc = recording_stability(inputs[0], inputs[1], roi=roi, source_options=opts, limits=limits,
                                       overwrite=overwrite, progress=bar)
         out = Path(inputs[1])
+        if not doc["light_output"]["dark_subtracted"]:
+            click.echo("warning: no darks: the light output includes the camera's dark level (the drift in % reads "
+                       "low by its share); pass --darks", err=True)
         if not quiet:
             lo = doc["light_output"]
             click.echo(f"light output over {doc['duration_h']:.3g} h ({doc['frames']} frames): drift "
