@@ -41,6 +41,8 @@ bench-detail: $(STAMP)
 	$(PY) benchmarks/bench_setup.py
 	$(PY) benchmarks/bench_conveyor_host.py
 	$(PY) benchmarks/bench_output_chunks.py
+	$(PY) benchmarks/bench_startup.py
+	$(PY) benchmarks/bench_denoise_methods.py
 
 # Every CUDA source must compile; skipped (with a note) where nvcc is absent.
 cuda-check:

@@ -3,7 +3,7 @@
 Usage: python benchmarks/bench_startup.py [--repeats 5]
 
 Each call is a fresh process (``python -m pipeline.cli ...``), timed wall-clock from start to exit.
-*cold*: the first call (Numba's on-disk kernel cache of a fresh copy of the package emptied first, so
+*cold*: the first call (Numba's on-disk kernel cache in the package's __pycache__ folders emptied first, so
 the tiny run compiles what it uses); *warm*: the median of the next ``--repeats`` calls. The tiny run
 is 16 frames of 128² with the default stages (its blocks take ~0.03 s: the rest is set-up). Writes
 benchmarks/results/startup_cpu.json/.md.
