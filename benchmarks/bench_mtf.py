@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from scipy.special import erf
 
 import pipeline
 from _common import alternate, machine, write_results
 from pipeline.bench import textbook_mtf
 from pipeline.ops.edges import find_edge_roi
 from pipeline.ops.mtf import slanted_edge_mtf
+from pipeline.screen import gaussian_edges
 from pipeline.simulator import PRESETS, lsf_mtf, pixel_esf
 
 HERE = Path(__file__).resolve().parent
@@ -53,16 +53,7 @@ def edge_rois(n, size, rng):
     return np.stack(out).astype(np.float32)
 
 
-def noisy_sharp_edges(n, size, rng, *, angle_deg=5.0, mtf20=0.3, quanta=2000, dark=0.1):
-    """Point-sampled erf edges, Gaussian LSF with MTF20 = ``mtf20`` (truth ``exp(-2 pi^2 s^2 f^2)``), Poisson."""
-    sigma = math.sqrt(math.log(5) / 2) / (math.pi * mtf20)
-    t = math.radians(angle_deg)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    out = []
-    for _ in range(n):
-        d = (xx - (size - 1) / 2 - rng.uniform(-2, 2)) * math.cos(t) - (yy - (size - 1) / 2) * math.sin(t)
-        out.append(rng.poisson(quanta * (dark + (1 - dark) * 0.5 * (1 + erf(d / (sigma * math.sqrt(2)))))))
-    return np.stack(out).astype(np.float32)
+noisy_sharp_edges = gaussian_edges  # the analytic truth lives with the screens' (pipeline.screen)
 
 
 def cross(f, m, lv):

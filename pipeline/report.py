@@ -263,6 +263,15 @@ def _summary_rows(rep: dict, other: dict | None, lab) -> tuple[str, list[str]]:
     return head, rows
 
 
+#: marks a report page loaded (and each plot's decoded size) for the headless-browser tests
+_LOADED = """<script>
+window.addEventListener("load", function () {
+  for (const img of document.images) { img.setAttribute("data-natural", img.naturalWidth + "x" + img.naturalHeight); }
+  document.body.setAttribute("data-loaded", "yes");
+});
+</script>"""
+
+
 def characterisation_html(rep: dict, gain, bad, nps2d, *, other: dict | None = None) -> str:
     """A self-contained HTML report (plots embedded as PNG data URIs, no network) of :func:`pipeline.api.characterise`."""
     import html as _h
@@ -289,12 +298,7 @@ th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}} img{{max-width:1
 <h2>Summary</h2>
 <table id="summary">{head}{''.join(rows)}</table>
 {imgs}
-<script>
-window.addEventListener("load", function () {{
-  for (const img of document.images) {{ img.setAttribute("data-natural", img.naturalWidth + "x" + img.naturalHeight); }}
-  document.body.setAttribute("data-loaded", "yes");
-}});
-</script>
+{_LOADED}
 </body></html>
 """
 
@@ -404,11 +408,6 @@ th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}} img{{max-width:1
 {_h.escape(doc['version'])}, {_h.escape(doc['created'])}</p>
 <table id="summary">{table}</table>
 <figure><img alt="trends" src="{uri}"><figcaption>trends with the tolerance bands</figcaption></figure>
-<script>
-window.addEventListener("load", function () {{
-  for (const img of document.images) {{ img.setAttribute("data-natural", img.naturalWidth + "x" + img.naturalHeight); }}
-  document.body.setAttribute("data-loaded", "yes");
-}});
-</script>
+{_LOADED}
 </body></html>
 """

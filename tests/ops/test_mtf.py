@@ -9,6 +9,7 @@ import pytest
 import zarr
 
 import pipeline
+from pipeline.screen import gaussian_edges
 from conftest import run_cli
 from pipeline.ops.edges import bar_contrast, coltman_ctf, find_edge_roi
 from pipeline.ops.mtf import slanted_edge_mtf
@@ -238,19 +239,7 @@ def test_batched_normal_equations_equal_one_solve_each():
         assert not got[3].any()
 
 
-def _noisy_sharp_edges(n, size, rng, *, angle_deg=5.0, mtf20=0.3, quanta=2000, dark=0.1):
-    """Point-sampled erf edges (Gaussian LSF with MTF20 = ``mtf20`` cycles/pixel: the analytic MTF is
-    ``exp(-2 pi^2 sigma^2 f^2)``), ``quanta`` quanta/pixel on the bright side, Poisson noise."""
-    from scipy.special import erf
-
-    sigma = math.sqrt(math.log(5) / 2) / (math.pi * mtf20)
-    t = math.radians(angle_deg)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    out = []
-    for _ in range(n):
-        d = (xx - (size - 1) / 2 - rng.uniform(-2, 2)) * math.cos(t) - (yy - (size - 1) / 2) * math.sin(t)
-        out.append(rng.poisson(quanta * (dark + (1 - dark) * 0.5 * (1 + erf(d / (sigma * math.sqrt(2)))))))
-    return np.stack(out).astype(np.float32)
+_noisy_sharp_edges = gaussian_edges  # the analytic truth lives with the screens' (pipeline.screen)
 
 
 def test_noisy_sharp_edge_mtf20_within_3pct():

@@ -13,6 +13,7 @@ import operator
 import numpy as np
 import pytest
 
+import pipeline.ops.esf as esf
 import pipeline.ops.mtf as mtf
 from pipeline.screen import pixel_esf
 
@@ -37,8 +38,8 @@ def test_packed_bincount_equals_per_roi_binning():
     a = _edges(5, (70, 90), rng, dtype=np.float32) * 40  # values to ~4e4: K spans a wide range
     coef = np.array([[44.2, 0.05, 0.0], [40.0, -0.12, 0.0], [47.5, 0.2, 0.0], [45.0, 0.08, 4e-4], [43.3, 0.0, 0.0]])
     h, w = a.shape[1:]
-    geo = mtf._bin_geometry(coef, h, w, 4, np)
-    sums, counts = mtf._binned(a, {k: v for k, v in geo.items() if k != "span"}, geo["span"], np)
+    geo = esf._bin_geometry(coef, h, w, 4, np)
+    sums, counts = esf._binned(a, {k: v for k, v in geo.items() if k != "span"}, geo["span"], np)
     got = {"sums": sums, "counts": counts, "k_lo": geo["k_lo"]}
     yr = np.arange(h) - (h - 1) / 2
     span = geo["span"]
@@ -64,10 +65,10 @@ def test_packed_bincount_exact_counts_and_fallback():
     a[1] *= 1e-3  # K per ROI: a small ROI keeps its own precision
     idx = (np.arange(320)[None, :] * 7 % 40 + 40 * np.arange(3)[:, None]).astype(np.int64).ravel()  # ROI i: bins 40i..
     want_s, want_c = np.bincount(idx, weights=a.ravel(), minlength=120), np.bincount(idx, minlength=120)
-    s, c = mtf._sums_and_counts(a, idx, np.full(3, 16.0), 120, np)
+    s, c = esf._sums_and_counts(a, idx, np.full(3, 16.0), 120, np)
     np.testing.assert_array_equal(c, want_c)
     np.testing.assert_allclose(s, want_s, rtol=1e-11, atol=1e-13)
-    s2, c2 = mtf._sums_and_counts(a * 1e300, idx, np.full(3, 16.0), 120, np)
+    s2, c2 = esf._sums_and_counts(a * 1e300, idx, np.full(3, 16.0), 120, np)
     np.testing.assert_array_equal(c2, want_c)
     np.testing.assert_allclose(s2, want_s * 1e300, rtol=1e-12)
 
@@ -76,7 +77,7 @@ def test_triangle_equals_direct_weighted_average():
     rng = np.random.default_rng(5)
     v = np.cumsum(rng.normal(size=(3, 60)), axis=1) + 50
     h = rng.integers(0, 7, size=v.shape)
-    got = mtf._triangle(v, h, 6, np)
+    got = esf._triangle(v, h, 6, np)
     ext = np.concatenate([np.repeat(v[:, :1], 7, 1), v, np.repeat(v[:, -1:], 7, 1)], axis=1)  # end values beyond
     for r in range(3):
         for i in range(60):
@@ -228,8 +229,9 @@ class _FakeCupy:
 @pytest.fixture
 def fake_device(monkeypatch):
     xp = _FakeCupy()
-    monkeypatch.setattr(mtf, "get_xp", lambda a: xp if isinstance(a, _Dev) else np)
-    monkeypatch.setattr(mtf, "to_host", lambda a: np.array(a.a) if isinstance(a, _Dev) else np.asarray(a))
+    for module in (mtf, esf):  # the engine and its binned ESF
+        monkeypatch.setattr(module, "get_xp", lambda a: xp if isinstance(a, _Dev) else np)
+        monkeypatch.setattr(module, "to_host", lambda a: np.array(a.a) if isinstance(a, _Dev) else np.asarray(a))
     return xp
 
 
