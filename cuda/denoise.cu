@@ -12,10 +12,12 @@
 // (d c b | a b c d, the edge not repeated), used for the NLM search window.
 //
 // Kernels (extern "C"): temporal_step_f32, nl_means_f32 and its patch-size specialisations nl_means_f32_p3,
-// nl_means_f32_p5, nl_means_f32_p7.
+// nl_means_f32_p5, nl_means_f32_p7; the guided filter in four launches per frame: guided_colsum_f32,
+// guided_coef_f32, guided_colsum_ab_f32, guided_apply_f32.
 
 #define XRAY_NLM_RUN 16        // output rows per NLM thread (a vertical strip of one column)
 #define XRAY_NLM_MAX_PATCH 15  // largest NLM patch (the strip's row sums live in a local array)
+#define XRAY_GUIDED_RUN 32     // rows per thread of the guided filter's column sums
 
 __device__ __forceinline__ bool xray_isfinite(float v) { return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u; }
 
@@ -186,3 +188,139 @@ extern "C" __global__ void nl_means_f32(const float* f, float* out, int h, int w
 XRAY_NLM_KERNEL(3)
 XRAY_NLM_KERNEL(5)
 XRAY_NLM_KERNEL(7)
+
+// ------------------------------------------------------------------------------------------ guided filter
+// The self-guided filter of one (h, w) frame inside the generalised Anscombe transform
+// (ops.denoise.guided_denoise; the Numba kernel cpu/denoise.py's _guided does the same sums):
+//   t = GAT(x)  (mode 1: k sqrt(max(alpha x + c, 0)); mode 2: x / k; mode 0: x)
+//   m, m2 = box means of t and t^2 (float64), v = max(m2 - m^2, 0)
+//   a = float(v / (v + eps)), b = float(m (1 - a))
+//   q = float(box mean of a) t + float(box mean of b), then the inverse GAT (mode 1: the closed form of
+//   ops.denoise.gat_inverse with ib = beta / alpha^2; mode 2: q alpha; mode 0: q)
+// Boxes are (2r+1)^2 with scipy's "reflect" edges. Each box mean is separable: a column sum (one thread
+// per column and strip of XRAY_GUIDED_RUN rows, sliding down: coalesced) then a row sum of 2r+1 column sums
+// (one thread per pixel; neighbouring threads share their loads in cache). Sums in float64 as the
+// references (E[t^2] - E[t]^2 of GAT values far from zero would lose the variance in float32); the float64
+// sums are added in another order than the references': equal to float32 rounding.
+// Four launches per frame, each reading what the previous one wrote: guided_colsum_f32 (t, t^2 -> s1, s2),
+// guided_coef_f32 (s1, s2 -> a, b), guided_colsum_ab_f32 (a, b -> s1, s2), guided_apply_f32 (s1, s2, x -> out).
+
+__device__ __forceinline__ float xray_gat(float x, int mode, float k, float c, float alpha)
+{
+    if (mode == 1) return __fmul_rn(k, __fsqrt_rn(fmaxf(__fadd_rn(__fmul_rn(alpha, x), c), 0.0f)));
+    if (mode == 2) return __fdiv_rn(x, k);
+    return x;
+}
+
+__device__ __forceinline__ float xray_gat_inverse(float q, int mode, float alpha, float ib)
+{
+    if (mode == 2) return __fmul_rn(q, alpha);
+    if (mode != 1) return q;
+    const float s15 = 1.22474487139158905f;  // float32(sqrt(1.5))
+    float dd = fmaxf(q, 0.8f);
+    float d2 = __fmul_rn(dd, dd);
+    float v = __fmul_rn(__fmul_rn(0.25f, dd), dd);
+    v = __fadd_rn(v, __fdiv_rn(__fmul_rn(0.25f, s15), dd));
+    v = __fsub_rn(v, __fdiv_rn(1.375f, d2));
+    v = __fadd_rn(v, __fdiv_rn(__fmul_rn(0.625f, s15), __fmul_rn(d2, dd)));
+    v = __fsub_rn(__fsub_rn(v, 0.125f), ib);
+    return __fmul_rn(alpha, v);
+}
+
+// s1[y, x] = sum over j in -r..r of t[reflect(y + j), x], s2 the same of t^2 (t the GAT of x).
+extern "C" __global__ void guided_colsum_f32(const float* x, double* s1, double* s2, int h, int w, int r, int mode,
+                                             float k, float c, float alpha)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long strips = (h + XRAY_GUIDED_RUN - 1) / XRAY_GUIDED_RUN;
+    if (i >= strips * w) return;
+    int col = (int)(i % w), y0 = (int)(i / w) * XRAY_GUIDED_RUN;
+    int y1 = y0 + XRAY_GUIDED_RUN < h ? y0 + XRAY_GUIDED_RUN : h;
+    double c1 = 0.0, c2 = 0.0;
+    for (int j = -r; j <= r; ++j) {
+        double v = (double)xray_gat(x[(long long)xray_reflect(y0 + j, h) * w + col], mode, k, c, alpha);
+        c1 += v;
+        c2 += v * v;
+    }
+    for (int y = y0; y < y1; ++y) {
+        long long p = (long long)y * w + col;
+        s1[p] = c1;
+        s2[p] = c2;
+        if (y + 1 < y1) {
+            double va = (double)xray_gat(x[(long long)xray_reflect(y + 1 + r, h) * w + col], mode, k, c, alpha);
+            double vs = (double)xray_gat(x[(long long)xray_reflect(y - r, h) * w + col], mode, k, c, alpha);
+            c1 += va - vs;
+            c2 += va * va - vs * vs;
+        }
+    }
+}
+
+// a, b at every pixel from the row sums of s1, s2: the box mean m and variance v of t.
+extern "C" __global__ void guided_coef_f32(const double* s1, const double* s2, float* a, float* b, int h, int w,
+                                           int r, double eps, double scale)
+{
+    long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= (long long)h * w) return;
+    long long row = (p / w) * w;
+    int col = (int)(p % w);
+    double e1 = 0.0, e2 = 0.0;
+    for (int j = -r; j <= r; ++j) {
+        long long q = row + xray_reflect(col + j, w);
+        e1 += s1[q];
+        e2 += s2[q];
+    }
+    double m = e1 * scale, m2 = e2 * scale;
+    double v = m2 - m * m;
+    v = v > 0.0 ? v : 0.0;
+    float av = (float)(v / (v + eps));
+    a[p] = av;
+    b[p] = (float)(m * (1.0 - (double)av));
+}
+
+// s1, s2 = the column sums of a and b (as guided_colsum_f32's of t and t^2).
+extern "C" __global__ void guided_colsum_ab_f32(const float* a, const float* b, double* s1, double* s2, int h, int w,
+                                                int r)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long strips = (h + XRAY_GUIDED_RUN - 1) / XRAY_GUIDED_RUN;
+    if (i >= strips * w) return;
+    int col = (int)(i % w), y0 = (int)(i / w) * XRAY_GUIDED_RUN;
+    int y1 = y0 + XRAY_GUIDED_RUN < h ? y0 + XRAY_GUIDED_RUN : h;
+    double c1 = 0.0, c2 = 0.0;
+    for (int j = -r; j <= r; ++j) {
+        long long q = (long long)xray_reflect(y0 + j, h) * w + col;
+        c1 += (double)a[q];
+        c2 += (double)b[q];
+    }
+    for (int y = y0; y < y1; ++y) {
+        long long p = (long long)y * w + col;
+        s1[p] = c1;
+        s2[p] = c2;
+        if (y + 1 < y1) {
+            long long qa = (long long)xray_reflect(y + 1 + r, h) * w + col;
+            long long qs = (long long)xray_reflect(y - r, h) * w + col;
+            c1 += (double)a[qa] - (double)a[qs];
+            c2 += (double)b[qa] - (double)b[qs];
+        }
+    }
+}
+
+// out = inverse GAT of float(box mean of a) t + float(box mean of b); out may be x (each thread reads its own).
+extern "C" __global__ void guided_apply_f32(const float* x, const double* s1, const double* s2, float* out, int h,
+                                            int w, int r, double scale, int mode, float k, float c, float alpha,
+                                            float ib)
+{
+    long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= (long long)h * w) return;
+    long long row = (p / w) * w;
+    int col = (int)(p % w);
+    double e1 = 0.0, e2 = 0.0;
+    for (int j = -r; j <= r; ++j) {
+        long long q = row + xray_reflect(col + j, w);
+        e1 += s1[q];
+        e2 += s2[q];
+    }
+    float t = xray_gat(x[p], mode, k, c, alpha);
+    float q = __fadd_rn(__fmul_rn((float)(e1 * scale), t), (float)(e2 * scale));
+    out[p] = xray_gat_inverse(q, mode, alpha, ib);
+}

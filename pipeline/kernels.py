@@ -502,3 +502,52 @@ def nl_means_kernel(image, *, h: float, patch_size: int, patch_distance: int, si
            (f, out, np.int32(hh), np.int32(ww), np.int32(patch_distance), np.int32(patch_size),
             np.float32(1.0 / (float(h) * float(h))), np.float32(2.0 * float(sigma) ** 2)))
     return out
+
+
+GUIDED_RUN = 32  # XRAY_GUIDED_RUN in cuda/denoise.cu: rows per thread of the column sums
+
+
+def guided_kernel(frames, *, radius: int, eps: float, gat: tuple, out=None, launch=None):
+    """The guided filter of :func:`pipeline.ops.denoise.guided_denoise`, frame by frame, with cuda/denoise.cu.
+
+    Parameters
+    ----------
+    frames : array (T, H, W) float32, C-contiguous, finite
+    radius, eps : int, float
+        Box radius (the box is ``2 radius + 1`` square, scipy 'reflect' edges) and the regularisation.
+    gat : tuple
+        ``(mode, k, c, alpha, ib)`` of the transform around the filter
+        (:func:`pipeline.ops.denoise.gat_codes`).
+    out : array like ``frames``, optional
+        The result; it may be ``frames`` (each output pixel is written from its own input pixel last).
+    launch : callable, optional
+        ``launch(function, grid, block, args)``; default: :func:`gpu_launcher` ``("denoise")``.
+
+    Returns
+    -------
+    array (T, H, W) float32
+        Four launches per frame (column sums, coefficients, their column sums, the output), with two
+        float64 and two float32 frame-sized buffers reused across frames.
+    """
+    from .backend import get_xp
+
+    xp = get_xp(frames)
+    launch = launch or gpu_launcher("denoise")
+    t, h, w = frames.shape
+    out = xp.empty_like(frames) if out is None else out
+    s1, s2 = xp.empty((h, w), np.float64), xp.empty((h, w), np.float64)
+    a, b = xp.empty((h, w), np.float32), xp.empty((h, w), np.float32)
+    mode, k, c, alpha, ib = gat
+    f32 = np.float32
+    dims = (np.int32(h), np.int32(w), np.int32(radius))
+    transform = (np.int32(mode), f32(k), f32(c), f32(alpha))
+    scale = np.float64(1.0 / (2 * int(radius) + 1) ** 2)
+    grid_px = (h * w + _BLOCK - 1) // _BLOCK
+    grid_cols = (((h + GUIDED_RUN - 1) // GUIDED_RUN) * w + _BLOCK - 1) // _BLOCK
+    for i in range(t):
+        launch("guided_colsum_f32", grid_cols, _BLOCK, (frames[i], s1, s2) + dims + transform)
+        launch("guided_coef_f32", grid_px, _BLOCK, (s1, s2, a, b) + dims + (np.float64(eps), scale))
+        launch("guided_colsum_ab_f32", grid_cols, _BLOCK, (a, b, s1, s2) + dims)
+        launch("guided_apply_f32", grid_px, _BLOCK,
+               (frames[i], s1, s2, out[i]) + dims + (scale,) + transform + (f32(ib),))
+    return out

@@ -7,8 +7,6 @@ returns False (or None) where it cannot take the arrays, and the caller runs the
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import _nb, available
@@ -342,7 +340,7 @@ def nl_means_into(image, out, *, h: float, patch_size: int, patch_distance: int,
     return True
 
 
-def guided_into(frames, out, *, radius: int, eps: float, alpha: float | None = None, beta: float = 0.0) -> bool:
+def guided_into(frames, out, *, radius: int, eps: float, gat: tuple = (0, 1.0, 0.0, 1.0, 0.0)) -> bool:
     """Self-guided filter of each (H, W) frame of (T, H, W) float32 ``frames`` into ``out``, optionally in the GAT.
 
     Parameters
@@ -353,9 +351,9 @@ def guided_into(frames, out, *, radius: int, eps: float, alpha: float | None = N
         Box radius: the box is ``2 radius + 1`` pixels square (scipy 'reflect' edges).
     eps : float
         Regularisation, in the squared units of the filtered data.
-    alpha, beta : float
-        Noise model ``var = alpha mean + beta``: with ``alpha`` given the frames are filtered inside the
-        generalised Anscombe transform (``alpha = 0``: the scaling by ``sqrt(beta)``); ``None``: as they are.
+    gat : tuple
+        ``(mode, k, c, alpha, ib)`` of the transform around the filter, as
+        :func:`pipeline.ops.denoise.gat_codes` gives them (the default: none).
 
     Returns
     -------
@@ -369,14 +367,7 @@ def guided_into(frames, out, *, radius: int, eps: float, alpha: float | None = N
         return False
     if out.shape != frames.shape or out is frames or min(frames.shape) < 1 or radius < 0:
         return False
+    mode, k, c, a, ib = gat
     f32 = np.float32
-    if alpha is None:
-        mode, k, c, a, ib = 0, f32(1), f32(0), f32(1), f32(0)
-    elif alpha <= 0:
-        s = f32(math.sqrt(max(beta, 1e-12)))
-        mode, k, c, a, ib = 2, s, f32(0), s, f32(0)
-    else:
-        mode, k, c = 1, f32(2.0) / f32(alpha), f32(0.375 * alpha * alpha + beta)
-        a, ib = f32(alpha), f32(beta / (alpha * alpha))
-    _guided(frames, out, int(radius), float(eps), mode, k, c, a, ib, 64)
+    _guided(frames, out, int(radius), float(eps), int(mode), f32(k), f32(c), f32(a), f32(ib), 64)
     return True

@@ -298,15 +298,49 @@ def guided_filter(image, *, radius: int, eps: float):
     -------
     array of ``image``'s shape; float32 for float32 input
     """
-    xp = get_xp(image)
-    if xp is np and image.dtype == np.float32 and image.ndim in (2, 3):
-        from ..cpu.denoise import guided_into  # the same sums fused into two passes per frame, on all cores
-
-        block = np.ascontiguousarray(image[None] if image.ndim == 2 else image)
-        out = np.empty(block.shape, np.float32)
-        if guided_into(block, out, radius=radius, eps=eps):
-            return out[0] if image.ndim == 2 else out
+    if image.dtype == np.float32:  # the fused kernels: Numba on a CPU, cuda/denoise.cu on a GPU
+        out = _guided_fused(image, radius, eps, gat_codes(None, 0.0))
+        if out is not None:
+            return out
     return _guided_arrays(image, radius, eps)
+
+
+def gat_codes(alpha: float | None, beta: float) -> tuple:
+    """The GAT around a fused filter as its kernels take it: ``(mode, k, c, alpha, ib)``, float32 numbers.
+
+    Mode 0 (``alpha`` None): no transform. Mode 1 (``alpha`` > 0): forward ``k sqrt(max(alpha x + c, 0))``
+    with ``k = 2 / alpha`` and ``c = 3/8 alpha^2 + beta``, inverse :func:`gat_inverse` with
+    ``ib = beta / alpha^2``. Mode 2 (``alpha`` <= 0): division by, and multiplication with, ``sqrt(beta)``.
+    The same float32 operations as :func:`gat_forward` and :func:`gat_inverse`.
+    """
+    f32 = np.float32
+    if alpha is None:
+        return 0, f32(1), f32(0), f32(1), f32(0)
+    if alpha <= 0:
+        s = f32(math.sqrt(max(beta, 1e-12)))
+        return 2, s, f32(0), s, f32(0)
+    return 1, f32(2.0) / f32(alpha), f32(0.375 * alpha * alpha + beta), f32(alpha), f32(beta / (alpha * alpha))
+
+
+def _guided_fused(frames, radius: int, eps: float, gat: tuple):
+    # the guided filter (with the GAT ``gat`` around it) of (H, W) or (T, H, W) frames in one fused kernel per
+    # pass: Numba on NumPy arrays, cuda/denoise.cu on CuPy ones; None where no kernel takes them
+    if frames.ndim not in (2, 3):
+        return None
+    xp = get_xp(frames)
+    block = frames[None] if frames.ndim == 2 else frames
+    if xp is np:
+        from ..cpu.denoise import guided_into  # GAT, box statistics, box means and inverse in two passes per frame
+
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        out = np.empty(block.shape, np.float32)
+        if not guided_into(block, out, radius=radius, eps=eps, gat=gat):
+            return None
+    else:
+        from ..kernels import guided_kernel  # four launches per frame
+
+        out = guided_kernel(xp.ascontiguousarray(block, dtype=xp.float32), radius=radius, eps=eps, gat=gat)
+    return out[0] if frames.ndim == 2 else out
 
 
 def _guided_arrays(p, radius: int, eps: float):
@@ -341,14 +375,10 @@ def guided_denoise(frames, *, radius: int, eps: float, noise: NoiseModel | None 
     array float32 of ``frames``' shape
     """
     xp = get_xp(frames)
-    if xp is np and frames.ndim in (2, 3):
-        from ..cpu.denoise import guided_into  # GAT, filter and inverse fused, on all cores
-
-        block = np.ascontiguousarray(frames[None] if frames.ndim == 2 else frames, dtype=np.float32)
-        out = np.empty(block.shape, np.float32)
-        kw = {} if noise is None else {"alpha": noise.alpha, "beta": noise.beta}
-        if guided_into(block, out, radius=radius, eps=eps, **kw):
-            return out[0] if frames.ndim == 2 else out
+    out = _guided_fused(frames, radius, eps, gat_codes(None if noise is None else noise.alpha,
+                                                      0.0 if noise is None else noise.beta))
+    if out is not None:
+        return out
     if frames.ndim == 2:
         f = frames.astype(xp.float32, copy=False)
         if noise is None:
@@ -382,7 +412,7 @@ def denoise_frame(img, method: str, params: dict):
 
             return denoise_tv_chambolle(img.astype(np.float64), weight=wgt).astype(img.dtype)
         return tv_chambolle(img, wgt)
-    if method == "guided":  # Numba on a CPU (to float32 rounding), the array code on a GPU
+    if method == "guided":  # Numba on a CPU, cuda/denoise.cu on a GPU: both equal to the array code (float32 rounding)
         return guided_filter(img, radius=int(params.get("guided_radius", GUIDED_RADIUS)),
                              eps=float(params.get("guided_eps", GUIDED_EPS)))
     if method == "nlm":  # Numba on a CPU, cuda/denoise.cu on a GPU: both equal to the array code (float32 rounding)

@@ -19,6 +19,31 @@ void launch_nl_means_f32(unsigned grid, unsigned block, const float* f, float* o
     xray_launch(grid, block, nl_means_f32, f, out, h, w, r, patch, inv_h2, sig2);
 }
 
+void launch_guided_colsum_f32(unsigned grid, unsigned block, const float* x, double* s1, double* s2, int h, int w,
+                              int r, int mode, float k, float c, float alpha)
+{
+    xray_launch(grid, block, guided_colsum_f32, x, s1, s2, h, w, r, mode, k, c, alpha);
+}
+
+void launch_guided_coef_f32(unsigned grid, unsigned block, const double* s1, const double* s2, float* a, float* b,
+                            int h, int w, int r, double eps, double scale)
+{
+    xray_launch(grid, block, guided_coef_f32, s1, s2, a, b, h, w, r, eps, scale);
+}
+
+void launch_guided_colsum_ab_f32(unsigned grid, unsigned block, const float* a, const float* b, double* s1,
+                                 double* s2, int h, int w, int r)
+{
+    xray_launch(grid, block, guided_colsum_ab_f32, a, b, s1, s2, h, w, r);
+}
+
+void launch_guided_apply_f32(unsigned grid, unsigned block, const float* x, const double* s1, const double* s2,
+                             float* out, int h, int w, int r, double scale, int mode, float k, float c, float alpha,
+                             float ib)
+{
+    xray_launch(grid, block, guided_apply_f32, x, s1, s2, out, h, w, r, scale, mode, k, c, alpha, ib);
+}
+
 #define XRAY_NLM_LAUNCHER(P)                                                                                      \
     void launch_nl_means_f32_p##P(unsigned grid, unsigned block, const float* f, float* out, int h, int w, int r, \
                                   int patch, float inv_h2, float sig2)                                            \

@@ -49,9 +49,15 @@ def launch(build_emulated):
             elif ctype == "int":
                 assert type(a) is np.int32, (function, ctype, type(a))
                 cargs.append(ctypes.c_int(int(a)))
+            elif ctype == "double*":
+                assert isinstance(a, np.ndarray) and a.dtype == np.float64 and a.flags.c_contiguous, (function, a)
+                cargs.append(ctypes.c_void_p(a.ctypes.data))
             elif ctype == "float":
                 assert type(a) is np.float32, (function, ctype, type(a))
                 cargs.append(ctypes.c_float(float(a)))
+            elif ctype == "double":
+                assert type(a) is np.float64, (function, ctype, type(a))
+                cargs.append(ctypes.c_double(float(a)))
             else:
                 raise AssertionError(f"unexpected parameter type {ctype} in {function}")
         fn = getattr(lib, "launch_" + function)
@@ -195,3 +201,68 @@ def test_nl_means_kernel_spreads_nan_as_the_definition(launch):
     np.testing.assert_array_equal(np.isnan(got), want)
     if jit.available():
         np.testing.assert_array_equal(np.isnan(nl_means(img.astype(np.float64), **kw)), want)
+
+
+def _guided_reference(frames, radius, eps, noise):
+    """The definition: scipy's box means of the GAT'd frames in float64 (ops.denoise._guided_arrays)."""
+    from pipeline.ops.denoise import _guided_arrays, gat_forward, gat_inverse
+
+    out = np.empty(frames.shape, np.float32)
+    for k, f in enumerate(frames):
+        if noise is None:
+            out[k] = _guided_arrays(f, radius, eps)
+        else:
+            out[k] = gat_inverse(_guided_arrays(gat_forward(f, noise.alpha, noise.beta), radius, eps),
+                                 noise.alpha, noise.beta)
+    return out
+
+
+@pytest.mark.parametrize("shape,radius,noise", [
+    ((2, 70, 45), 3, NoiseModel(2.0, 30.0)),   # strips of 32 rows cut short (70 = 2 x 32 + 6), the GAT
+    ((1, 40, 64), 8, NoiseModel(1.0, 0.0)),    # the default radius
+    ((1, 33, 17), 8, NoiseModel(0.0, 16.0)),   # alpha 0: the GAT is a scaling; a box wider than the frame
+    ((3, 5, 40), 6, None),                     # no GAT; a box taller than the frame (reflected more than once)
+    ((1, 1, 9), 2, NoiseModel(1.0, 0.0)),      # one row
+])
+def test_guided_kernel_matches_reference(launch, shape, radius, noise):
+    from pipeline.kernels import guided_kernel
+    from pipeline.ops.denoise import gat_codes, guided_denoise
+
+    rng = np.random.default_rng(radius)
+    t, h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    clean = 200 + 2 * xx + yy + 600 * (xx > w // 2)  # an edge on a slope
+    var = clean * 0 + 1.0 if noise is None else noise.alpha * clean + noise.beta  # the noise the model describes
+    frames = np.stack([clean + rng.normal(0, np.sqrt(var)) for _ in range(t)]).astype(np.float32)
+    eps = 0.4
+    codes = gat_codes(None if noise is None else noise.alpha, 0.0 if noise is None else noise.beta)
+    got = guided_kernel(frames, radius=radius, eps=eps, gat=codes, launch=launch)
+    ref = _guided_reference(frames, radius, eps, noise)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3)
+    if jit.available():  # the Numba kernel: the same float64 sums in another order
+        np.testing.assert_allclose(got, guided_denoise(frames, radius=radius, eps=eps, noise=noise), rtol=1e-5,
+                                   atol=1e-3)
+    assert not np.array_equal(got, frames)  # not an identity (how much it smooths: the next test)
+    again = frames.copy()
+    assert guided_kernel(again, radius=radius, eps=eps, gat=codes, out=again, launch=launch) is again
+    np.testing.assert_array_equal(again, got)  # in place: the same result
+
+
+def test_guided_kernel_keeps_a_ramp_and_smooths_flat_noise(launch):
+    """Independent of the references: the guided filter returns a linear ramp unchanged at 2 radius or more
+    from the edges (its coefficients are constant there), and with eps far above the noise's variance it is
+    a box mean of box means: unit white noise keeps sum(w^2) of its variance, w the 13 x 13 tent of two 7 x 7
+    boxes: (231 / 2401)^2 = 0.00926 (plus a^2 ~ 1e-4 of the pixel itself, a = 1 / 101)."""
+    from pipeline.kernels import guided_kernel
+    from pipeline.ops.denoise import gat_codes
+
+    r = 3
+    yy, xx = np.mgrid[0:40, 0:50]
+    ramp = (100 + 3.0 * xx - 2.0 * yy).astype(np.float32)[None]
+    got = guided_kernel(ramp, radius=r, eps=0.4, gat=gat_codes(None, 0.0), launch=launch)
+    inner = (slice(None), slice(2 * r, -2 * r), slice(2 * r, -2 * r))
+    np.testing.assert_allclose(got[inner], ramp[inner], atol=2e-4)
+    noise = np.random.default_rng(0).normal(0, 1, (1, 256, 256)).astype(np.float32)
+    flat = guided_kernel(noise, radius=r, eps=100.0, gat=gat_codes(None, 0.0), launch=launch)
+    ratio = np.var(flat) / np.var(noise)
+    assert abs(ratio / ((231 / 2401) ** 2 + 1e-4) - 1) < 0.15, ratio

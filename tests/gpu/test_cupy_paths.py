@@ -114,6 +114,30 @@ def test_denoise_kernels_against_the_array_code_on_the_gpu():
         np.testing.assert_allclose(cp.asnumpy(state), cp.asnumpy(rs), rtol=2e-6, atol=1e-3)
 
 
+def test_guided_kernel_against_the_array_code_and_the_cpu():
+    """cuda/denoise.cu's guided filter (what guided_denoise runs on CuPy) against the array code on the same
+    device and against the CPU path (Numba), at the default radius, with and without the GAT, 2048 x 2048
+    in the frame layout of a block."""
+    from pipeline.ops.denoise import NoiseModel, _guided_arrays, gat_forward, gat_inverse, guided_denoise
+
+    yy, xx = np.mgrid[0:200, 0:301]
+    clean = 300 + xx + 500 * (xx > 150)
+    nm = NoiseModel(1.5, 20.0)
+    host = np.stack([clean + RNG.normal(0, np.sqrt(1.5 * clean + 20.0)) for _ in range(3)]).astype(np.float32)
+    y = cp.asarray(host)
+    for noise in (nm, None):
+        got = guided_denoise(y, radius=8, eps=0.4, noise=noise)
+        for k in range(3):
+            t = y[k] if noise is None else gat_forward(y[k], nm.alpha, nm.beta)
+            ref = _guided_arrays(t, 8, 0.4)
+            ref = ref if noise is None else gat_inverse(ref, nm.alpha, nm.beta)
+            _close(got[k], cp.asnumpy(ref), rtol=1e-5, atol=1e-3)
+        _close(got, guided_denoise(host, radius=8, eps=0.4, noise=noise), rtol=1e-5, atol=1e-3)
+    big = cp.asarray(RNG.normal(900, 30, (2, 2048, 2048)).astype(np.float32))
+    _close(guided_denoise(big, radius=8, eps=0.4, noise=NoiseModel(1.0, 0.0)),
+           guided_denoise(cp.asnumpy(big), radius=8, eps=0.4, noise=NoiseModel(1.0, 0.0)), rtol=1e-5, atol=1e-3)
+
+
 def test_nlm_patch_kernels_equal_the_generic_one_on_the_gpu():
     """nl_means_f32_p3/_p5/_p7 (arrays in registers) against nl_means_f32 (runtime patch): bit for bit."""
     from pipeline.kernels import NLM_SPECIALISED, gpu_launcher, nl_means_kernel
