@@ -386,6 +386,17 @@ def _run_local(dsk: dict, commits: list, tok: str, *, scheduler: str, num_worker
         return _getter(scheduler)(dsk, f"total-{tok}", **kw)
 
 
+def _checked_run(scheduler: str, cluster: str, target, chain):
+    """:func:`process_frames`'s execution settings checked against ``target``: whether the run is distributed,
+    and the chain (a plain callable wrapped as one)."""
+    check_execution(scheduler, cluster)
+    remote = is_distributed(scheduler, cluster)
+    if (remote or scheduler == "processes") and type(target) is np.ndarray:  # a memmap is fine
+        raise ConfigError("an in-memory output array cannot be written from other processes; use a Zarr array "
+                          "or execution.scheduler: threads")
+    return remote, (chain if hasattr(chain, "head") else _Plain(chain))
+
+
 def process_frames(
     source,
     target,
@@ -410,39 +421,37 @@ def process_frames(
     source : array-like (T, H, W)
         Supports slicing (e.g. :class:`pipeline.io.zarr_store.FrameReader`).
     target : writable array-like (T, H, W)
-        Pre-created with chunks of whole frames, ``chunk_frames`` a multiple of their frames (each block
-        writes whole chunks of its own).
+        Pre-created with chunks of whole frames, ``chunk_frames`` a multiple of their frames (each block writes whole
+        chunks of its own).
     chain : object
-        ``head(raw) -> (block, mask)``, ``stateful`` (list of stages) and
-        ``tail((block, mask)) -> block`` (see :class:`pipeline.stages.Chain`).
-        A plain callable ``block -> block`` is accepted too.
+        ``head(raw) -> (block, mask)``, ``stateful`` (list of stages) and ``tail((block, mask)) -> block`` (see
+        :class:`pipeline.stages.Chain`). A plain callable ``block -> block`` is accepted too.
     chunk_frames : int
         Frames per block.
     scheduler : str
-        ``threads``, ``synchronous`` or ``processes`` (Dask's local schedulers), or the address of
-        a running dask.distributed scheduler (``tcp://host:8786``).
+        ``threads``, ``synchronous`` or ``processes`` (Dask's local schedulers), or the address of a running
+        dask.distributed scheduler (``tcp://host:8786``).
     cluster : {'none', 'local', 'local-cuda'}
-        Start a dask.distributed cluster for this call (see :func:`distributed_client`); then
-        ``scheduler`` must be ``threads`` (it is not used).
+        Start a dask.distributed cluster for this call (see :func:`distributed_client`); then ``scheduler`` must be
+        ``threads`` (it is not used).
     num_workers : int, optional
         Threads or processes of a local scheduler, or workers of a cluster started here.
     progress : callable, optional
-        Called with the number of frames of each block once it is written and committed. It is
-        called in the calling thread (never in a worker, so it need not pickle or be thread-safe).
+        Called with the number of frames of each block once it is written and committed. It is called in the calling
+        thread (never in a worker, so it need not pickle or be thread-safe).
     start_block, initial_states : optional
         Resume: begin at this block with these states of the stateful stages.
     skip_write : set of int
         Blocks already in ``target`` (their stateful stages still run, to carry the state).
     on_commit : callable, optional
-        ``on_commit(c, t0, t1, written, states)`` after block ``c`` is written: record progress.
-        On a cluster it runs in a worker process (it must pickle; files it writes must be on a
-        filesystem the workers share).
+        ``on_commit(c, t0, t1, written, states)`` after block ``c`` is written: record progress. On a cluster it runs in
+        a worker process (it must pickle; files it writes must be on a filesystem the workers share).
     skip_errors : bool
         A block whose reading fails with a skippable error becomes NaN (recorded) instead of failing.
     recycle : bool
-        Hand each written block back to the chain for reuse (no page faults for a fresh buffer).
-        Only for targets that copy what is written (files: Zarr on disk, memmaps); an in-memory
-        Zarr store without a compressor keeps a view of the caller's array.
+        Hand each written block back to the chain for reuse (no page faults for a fresh buffer). Only for targets that
+        copy what is written (files: Zarr on disk, memmaps); an in-memory Zarr store without a compressor keeps a view
+        of the caller's array.
 
     Returns
     -------
@@ -451,13 +460,7 @@ def process_frames(
     stages and the storage encoding (``stages``), written (``write``: compression and storing) and
     recorded (``record``: measurements, checksum, ``on_commit``).
     """
-    check_execution(scheduler, cluster)
-    remote = is_distributed(scheduler, cluster)
-    if (remote or scheduler == "processes") and type(target) is np.ndarray:  # a memmap is fine
-        raise ConfigError("an in-memory output array cannot be written from other processes; use a Zarr array "
-                          "or execution.scheduler: threads")
-    if not hasattr(chain, "head"):
-        chain = _Plain(chain)
+    remote, chain = _checked_run(scheduler, cluster, target, chain)
     t = source.shape[0]
     dsk, commits, tok = _graph(source, target, chain, chunk_frames=chunk_frames, ahead=(
         _read_ahead(scheduler, cluster, num_workers) if list(chain.stateful) else None), start_block=start_block,
@@ -522,7 +525,8 @@ def frame_statistics(source, *, statistic: str = "mean", with_std: bool = False,
 
 
 def _exact_moments(dtype, n: int) -> bool:
-    """True when the per-pixel sums of ``n`` frames of ``dtype`` and of their squares, and n * sum of squares, fit int64."""
+    """True when the per-pixel sums of ``n`` frames of ``dtype`` and of their squares, and n * sum of squares,
+    fit int64."""
     dt = np.dtype(dtype)
     if dt.kind not in "ui" or dt.itemsize > 2:
         return False

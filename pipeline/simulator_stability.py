@@ -18,6 +18,7 @@ from .screen import PRESETS
 from .simulator import (_STABILITY_DEFECTS, _STABILITY_FLICKER, _STABILITY_NOISE, Simulation, SimulationSpec,
                         _build, _Detector, _ScreenAge, characterisation)
 
+
 def light_factor(t_h, *, light_drift_pct_per_h: float, light_model: str = "linear", exp_tau_h: float | None = None,
                  exp_floor: float | None = None, match_h: float = 200.0):
     """Relative light yield f(t) of a screen ``t_h`` hours into its life (f(0) = 1); float or array like ``t_h``.
@@ -72,6 +73,32 @@ def _new_defects(spec: SimulationSpec, free: np.ndarray, session: int, n: int):
     return idx, hot, current
 
 
+def _session_drift(hours, new_bad_per_session, light_drift_pct_per_h: float, light_model: str,
+                   exp_tau_h: float | None, exp_floor: float | None, blur_growth_pct_per_h: float,
+                   lag_growth_pct_per_h: float):
+    """The checked arguments of :func:`stability_sessions` and the drift they plant.
+
+    Returns
+    -------
+    times, light, blur, lag : (S,) float64 arrays
+        The session times (h), and at each the light yield ``f(t)`` (:func:`light_factor`, ``exp`` matched at
+        200 h), the LSF width factor and the afterglow amplitudes' factor.
+    """
+    times = np.asarray(hours, dtype=np.float64).reshape(-1)
+    if times.size == 0 or not np.all(np.isfinite(times)) or times[0] < 0 or np.any(np.diff(times) <= 0):
+        raise ValueError("hours must be increasing, finite and >= 0")
+    if isinstance(new_bad_per_session, bool) or not isinstance(new_bad_per_session, (int, np.integer)) \
+            or new_bad_per_session < 0:
+        raise ValueError(f"new_bad_per_session must be a whole number >= 0, not {new_bad_per_session!r}")
+    light = np.asarray(light_factor(times, light_drift_pct_per_h=light_drift_pct_per_h, light_model=light_model,
+                                    exp_tau_h=exp_tau_h, exp_floor=exp_floor, match_h=200.0)).reshape(-1)
+    blur = 1.0 + blur_growth_pct_per_h / 100.0 * times
+    lag = 1.0 + lag_growth_pct_per_h / 100.0 * times
+    if not (np.all(light > 0) and np.all(blur > 0) and np.all(lag >= 0)):
+        raise ValueError("the drift makes the light yield or the blur <= 0 (or the afterglow < 0) within hours")
+    return times, light, blur, lag
+
+
 def stability_sessions(
     spec: SimulationSpec,
     *,
@@ -109,18 +136,8 @@ def stability_sessions(
     ``mtf20_cy_per_px`` (of the screen's LSF MTF), ``lag_first_frame`` (falling step, fraction of the steady
     signal) and ``stability`` (the model's parameters). ``characterisation_kw`` go to :func:`characterisation`.
     """
-    times = np.asarray(hours, dtype=np.float64).reshape(-1)
-    if times.size == 0 or not np.all(np.isfinite(times)) or times[0] < 0 or np.any(np.diff(times) <= 0):
-        raise ValueError("hours must be increasing, finite and >= 0")
-    if isinstance(new_bad_per_session, bool) or not isinstance(new_bad_per_session, (int, np.integer)) \
-            or new_bad_per_session < 0:
-        raise ValueError(f"new_bad_per_session must be a whole number >= 0, not {new_bad_per_session!r}")
-    light = np.asarray(light_factor(times, light_drift_pct_per_h=light_drift_pct_per_h, light_model=light_model,
-                                    exp_tau_h=exp_tau_h, exp_floor=exp_floor, match_h=200.0)).reshape(-1)
-    blur = 1.0 + blur_growth_pct_per_h / 100.0 * times
-    lag = 1.0 + lag_growth_pct_per_h / 100.0 * times
-    if not (np.all(light > 0) and np.all(blur > 0) and np.all(lag >= 0)):
-        raise ValueError("the drift makes the light yield or the blur <= 0 (or the afterglow < 0) within hours")
+    times, light, blur, lag = _session_drift(hours, new_bad_per_session, light_drift_pct_per_h, light_model, exp_tau_h,
+                                             exp_floor, blur_growth_pct_per_h, lag_growth_pct_per_h)
     t0 = _utc(start)
     preset = PRESETS[spec.preset]
     amps = preset.afterglow_amplitudes if spec.afterglow_amplitudes is None else spec.afterglow_amplitudes
