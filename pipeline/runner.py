@@ -441,10 +441,11 @@ def findings(prep: Prepared, target, chain) -> dict:
     """What a run found, for its summary: bad pixels by class, the afterglow model, the noise model and the
     denoiser's gain, and the input's pixel pitch and frame rate with where they came from.
 
-    The denoise gain compares the noise model's prediction at the median level (the noise the frames had before
-    denoising) with the output's temporal noise over its first 16 frames (each pixel's standard deviation over
-    them, the median over pixels: robust to a moving object; a static scene is assumed): ``20 log10(sigma_in /
-    sigma_out)`` dB, absent with fewer than 4 frames or no noise model.
+    The denoise gain is a noise reduction, not a PSNR (what a filter's blur costs is not counted): the noise
+    model's variance at the output's level (the noise before denoising) against the output's own noise variance,
+    measured from the differences of its last frames at lags of 16 and 32 frames (both averaged over the central
+    512 x 512 pixels at most; a static scene assumed: motion can only lower it), in dB; absent with fewer than 40
+    frames or no noise model.
     """
     from .ops.badpixels import BAD_PIXEL_CLASSES
 
@@ -459,20 +460,38 @@ def findings(prep: Prepared, target, chain) -> dict:
     noise = prep.noise
     if noise is not None:
         out["noise_model"] = {"alpha": float(noise.alpha), "beta": float(noise.beta)}
-        n = min(16, target.shape[0])
-        if n >= 4:
-            first = np.asarray(zarr_store.Decoded(target, chain.storage.decode)[:n], np.float64)
-            with np.errstate(invalid="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                level = float(np.nanmedian(first))
-                sigma_out = float(np.nanmedian(np.nanstd(first, axis=0, ddof=1)))
-            var_in = noise.alpha * level + noise.beta
-            if var_in > 0 and sigma_out > 0 and np.isfinite(sigma_out):
-                out["denoise_gain_db"] = float(20 * np.log10(np.sqrt(var_in) / sigma_out))
+        gain = _denoise_gain(noise, zarr_store.Decoded(target, chain.storage.decode), target.shape)
+        if gain is not None:
+            out["denoise_gain_db"] = gain
     meta = prep.ds.attrs.get("metadata_sources") or {}
     out["metadata"] = {k: [prep.ds.attrs[k], meta.get(k, "the dataset's attribute")]
                        for k in ("pixel_pitch_mm", "frame_rate_hz") if prep.ds.attrs.get(k) is not None}
     return out
+
+
+def _denoise_gain(noise, frames, shape, *, lag: int = 16, pairs: int = 8, crop: int = 512) -> float | None:
+    # the noise reduction in dB (findings): the noise model's variance at the output's level against the output's
+    # own noise variance, both averaged over the pixels, from the last frames' differences at lags L and 2L. A
+    # recursive (temporal) filter keeps a memory of earlier frames, so a difference at lag L holds 2 var (1 - rho_L);
+    # with rho_2L = rho_L^2 (a geometric memory) the two lags give var = d_L / (2 - d_2L / d_L). Means, not medians:
+    # the noise's variance differs from pixel to pixel (a median of pooled squares would understate it), and a
+    # moving object can only add variance (understate the gain). The central crop x crop pixels.
+    t, h, w = shape
+    if t < 2 * lag + pairs:
+        return None
+    rows = slice(max(0, (h - crop) // 2), max(0, (h - crop) // 2) + min(h, crop))
+    cols = slice(max(0, (w - crop) // 2), max(0, (w - crop) // 2) + min(w, crop))
+    k0 = t - 2 * lag - pairs
+    a, b, c = (np.asarray(frames[k0 + o:k0 + o + pairs, rows, cols], np.float64) for o in (0, lag, 2 * lag))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN (skipped) frames
+        d1 = float(np.nanmean((b - a) ** 2)) / 2
+        d2 = float(np.nanmean((c - a) ** 2)) / 2
+        var_in = noise.alpha * float(np.nanmean(c)) + noise.beta  # the model's variance, averaged over the pixels
+    if not (d1 > 0 and np.isfinite(d2) and var_in > 0):
+        return None
+    memory = min(max(d2 / d1 - 1.0, 0.0), 0.9)  # rho_L; beyond 0.9 the lags are too short to say
+    return float(10 * np.log10(var_in * (1.0 - memory) / d1))
 
 
 def _provenance(plan, prep, ghost, mtf_summary, skipped, nonfinite, at_limit, resumed, start_wall, seconds,

@@ -203,8 +203,9 @@ def describe_findings(res) -> list[str]:
     if nm:
         gain = f.get("denoise_gain_db")
         lines.append(f"noise model: var = {nm['alpha']:.4g} x mean + {nm['beta']:.4g}"
-                     + (f"; denoising gained {gain:.1f} dB (the model's noise vs the output's temporal noise, first "
-                        "frames, static scene assumed)" if gain is not None else ""))
+                     + (f"; denoising reduced the noise by {gain:.1f} dB (the model's noise vs the output's "
+                        "frame-to-frame noise, static scene assumed; not a PSNR: blur is not counted)"
+                        if gain is not None else ""))
     if f.get("output_bytes") is not None:
         lines.append(f"output: {f['output_bytes'] / 2**20:.1f} MiB on disk")
     return lines
