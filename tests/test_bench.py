@@ -30,7 +30,8 @@ def test_textbook_mtf_peer_matches_the_analytic_gaussian_edge():
 def test_bench_command_writes_consistent_results(tmp_path):
     out = tmp_path / "res"
     rc = main(["bench", "--sizes", "48,64", "--frames", "8", "--repeats", "2", "--scaling-frames", "8,24",
-               "--scaling-size", "48", "--workers", "1,2", "--full-frames", "4", "--out", str(out)])
+               "--scaling-size", "48", "--workers", "1,2", "--full-frames", "4", "--no-denoise-methods", "--no-startup",
+               "--out", str(out)])
     assert rc == 0
     data = json.loads((out / "bench_cpu.json").read_text())
     for name in ("bench_cpu.md", "bench_cpu_stages.png", "bench_cpu_scaling.png"):
@@ -46,6 +47,9 @@ def test_bench_command_writes_consistent_results(tmp_path):
                     assert e["ratio_to_roofline"] == pytest.approx(e["per_s"] / grp[e["roofline"]]["per_s"])
         for name in ("flatfield", "afterglow (2 terms)", "denoise temporal", "peer: numpy loop flat-field"):
             assert st[name]["roofline"] in st and st[st[name]["roofline"]]["kind"] == "roofline"
+        # the spatial denoisers side by side, the configured one (guided by default) first and none twice
+        spatial = [k for k in st if k.startswith("denoise ") and k != "denoise temporal"]
+        assert spatial == ["denoise guided (GAT)", "denoise nlm (GAT)", "denoise bilateral (GAT)"]
         assert {"zarr copy uint16", "flat-field", "full default (+ spatial denoiser)"} <= set(pp)
         assert pp["full default (+ spatial denoiser)"]["items"] == 4
         for name, e in pp.items():  # every job (copies too) says where its time went, within its own wall time
@@ -56,9 +60,51 @@ def test_bench_command_writes_consistent_results(tmp_path):
     assert [p["frames"] for p in sc["frames"]] == [8, 24]
     assert [p["workers"] for p in sc["workers"]] == [1, 2]
     assert all(p["peak_rss_MiB"] > 50 for p in sc["frames"])  # a Python process with NumPy and Dask loaded
+    mtf = data["mtf"]  # the MTF engine at both ROI sizes, each job against the textbook peer of the same run
+    assert set(mtf) == {"128x128", "256x256"}
+    for size, res in mtf.items():
+        assert set(res) == {"mtf batched", "mtf one ROI at a time", "peer: textbook per-ROI mtf"}
+        for e in res.values():
+            assert math.isfinite(e["per_s"]) and e["per_s"] > 0 and e["unit"] == f"ROIs ({size})"
+            assert e["ratio_to_textbook"] == pytest.approx(e["per_s"] / res["peer: textbook per-ROI mtf"]["per_s"])
+    assert "denoise_methods" not in data and "startup" not in data  # --no-denoise-methods, --no-startup
     md = (out / "bench_cpu.md").read_text()
     assert "| flatfield |" in md and "## Scaling" in md and "Where the time went" in md
     assert "| zarr copy uint16 |" in md.split("Where the time went")[1]
+    assert "| 128x128 | mtf batched |" in md and "| 256x256 | peer: textbook per-ROI mtf |" in md
+    assert "Batched / textbook: 128x128 " in md and "incomplete" not in md
+
+
+def test_bench_denoise_methods_and_startup_sections(tmp_path):
+    """The denoising methods (quality and speed) and the start-up rows, in the report's JSON and Markdown; small
+    scenes and few calls (structure and sanity only: no figure of speed is asserted)."""
+    out = tmp_path / "res"
+    data, paths = bench.run_benchmarks(
+        sizes=(), repeats=1, out=out, scaling_frames=(), mtf=False, log=lambda *a: None,
+        denoise_options={"scene_frames": 24, "scene_size": 64, "speed_size": 128, "speed_frames": 2},
+        startup_repeats=1, startup_calls=("--help", "config"))
+    assert out / "bench_cpu.json" in paths and out / "bench_cpu.md" in paths
+    saved = json.loads((out / "bench_cpu.json").read_text())
+    dm = saved["denoise_methods"]
+    from pipeline.bench.denoise import ROWS
+
+    rows = {r["method"]: r for r in dm["rows"]}
+    assert list(rows) == list(ROWS)  # every method, in order
+    assert rows["temporal + guided (default)"]["gain_db"] > 0
+    assert rows["none"]["gain_db"] == pytest.approx(0.0) and rows["none"]["cpu_fps"]["1"] is None
+    for name, r in rows.items():
+        assert set(r["trail_pct"]) == {"1", "3", "6"} and all(math.isfinite(v) for v in r["trail_pct"].values())
+        assert r["gpu_fps"] is None  # a CPU run: the GPU column is not measured, and says so
+        if name != "none":
+            assert set(r["cpu_fps"]) >= {"1"}
+            assert all(math.isfinite(v) and v > 0 for v in r["cpu_fps"].values())
+    su = saved["startup"]["results"]
+    assert list(su) == ["--help", "config"]
+    assert all(math.isfinite(v["cold_s"]) and v["cold_s"] > 0 and v["warm_s"] > 0 for v in su.values())
+    md = (out / "bench_cpu.md").read_text()
+    assert "## Denoising methods, quality and speed" in md and "## Start-up of a command" in md
+    assert all(f"| {name} |" in md for name in ROWS) and "not measured (" in md
+    assert "| `--help` |" in md and "| `config` |" in md and "incomplete" not in md
 
 
 def test_host_use_counts_this_process_and_zarrs_loop_thread(tmp_path):
@@ -135,3 +181,34 @@ def test_conveyor_host_benchmark_runs_the_conveyor_on_its_stand_in_device(tmp_pa
                                     "CPU engine, flat field", "GPU engine's host side, flat field (free device)"}
     assert all(r["frames_per_s"] > 0 for r in data["results"].values())
     assert len(data["conveyor_waits"]) == 1  # the conveyor ran (its waits were recorded)
+
+
+def test_bench_denoise_methods_fills_the_gpu_column_from_arrays_on_the_device(monkeypatch):
+    """With device="gpu" the GPU column is timed on arrays put on the device by the benchmark's host (here a NumPy
+    stand-in, so that the plumbing is checked without a GPU: its figures are not a GPU's)."""
+    from pipeline.bench import denoise as dnm
+
+    put = []
+
+    class StandIn:
+        xp = np
+
+        def __init__(self, device):
+            assert device == "gpu"
+
+        def put(self, a):
+            put.append(a.shape)
+            return a
+
+        def sync(self):
+            pass
+
+    monkeypatch.setattr(dnm, "_Host", StandIn)
+    data = dnm.bench_denoise_methods(repeats=1, speed_frames=1, device="gpu", scene_frames=24, scene_size=64,
+                                     speed_size=64, gpu_size=96, gpu_frames=2, log=lambda *a: None)
+    assert put == [(2, 96, 96)]
+    rows = {r["method"]: r for r in data["rows"]}
+    assert rows["none"]["gpu_fps"] is None
+    assert all(r["gpu_fps"] > 0 for k, r in rows.items() if k != "none")
+    assert data["meta"]["gpu_measured"] and "2 frames of 96^2" in data["meta"]["gpu"]
+    assert "not measured" not in "\n".join(dnm.rows_table(data))

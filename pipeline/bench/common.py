@@ -3,33 +3,21 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import resource
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .. import api
-from ..backend import describe_device
-from ..config import RunConfig
 from ..errors import DataError
 from ..io import zarr_store
 from ..io.models import save_model
-from ..ops.afterglow import ratios_from_tau, remove_lag
-from ..ops.denoise import denoise_spatial, estimate_noise_model, temporal_filter
-from ..ops.mtf import slanted_edge_mtf
-from ..stages import FlatFieldStage
 
 
 # Afterglow used by the benchmark: two terms, as fitted for the Eu glass-ceramic screen in the simulator.
@@ -73,6 +61,41 @@ def time_it(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1, sync
     med = statistics.median(samples)
     spread = 100.0 * (max(samples) - min(samples)) / med if med > 0 else 0.0
     return {"median_s": med, "spread_pct": spread, "seconds": samples}
+
+
+def alternate(jobs: dict, repeats: int, *, sync: Callable[[], None] | None = None) -> dict:
+    """Run every job once (warm-up), then ``repeats`` times in turns, the order rotated each repeat.
+
+    A shared machine's speed drifts between minutes: timing all of A, then all of B, would time the drift.
+
+    Parameters
+    ----------
+    jobs : dict
+        Name -> callable of no arguments.
+    repeats : int
+        Timed runs of each job.
+    sync : callable, optional
+        Called after every run, inside its timing (a device synchronise).
+
+    Returns
+    -------
+    dict
+        Name -> the seconds of each timed run, in the order run.
+    """
+    for fn in jobs.values():
+        fn()
+        if sync:
+            sync()
+    seconds: dict = {k: [] for k in jobs}
+    order = list(jobs)
+    for i in range(max(1, repeats)):
+        for k in order[i % len(order):] + order[: i % len(order)]:
+            t0 = time.perf_counter()
+            jobs[k]()
+            if sync:
+                sync()
+            seconds[k].append(time.perf_counter() - t0)
+    return seconds
 
 
 def _entry(timing: dict, *, frames: int, nbytes: int, roofline: str | None = None, kind: str = "stage",
@@ -143,7 +166,10 @@ def _repeat_video(seed: Path, path: Path, frames: int, chunk: int) -> Path:
 
 
 def edge_roi(size: int, *, sigma: float = 1.2, angle_deg: float = 5.0) -> np.ndarray:
-    """A noise-free slanted edge (0.2 to 0.8) blurred by a Gaussian of ``sigma`` px: MTF ``exp(-2 pi^2 sigma^2 f^2)``."""
+    """A noise-free slanted edge (0.2 to 0.8) blurred by a Gaussian of ``sigma`` px.
+
+    Its MTF is ``exp(-2 pi^2 sigma^2 f^2)``.
+    """
     from scipy.special import erf
 
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)

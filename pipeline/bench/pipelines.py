@@ -4,36 +4,20 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .. import api
-from ..backend import describe_device
 from ..config import RunConfig
-from ..errors import DataError
 from ..io import zarr_store
-from ..io.models import save_model
-from ..ops.afterglow import ratios_from_tau, remove_lag
-from ..ops.denoise import denoise_spatial, estimate_noise_model, temporal_filter
-from ..ops.mtf import slanted_edge_mtf
-from ..stages import FlatFieldStage
-from .common import _afterglow_model, _entry, _host_counters, _host_use, _repeat_video, _simulate, peak_rss_mib  # noqa: F401
-
-# Afterglow used by the benchmark: two terms, as fitted for the Eu glass-ceramic screen in the simulator.
-
+from .common import _afterglow_model, _entry, _host_counters, _host_use, _repeat_video, _simulate, peak_rss_mib
 
 
 PIPELINES = {
@@ -177,7 +161,10 @@ def _child(input: Path, output: Path, config: RunConfig, overrides: list[str], c
 
 def bench_scaling(tmp: Path, *, config: RunConfig, device: str, size: int, frames: list[int], workers: list[int],
                   log=print) -> dict:
-    """Frames/s and peak RSS against video length; frames/s against worker threads (flat-field + afterglow + temporal)."""
+    """Frames/s and peak RSS against video length; frames/s against worker threads.
+
+    The pipeline is flat-field + afterglow + temporal filter.
+    """
     seed = _simulate(tmp / "seed.zarr", 32, size, seed=3)
     model = _afterglow_model(tmp / "afterglow-scaling.json")
     cal = api.save_calibration(api.calibrate(seed, config), tmp / "cal-scaling.zarr", overwrite=True)
@@ -203,7 +190,7 @@ def bench_scaling(tmp: Path, *, config: RunConfig, device: str, size: int, frame
     return out
 
 
-# --------------------------------------------------------------------------- report
+# --------------------------------------------------------------------------- child-process entry
 
 
 def _main(argv: list[str]) -> None:  # pragma: no cover - child-process entry, exercised by bench_scaling

@@ -4,36 +4,12 @@
 from __future__ import annotations
 
 import json
-import math
-import os
-import platform
-import resource
-import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from .. import api
-from ..backend import describe_device
-from ..config import RunConfig
-from ..errors import DataError
-from ..io import zarr_store
-from ..io.models import save_model
-from ..ops.afterglow import ratios_from_tau, remove_lag
-from ..ops.denoise import denoise_spatial, estimate_noise_model, temporal_filter
-from ..ops.mtf import slanted_edge_mtf
-from ..stages import FlatFieldStage
-
-
-# Afterglow used by the benchmark: two terms, as fitted for the Eu glass-ceramic screen in the simulator.
-
+from . import denoise as _denoise
+from . import startup as _startup
 
 
 def _ratio(res: dict, name: str):
@@ -80,11 +56,44 @@ def _time_table(lines: list, pipelines: dict):
         ws = (" / ".join(f"{w[x]:.2f}" for x in ("reads", "device", "writers")) + f", {a.get('gpu_busy_s', 0):.2f}"
               if w else "")
         lines.append(f"| {k} | {num(a.get('wall_s'), '.2f')} | {num(blocks, '.2f')} | {rate} | "
-                     f"{num(a.get('read_s'), '.2f')} | {num(a.get('stages_s'), '.2f')} | {num(a.get('write_s'), '.2f')} | "
+                     f"{num(a.get('read_s'), '.2f')} | {num(a.get('stages_s'), '.2f')} | "
+                     f"{num(a.get('write_s'), '.2f')} | "
                      f"{num(a.get('record_s'), '.2f')} | {th} | {ws} | {a.get('bound_by') or ''} | "
                      f"{num(h.get('cores_busy'), '.1f')} | {num(h.get('zarr_loop_busy'), '.2f')} | "
                      f"{num(h.get('iowait_pct'), '.1f')} |")
     lines.append("")
+
+
+def _mtf_by_size(mtf: dict) -> dict:
+    """``{"128x128": {job: entry}, ...}``; a report of one size only (``{job: entry}``) is read as 128x128."""
+    if any("per_s" in e for e in mtf.values()):
+        return {"128x128": mtf}
+    return mtf
+
+
+def _mtf_section(lines: list, mtf: dict):
+    """The slanted-edge MTF at each ROI size: ROIs/s and the ratio to the textbook per-ROI peer."""
+    by_size = _mtf_by_size(mtf)
+    n = next(iter(next(iter(by_size.values())).values()))["items"]
+    lines += ["## Slanted-edge MTF", "",
+              f"{n} noisy slanted-edge ROIs (float32) per call, the same arrays for every job; the batched engine on "
+              "all of them at once, the same engine one ROI at a time, and the textbook per-ROI peer (row centroids, a "
+              "fitted line, 4x binned ESF, FFT). On NumPy arrays (the CPU, one thread)"
+              + (", and on ROIs already on the GPU where marked [gpu]" if any(k.endswith("[gpu]") for res in
+                                                                              by_size.values() for k in res) else "")
+              + ". vs textbook = ROIs/s / the textbook peer's ROIs/s in the same run.", "",
+              "| ROI | what | ROIs/s | vs textbook | median s | spread % |", "|---|---|---:|---:|---:|---:|"]
+    for size, res in by_size.items():
+        peer = res.get("peer: textbook per-ROI mtf", {}).get("per_s")
+        for name, e in res.items():
+            ratio = e.get("ratio_to_textbook", e["per_s"] / peer if peer else None)
+            lines.append(f"| {size} | {name} | {e['per_s']:.1f} | {'' if ratio is None else f'{ratio:.2f}'} | "
+                         f"{e['median_s']:.3f} | {e['spread_pct']:.0f} |")
+    lines += ["", "Batched / textbook: " + ", ".join(
+        f"{size} {res['mtf batched']['per_s'] / res['peer: textbook per-ROI mtf']['per_s']:.2f}"
+        + (f" ([gpu] {res['mtf batched [gpu]']['per_s'] / res['peer: textbook per-ROI mtf']['per_s']:.2f})"
+           if "mtf batched [gpu]" in res else "")
+        for size, res in by_size.items() if {"mtf batched", "peer: textbook per-ROI mtf"} <= set(res)) + ".", ""]
 
 
 def write_report(data: dict, out: Path) -> list[Path]:
@@ -113,19 +122,28 @@ def write_report(data: dict, out: Path) -> list[Path]:
             f"{k} {e['ratio_to_float32_copy']:.2f}" for k, e in block["pipelines"].items()
             if "ratio_to_float32_copy" in e and "[cpu engine]" not in k) + ".",
             "Against the same copy through the pipelines' reader and writer (their own chunk decoder and "
-            "encoder, not Zarr's): " + ", ".join(f"{k} {e['ratio_to_io_copy']:.2f}" for k, e in block["pipelines"].items()
-                                                if "ratio_to_io_copy" in e and "[cpu engine]" not in k) + ".", ""]
+            "encoder, not Zarr's): " + ", ".join(f"{k} {e['ratio_to_io_copy']:.2f}"
+                                                 for k, e in block["pipelines"].items()
+                                                 if "ratio_to_io_copy" in e and "[cpu engine]" not in k) + ".", ""]
         speed = [f"{k}: {e['speedup_vs_cpu_engine']:.1f}x" for k, e in block["pipelines"].items()
                  if "speedup_vs_cpu_engine" in e]
         if speed:
             lines += ["Speed-up over the CPU engine on this machine (same run): " + "; ".join(speed) + ".", ""]
         _time_table(lines, block["pipelines"])
     if data.get("mtf"):
-        lines += ["## Slanted-edge MTF", ""]
-        if any(k.endswith("[gpu]") for k in data["mtf"]):
-            lines += ["On NumPy arrays (the CPU, one thread), and on ROIs already on the GPU where marked [gpu].", ""]
-        _table(lines, data["mtf"], unit="ROIs/s")
-        lines.append("")
+        _mtf_section(lines, data["mtf"])
+    dm = data.get("denoise_methods")
+    if dm:
+        lines += ["## Denoising methods, quality and speed", "",
+                  "Each row is what `denoise.enabled: true` runs with `denoise.method` = the row: the motion-adaptive "
+                  "temporal filter, then the spatial method per frame inside the GAT, with the schema's parameters "
+                  "(`pipeline/bench/denoise.py`). " + _denoise.describe(dm["meta"]), "", *_denoise.rows_table(dm), ""]
+    su = data.get("startup")
+    if su:
+        lines += ["## Start-up of a command (fresh processes)", "",
+                  "Wall clock from start to exit of `python -m pipeline.cli ...`; cold: the first call with an empty "
+                  f"Numba kernel cache (the tiny run compiles what it uses), warm: the median of the next "
+                  f"{su['repeats']} calls (`pipeline/bench/startup.py`).", "", *_startup.rows_table(su), ""]
     sc = data.get("scaling")
     if sc:
         lines += [f"## Scaling ({sc['pipeline']}, {sc['size']} x {sc['size']}, each point a fresh process)", "",
@@ -149,6 +167,8 @@ def _plots(data: dict, out: Path, stem: str) -> list[Path]:
 
     paths = []
     sizes = sorted(int(s) for s in data["sizes"])
+    if not sizes:  # only the other sections were run
+        return paths + _scaling_plot(data, out, stem)
     names = list(data["sizes"][str(sizes[0])]["stages"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
     for name in names:
@@ -181,6 +201,16 @@ def _plots(data: dict, out: Path, stem: str) -> list[Path]:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     paths.append(p)
+    return paths + _scaling_plot(data, out, stem)
+
+
+def _scaling_plot(data: dict, out: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
     sc = data.get("scaling")
     if sc:
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
@@ -208,6 +238,3 @@ def _plots(data: dict, out: Path, stem: str) -> list[Path]:
         plt.close(fig)
         paths.append(p)
     return paths
-
-
-# --------------------------------------------------------------------------- entry point

@@ -3,37 +3,21 @@
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import platform
-import resource
-import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .. import api
-from ..backend import describe_device
 from ..config import RunConfig
-from ..errors import DataError
 from ..io import zarr_store
-from ..io.models import save_model
 from ..ops.afterglow import ratios_from_tau, remove_lag
 from ..ops.denoise import denoise_spatial, estimate_noise_model, temporal_filter
 from ..ops.mtf import slanted_edge_mtf
 from ..stages import FlatFieldStage
-from .common import BENCH_AFTERGLOW, _Host, _edge_rois, _entry, textbook_mtf, time_it  # noqa: F401
+from .common import BENCH_AFTERGLOW, _edge_rois, _entry, _Host, textbook_mtf, time_it
 
-# Afterglow used by the benchmark: two terms, as fitted for the Eu glass-ceramic screen in the simulator.
-
+#: the spatial denoisers timed beside the configured one: the default, the quality option, the edge-preserving one
+SPATIAL_METHODS = ("guided", "nlm", "bilateral")
 
 
 def bench_stages(path: Path, *, host: _Host, config: RunConfig, repeats: int, block_frames: int,
@@ -85,11 +69,11 @@ def bench_stages(path: Path, *, host: _Host, config: RunConfig, repeats: int, bl
                                                     threshold=dn.temporal_threshold, smooth=dn.temporal_smooth,
                                                     hold=dn.temporal_hold, out=work),
         t, 2 * b32, "memcopy float32", setup=fresh)
-    # spatial denoisers cost far more per frame: time a few frames
+    # spatial denoisers cost far more per frame: time a few frames; the configured one first, then the others
     n_sp = max(1, min(t, int(4 * (512 * 512) / px)))
     sp = block[:n_sp]
     params = dn.model_dump()
-    for method in dict.fromkeys([dn.method, "bilateral"]):
+    for method in dict.fromkeys([dn.method, *SPATIAL_METHODS]):
         if method == "none":
             continue
         run(f"denoise {method}" + (" (GAT)" if dn.anscombe else ""),
@@ -167,9 +151,16 @@ def _bench_peers(run, raw, cal, sp, noise, params, t, n_sp, px, b16, b32, repeat
 
 
 def bench_mtf(*, repeats: int, roi: int = 128, n: int = 64, device: str = "cpu", log=print) -> dict:
-    """Slanted-edge MTF: the batched implementation against one ROI at a time and a textbook per-ROI peer, all
-    on NumPy arrays (the CPU); with ``device="gpu"`` also the batched one on ROIs already on the GPU (its results
-    come back to the host, so each timed call ends synchronised)."""
+    """Slanted-edge MTF on ``n`` noisy ROIs of ``roi`` x ``roi``: the batched implementation against one ROI at a
+    time and a textbook per-ROI peer, all on NumPy arrays (the CPU); with ``device="gpu"`` also the batched one on
+    ROIs already on the GPU (its results come back to the host, so each timed call ends synchronised).
+
+    Returns
+    -------
+    dict
+        Job name -> timing entry (``per_s`` in ROIs/s), each with ``ratio_to_textbook``: its ROIs/s over the
+        textbook peer's.
+    """
     rng = np.random.default_rng(5)
     rois = _edge_rois(n, roi, rng)
     res = {}
@@ -186,7 +177,17 @@ def bench_mtf(*, repeats: int, roi: int = 128, n: int = 64, device: str = "cpu",
         res[name] = _entry(timing, frames=n, nbytes=4 * n * roi * roi, kind="peer" if "peer" in name else "stage",
                            unit=f"ROIs ({roi}x{roi})")
         log(f"    {name:<34} {res[name]['per_s']:9.1f} ROIs/s")
+    peer = res["peer: textbook per-ROI mtf"]["per_s"]
+    for e in res.values():
+        e["ratio_to_textbook"] = e["per_s"] / peer
     return res
 
 
-# --------------------------------------------------------------------------- whole pipelines
+def bench_mtf_sizes(*, repeats: int, sizes=(128, 256), n: int = 256, device: str = "cpu", log=print) -> dict:
+    """:func:`bench_mtf` at each ROI size of ``sizes``, ``n`` ROIs per call (256: as benchmarks/bench_mtf.py, a
+    batch of frames x ROIs); returns ``{"128x128": {job: entry}, ...}``."""
+    out = {}
+    for roi in sizes:
+        log(f"  {roi} x {roi} ROIs")
+        out[f"{roi}x{roi}"] = bench_mtf(repeats=repeats, roi=roi, n=n, device=device, log=log)
+    return out

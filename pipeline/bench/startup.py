@@ -1,0 +1,91 @@
+"""What a command-line call costs before its work: ``--help``, ``config``, ``info`` and a tiny ``run``.
+
+Each call is a fresh process (``python -m pipeline.cli ...``), timed wall-clock from start to exit. *cold*: the
+first call with Numba's on-disk kernel cache empty, so that the tiny run compiles what it uses; *warm*: the median
+of the next ``repeats`` calls, which load the kernels the cold calls cached. The empty cache is a fresh folder
+named by ``NUMBA_CACHE_DIR`` for these calls only (Numba then neither reads nor writes the cache in the package's
+``__pycache__`` folders, which other processes may be using). The tiny run is 16 frames of 128² with the default
+stages (its blocks take a few hundredths of a second: the rest is set-up).
+
+``benchmarks/bench_startup.py`` writes ``startup_cpu.json/.md`` with :func:`bench_startup` and :func:`table`;
+``xray-pipeline bench`` puts the same rows in its own report.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .common import machine_description
+
+
+def _calls(frames: int, size: int) -> dict:
+    return {"--help": ["--help"], "config": ["config"], "info": ["info", "tiny.zarr"],
+            f"run ({frames} frames of {size}²)": ["run", "tiny.zarr", "out.zarr", "--overwrite", "-q"]}
+
+
+def _time(args: list[str], cwd: Path, env: dict) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def bench_startup(*, repeats: int = 5, frames: int = 16, size: int = 128, calls=None, log=print) -> dict:
+    """Cold and warm wall time of each command-line call of :func:`_calls`, each a fresh process.
+
+    Parameters
+    ----------
+    repeats : int
+        Warm calls per command (their median is reported).
+    frames, size : int
+        The tiny video the ``info`` and ``run`` calls read (``size`` x ``size``).
+    calls : sequence of str, optional
+        Only these calls, by their first word (``--help``, ``config``, ``info``, ``run``); default all, in that
+        order (the cold figures depend on it: a call's cold run finds what the cold calls before it cached).
+    log : callable
+        Progress lines.
+
+    Returns
+    -------
+    dict
+        ``{"machine", "repeats", "results": {call: {"cold_s", "warm_s", "warm_all_s"}}}``.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="xray-bench-startup-"))
+    env = dict(os.environ)
+    env["NUMBA_CACHE_DIR"] = str(tmp / "numba-cache")  # empty: the first calls compile what they use
+    here = str(Path(__file__).resolve().parents[2])  # the children import this very package
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    res = {}
+    try:
+        subprocess.run([sys.executable, "-m", "pipeline.cli", "simulate", str(tmp / "tiny.zarr"), "--frames",
+                        str(frames), "--size", str(size), str(size), "-q"], check=True, capture_output=True,
+                       env={k: v for k, v in env.items() if k != "NUMBA_CACHE_DIR"})
+        for name, argv in _calls(frames, size).items():
+            if calls is not None and argv[0] not in calls:
+                continue
+            cold = _time(argv, tmp, env)
+            warm = [_time(argv, tmp, env) for _ in range(max(1, repeats))]
+            res[name] = {"cold_s": cold, "warm_s": statistics.median(warm), "warm_all_s": warm}
+            log(f"    {name:<34} cold {cold:6.2f} s, warm {res[name]['warm_s']:6.2f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"machine": machine_description(), "repeats": max(1, repeats), "results": res}
+
+
+def rows_table(data: dict) -> list[str]:
+    """The Markdown table of ``data["results"]`` (header included)."""
+    lines = ["| call | cold (s) | warm (s) |", "|---|---|---|"]
+    lines += [f"| `{k}` | {v['cold_s']:.2f} | {v['warm_s']:.2f} |" for k, v in data["results"].items()]
+    return lines
+
+
+def table(data: dict) -> list[str]:
+    """The standalone results file (``startup_cpu.md``)."""
+    return ["# Command-line start-up (fresh processes)", "",
+            f"{data['machine']}; median of {data['repeats']} warm calls", "", *rows_table(data)]
