@@ -31,6 +31,7 @@ def test_bench_command_writes_consistent_results(tmp_path):
     out = tmp_path / "res"
     rc = main(["bench", "--sizes", "48,64", "--frames", "8", "--repeats", "2", "--scaling-frames", "8,24",
                "--scaling-size", "48", "--workers", "1,2", "--full-frames", "4", "--no-denoise-methods", "--no-startup",
+               "--mtf-rois", "16",
                "--out", str(out)])
     assert rc == 0
     data = json.loads((out / "bench_cpu.json").read_text())

@@ -59,7 +59,8 @@ __all__ = ["run_benchmarks", "bench_stages", "bench_mtf", "bench_mtf_sizes", "be
 def run_benchmarks(*, device: str = "cpu", sizes=(512, 1024), frames: int = 128, repeats: int = 3,
                    out: str | Path = "benchmarks/results", config: RunConfig | None = None,
                    scaling_frames=(256, 1024, 4096), scaling_size: int = 1024, workers=None, full_frames: int = 8,
-                   peers: bool = True, mtf: bool = True, mtf_sizes=(128, 256), denoise_methods: bool = True,
+                   peers: bool = True, mtf: bool = True, mtf_sizes=(128, 256), mtf_rois: int = 256,
+                   denoise_methods: bool = True,
                    denoise_options: dict | None = None, startup: bool = True, startup_repeats: int = 5,
                    startup_calls=None, command: str = "", log=print) -> tuple[dict, list[Path]]:
     """Run the whole benchmark and write its report; returns ``(data, written paths)``.
@@ -77,7 +78,7 @@ def run_benchmarks(*, device: str = "cpu", sizes=(512, 1024), frames: int = 128,
     workers : worker-thread counts for the worker scaling (default: 1 .. CPU count, powers of 2).
     full_frames : frames for the full default pipeline (its spatial denoiser is slow on a CPU).
     peers : also time the peers (scikit-image, algotom, the textbook NumPy loop).
-    mtf : time the slanted-edge MTF, at each ROI size of ``mtf_sizes``.
+    mtf : time the slanted-edge MTF, at each ROI size of ``mtf_sizes``, ``mtf_rois`` ROIs per call.
     denoise_methods : measure every denoising method's quality and speed (:func:`bench_denoise_methods`, with
         ``repeats`` and the keywords of ``denoise_options``, e.g. smaller scenes for a quick check).
     startup : time command-line calls in fresh processes (:func:`bench_startup`), ``startup_repeats`` warm calls
@@ -106,7 +107,8 @@ def run_benchmarks(*, device: str = "cpu", sizes=(512, 1024), frames: int = 128,
             report()
         if mtf and mtf_sizes:
             log("slanted-edge MTF")
-            data["mtf"] = bench_mtf_sizes(repeats=repeats, sizes=tuple(mtf_sizes), device=device, log=log)
+            data["mtf"] = bench_mtf_sizes(repeats=repeats, sizes=tuple(mtf_sizes), n=mtf_rois, device=device,
+                                           log=log)
             report()
         if denoise_methods:
             log("denoising methods: quality and speed")

@@ -142,10 +142,12 @@ def characterise(dataset, outdir, compare, q_value, overwrite, quiet):
 @click.option("--no-denoise-methods", is_flag=True,
               help="skip the denoising methods' quality and speed (PSNR gain, trail, frames/s of each method)")
 @click.option("--no-startup", is_flag=True, help="skip the start-up of command-line calls (fresh processes)")
+@click.option("--mtf-rois", type=click.IntRange(min=1), default=256, show_default=True,
+              help="slanted-edge ROIs per call in the MTF timing (each of 128² and 256²)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
 @_config_options
 def bench(device, sizes, frames, repeats, scaling_frames, scaling_size, workers, full_frames, no_peers,
-          no_denoise_methods, no_startup, out, config_file, overrides):
+          no_denoise_methods, no_startup, mtf_rois, out, config_file, overrides):
     """Throughput of every stage and whole pipelines against rooflines and peers, the slanted-edge MTF, the denoising
     methods' quality and speed, and command start-up; JSON, tables and plots to --out."""
     import sys
@@ -160,7 +162,7 @@ def bench(device, sizes, frames, repeats, scaling_frames, scaling_size, workers,
     _, paths = run_benchmarks(device=device, sizes=sizes, frames=frames, repeats=repeats, out=out, config=cfg,
                               scaling_frames=scaling_frames, scaling_size=scaling_size, workers=workers,
                               full_frames=full_frames, peers=not no_peers, denoise_methods=not no_denoise_methods,
-                              startup=not no_startup, command=cmd or "xray-pipeline bench", log=click.echo)
+                              startup=not no_startup, mtf_rois=mtf_rois, command=cmd or "xray-pipeline bench", log=click.echo)
     for p in paths:
         click.echo(f"wrote {p}")
 
