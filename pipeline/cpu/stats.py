@@ -118,6 +118,26 @@ if _nb is not None:
                 tmp, order = order, tmp
         return order
 
+    @_nb.njit(parallel=True, cache=True, nogil=True)
+    def _edge_bins(a, s, o, k, total, span, stray):  # pragma: no cover - compiled
+        # total[int(x s[i, y or 0] + o[i, y])] += a[i, y, x] + k[i], each ROI's pixels in their order (numpy.bincount's
+        # sums bit for bit: ROI i's bins are [i span, (i + 1) span), so ROIs run in parallel); a pixel that falls
+        # outside its ROI's bins is counted in stray[i] and left out (the caller takes the NumPy path then)
+        b, h, w = a.shape
+        one_s = s.shape[1] == 1
+        for i in _nb.prange(b):
+            ki = k[i]
+            lo = i * span
+            hi = lo + span
+            for y in range(h):
+                sy = s[i, 0] if one_s else s[i, y]
+                oy = o[i, y]
+                for x in range(w):
+                    j = np.int64(np.float64(x) * sy + oy)
+                    if j < lo or j >= hi:
+                        stray[i] += 1
+                    else:
+                        total[j] += np.float64(a[i, y, x]) + ki
 
 def moments_into(frames, s1, s2) -> bool:
     """Add the per-pixel sum and sum of squares of integer (T, H, W) ``frames`` to int64 ``s1``, ``s2`` (H, W).
@@ -170,3 +190,25 @@ def argsort_f32(values):
         return None
     order = np.empty(values.size, np.int64)
     return _argsort_f32(values.view(np.uint32), order)
+
+
+def edge_bins_into(a, s, o, k, total, span: int) -> bool:
+    """The slanted-edge MTF's bin sums (:func:`pipeline.ops.esf._binned`) in one pass over the pixels.
+
+    ``total[int(x s[i, y] + o[i, y]) ] += a[i, y, x] + k[i]`` for every pixel of the (B, H, W) ROIs ``a``
+    (``s`` (B, 1 or H), ``o`` (B, H), ``k`` (B,) float64; ``total`` (B span,) float64 zeros): what
+    ``numpy.bincount`` of those indices and weights gives, bit for bit (the same additions in the same order),
+    without its (B, H, W) index and weight arrays. False if it cannot (then ``total`` is to be discarded): no
+    Numba, other dtypes, or a pixel outside its ROI's ``span`` bins.
+    """
+    if not available() or not isinstance(a, np.ndarray) or a.ndim != 3 or a.dtype not in (np.float32, np.float64):
+        return False
+    f64 = [isinstance(v, np.ndarray) and v.dtype == np.float64 and v.flags.c_contiguous for v in (s, o, k, total)]
+    if not all(f64) or not a.dtype.isnative or not a.flags.c_contiguous or total.size != a.shape[0] * span:
+        return False
+    b, h, _ = a.shape
+    if s.shape not in ((b, 1), (b, h)) or o.shape != (b, h) or k.shape != (b,):
+        return False
+    stray = np.zeros(b, np.int64)
+    _edge_bins(a, s, o, k, total, int(span), stray)
+    return not stray.any()

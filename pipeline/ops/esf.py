@@ -100,37 +100,60 @@ def _bin_geometry(coef, h: int, w: int, oversample: int, xp) -> dict:
 
 def _binned(a, geo: dict, span: int, xp):
     """The sums and counts (B, span) of a sub-group's bins: ROI ``i``'s bin ``k`` at ``i span + k - k_lo[i]``;
-    the index ``x s + t0[y] + i span - k_lo[i]`` (>= 0) truncated in one fused pass, then one bincount."""
+    the index ``x s + t0[y] + i span - k_lo[i]`` (>= 0) truncated in one fused pass, then one bincount (on a CPU
+    with Numba: both in one pass over the pixels, the same sums bit for bit)."""
     b, h, w = a.shape
     o = geo["t0"] + (xp.arange(b, dtype=xp.float64) * span - geo["k_lo"])[:, None]
+    k = _bin_offsets(a, geo["n_max"], xp)
+    if xp is np and k is not None:
+        from ..cpu.stats import edge_bins_into
+
+        total = np.zeros(b * span)
+        if edge_bins_into(np.ascontiguousarray(a), np.ascontiguousarray(geo["s"], dtype=np.float64),
+                          np.ascontiguousarray(o), k, total, span):
+            sums, counts = _split_offsets(total, k, b)
+            return sums.reshape(b, span), counts.reshape(b, span)
     xs = xp.arange(w, dtype=xp.float64) * geo["s"][:, :, None]  # (B, 1 or H, W)
     if xp is np:  # into the scratch (truncation = floor here)
         idx = np.add(xs, o[:, :, None], out=_ws(xp, "idx", a.shape, np.int64), casting="unsafe")
     else:
         idx = (xs + o[:, :, None]).astype(xp.int64)
-    sums, counts = _sums_and_counts(a, idx.reshape(-1), geo["n_max"], b * span, xp)
+    sums, counts = _sums_and_counts(a, idx.reshape(-1), k, b * span, xp)
     return sums.reshape(b, span), counts.reshape(b, span)
 
 
-def _sums_and_counts(a, idx, n_max, n_bins: int, xp):
-    """Each bin's sum of ``a`` (B, H, W) and pixel count, from ONE bincount of ``a + K`` (K per ROI).
+def _bin_offsets(a, n_max, xp):
+    """K per ROI for :func:`_sums_and_counts`: the power of 2 >= 4 ``n_max`` max|a|; None for absurd ranges."""
+    amax = xp.maximum(a.max(axis=(1, 2)), -a.min(axis=(1, 2))).astype(xp.float64)
+    k = 2.0 ** xp.ceil(xp.log2(4.0 * n_max * amax + 1e-300))
+    return k if bool((k * n_max < 1e300).all()) else None
+
+
+def _split_offsets(total, k, b: int):
+    """Each bin's sum and count from its total ``n K + S`` (module notes of :func:`_sums_and_counts`)."""
+    xp = get_xp(total)
+    total = total.reshape(b, -1)
+    n = xp.rint(total / k[:, None])
+    return (total - n * k[:, None]).reshape(-1), n.astype(xp.int64).reshape(-1)
+
+
+def _sums_and_counts(a, idx, k, n_bins: int, xp):
+    """Each bin's sum of ``a`` (B, H, W) and pixel count, from ONE bincount of ``a + K`` (K per ROI,
+    :func:`_bin_offsets`).
 
     K is the power of 2 >= 4 ``n_max`` max|a|, so a bin of n pixels sums to ``n K + S`` with |S| <= K/4:
     ``n = rint(total / K)`` exactly and ``S = total - n K`` (a bin's mean to ~1e-11 of the largest pixel; two
-    bincounts, one with the pixels as weights and one without, cost a third more). Absurd ranges take two.
+    bincounts, one with the pixels as weights and one without, cost a third more). Absurd ranges (``k`` None)
+    take two.
     """
-    b = a.shape[0]
-    amax = xp.maximum(a.max(axis=(1, 2)), -a.min(axis=(1, 2))).astype(xp.float64)
-    k = 2.0 ** xp.ceil(xp.log2(4.0 * n_max * amax + 1e-300))
-    if not bool((k * n_max < 1e300).all()):
+    if k is None:
         w = a.reshape(-1) if xp is np else a.reshape(-1).astype(xp.float64)
         return xp.bincount(idx, weights=w, minlength=n_bins)[:n_bins], xp.bincount(idx, minlength=n_bins)[:n_bins]
     w = _ws(xp, "w", a.shape)
     w[...] = a
     w += k[:, None, None]
-    total = xp.bincount(idx, weights=w.reshape(-1), minlength=n_bins)[:n_bins].reshape(b, -1)
-    n = xp.rint(total / k[:, None])
-    return (total - n * k[:, None]).reshape(-1), n.astype(xp.int64).reshape(-1)
+    total = xp.bincount(idx, weights=w.reshape(-1), minlength=n_bins)[:n_bins]
+    return _split_offsets(total, k, a.shape[0])
 
 
 def _esf_bins(px: dict, own, n_half: int, oversample: int, xp) -> dict:

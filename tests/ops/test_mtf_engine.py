@@ -65,10 +65,12 @@ def test_packed_bincount_exact_counts_and_fallback():
     a[1] *= 1e-3  # K per ROI: a small ROI keeps its own precision
     idx = (np.arange(320)[None, :] * 7 % 40 + 40 * np.arange(3)[:, None]).astype(np.int64).ravel()  # ROI i: bins 40i..
     want_s, want_c = np.bincount(idx, weights=a.ravel(), minlength=120), np.bincount(idx, minlength=120)
-    s, c = esf._sums_and_counts(a, idx, np.full(3, 16.0), 120, np)
+    s, c = esf._sums_and_counts(a, idx, esf._bin_offsets(a, np.full(3, 16.0), np), 120, np)
     np.testing.assert_array_equal(c, want_c)
     np.testing.assert_allclose(s, want_s, rtol=1e-11, atol=1e-13)
-    s2, c2 = esf._sums_and_counts(a * 1e300, idx, np.full(3, 16.0), 120, np)
+    k = esf._bin_offsets(a * 1e300, np.full(3, 16.0), np)
+    assert k is None  # absurd: the two-bincount path
+    s2, c2 = esf._sums_and_counts(a * 1e300, idx, k, 120, np)
     np.testing.assert_array_equal(c2, want_c)
     np.testing.assert_allclose(s2, want_s * 1e300, rtol=1e-12)
 
@@ -280,3 +282,37 @@ def test_edge_at_a_border_in_a_batch_is_flagged_not_fatal(monkeypatch):
         assert np.isnan(r.mtf[i]).all() and "edge_not_found" in r.flags[i]
     one = mtf.slanted_edge_mtf(rois[1])
     np.testing.assert_allclose(r.mtf[1], one.mtf[0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_binning_kernel_equals_the_bincount_path_bit_for_bit(dtype):
+    """On a CPU the bins' sums come from one Numba pass over the pixels (cpu.stats.edge_bins_into): the same
+    additions in the same order as numpy.bincount, so the MTF is bit-identical with and without it, for straight
+    and curved edges, a batch of ROIs of different sizes of edge and for a ROI without an edge."""
+    from pipeline import jit
+    from pipeline.screen import gaussian_edges
+
+    if not jit.available():
+        pytest.skip("Numba kernels are off")
+    rois = gaussian_edges(12, 96, np.random.default_rng(4)).astype(dtype)
+    rois[3] = 500.0  # no edge: its fit fails and its pixels may reach beyond its bins (the NumPy path then)
+    for kw in ({}, {"poly_order": 2}):
+        fused = mtf.slanted_edge_mtf(rois, **kw)
+        with jit.disabled():
+            plain = mtf.slanted_edge_mtf(rois, **kw)
+        np.testing.assert_array_equal(fused.mtf, plain.mtf)
+        np.testing.assert_array_equal(fused.esf, plain.esf)
+    from pipeline.cpu.stats import edge_bins_into
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(100, 5, (3, 20, 30))
+    sl = rng.uniform(0.9, 1.1, (3, 20))
+    o = rng.uniform(0, 5, (3, 20)) + (np.arange(3) * 60.0)[:, None]
+    k = np.full(3, 2.0**20)
+    total = np.zeros(180)
+    assert edge_bins_into(a, sl, o, k, total, 60)
+    idx = (np.arange(30)[None, None, :] * sl[:, :, None] + o[:, :, None]).astype(np.int64)
+    want = np.bincount(idx.ravel(), weights=(a + k[:, None, None]).ravel(), minlength=180)
+    np.testing.assert_array_equal(total, want)
+    o[1, 0] = 100.0  # a row of ROI 1 reaching ROI 2's bins: refused (the NumPy path adds it where bincount does)
+    assert not edge_bins_into(a, sl, o, k, np.zeros(180), 60)
