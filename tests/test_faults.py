@@ -60,7 +60,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(video, tmp_path):
     reference = zarr.open_group(str(ref), mode="r")["frames"][:]
     rng = np.random.default_rng(2026)
     resumed_mid_run = 0
-    for trial in range(10):
+    for trial in range(6):
         out = tmp_path / f"o{trial}.zarr"
         progress = Path(str(out) + ".progress")
         k = int(rng.integers(0, 150))  # killed once k of the 160 blocks are recorded: mid-run on any machine's load
@@ -73,7 +73,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(video, tmp_path):
         got = zarr.open_group(str(out), mode="r")["frames"][:]
         np.testing.assert_array_equal(got, reference)
         assert not Path(str(out) + ".partial").exists() and not Path(str(out) + ".progress").exists()
-    assert resumed_mid_run >= 8  # the kills landed while blocks were being written
+    assert resumed_mid_run >= 5  # the kills landed while blocks were being written
     assert _tree_digest(src) == before  # the input is never touched
 
 

@@ -11,6 +11,7 @@ named, with the size of their frame. Skipped where nvcc is absent (CI has it).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -40,8 +41,8 @@ REGS = re.compile(r"Used (\d+) registers")
 
 def ptxas_report(path: Path, arch: str, tmp_path: Path) -> dict[str, dict[str, int]]:
     """Per entry function: stack, spill_stores, spill_loads, registers (nvcc -cubin -Xptxas -v)."""
-    proc = subprocess.run([NVCC, "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-                           str(path)], capture_output=True, text=True)
+    proc = subprocess.run([NVCC, "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-o",
+                           str(tmp_path / f"{path.stem}-{arch}.cubin"), str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = proc.stderr
     props = {m.group(1): tuple(int(g) for g in m.groups()[1:]) for m in PROPS.finditer(log)}
@@ -59,8 +60,13 @@ def ptxas_report(path: Path, arch: str, tmp_path: Path) -> dict[str, dict[str, i
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
+    from concurrent.futures import ThreadPoolExecutor
+
     tmp = tmp_path_factory.mktemp("ptxas")
-    return {(name, arch): ptxas_report(CUDA_DIR / f"{name}.cu", arch, tmp) for name in SOURCES for arch in ARCHS}
+    jobs = [(name, arch) for name in SOURCES for arch in ARCHS]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # nvcc processes side by side
+        found = pool.map(lambda job: ptxas_report(CUDA_DIR / f"{job[0]}.cu", job[1], tmp), jobs)
+        return dict(zip(jobs, found))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -80,6 +86,7 @@ def test_every_kernel_the_host_code_launches_is_reported(reports):
     seen = {k for report in reports.values() for k in report}
     for required in ("correct_u16_f32", "correct_u16_f32_v4", "correct_u16_c16_v4", "bad_heads_u16_k8",
                      "bad_heads_u16_k24", "remove_lag_f32", "temporal_step_f32", "nl_means_f32", "saturate_u16",
+                     "guided_colsum_f32", "guided_coef_f32", "guided_colsum_ab_f32", "guided_apply_f32",
                      *(f"nl_means_f32_p{p}" for p in NLM_SPECIALISED)):
         assert required in seen
     assert set(STACK_ALLOWED) <= seen, "an allowance names a kernel that no longer exists"

@@ -1,6 +1,7 @@
 """Detector figures of merit against analytic truths: NNPS of white Poisson noise, DQE of an ideal
 blurred counting screen (and with read noise, the cascaded model), linearity exponent."""
 
+import functools
 import math
 
 import numpy as np
@@ -32,8 +33,10 @@ def test_nnps_of_white_poisson_noise_is_its_analytic_level():
     assert np.asarray(r2["nnps_mm2"])[0] < 2 * want
 
 
-def _screen(eta, n_incident, sigma_px, read_noise=0.0, frames=48, size=768, seed=3):
-    """Absorbed quanta (binomial thinning of Poisson = Poisson(eta n)), blurred by the LSF and pixel aperture."""
+@functools.lru_cache(maxsize=1)
+def _blurred_quanta(eta, n_incident, sigma_px, frames, size, seed):
+    """Absorbed quanta (binomial thinning of Poisson = Poisson(eta n)), blurred by the LSF and pixel aperture
+    (made once for both read-noise cases; read-only)."""
     rng = np.random.default_rng(seed)
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.fftfreq(size)[None, :]
@@ -41,7 +44,16 @@ def _screen(eta, n_incident, sigma_px, read_noise=0.0, frames=48, size=768, seed
     out = np.empty((frames, size, size), np.float32)
     for k in range(frames):
         quanta = rng.poisson(eta * n_incident, (size, size)).astype(np.float64)
-        out[k] = np.real(np.fft.ifft2(np.fft.fft2(quanta) * h)) + rng.normal(0, read_noise, (size, size))
+        out[k] = np.real(np.fft.ifft2(np.fft.fft2(quanta) * h))
+    out.flags.writeable = False
+    return out
+
+
+def _screen(eta, n_incident, sigma_px, read_noise=0.0, frames=48, size=768, seed=3):
+    """:func:`_blurred_quanta` plus Gaussian read noise of ``read_noise`` (its own random stream)."""
+    out = _blurred_quanta(eta, n_incident, sigma_px, frames, size, seed)
+    if read_noise:
+        out = out + np.random.default_rng(seed + 1).normal(0, read_noise, out.shape).astype(np.float32)
     return out
 
 
