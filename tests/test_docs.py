@@ -167,3 +167,14 @@ def test_generator_is_deterministic():
     gen = _generator()
     assert gen.config_markdown() == gen.config_markdown()
     assert gen.cli_markdown() == gen.cli_markdown()
+
+
+def test_the_wheel_lists_every_package():
+    """pyproject.toml names the packages a wheel carries: every folder of pipeline/ with an __init__.py is one (an
+    editable install works without them, an installed wheel would lack the missing ones)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "pipeline").rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
