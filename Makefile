@@ -17,8 +17,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/xray-pipeline demo demo-output --overwrite
 
+# one pytest worker per core (pytest-xdist; a module's tests stay on one worker, so its fixtures are made once)
 test: $(STAMP) cuda-check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadscope
 
 # The throughput benchmark (stages, pipelines, rooflines, peers, scaling): JSON, table and plots
 # into benchmarks/results/. Options: make bench BENCH_ARGS="--sizes 512,1024,2048 --device gpu"

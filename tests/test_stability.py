@@ -85,7 +85,7 @@ def test_limits_decide_the_exit_status(drifting, tmp_path, capsys):
     assert rc == 0 and "verdict warn" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"light_yeld_pct": 4.5}))
-    rc, _, err = _cli(["stability", lin, tmp_path / "c", "--limits", bad], capsys)
+    rc, _, err = _cli(["stability", lin, tmp_path / "c", "--limits", bad, "-q"], capsys)  # -q: no progress line
     assert rc == 2 and "unknown key 'light_yeld_pct'" in err and len(err.strip().splitlines()) == 1
 
 
@@ -146,7 +146,7 @@ def test_bad_sessions_are_one_line(sessions, tmp_path, capsys):
     other = tmp_path / "other.zarr"
     shutil.copytree(paths[1], other)
     pipeline.api.set_dataset_attrs(other, {"pixel_pitch_mm": "0.05"})
-    rc, _, err = _cli(["stability", paths[0], other, "--out", tmp_path / "o"], capsys)
+    rc, _, err = _cli(["stability", paths[0], other, "--out", tmp_path / "o", "-q"], capsys)  # no progress line
     assert rc == 2 and "pixel pitches differ" in err and len(err.strip().splitlines()) == 1
     junk = tmp_path / "report.json"
     junk.write_text(json.dumps({"hello": 1}))
