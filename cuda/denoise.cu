@@ -227,32 +227,78 @@ __device__ __forceinline__ float xray_gat_inverse(float q, int mode, float alpha
     return __fmul_rn(alpha, v);
 }
 
-// s1[y, x] = sum over j in -r..r of t[reflect(y + j), x], s2 the same of t^2 (t the GAT of x).
-extern "C" __global__ void guided_colsum_f32(const float* x, double* s1, double* s2, int h, int w, int r, int mode,
-                                             float k, float c, float alpha)
+// The two values a pixel adds to the column sums: t and t^2 (t the GAT of x), or a and b.
+struct XrayGatAndSquare {
+    const float* x;
+    int mode;
+    float k, c, alpha;
+    __device__ __forceinline__ void operator()(long long q, double& v1, double& v2) const
+    {
+        double v = (double)xray_gat(x[q], mode, k, c, alpha);
+        v1 = v;
+        v2 = v * v;
+    }
+};
+
+struct XrayPair {
+    const float* a;
+    const float* b;
+    __device__ __forceinline__ void operator()(long long q, double& v1, double& v2) const
+    {
+        v1 = (double)a[q];
+        v2 = (double)b[q];
+    }
+};
+
+// s1[y, x] = sum over j in -r..r of v1 at (reflect(y + j), x), s2 the same of v2: one thread per column and strip
+// of XRAY_GUIDED_RUN rows, the sums sliding down it.
+template <class Values>
+__device__ __forceinline__ void xray_column_sums(Values values, double* s1, double* s2, int h, int w, int r)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long strips = (h + XRAY_GUIDED_RUN - 1) / XRAY_GUIDED_RUN;
     if (i >= strips * w) return;
     int col = (int)(i % w), y0 = (int)(i / w) * XRAY_GUIDED_RUN;
     int y1 = y0 + XRAY_GUIDED_RUN < h ? y0 + XRAY_GUIDED_RUN : h;
-    double c1 = 0.0, c2 = 0.0;
+    double c1 = 0.0, c2 = 0.0, v1, v2, u1, u2;
     for (int j = -r; j <= r; ++j) {
-        double v = (double)xray_gat(x[(long long)xray_reflect(y0 + j, h) * w + col], mode, k, c, alpha);
-        c1 += v;
-        c2 += v * v;
+        values((long long)xray_reflect(y0 + j, h) * w + col, v1, v2);
+        c1 += v1;
+        c2 += v2;
     }
     for (int y = y0; y < y1; ++y) {
         long long p = (long long)y * w + col;
         s1[p] = c1;
         s2[p] = c2;
         if (y + 1 < y1) {
-            double va = (double)xray_gat(x[(long long)xray_reflect(y + 1 + r, h) * w + col], mode, k, c, alpha);
-            double vs = (double)xray_gat(x[(long long)xray_reflect(y - r, h) * w + col], mode, k, c, alpha);
-            c1 += va - vs;
-            c2 += va * va - vs * vs;
+            values((long long)xray_reflect(y + 1 + r, h) * w + col, v1, v2);
+            values((long long)xray_reflect(y - r, h) * w + col, u1, u2);
+            c1 += v1 - u1;
+            c2 += v2 - u2;
         }
     }
+}
+
+// The box sums at pixel p: the row sums of the column sums s1, s2 over the 2r+1 columns about p's (reflect edges).
+__device__ __forceinline__ void xray_row_sums(const double* s1, const double* s2, long long p, int w, int r,
+                                              double& e1, double& e2)
+{
+    long long row = (p / w) * w;
+    int col = (int)(p % w);
+    e1 = 0.0;
+    e2 = 0.0;
+    for (int j = -r; j <= r; ++j) {
+        long long q = row + xray_reflect(col + j, w);
+        e1 += s1[q];
+        e2 += s2[q];
+    }
+}
+
+// s1, s2 = the column sums of t and t^2 (t the GAT of x).
+extern "C" __global__ void guided_colsum_f32(const float* x, double* s1, double* s2, int h, int w, int r, int mode,
+                                             float k, float c, float alpha)
+{
+    xray_column_sums(XrayGatAndSquare{x, mode, k, c, alpha}, s1, s2, h, w, r);
 }
 
 // a, b at every pixel from the row sums of s1, s2: the box mean m and variance v of t.
@@ -261,14 +307,8 @@ extern "C" __global__ void guided_coef_f32(const double* s1, const double* s2, f
 {
     long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= (long long)h * w) return;
-    long long row = (p / w) * w;
-    int col = (int)(p % w);
-    double e1 = 0.0, e2 = 0.0;
-    for (int j = -r; j <= r; ++j) {
-        long long q = row + xray_reflect(col + j, w);
-        e1 += s1[q];
-        e2 += s2[q];
-    }
+    double e1, e2;
+    xray_row_sums(s1, s2, p, w, r, e1, e2);
     double m = e1 * scale, m2 = e2 * scale;
     double v = m2 - m * m;
     v = v > 0.0 ? v : 0.0;
@@ -277,32 +317,11 @@ extern "C" __global__ void guided_coef_f32(const double* s1, const double* s2, f
     b[p] = (float)(m * (1.0 - (double)av));
 }
 
-// s1, s2 = the column sums of a and b (as guided_colsum_f32's of t and t^2).
+// s1, s2 = the column sums of a and b.
 extern "C" __global__ void guided_colsum_ab_f32(const float* a, const float* b, double* s1, double* s2, int h, int w,
                                                 int r)
 {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long strips = (h + XRAY_GUIDED_RUN - 1) / XRAY_GUIDED_RUN;
-    if (i >= strips * w) return;
-    int col = (int)(i % w), y0 = (int)(i / w) * XRAY_GUIDED_RUN;
-    int y1 = y0 + XRAY_GUIDED_RUN < h ? y0 + XRAY_GUIDED_RUN : h;
-    double c1 = 0.0, c2 = 0.0;
-    for (int j = -r; j <= r; ++j) {
-        long long q = (long long)xray_reflect(y0 + j, h) * w + col;
-        c1 += (double)a[q];
-        c2 += (double)b[q];
-    }
-    for (int y = y0; y < y1; ++y) {
-        long long p = (long long)y * w + col;
-        s1[p] = c1;
-        s2[p] = c2;
-        if (y + 1 < y1) {
-            long long qa = (long long)xray_reflect(y + 1 + r, h) * w + col;
-            long long qs = (long long)xray_reflect(y - r, h) * w + col;
-            c1 += (double)a[qa] - (double)a[qs];
-            c2 += (double)b[qa] - (double)b[qs];
-        }
-    }
+    xray_column_sums(XrayPair{a, b}, s1, s2, h, w, r);
 }
 
 // out = inverse GAT of float(box mean of a) t + float(box mean of b); out may be x (each thread reads its own).
@@ -312,14 +331,8 @@ extern "C" __global__ void guided_apply_f32(const float* x, const double* s1, co
 {
     long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= (long long)h * w) return;
-    long long row = (p / w) * w;
-    int col = (int)(p % w);
-    double e1 = 0.0, e2 = 0.0;
-    for (int j = -r; j <= r; ++j) {
-        long long q = row + xray_reflect(col + j, w);
-        e1 += s1[q];
-        e2 += s2[q];
-    }
+    double e1, e2;
+    xray_row_sums(s1, s2, p, w, r, e1, e2);
     float t = xray_gat(x[p], mode, k, c, alpha);
     float q = __fadd_rn(__fmul_rn((float)(e1 * scale), t), (float)(e2 * scale));
     out[p] = xray_gat_inverse(q, mode, alpha, ib);
