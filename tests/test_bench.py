@@ -108,6 +108,29 @@ def test_bench_denoise_methods_and_startup_sections(tmp_path):
     assert "| `--help` |" in md and "| `config` |" in md and "incomplete" not in md
 
 
+def test_startup_batch_rows(tmp_path):
+    """The batch rows: N copies of the tiny video by N calls and by one call with N inputs, each output written,
+    no cold figure, '-' in the table (the warm package cache; no figure of speed is asserted)."""
+    import os
+    from pathlib import Path
+
+    import zarr
+
+    import pipeline
+    from pipeline.bench import startup
+
+    pipeline.simulate(tmp_path / "tiny.zarr", frames=8, size=(32, 32), seed=2)
+    env = dict(os.environ, PYTHONPATH=str(Path(startup.__file__).resolve().parents[2]))
+    rows = startup._batch(tmp_path, env, 2, 1)
+    assert list(rows) == ["run, 2 such inputs: 2 calls", "run, 2 such inputs: one call"]
+    assert all(v["cold_s"] is None and v["warm_s"] > 0 and len(v["warm_all_s"]) == 1 for v in rows.values())
+    for n in ("clip0.zarr", "clip1.zarr"):
+        np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "single" / n), mode="r")["frames"][:],
+                                      zarr.open_group(str(tmp_path / "batch" / n), mode="r")["frames"][:])
+    md = "\n".join(startup.rows_table({"results": rows}))
+    assert "| `run, 2 such inputs: one call` | - |" in md
+
+
 def test_host_use_counts_this_process_and_zarrs_loop_thread(tmp_path):
     """cores_busy is CPU-s per wall-s, zarr_loop_busy the loop thread's share of the wall time, iowait_pct the
     machine's; Zarr's loop thread is seen. (Exact on given counters: no share of a loaded machine is asserted.)"""

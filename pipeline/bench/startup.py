@@ -5,7 +5,9 @@ first call with Numba's on-disk kernel cache empty, so that the tiny run compile
 of the next ``repeats`` calls, which load the kernels the cold calls cached. The empty cache is a fresh folder
 named by ``NUMBA_CACHE_DIR`` for these calls only (Numba then neither reads nor writes the cache in the package's
 ``__pycache__`` folders, which other processes may be using). The tiny run is 16 frames of 128² with the default
-stages (its blocks take a few hundredths of a second: the rest is set-up).
+stages (its blocks take a few hundredths of a second: the rest is set-up). With the run, 8 copies of that video
+are run by 8 calls and by one call with the 8 as inputs (``run A B ... OUT/``): what a batch of short clips saves
+by paying the start-up once.
 
 ``benchmarks/bench_startup.py`` writes ``startup_cpu.json/.md`` with :func:`bench_startup` and :func:`table`;
 ``xray-pipeline bench`` puts the same rows in its own report.
@@ -36,7 +38,25 @@ def _time(args: list[str], cwd: Path, env: dict) -> float:
     return time.perf_counter() - t0
 
 
-def bench_startup(*, repeats: int = 5, frames: int = 16, size: int = 128, calls=None, log=print) -> dict:
+def _batch(tmp: Path, env: dict, clips: int, repeats: int) -> dict:
+    """``clips`` copies of the tiny video run by ``clips`` calls, and by one call with ``clips`` inputs (warm
+    cache; the median of ``repeats`` of each, in turns): the start-up a batch pays once."""
+    names = [f"clip{i}.zarr" for i in range(clips)]
+    for n in names:
+        shutil.copytree(tmp / "tiny.zarr", tmp / n)
+    one = ["run", *names, "batch", "--overwrite", "-q"]
+    separate, together = [], []
+    for _ in range(max(1, repeats)):
+        separate.append(sum(_time(["run", n, f"single/{n}", "--overwrite", "-q"], tmp, env) for n in names))
+        together.append(_time(one, tmp, env))
+    return {f"run, {clips} such inputs: {clips} calls": {"cold_s": None, "warm_s": statistics.median(separate),
+                                                          "warm_all_s": separate},
+            f"run, {clips} such inputs: one call": {"cold_s": None, "warm_s": statistics.median(together),
+                                                    "warm_all_s": together}}
+
+
+def bench_startup(*, repeats: int = 5, frames: int = 16, size: int = 128, calls=None, batch: int = 8,
+                  log=print) -> dict:
     """Cold and warm wall time of each command-line call of :func:`_calls`, each a fresh process.
 
     Parameters
@@ -48,6 +68,9 @@ def bench_startup(*, repeats: int = 5, frames: int = 16, size: int = 128, calls=
     calls : sequence of str, optional
         Only these calls, by their first word (``--help``, ``config``, ``info``, ``run``); default all, in that
         order (the cold figures depend on it: a call's cold run finds what the cold calls before it cached).
+    batch : int
+        With the ``run`` call: also ``batch`` copies of the tiny video, run by as many calls and by one call with
+        them all as inputs (0: not); the median of 3 (or ``repeats``, if fewer) of each.
     log : callable
         Progress lines.
 
@@ -73,6 +96,10 @@ def bench_startup(*, repeats: int = 5, frames: int = 16, size: int = 128, calls=
             warm = [_time(argv, tmp, env) for _ in range(max(1, repeats))]
             res[name] = {"cold_s": cold, "warm_s": statistics.median(warm), "warm_all_s": warm}
             log(f"    {name:<34} cold {cold:6.2f} s, warm {res[name]['warm_s']:6.2f} s")
+            if argv[0] == "run" and batch > 1:
+                rows = _batch(tmp, env, batch, min(3, repeats))
+                res.update(rows)
+                log("    " + ", ".join(f"{k.split(': ')[1]} {v['warm_s']:.2f} s" for k, v in rows.items()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"machine": machine_description(), "repeats": max(1, repeats), "results": res}
@@ -81,7 +108,8 @@ def bench_startup(*, repeats: int = 5, frames: int = 16, size: int = 128, calls=
 def rows_table(data: dict) -> list[str]:
     """The Markdown table of ``data["results"]`` (header included)."""
     lines = ["| call | cold (s) | warm (s) |", "|---|---|---|"]
-    lines += [f"| `{k}` | {v['cold_s']:.2f} | {v['warm_s']:.2f} |" for k, v in data["results"].items()]
+    lines += [f"| `{k}` | {'-' if v['cold_s'] is None else format(v['cold_s'], '.2f')} | {v['warm_s']:.2f} |"
+              for k, v in data["results"].items()]
     return lines
 
 

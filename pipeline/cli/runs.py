@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -55,8 +56,7 @@ def calibrate(input, output, config_file, overrides, overwrite, quiet, **rec):
 
 
 @cli.command()
-@click.argument("input", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT... OUTPUT")
 @_config_options
 @click.option("--calibration", type=click.Path(path_type=Path), default=None, help="saved calibration group")
 @click.option("--chunk-frames", type=click.IntRange(min=1), default=None, help="frames per block")
@@ -73,40 +73,111 @@ def calibrate(input, output, config_file, overrides, overwrite, quiet, **rec):
 @click.option("--dry-run", is_flag=True, help="print the plan (input, device, blocks, calibration, stages) and exit; "
                                                "nothing is read but metadata, nothing written")
 @_recording_options
-def run(input, output, config_file, overrides, calibration, chunk_frames, device, scheduler, cluster, overwrite, resume,
+def run(paths, config_file, overrides, calibration, chunk_frames, device, scheduler, cluster, overwrite, resume,
         on_error, quiet, dry_run, **rec):
     """Correct the video INPUT and write OUTPUT (Zarr).
 
     INPUT is a Zarr dataset, or a TIFF/HDF5/raw/video/npy recording (ingested on the fly, with the options below).
+    Several INPUTs (many short clips) go into the folder OUTPUT, one OUTPUT/NAME.zarr each, with the same config
+    and options: the start-up (imports, loading the compiled kernels) is paid once, not once per clip.
     """
-    from ..runner import run as _run
     from ..config import load_config
-    from ..io.zarr_store import open_input
 
+    if len(paths) < 2:
+        raise click.UsageError("expected INPUT... OUTPUT: at least one input and the output")
+    *inputs, output = paths
     extra = list(overrides)
-    if chunk_frames:
-        extra.append(f"execution.chunk_frames={chunk_frames}")
-    if device:
-        extra.append(f"execution.device={device}")
-    if scheduler:
-        extra.append(f"execution.scheduler={scheduler}")
-    if cluster:
-        extra.append(f"execution.cluster={cluster}")
-    if on_error:
-        extra.append(f"execution.on_error={on_error}")
+    for key, value in (("chunk_frames", chunk_frames), ("device", device), ("scheduler", scheduler),
+                       ("cluster", cluster), ("on_error", on_error)):
+        if value:
+            extra.append(f"execution.{key}={value}")
     cfg = load_config(config_file, overrides=extra)
     opts = _source_options(rec)
+    jobs = [(inputs[0], output)] if len(inputs) == 1 else batch_outputs(
+        inputs, output, calibration=calibration, config=cfg, options=opts, replace=overwrite or resume)
     if dry_run:
         from ..runner import dry_run as _dry_run
 
-        click.echo(_dry_run(input, output, cfg, calibration=calibration).describe())
+        for src, out in jobs:
+            click.echo(_dry_run(src, out, cfg, calibration=calibration).describe())
         return
+    many, frames, start = len(jobs) > 1, 0, time.perf_counter()
+    for i, (src, out) in enumerate(jobs, 1):
+        res = _run_one(src, out, cfg, opts, calibration=calibration, overwrite=overwrite, resume=resume,
+                       quiet=quiet, label=f"run {i}/{len(jobs)} ({Path(src).name})" if many else "run",
+                       batch=(i, len(jobs), output) if many else None)
+        frames += res.frames if res is not None else 0
+    if many and not quiet:
+        click.echo(f"{len(jobs)} inputs, {frames} frames in {time.perf_counter() - start:.2f} s (set-up included) "
+                   f"-> {output}")
+
+
+def batch_outputs(inputs, folder, *, calibration=None, config=None, options=None, replace=False) -> list:
+    """``[(input, folder/NAME.zarr), ...]`` for several inputs, every output checked before anything runs.
+
+    NAME is the input's file or folder name without its extension (``clip1.tif`` and ``clip1/`` give
+    ``clip1.zarr``). Refused in one line: a ``folder`` that is a file or a Zarr dataset, two inputs with the same
+    NAME, an output that overlaps anything a run reads (any of the inputs, the calibration, the config's model
+    files, ``--darks``/``--flats``), an existing output unless ``replace`` (``--overwrite`` or ``--resume``).
+    """
+    from ..errors import OutputExistsError
+    from ..io.outputs import check_output_path
+    from ..plan import run_inputs
     from ..recordings import is_zarr_group
 
-    total = open_input(input).shape[0] if is_zarr_group(Path(input)) and not opts.frames else None
-    with _progress("run", total, quiet) as bar:
-        res = _run(input, output, cfg, calibration=calibration, overwrite=overwrite, resume=resume, progress=bar,
-                   source_options=opts)
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or is_zarr_group(folder)):
+        what = "a Zarr dataset" if folder.is_dir() else "a file"
+        raise OutputExistsError(f"'{folder}' is {what}: several inputs go into a folder, one NAME.zarr each; name a "
+                                "new or existing folder as the last argument")
+    reads = [p for src in inputs for p in run_inputs(Path(src), calibration, config)]
+    reads += options.inputs() if options is not None else []
+    jobs, seen = [], {}
+    for src in inputs:
+        name = Path(str(src).split("::", 1)[0]).name
+        name = Path(name).stem if Path(name).suffix else name
+        if name in seen:
+            raise OutputExistsError(f"'{seen[name]}' and '{src}' would both write '{folder / name}.zarr'; rename one "
+                                    "or run them separately")
+        seen[name] = src
+        out = folder / f"{name}.zarr"
+        check_output_path(out, overwrite=replace, inputs=reads)
+        jobs.append((src, out))
+    return jobs
+
+
+def _run_one(src, out, cfg, opts, *, calibration, overwrite, resume, quiet, label, batch):
+    """One input's run and its report lines; None where ``--resume`` finds it complete in a batch (said, skipped).
+    In a batch (``(i, n, folder)``) an error names the input and how many inputs are done."""
+    from ..errors import AlreadyComplete, PipelineError, RunInterrupted
+    from ..io.zarr_store import open_input
+    from ..recordings import is_zarr_group
+    from ..runner import run as _run
+
+    try:
+        total = open_input(src).shape[0] if is_zarr_group(Path(src)) and not opts.frames else None
+        with _progress(label, total, quiet) as bar:
+            res = _run(src, out, cfg, calibration=calibration, overwrite=overwrite, resume=resume, progress=bar,
+                       source_options=opts)
+    except AlreadyComplete as exc:
+        if batch is None:
+            raise
+        click.echo(str(exc))
+        return None
+    except RunInterrupted:
+        raise
+    except PipelineError as exc:
+        if batch is None:
+            raise
+        i, n, folder = batch
+        raise type(exc)(f"{src}: {exc} ({i - 1} of {n} inputs done in '{folder}': a rerun with --resume "
+                        "keeps them)") from None
+    _report_run(res, quiet)
+    return res
+
+
+def _report_run(res, quiet: bool) -> None:
+    """The lines a run prints about itself: frames and rate, time account, findings, skipped frames, MTF, ghost."""
     if res.resumed:
         r = res.resumed
         rate = f" ({r['computed_frames_per_second']:.1f} frames/s)" if r["computed_frames_per_second"] else ""
