@@ -26,7 +26,7 @@ mkdir -p "$CUPY_CACHE_DIR"
 # about 200 s before its scaling part; on an H100 the same day the whole script took 352 s. A change to
 # cuda/correct.cu that makes it slow to compile shows here first: bench_gpu.py builds it several times)
 T_TESTS=${T_TESTS:-90} T_BENCH_GPU=${T_BENCH_GPU:-120} T_IO=${T_IO:-60} T_HOST=${T_HOST:-60} T_BENCH=${T_BENCH:-210}
-BENCH_ARGS=${BENCH_ARGS:---sizes 2048 --frames 128 --full-frames 16 --scaling-frames 256,1024 --workers 16 --repeats 2}
+BENCH_ARGS=${BENCH_ARGS:---sizes 2048 --frames 128 --scaling-frames 256,1024 --workers 16 --repeats 2}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "gpu_session: could not install .whl" | tee -a "$log"; exit 1; }

@@ -58,7 +58,7 @@ __all__ = ["run_benchmarks", "bench_stages", "bench_mtf", "bench_mtf_sizes", "be
 
 def run_benchmarks(*, device: str = "cpu", sizes=(512, 1024), frames: int = 128, repeats: int = 3,
                    out: str | Path = "benchmarks/results", config: RunConfig | None = None,
-                   scaling_frames=(256, 1024, 4096), scaling_size: int = 1024, workers=None, full_frames: int = 8,
+                   scaling_frames=(256, 1024, 4096), scaling_size: int = 1024, workers=None, full_frames: int | None = None,
                    peers: bool = True, mtf: bool = True, mtf_sizes=(128, 256), mtf_rois: int = 256,
                    denoise_methods: bool = True,
                    denoise_options: dict | None = None, startup: bool = True, startup_repeats: int = 5,
@@ -76,7 +76,8 @@ def run_benchmarks(*, device: str = "cpu", sizes=(512, 1024), frames: int = 128,
     scaling_frames : video lengths for the scaling measurement (empty: skipped).
     scaling_size : frame size for the scaling measurement.
     workers : worker-thread counts for the worker scaling (default: 1 .. CPU count, powers of 2).
-    full_frames : frames for the full default pipeline (its spatial denoiser is slow on a CPU).
+    full_frames : frames for the full default pipeline (None: ``frames``, as every other pipeline; fewer where a
+        slow spatial denoiser such as NLM is configured).
     peers : also time the peers (scikit-image, algotom, the textbook NumPy loop).
     mtf : time the slanted-edge MTF, at each ROI size of ``mtf_sizes``, ``mtf_rois`` ROIs per call.
     denoise_methods : measure every denoising method's quality and speed (:func:`bench_denoise_methods`, with
@@ -158,7 +159,7 @@ def _bench_size(tmp: Path, size: int, *, host, config: RunConfig, device: str, f
     stages = bench_stages(src, host=host, config=config, repeats=repeats, block_frames=block_frames, peers=peers,
                           log=log)
     log("  pipelines, Zarr to Zarr")
-    ff = min(full_frames, frames)
+    ff = frames if full_frames is None else min(full_frames, frames)
     pipes = bench_pipelines(src, tmp, config=config, device=device, repeats=repeats, full_frames=ff, log=log)
     shutil.rmtree(tmp / f"in{size}.zarr", ignore_errors=True)
     return {"frames": frames, "block_frames": block_frames, "full_frames": ff,

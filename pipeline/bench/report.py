@@ -116,7 +116,8 @@ def write_report(data: dict, out: Path) -> list[Path]:
                   f"Stages alone, in memory ({block['block_frames']} frames per block):", ""]
         _table(lines, block["stages"])
         lines += ["", f"Zarr to Zarr ({block['frames']} frames, chunk {block['chunk_frames']} frames, output "
-                      f"{m['codec']}; the full default pipeline on {block['full_frames']} frames):", ""]
+                      f"{m['codec']}" + (f"; the full default pipeline on {block['full_frames']} frames"
+                                         if block["full_frames"] < block["frames"] else "") + "):", ""]
         _table(lines, block["pipelines"])
         lines += ["", "Against the Zarr copy that writes float32 (the pipelines' output dtype): " + ", ".join(
             f"{k} {e['ratio_to_float32_copy']:.2f}" for k, e in block["pipelines"].items()

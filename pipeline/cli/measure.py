@@ -136,8 +136,8 @@ def characterise(dataset, outdir, compare, q_value, overwrite, quiet):
               help="video lengths for the scaling run at --scaling-size ('' skips it)")
 @click.option("--scaling-size", type=click.IntRange(min=32), default=1024, show_default=True)
 @click.option("--workers", default=None, callback=_int_list, help="worker threads to try (default 1, 2, 4 .. cores)")
-@click.option("--full-frames", type=click.IntRange(min=1), default=8, show_default=True,
-              help="frames for the full default pipeline (its spatial denoiser is slow on a CPU)")
+@click.option("--full-frames", type=click.IntRange(min=1), default=None,
+              help="frames for the full default pipeline (default: --frames, as every other pipeline)")
 @click.option("--no-peers", is_flag=True, help="skip scikit-image / algotom / textbook peers")
 @click.option("--no-denoise-methods", is_flag=True,
               help="skip the denoising methods' quality and speed (PSNR gain, trail, frames/s of each method)")
