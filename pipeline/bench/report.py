@@ -144,7 +144,8 @@ def write_report(data: dict, out: Path) -> list[Path]:
         lines += ["## Start-up of a command (fresh processes)", "",
                   "Wall clock from start to exit of `python -m pipeline.cli ...`; cold: the first call with an empty "
                   f"Numba kernel cache (the tiny run compiles what it uses), warm: the median of the next "
-                  f"{su['repeats']} calls (`pipeline/bench/startup.py`).", "", *_startup.rows_table(su), ""]
+                  f"{su['repeats']} calls{_startup._batch_note(su)} (`pipeline/bench/startup.py`).", "",
+                  *_startup.rows_table(su), ""]
     sc = data.get("scaling")
     if sc:
         lines += [f"## Scaling ({sc['pipeline']}, {sc['size']} x {sc['size']}, each point a fresh process)", "",

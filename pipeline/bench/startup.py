@@ -116,4 +116,10 @@ def rows_table(data: dict) -> list[str]:
 def table(data: dict) -> list[str]:
     """The standalone results file (``startup_cpu.md``)."""
     return ["# Command-line start-up (fresh processes)", "",
-            f"{data['machine']}; median of {data['repeats']} warm calls", "", *rows_table(data)]
+            f"{data['machine']}; median of {data['repeats']} warm calls{_batch_note(data)}", "", *rows_table(data)]
+
+
+def _batch_note(data: dict) -> str:
+    """How many calls the batch rows' medians are of, where they differ from the others'."""
+    n = {len(v["warm_all_s"]) for k, v in data["results"].items() if v["cold_s"] is None}
+    return f" (the rows of several inputs: median of {n.pop()})" if len(n) == 1 and n != {data["repeats"]} else ""
