@@ -201,6 +201,11 @@ def prepare(plan: RunPlan) -> Prepared:
 
     setup: dict = {}
     cfg, (_, h, w) = plan.config, plan.shape
+    if (cfg.flatfield.enabled and plan.calibration is None) or (plan.device != "gpu" and not plan.on_cluster):
+        from . import cpu
+
+        with timed("loading the compiled CPU kernels", setup):  # once per process (Numba's target, its threads):
+            cpu.available()  # named here, not hidden in the first block's or the calibration's time
     ds = zarr_store.open_input(plan.input)
     model = load_afterglow(cfg, ds)
     cal = cal_source = None

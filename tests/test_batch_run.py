@@ -53,10 +53,13 @@ def test_refused_before_anything_is_written(tmp_path, clips):
     out = tmp_path / "out"
     out.mkdir()
     shutil.copytree(paths[1], out / "b.zarr")  # an existing output, second in line
+    e = one_line(run_cli("run", *paths, tmp_path / "typo.zarr", out))  # a missing input, last in line
+    assert "typo.zarr" in e and "does not exist" in e and "nothing was run" in e
     e = one_line(run_cli("run", *paths, out))
     assert "b.zarr" in e and "--overwrite" in e
     assert sorted(q.name for q in out.iterdir()) == ["b.zarr"]  # a.zarr was not made first
     np.testing.assert_array_equal(_frames(out / "b.zarr"), _frames(paths[1]))  # and b untouched
+    shutil.copytree(paths[0], tmp_path / "x" / "a.zarr")
     e = one_line(run_cli("run", paths[0], tmp_path / "x" / "a.zarr", tmp_path / "o2"))  # same NAME twice
     assert "a.zarr" in e and "o2" in e and not (tmp_path / "o2").exists()
     e = one_line(run_cli("run", paths[0], paths[2], paths[1]))  # the last is a dataset, not a folder
@@ -67,14 +70,16 @@ def test_refused_before_anything_is_written(tmp_path, clips):
 
 def test_a_bad_input_stops_the_batch_and_resume_goes_on(tmp_path, clips):
     paths, single = clips
-    missing = tmp_path / "b.zarr"
+    bad = tmp_path / "b.zarr"  # frames only: no darks, no flats, no --calibration
+    zarr.open_group(str(bad), mode="w").create_array("frames", shape=(4, 64, 64), dtype="uint16")
     out = tmp_path / "out"
-    e = one_line(run_cli("run", paths[0], missing, paths[2], out))
-    assert str(missing) in e and "1 of 3 inputs done" in e and "--resume" in e
+    e = one_line(run_cli("run", paths[0], bad, paths[2], out))
+    assert str(bad) in e and "no darks" in e and "1 of 3 inputs done" in e and "--resume" in e
     assert sorted(q.name for q in out.iterdir()) == ["a.zarr"]
     np.testing.assert_array_equal(_frames(out / "a.zarr"), single["a"])
-    shutil.copytree(paths[1], missing)  # the input is back: --resume keeps a.zarr and runs the other two
-    p = run_cli("run", paths[0], missing, paths[2], out, "--resume")
+    shutil.rmtree(bad)
+    shutil.copytree(paths[1], bad)  # the input mended: --resume keeps a.zarr and runs the other two
+    p = run_cli("run", paths[0], bad, paths[2], out, "--resume")
     assert p.returncode == 0, p.stderr
     assert "a.zarr' is complete; nothing to resume" in p.stdout
     for name, want in single.items():

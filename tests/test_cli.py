@@ -123,3 +123,7 @@ def test_time_line_names_what_set_the_pace():
     cpu = describe_time({k: v for k, v in acc.items() if k not in ("gpu_waits_s", "bound_by")} | {"threads": 2})
     assert cpu.endswith("(thread-seconds over 2 threads)")
     assert describe_time(acc | {"blocks_s": 1.5}).startswith("time: 0.5 s setting up, 1.5 s on the blocks: reading 3.0 s")
+    short = {"wall_s": 0.05, "blocks_s": 0.03, "threads": 2, "read_s": 0.004, "stages_s": 0.012, "write_s": 0.02,
+             "record_s": 0.001}  # a short clip: hundredths, so the figures are not all 0.0
+    assert describe_time(short).startswith("time: 0.02 s setting up, 0.03 s on the blocks: reading 0.00 s, stages "
+                                           "0.01 s, writing 0.02 s, recording 0.00 s")

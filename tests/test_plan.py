@@ -32,3 +32,16 @@ def test_dry_run_prints_the_plan_and_refuses_what_the_run_would(sim_small, tmp_p
     p = run_cli("run", sim_small, tmp_path / "o.zarr", "--dry-run", "--set", "denoise.enabled=true", "--set",
                 "denoise.nlm_search=100")
     assert p.returncode == 2 and "nlm_search" in p.stderr
+
+
+def test_time_account_names_loading_the_cpu_kernels(sim_small, tmp_path):
+    """Loading Numba's compiled kernels (its target and threads, once per process) is a named set-up phase, before
+    the calibration: not hidden in the calibration's or the first block's time."""
+    from pipeline import cpu
+
+    res = pipeline.run(sim_small, tmp_path / "o.zarr")
+    phases = list(res.time_account["prepare_s"])
+    assert phases[:2] == ["loading the compiled CPU kernels", "calibration"]
+    with cpu.disabled():  # the NumPy code: still named (nothing to load), never an error
+        res = pipeline.run(sim_small, tmp_path / "o.zarr", overwrite=True)
+    assert "loading the compiled CPU kernels" in res.time_account["prepare_s"]

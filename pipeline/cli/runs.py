@@ -116,11 +116,12 @@ def batch_outputs(inputs, folder, *, calibration=None, config=None, options=None
     """``[(input, folder/NAME.zarr), ...]`` for several inputs, every output checked before anything runs.
 
     NAME is the input's file or folder name without its extension (``clip1.tif`` and ``clip1/`` give
-    ``clip1.zarr``). Refused in one line: a ``folder`` that is a file or a Zarr dataset, two inputs with the same
-    NAME, an output that overlaps anything a run reads (any of the inputs, the calibration, the config's model
-    files, ``--darks``/``--flats``), an existing output unless ``replace`` (``--overwrite`` or ``--resume``).
+    ``clip1.zarr``). Refused in one line: an input that does not exist, a ``folder`` that is a file or a Zarr
+    dataset, two inputs with the same NAME, an output that overlaps anything a run reads (any of the inputs, the
+    calibration, the config's model files, ``--darks``/``--flats``), an existing output unless ``replace``
+    (``--overwrite`` or ``--resume``).
     """
-    from ..errors import OutputExistsError
+    from ..errors import DataError, OutputExistsError
     from ..io.outputs import check_output_path
     from ..plan import run_inputs
     from ..recordings import is_zarr_group
@@ -132,6 +133,9 @@ def batch_outputs(inputs, folder, *, calibration=None, config=None, options=None
                                 "new or existing folder as the last argument")
     reads = [p for src in inputs for p in run_inputs(Path(src), calibration, config)]
     reads += options.inputs() if options is not None else []
+    for src in inputs:  # a typo in the last of many inputs is found before the first runs
+        if not Path(str(src).split("::", 1)[0]).exists():
+            raise DataError(f"input '{src}' does not exist; check the path (nothing was run)")
     jobs, seen = [], {}
     for src in inputs:
         name = Path(str(src).split("::", 1)[0]).name
@@ -291,10 +295,11 @@ def describe_time(acc: dict) -> str:
     th = acc.get("threads")
     who = (f"{th['readers']} reading, {th['writers']} writing threads" if isinstance(th, dict)
            else f"{th} threads" if th else "the cluster's workers")
-    setup = (f"{acc['wall_s'] - acc['blocks_s']:.1f} s setting up, {acc['blocks_s']:.1f} s on the blocks: "
+    d = 2 if acc.get("wall_s", 1.0) < 1.0 else 1  # a short clip's figures in hundredths, not all "0.0 s"
+    setup = (f"{acc['wall_s'] - acc['blocks_s']:.{d}f} s setting up, {acc['blocks_s']:.{d}f} s on the blocks: "
              if acc.get("blocks_s") is not None else "")
-    line = (f"time: {setup}reading {acc['read_s']:.1f} s, stages {acc['stages_s']:.1f} s, writing {acc['write_s']:.1f} s, "
-            f"recording {acc['record_s']:.1f} s (thread-seconds over {who})")
+    line = (f"time: {setup}reading {acc['read_s']:.{d}f} s, stages {acc['stages_s']:.{d}f} s, writing "
+            f"{acc['write_s']:.{d}f} s, recording {acc['record_s']:.{d}f} s (thread-seconds over {who})")
     waits = acc.get("gpu_waits_s")
     if waits:
         line += ("; the GPU conveyor waited " + ", ".join(f"{v:.1f} s on the {k}" for k, v in waits.items())
