@@ -12,10 +12,11 @@ from conftest import one_line, run_cli
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    """Three 12-frame 64² clips (different seeds and screens), one in a folder named without '.zarr', and each one's
-    output from its own single run (the truth a batch must equal, bit for bit)."""
+    """Three 12-frame 64² clips (different seeds and screens), one in a folder named without '.zarr' and with a
+    dot ('clip.v2': its output is clip.v2.zarr), and each one's output from its own single run (the truth a batch
+    must equal, bit for bit)."""
     root = tmp_path_factory.mktemp("clips")
-    paths = [root / "a.zarr", root / "b.zarr", root / "clip_c"]
+    paths = [root / "a.zarr", root / "b.zarr", root / "clip.v2"]
     for seed, (p, preset) in enumerate(zip(paths, ("eu-gc", "gc", "eu-gc"))):
         pipeline.simulate(p, frames=12, size=(64, 64), preset=preset, seed=seed + 1)
     single = {}
@@ -35,7 +36,7 @@ def test_several_inputs_each_equal_their_single_run(tmp_path, clips):
     out = tmp_path / "out"  # created by the run
     p = run_cli("run", *paths, out)
     assert p.returncode == 0, p.stderr
-    assert sorted(q.name for q in out.iterdir()) == ["a.zarr", "b.zarr", "clip_c.zarr"]
+    assert sorted(q.name for q in out.iterdir()) == ["a.zarr", "b.zarr", "clip.v2.zarr"]
     for name, want in single.items():
         np.testing.assert_array_equal(_frames(out / f"{name}.zarr"), want)
     assert p.stdout.count(" frames in ") == 4  # one line per input, and the total
@@ -44,7 +45,7 @@ def test_several_inputs_each_equal_their_single_run(tmp_path, clips):
     p = run_cli("run", *paths, plan, "--dry-run")  # a plan per input, nothing written
     assert p.returncode == 0, p.stderr
     assert [line.split(": ", 1)[1].split(" (")[0] for line in p.stdout.splitlines() if line.startswith("output ")] \
-        == [str(plan / n) for n in ("a.zarr", "b.zarr", "clip_c.zarr")]
+        == [str(plan / n) for n in ("a.zarr", "b.zarr", "clip.v2.zarr")]
     assert not plan.exists()
 
 
@@ -65,7 +66,7 @@ def test_refused_before_anything_is_written(tmp_path, clips):
     e = one_line(run_cli("run", paths[0], paths[2], paths[1]))  # the last is a dataset, not a folder
     assert "Zarr dataset" in e and "folder" in e
     e = one_line(run_cli("run", paths[0], paths[2], paths[2] / "inside"))  # the folder inside an input
-    assert "overlaps" in e and "clip_c" in e and not (paths[2] / "inside").exists()
+    assert "overlaps" in e and "clip.v2" in e and not (paths[2] / "inside").exists()
 
 
 def test_a_bad_input_stops_the_batch_and_resume_goes_on(tmp_path, clips):

@@ -115,8 +115,8 @@ def run(paths, config_file, overrides, calibration, chunk_frames, device, schedu
 def batch_outputs(inputs, folder, *, calibration=None, config=None, options=None, replace=False) -> list:
     """``[(input, folder/NAME.zarr), ...]`` for several inputs, every output checked before anything runs.
 
-    NAME is the input's file or folder name without its extension (``clip1.tif`` and ``clip1/`` give
-    ``clip1.zarr``). Refused in one line: an input that does not exist, a ``folder`` that is a file or a Zarr
+    NAME is the input's file name without its extension, or its folder name without ``.zarr`` (``clip1.tif``,
+    ``clip1/`` and ``clip1.zarr/`` give ``clip1.zarr``; ``run.v2/`` gives ``run.v2.zarr``). Refused in one line: an input that does not exist, a ``folder`` that is a file or a Zarr
     dataset, two inputs with the same NAME, an output that overlaps anything a run reads (any of the inputs, the
     calibration, the config's model files, ``--darks``/``--flats``), an existing output unless ``replace``
     (``--overwrite`` or ``--resume``).
@@ -138,8 +138,8 @@ def batch_outputs(inputs, folder, *, calibration=None, config=None, options=None
             raise DataError(f"input '{src}' does not exist; check the path (nothing was run)")
     jobs, seen = [], {}
     for src in inputs:
-        name = Path(str(src).split("::", 1)[0]).name
-        name = Path(name).stem if Path(name).suffix else name
+        path = Path(str(src).split("::", 1)[0])
+        name = path.stem if path.is_file() or path.suffix == ".zarr" else path.name  # a folder 'run.v2/' keeps its dot
         if name in seen:
             raise OutputExistsError(f"'{seen[name]}' and '{src}' would both write '{folder / name}.zarr'; rename one "
                                     "or run them separately")
