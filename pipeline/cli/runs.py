@@ -116,10 +116,10 @@ def batch_outputs(inputs, folder, *, calibration=None, config=None, options=None
     """``[(input, folder/NAME.zarr), ...]`` for several inputs, every output checked before anything runs.
 
     NAME is the input's file name without its extension, or its folder name without ``.zarr`` (``clip1.tif``,
-    ``clip1/`` and ``clip1.zarr/`` give ``clip1.zarr``; ``run.v2/`` gives ``run.v2.zarr``). Refused in one line: an input that does not exist, a ``folder`` that is a file or a Zarr
-    dataset, two inputs with the same NAME, an output that overlaps anything a run reads (any of the inputs, the
-    calibration, the config's model files, ``--darks``/``--flats``), an existing output unless ``replace``
-    (``--overwrite`` or ``--resume``).
+    ``clip1/`` and ``clip1.zarr/`` give ``clip1.zarr``; ``run.v2/`` gives ``run.v2.zarr``). Refused in one line:
+    an input that does not exist, a ``folder`` that is a file or a Zarr dataset, two inputs with the same NAME, an
+    output that overlaps anything a run reads (any of the inputs, the calibration, the config's model files,
+    ``--darks``/``--flats``), an existing output unless ``replace`` (``--overwrite`` or ``--resume``).
     """
     from ..errors import DataError, OutputExistsError
     from ..io.outputs import check_output_path
