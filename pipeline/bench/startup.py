@@ -121,5 +121,7 @@ def table(data: dict) -> list[str]:
 
 def _batch_note(data: dict) -> str:
     """How many calls the batch rows' medians are of, where they differ from the others'."""
-    n = {len(v["warm_all_s"]) for k, v in data["results"].items() if v["cold_s"] is None}
-    return f" (the rows of several inputs: median of {n.pop()})" if len(n) == 1 and n != {data["repeats"]} else ""
+    counts = {len(v["warm_all_s"]) for v in data["results"].values() if v["cold_s"] is None}
+    if len(counts) != 1 or counts == {data["repeats"]}:
+        return ""
+    return f" (the rows of several inputs: median of {counts.pop()})"

@@ -133,12 +133,12 @@ def batch_outputs(inputs, folder, *, calibration=None, config=None, options=None
                                 "new or existing folder as the last argument")
     reads = [p for src in inputs for p in run_inputs(Path(src), calibration, config)]
     reads += options.inputs() if options is not None else []
-    for src in inputs:  # a typo in the last of many inputs is found before the first runs
-        if not Path(str(src).split("::", 1)[0]).exists():
+    files = [Path(str(src).split("::", 1)[0]) for src in inputs]  # an HDF5 input may name its dataset: F.h5::/path
+    for src, path in zip(inputs, files):  # a typo in the last of many inputs is found before the first runs
+        if not path.exists():
             raise DataError(f"input '{src}' does not exist; check the path (nothing was run)")
     jobs, seen = [], {}
-    for src in inputs:
-        path = Path(str(src).split("::", 1)[0])
+    for src, path in zip(inputs, files):
         name = path.stem if path.is_file() or path.suffix == ".zarr" else path.name  # a folder 'run.v2/' keeps its dot
         if name in seen:
             raise OutputExistsError(f"'{seen[name]}' and '{src}' would both write '{folder / name}.zarr'; rename one "
