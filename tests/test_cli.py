@@ -110,6 +110,34 @@ def test_import_pulls_in_neither_dask_nor_cupy():
     assert out == ["False", "False", "False"]
 
 
+def test_console_script_exits_quickly_and_writes_what_main_writes(tmp_path):
+    """The console script (``console``: ``main``, then the collector frozen for the exit) against ``main`` in this
+    process: the same output bit for bit, no lock left behind, the same exit status on an error; and ``main`` itself
+    leaves this process's collector alone."""
+    import gc
+    import subprocess
+    import sys
+
+    from pipeline.cli import main
+
+    sim = tmp_path / "sim.zarr"
+    assert run_cli("simulate", sim, "--frames", 8, "--size", 48, 64, "-q").returncode == 0
+    p = run_cli("run", sim, tmp_path / "script.zarr", "-q")
+    assert p.returncode == 0, p.stderr
+    frozen = gc.get_freeze_count()
+    assert main(["run", str(sim), str(tmp_path / "inproc.zarr"), "-q"]) == 0
+    assert gc.get_freeze_count() == frozen
+    a, b = (zarr.open_group(str(tmp_path / n), mode="r") for n in ("script.zarr", "inproc.zarr"))
+    np.testing.assert_array_equal(a["frames"][:], b["frames"][:])
+    assert not list(tmp_path.glob("*.lock"))
+    # the installed script's own file, as a user calls it (not python -m): same status and one line on an error
+    code = "import sys; from pipeline.cli import console; sys.exit(console(sys.argv[1:]))"
+    q = subprocess.run([sys.executable, "-c", code, "run", str(sim), str(tmp_path / "script.zarr")],
+                       capture_output=True, text=True)
+    assert q.returncode == 2 and "exists" in _one_line_error(q)
+    assert main(["run", str(sim), str(tmp_path / "script.zarr")]) == 2
+
+
 def test_time_line_names_what_set_the_pace():
     from pipeline.cli import describe_time
 
