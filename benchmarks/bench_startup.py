@@ -7,7 +7,8 @@ A thin wrapper: the measurement is :func:`pipeline.bench.startup.bench_startup`,
 wall-clock from start to exit. *cold*: the first call, with Numba's on-disk kernel cache empty (a fresh
 ``NUMBA_CACHE_DIR`` for these calls), so the tiny run compiles what it uses; *warm*: the median of the next
 ``--repeats`` calls. The tiny run is 16 frames of 128² with the default stages (its blocks take ~0.03 s: the rest
-is set-up); 8 copies of it by 8 calls and by one call with 8 inputs. Writes benchmarks/results/startup_cpu.json/.md.
+is set-up); the tiny run by the console script and by ``main()`` in turns (what the script's quick exit saves);
+8 copies of it by 8 calls and by one call with 8 inputs. Writes benchmarks/results/startup_cpu.json/.md.
 """
 
 from __future__ import annotations

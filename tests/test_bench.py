@@ -131,6 +131,27 @@ def test_startup_batch_rows(tmp_path):
     assert "| `run, 2 such inputs: one call` | - |" in md
 
 
+def test_startup_exit_rows(tmp_path):
+    """The paired exit rows: the tiny run by the console script and by main() in its own process, in turns; both
+    write the same output (no figure of speed is asserted); the batch note still counts only the batch rows."""
+    import os
+    from pathlib import Path
+
+    import zarr
+
+    import pipeline
+    from pipeline.bench import startup
+
+    pipeline.simulate(tmp_path / "tiny.zarr", frames=8, size=(32, 32), seed=3)
+    env = dict(os.environ, PYTHONPATH=str(Path(startup.__file__).resolve().parents[2]))
+    rows = startup._exits(["run", "tiny.zarr", "out.zarr", "--overwrite", "-q"], tmp_path, env, 2)
+    assert list(rows) == ["run, in turns: the console script", "run, in turns: main(), the usual exit"]
+    assert all(v["cold_s"] is None and v["warm_s"] > 0 and len(v["warm_all_s"]) == 2 for v in rows.values())
+    assert zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["frames"].shape == (8, 32, 32)
+    batch = {"run, 8 such inputs: 8 calls": {"cold_s": None, "warm_s": 1.0, "warm_all_s": [1.0] * 3}}
+    assert startup._batch_note({"repeats": 5, "results": rows | batch}) == " (the rows of several inputs: median of 3)"
+
+
 def test_host_use_counts_this_process_and_zarrs_loop_thread(tmp_path):
     """cores_busy is CPU-s per wall-s, zarr_loop_busy the loop thread's share of the wall time, iowait_pct the
     machine's; Zarr's loop thread is seen. (Exact on given counters: no share of a loaded machine is asserted.)"""

@@ -7,7 +7,9 @@ named by ``NUMBA_CACHE_DIR`` for these calls only (Numba then neither reads nor 
 ``__pycache__`` folders, which other processes may be using). The tiny run is 16 frames of 128² with the default
 stages (its blocks take a few hundredths of a second: the rest is set-up). With the run, 8 copies of that video
 are run by 8 calls and by one call with the 8 as inputs (``run A B ... OUT/``): what a batch of short clips saves
-by paying the start-up once.
+by paying the start-up once. And the tiny run by the console script and by ``main()`` in a process of its own, in
+turns: the console script freezes the cyclic garbage collector once the command is done, so the interpreter's exit
+skips its full passes over the objects Numba, Zarr and Dask leave.
 
 ``benchmarks/bench_startup.py`` writes ``startup_cpu.json/.md`` with :func:`bench_startup` and :func:`table`;
 ``xray-pipeline bench`` puts the same rows in its own report.
@@ -32,10 +34,27 @@ def _calls(frames: int, size: int) -> dict:
             f"run ({frames} frames of {size}²)": ["run", "tiny.zarr", "out.zarr", "--overwrite", "-q"]}
 
 
-def _time(args: list[str], cwd: Path, env: dict) -> float:
+# the command line as a caller's own process runs it: main(), whose exit leaves the cyclic collector its last passes
+_MAIN = ["-c", "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def _time(args: list[str], cwd: Path, env: dict, entry=("-m", "pipeline.cli")) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, *entry, *args], cwd=cwd, env=env, check=True, capture_output=True)
     return time.perf_counter() - t0
+
+
+def _exits(args: list[str], cwd: Path, env: dict, repeats: int) -> dict:
+    """The tiny run by the console script and by ``main()`` in its own process, in turns (warm cache; the median of
+    ``repeats`` of each): what the script's exit, with the collector frozen, saves over the interpreter's usual one."""
+    script, plain = [], []
+    for _ in range(max(1, repeats)):
+        script.append(_time(args, cwd, env))
+        plain.append(_time(args, cwd, env, _MAIN))
+    return {"run, in turns: the console script": {"cold_s": None, "warm_s": statistics.median(script),
+                                                  "warm_all_s": script},
+            "run, in turns: main(), the usual exit": {"cold_s": None, "warm_s": statistics.median(plain),
+                                                      "warm_all_s": plain}}
 
 
 def _batch(tmp: Path, env: dict, clips: int, repeats: int) -> dict:
@@ -96,6 +115,10 @@ def bench_startup(*, repeats: int = 5, frames: int = 16, size: int = 128, calls=
             warm = [_time(argv, tmp, env) for _ in range(max(1, repeats))]
             res[name] = {"cold_s": cold, "warm_s": statistics.median(warm), "warm_all_s": warm}
             log(f"    {name:<34} cold {cold:6.2f} s, warm {res[name]['warm_s']:6.2f} s")
+            if argv[0] == "run":
+                rows = _exits(argv, tmp, env, repeats)
+                res.update(rows)
+                log("    in turns: " + ", ".join(f"{k.split(': ')[1]} {v['warm_s']:.2f} s" for k, v in rows.items()))
             if argv[0] == "run" and batch > 1:
                 rows = _batch(tmp, env, batch, min(3, repeats))
                 res.update(rows)
@@ -121,7 +144,7 @@ def table(data: dict) -> list[str]:
 
 def _batch_note(data: dict) -> str:
     """How many calls the batch rows' medians are of, where they differ from the others'."""
-    counts = {len(v["warm_all_s"]) for v in data["results"].values() if v["cold_s"] is None}
+    counts = {len(v["warm_all_s"]) for k, v in data["results"].items() if " such inputs: " in k}
     if len(counts) != 1 or counts == {data["repeats"]}:
         return ""
     return f" (the rows of several inputs: median of {counts.pop()})"
