@@ -130,7 +130,7 @@ def test_console_script_exits_quickly_and_writes_what_main_writes(tmp_path):
     a, b = (zarr.open_group(str(tmp_path / n), mode="r") for n in ("script.zarr", "inproc.zarr"))
     np.testing.assert_array_equal(a["frames"][:], b["frames"][:])
     assert not list(tmp_path.glob("*.lock"))
-    # the installed script's own file, as a user calls it (not python -m): same status and one line on an error
+    # console() called directly, as the installed script calls it: the same status and one line on an error
     code = "import sys; from pipeline.cli import console; sys.exit(console(sys.argv[1:]))"
     q = subprocess.run([sys.executable, "-c", code, "run", str(sim), str(tmp_path / "script.zarr")],
                        capture_output=True, text=True)

@@ -44,6 +44,11 @@ def _time(args: list[str], cwd: Path, env: dict, entry=("-m", "pipeline.cli")) -
     return time.perf_counter() - t0
 
 
+def _row(warm: list[float], cold: float | None = None) -> dict:
+    """One table row: the cold call (None: not timed) and the median of the warm ones, every sample kept."""
+    return {"cold_s": cold, "warm_s": statistics.median(warm), "warm_all_s": warm}
+
+
 def _exits(args: list[str], cwd: Path, env: dict, repeats: int) -> dict:
     """The tiny run by the console script and by ``main()`` in its own process, in turns (warm cache; the median of
     ``repeats`` of each): what the script's exit, with the collector frozen, saves over the interpreter's usual one."""
@@ -51,10 +56,7 @@ def _exits(args: list[str], cwd: Path, env: dict, repeats: int) -> dict:
     for _ in range(max(1, repeats)):
         script.append(_time(args, cwd, env))
         plain.append(_time(args, cwd, env, _MAIN))
-    return {"run, in turns: the console script": {"cold_s": None, "warm_s": statistics.median(script),
-                                                  "warm_all_s": script},
-            "run, in turns: main(), the usual exit": {"cold_s": None, "warm_s": statistics.median(plain),
-                                                      "warm_all_s": plain}}
+    return {"run, in turns: the console script": _row(script), "run, in turns: main(), the usual exit": _row(plain)}
 
 
 def _batch(tmp: Path, env: dict, clips: int, repeats: int) -> dict:
@@ -68,10 +70,8 @@ def _batch(tmp: Path, env: dict, clips: int, repeats: int) -> dict:
     for _ in range(max(1, repeats)):
         separate.append(sum(_time(["run", n, f"single/{n}", "--overwrite", "-q"], tmp, env) for n in names))
         together.append(_time(one, tmp, env))
-    return {f"run, {clips} such inputs: {clips} calls": {"cold_s": None, "warm_s": statistics.median(separate),
-                                                          "warm_all_s": separate},
-            f"run, {clips} such inputs: one call": {"cold_s": None, "warm_s": statistics.median(together),
-                                                    "warm_all_s": together}}
+    return {f"run, {clips} such inputs: {clips} calls": _row(separate),
+            f"run, {clips} such inputs: one call": _row(together)}
 
 
 def bench_startup(*, repeats: int = 5, frames: int = 16, size: int = 128, calls=None, batch: int = 8,
@@ -113,7 +113,7 @@ def bench_startup(*, repeats: int = 5, frames: int = 16, size: int = 128, calls=
                 continue
             cold = _time(argv, tmp, env)
             warm = [_time(argv, tmp, env) for _ in range(max(1, repeats))]
-            res[name] = {"cold_s": cold, "warm_s": statistics.median(warm), "warm_all_s": warm}
+            res[name] = _row(warm, cold)
             log(f"    {name:<34} cold {cold:6.2f} s, warm {res[name]['warm_s']:6.2f} s")
             if argv[0] == "run":
                 rows = _exits(argv, tmp, env, repeats)
