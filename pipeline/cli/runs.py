@@ -277,10 +277,15 @@ def describe_findings(res) -> list[str]:
     nm = f.get("noise_model")
     if nm:
         gain = f.get("denoise_gain_db")
-        lines.append(f"noise model: var = {nm['alpha']:.4g} x mean + {nm['beta']:.4g}"
-                     + (f"; denoising reduced the noise by {gain:.1f} dB (the model's noise vs the output's "
-                        "frame-to-frame noise, static scene assumed; not a PSNR: blur is not counted)"
-                        if gain is not None else ""))
+        if gain is None:
+            said = ""
+        elif gain > 0:
+            said = (f"; denoising reduced the noise by {gain:.1f} dB (the model's noise vs the output's frame-to-frame "
+                    "noise, static scene assumed; not a PSNR: blur is not counted)")
+        else:  # a lower bound below zero says nothing: motion, not noise, set the output's frame-to-frame changes
+            said = ("; the noise reduction could not be measured: the output's last frames differ from each other "
+                    "more than the noise model allows (motion in the scene)")
+        lines.append(f"noise model: var = {nm['alpha']:.4g} x mean + {nm['beta']:.4g}{said}")
     if f.get("output_bytes") is not None:
         lines.append(f"output: {f['output_bytes'] / 2**20:.1f} MiB on disk")
     return lines
